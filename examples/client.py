@@ -1,0 +1,26 @@
+"""List and call tools through the gateway with fastmcp.Client: `python examples/client.py URL`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from fastmcp import Client
+
+
+async def main(url: str) -> None:
+    async with Client(url) as client:
+        tools = await client.list_tools()
+        print(f"{len(tools)} tools at {url}:")
+        for tool in tools:
+            source = (tool.meta or {}).get("virtual-mcp/source", {})
+            origin = f"  <- {source.get('server')}/{source.get('tool')}" if source else ""
+            print(f"  {tool.name}{origin}")
+        name = next((t.name for t in tools if t.name.endswith("list_repos")), None)
+        if name:
+            result = await client.call_tool(name, {})
+            print(f"\n{name} -> {result.data if result.data is not None else result.content}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/mcp"))

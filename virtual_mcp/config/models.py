@@ -1,0 +1,187 @@
+"""Pydantic models of the `servers.d/*.yaml` schema. Unknown keys are errors everywhere (extra="forbid")."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from virtual_mcp.config.secrets import SECRET_SCHEME, is_secret_ref, refs_in
+
+# Group and server names become parts of namespaced tool names joined by "__", so they may not contain "__"
+# nor start or end with "_" or "-"; that keeps every prefix unambiguous.
+NAME_PATTERN = r"^[A-Za-z0-9]+(?:(?:-+|_)[A-Za-z0-9]+)*$"
+SUBJECT_PATTERN = r"^(user|team|virtualaccount):[^\s:][^\s]*$"
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Headers that identify a connection rather than a request; never configurable or forwardable.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+    }
+)
+_SENSITIVE_HEADER = re.compile(r"authorization|token|secret|key|cookie|password|credential", re.IGNORECASE)
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=40)]
+Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN, max_length=320)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Collaborator(_Strict):
+    subject: Subject
+    role_id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+
+
+class OAuth2AuthData(_Strict):
+    type: Literal["oauth2"]
+    grant_type: Literal["authorization_code", "client_credentials"]
+    authorization_url: AnyHttpUrl | None = None
+    token_url: AnyHttpUrl
+    client_id: str = Field(min_length=1)
+    client_secret: str
+    scopes: list[str] = Field(default_factory=list)
+    jwt_source: Literal["access_token", "id_token"] = "access_token"
+    code_challenge_methods_supported: list[str] | None = None
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_is_reference(cls, v: str) -> str:
+        if not is_secret_ref(v):
+            raise ValueError("must be a secret reference tfy-secret://tenant:group:key, never a literal value")
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id_ref_well_formed(cls, v: str) -> str:
+        if v.startswith(SECRET_SCHEME) and not is_secret_ref(v):
+            raise ValueError("malformed secret reference (expected tfy-secret://tenant:group:key)")
+        return v
+
+    @model_validator(mode="after")
+    def _grant_fields(self) -> OAuth2AuthData:
+        if self.grant_type == "authorization_code":
+            if self.authorization_url is None:
+                raise ValueError("authorization_url is required for grant_type authorization_code")
+            if (
+                self.code_challenge_methods_supported is not None
+                and "S256" not in self.code_challenge_methods_supported
+            ):
+                raise ValueError("code_challenge_methods_supported must include S256 (PKCE plain is refused)")
+        return self
+
+
+class HeaderAuthData(_Strict):
+    type: Literal["header"]
+    headers: dict[str, str] = Field(min_length=1)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_valid(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not HEADER_NAME_RE.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"header {name!r} is managed by the gateway and cannot be configured")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r}: value may not contain CR or LF")
+            if value.count(SECRET_SCHEME) != len(refs_in(value)):
+                raise ValueError(
+                    f"header {name!r}: malformed secret reference (expected tfy-secret://tenant:group:key)"
+                )
+            if _SENSITIVE_HEADER.search(name) and not refs_in(value):
+                raise ValueError(
+                    f"header {name!r} carries a credential: its value must reference a secret "
+                    "(e.g. 'Bearer tfy-secret://tenant:group:key'), never hold it literally"
+                )
+        return v
+
+
+class PassthroughAuthData(_Strict):
+    type: Literal["passthrough"]
+    audience: str = Field(min_length=1)
+
+
+AuthData = Annotated[OAuth2AuthData | HeaderAuthData | PassthroughAuthData, Field(discriminator="type")]
+
+
+class RemoteServer(_Strict):
+    name: Name
+    type: Literal["integration/mcp-server/remote"]
+    description: str | None = None
+    url: AnyHttpUrl
+    transport: Literal["streamable-http"] = "streamable-http"
+    authorized_subjects: list[Subject] = Field(default_factory=list)
+    auth_data: AuthData | None = None
+    forwardable_headers: list[str] = Field(default_factory=list)
+
+    @field_validator("forwardable_headers")
+    @classmethod
+    def _forwardable_valid(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not HEADER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"header {name!r} is managed by the gateway and cannot be forwarded")
+        return v
+
+
+class VirtualSource(_Strict):
+    server: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")]
+    tools: list[str] | None = Field(default=None, min_length=1)
+
+
+class VirtualServer(_Strict):
+    name: Name
+    type: Literal["integration/mcp-server/virtual"]
+    description: str | None = None
+    authorized_subjects: list[Subject] = Field(default_factory=list)
+    servers: list[VirtualSource] = Field(min_length=1)
+
+
+Integration = Annotated[RemoteServer | VirtualServer, Field(discriminator="type")]
+
+
+class ServerGroupFile(_Strict):
+    name: Name
+    type: Literal["provider-account/mcp-server-group"]
+    description: str | None = None
+    collaborators: list[Collaborator] = Field(default_factory=list)
+    integrations: list[Integration] = Field(default_factory=list)
+
+
+class Team(_Strict):
+    name: Annotated[str, Field(pattern=r"^[^\s:]+$")]
+    description: str | None = None
+    members: list[Annotated[str, Field(pattern=r"^[^\s@]+@[^\s@]+$")]] = Field(default_factory=list)
+
+
+class VirtualAccount(_Strict):
+    name: Annotated[str, Field(pattern=r"^[^\s:]+$")]
+    description: str | None = None
+
+
+class IdentitiesFile(_Strict):
+    type: Literal["identities"]
+    teams: list[Team] = Field(default_factory=list)
+    virtual_accounts: list[VirtualAccount] = Field(default_factory=list)
+
+
+ConfigFile = Annotated[ServerGroupFile | IdentitiesFile, Field(discriminator="type")]

@@ -1,0 +1,141 @@
+"""One exception tree for the whole gateway; every class knows its wire forms.
+
+The transport layers render these: the MCP server side as JSON-RPC errors, the HTTP layer as a status code,
+the CLI as an exit code. Messages are written for the person who sees them and never carry secret values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# JSON-RPC 2.0 codes (spec) and the gateway's own server-error range (-32000..-32099).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+UPSTREAM_UNAVAILABLE = -32010
+UPSTREAM_TIMEOUT = -32011
+UPSTREAM_PROTOCOL = -32012
+NOT_SUPPORTED_YET = -32013
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, *, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in the configuration, located by file, entry and field."""
+
+    file: str
+    entry: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.entry:
+            where += f": {self.entry}"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(GatewayError):
+    """The configuration cannot be loaded; carries every issue found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        summary = "\n".join(str(i) for i in issues)
+        super().__init__(f"invalid configuration ({len(issues)} problem(s)):\n{summary}")
+
+
+class BadRequest(GatewayError):
+    """The caller sent something malformed."""
+
+    jsonrpc_code = INVALID_REQUEST
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidParams(BadRequest):
+    jsonrpc_code = INVALID_PARAMS
+
+
+class ToolNotFound(InvalidParams):
+    """Unknown tool, or one the caller may not see: both are answered identically on purpose."""
+
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown tool: {name!r}")
+
+
+class ResourceNotFound(InvalidParams):
+    http_status = 404
+
+
+class PromptNotFound(InvalidParams):
+    http_status = 404
+
+
+class UpstreamError(GatewayError):
+    """A backing MCP server could not serve the request."""
+
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+    http_status = 502
+
+    def __init__(self, server: str, message: str, *, data: Any = None) -> None:
+        super().__init__(f"backend {server!r}: {message}", data=data)
+        self.server = server
+
+
+class UpstreamUnavailable(UpstreamError):
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+    http_status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    jsonrpc_code = UPSTREAM_TIMEOUT
+    http_status = 504
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The backend answered, but not with valid MCP."""
+
+    jsonrpc_code = UPSTREAM_PROTOCOL
+    http_status = 502
+
+
+class UpstreamRpcError(GatewayError):
+    """The backend answered with a JSON-RPC error; it is passed to the caller as the backend said it."""
+
+    http_status = 200
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message, data=data)
+        self.code = code
+
+    @property
+    def wire_code(self) -> int:
+        return self.code
+
+
+class NotSupportedYet(GatewayError):
+    """A configured feature this build of the gateway cannot serve yet."""
+
+    jsonrpc_code = NOT_SUPPORTED_YET
+    http_status = 501

@@ -1,0 +1,1 @@
+"""The MCP server side: endpoints, tool views and routing, forwarding, and the ASGI application."""

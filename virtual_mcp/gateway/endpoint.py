@@ -1,0 +1,178 @@
+"""One MCP server per endpoint, built on the SDK's low-level server (half the per-request cost of fastmcp's).
+
+Handlers return the backend's raw result dicts; the SDK shapes them for the caller's protocol era. The same
+`EndpointView` (and so the same policy decision) serves tools/list and tools/call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, get_args
+
+import mcp_types as types
+from mcp.server.caching import CacheableMethod, CacheHint
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import mcp_param_headers
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
+from virtual_mcp.gateway.forward import forward
+from virtual_mcp.policy import decide
+from virtual_mcp.registry import Endpoint, EndpointKind
+from virtual_mcp.types import Principal
+
+if TYPE_CHECKING:
+    from virtual_mcp.gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+PRINCIPAL_STATE_KEY = "principal"
+Ctx = ServerRequestContext[Any, Any]
+
+
+class _GatewayServer(Server[Any]):
+    """Advertises tools.listChanged on handshake-era sessions: the gateway tells clients when backends change."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+        )
+
+
+_PRIVATE_NO_CACHE: dict[CacheableMethod, CacheHint] = {
+    m: CacheHint(ttl_ms=0, scope="private") for m in get_args(CacheableMethod)
+}
+
+
+def principal_of(ctx: Ctx) -> Principal:
+    request = ctx.request
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE_KEY) if request is not None else None
+    if not isinstance(principal, Principal):
+        # The ASGI layer authenticates every request before it reaches the MCP server; this is a wiring bug.
+        raise RuntimeError("request reached an MCP handler without an authenticated principal")
+    return principal
+
+
+def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
+    """Make a result (ours, or a backend's of either era) complete for the caller's era; the SDK sieves the rest."""
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+        result["resultType"] = "complete"
+    return result
+
+
+class ErrorRendering:
+    """Server middleware: a GatewayError becomes the JSON-RPC error it describes."""
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        try:
+            return await call_next(ctx)
+        except UpstreamRpcError as exc:
+            raise MCPError(exc.code, exc.message, exc.data) from None
+        except GatewayError as exc:
+            raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from None
+
+
+class SessionTracker:
+    """Server middleware: remembers live handshake-era sessions so list_changed can reach them."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, ServerSession] = {}
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        # The SDK offers no public handle on a session's standalone channel outside a request; the session
+        # object of any request on that connection carries it.
+        connection = getattr(ctx.session, "_connection", None)
+        session_id = getattr(connection, "session_id", None)
+        if connection is not None and session_id and session_id not in self.sessions:
+            self.sessions[session_id] = ctx.session
+            connection.exit_stack.callback(self.sessions.pop, session_id, None)
+        return await call_next(ctx)
+
+
+def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker) -> Server[Any]:
+    settings = runtime.settings
+
+    async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
+        if params is not None and params.cursor:
+            raise InvalidParams("invalid cursor: this server returns every tool in one page")
+        tools = await runtime.view(endpoint.path).list_tools(principal_of(ctx), settings.list_deadline_seconds)
+        return for_caller(ctx, {"tools": tools})
+
+    async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> HandlerResult:
+        view = runtime.view(endpoint.path)
+        route = await view.resolve(principal_of(ctx), params.name, settings.list_deadline_seconds)
+        if route is None:
+            raise ToolNotFound(params.name)
+        source = route.member.source
+        arguments = params.arguments or {}
+        header_map = runtime.catalog.param_header_map(source, route.original)
+        headers = mcp_param_headers(header_map, arguments) if header_map else None
+        upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
+        result = await forward(
+            ctx,
+            runtime.pool.session(source),
+            "tools/call",
+            upstream_params,
+            timeout=settings.call_timeout_seconds,
+            headers=headers,
+        )
+        return for_caller(ctx, result)
+
+    handlers: dict[str, Any] = {"on_list_tools": list_tools, "on_call_tool": call_tool}
+    if endpoint.kind is EndpointKind.REMOTE:
+        handlers.update(_passthrough_handlers(endpoint, runtime))
+
+    view_of = runtime.view
+    server = _GatewayServer(
+        "virtual-mcp",
+        version="0.1.0",
+        title=endpoint.title,
+        description=endpoint.description,
+        get_tool_input_schema=lambda name: view_of(endpoint.path).input_schema(name),
+        # What a caller sees depends on who they are: results may never be shared across callers.
+        cache_hints=_PRIVATE_NO_CACHE,
+        **handlers,
+    )
+    server.middleware = [*server.middleware, ErrorRendering(), tracker]
+    return server
+
+
+def _passthrough_handlers(endpoint: Endpoint, runtime: Runtime) -> dict[str, Callable[[Ctx, Any], Awaitable[Any]]]:
+    """Resources, prompts and completions of a single remote server, forwarded as they are."""
+    member = endpoint.members[0]
+
+    def make(method: str, empty: Mapping[str, Any] | None) -> Callable[[Ctx, Any], Awaitable[Any]]:
+        async def handler(ctx: Ctx, _params: Any) -> HandlerResult:
+            principal = principal_of(ctx)
+            if not decide(principal, runtime.registry.gates[member.gate]).allowed:
+                if empty is not None:
+                    return for_caller(ctx, dict(empty))
+                raise InvalidParams(f"{method}: not found")
+            raw = ctx.params or {}
+            params = {k: v for k, v in raw.items() if k != "_meta"}
+            result = await forward(
+                ctx, runtime.pool.session(member.source), method, params, timeout=runtime.settings.call_timeout_seconds
+            )
+            if "cacheScope" in result:
+                result["cacheScope"] = "private"
+            return for_caller(ctx, result)
+
+        return handler
+
+    return {
+        "on_list_resources": make("resources/list", {"resources": []}),
+        "on_list_resource_templates": make("resources/templates/list", {"resourceTemplates": []}),
+        "on_read_resource": make("resources/read", None),
+        "on_list_prompts": make("prompts/list", {"prompts": []}),
+        "on_get_prompt": make("prompts/get", None),
+        "on_completion": make("completion/complete", None),
+    }

@@ -1,0 +1,73 @@
+"""Forwarding one request to a backend and relaying what it says while it works (progress, log messages)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server.connection import allowed_log_levels
+from mcp.server.context import ServerRequestContext
+from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from virtual_mcp.upstream.session import UpstreamSession
+
+_LOG_LEVELS = frozenset(("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))
+
+
+def caller_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
+    raw = ctx.params or {}
+    meta = raw.get("_meta") if isinstance(raw, Mapping) else None
+    return meta if isinstance(meta, Mapping) else {}
+
+
+async def forward(
+    ctx: ServerRequestContext[Any, Any],
+    session: UpstreamSession,
+    method: str,
+    params: Mapping[str, Any] | None,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Send `method` upstream on behalf of the caller in `ctx` and return the backend's raw result."""
+    inbound_meta = caller_meta(ctx)
+    wants_progress = inbound_meta.get("progressToken") is not None
+    upstream_meta: dict[str, Any] = {}
+    if wants_progress:
+        # A token of our own: the caller's token is meaningless to the backend and may collide across callers.
+        upstream_meta["progressToken"] = f"vmcp-{uuid.uuid4().hex}"
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        level = inbound_meta.get(LOG_LEVEL_META_KEY)
+        if level in _LOG_LEVELS:
+            upstream_meta[LOG_LEVEL_META_KEY] = level
+    else:
+        upstream_meta[LOG_LEVEL_META_KEY] = "debug"
+    log_levels = allowed_log_levels(ctx.protocol_version, inbound_meta)
+
+    async def relay(message: dict[str, Any]) -> None:
+        kind = message.get("method")
+        p = message.get("params")
+        if not isinstance(p, dict):
+            return
+        if kind == "notifications/progress" and wants_progress:
+            progress = p.get("progress")
+            if isinstance(progress, int | float):
+                total = p.get("total")
+                note = p.get("message")
+                await ctx.session.report_progress(
+                    float(progress),
+                    float(total) if isinstance(total, int | float) else None,
+                    note if isinstance(note, str) else None,
+                )
+        elif kind == "notifications/message" and p.get("level") in log_levels:
+            notification = types.LoggingMessageNotification(
+                params=types.LoggingMessageNotificationParams.model_validate(p, by_name=False)
+            )
+            await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
+
+    return await session.request(
+        method, params, timeout=timeout, on_notification=relay, headers=headers, meta=upstream_meta or None
+    )

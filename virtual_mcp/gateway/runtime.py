@@ -1,0 +1,86 @@
+"""The gateway's live state for one configuration: upstream pool, catalog, endpoint views, client sessions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.server.session import ServerSession
+
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.gateway.views import EndpointView
+from virtual_mcp.registry import Registry
+from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.catalog import ToolCatalog
+from virtual_mcp.upstream.pool import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, registry: Registry, settings: GatewaySettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._pool: UpstreamPool | None = None
+        self._catalog: ToolCatalog | None = None
+        self._tg: TaskGroup | None = None
+        self._views: dict[str, EndpointView] = {}
+        self.client_sessions: dict[str, dict[str, ServerSession]] = {}
+        self.ready = False
+
+    @property
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            raise RuntimeError("gateway runtime is not started")
+        return self._pool
+
+    @property
+    def catalog(self) -> ToolCatalog:
+        if self._catalog is None:
+            raise RuntimeError("gateway runtime is not started")
+        return self._catalog
+
+    def view(self, path: str) -> EndpointView:
+        return self._views[path]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg = tg
+            self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
+            self._catalog = ToolCatalog(self._pool, self.settings, tg, on_change=self._catalog_changed)
+            self._views = {
+                path: EndpointView(ep, self.registry, self._catalog, self.settings.max_tool_name_length)
+                for path, ep in self.registry.endpoints.items()
+            }
+            self.ready = True
+            try:
+                yield
+            finally:
+                self.ready = False
+                await self._pool.aclose()
+                tg.cancel_scope.cancel()
+
+    def _backend_changed(self, ref: ServerRef) -> None:
+        if self._catalog is not None:
+            self._catalog.invalidate(ref)
+
+    def _catalog_changed(self, ref: ServerRef) -> None:
+        """A backend's tools changed: tell every live client session of every endpoint that includes it."""
+        if self._tg is None:
+            return
+        for path, endpoint in self.registry.endpoints.items():
+            if any(m.source == ref for m in endpoint.members):
+                for session_id, session in list(self.client_sessions.get(path, {}).items()):
+                    self._tg.start_soon(self._notify_list_changed, path, session_id, session)
+
+    async def _notify_list_changed(self, path: str, session_id: str, session: ServerSession) -> None:
+        try:
+            await session.send_tool_list_changed()
+        except Exception:  # a closed client stream must not disturb the others
+            logger.debug("could not notify session on %s", path, exc_info=True)
+            self.client_sessions.get(path, {}).pop(session_id, None)

@@ -1,0 +1,154 @@
+"""What one caller sees through one endpoint: the visible tools under their exposed names, and the routing back.
+
+Names come from `naming.namespaced`, which depends only on a tool's own identity, so a tool keeps its name when
+other backends come and go. The routing table is rebuilt only when a backend's catalog version changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from virtual_mcp.errors import GatewayError
+from virtual_mcp.naming import SEPARATOR, namespaced
+from virtual_mcp.policy import decide
+from virtual_mcp.registry import Endpoint, Member, Registry
+from virtual_mcp.types import Principal
+from virtual_mcp.upstream.catalog import ToolCatalog
+
+logger = logging.getLogger(__name__)
+SOURCE_META_KEY = "virtual-mcp/source"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    member: Member
+    original: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    versions: tuple[int, ...]
+    routes: dict[str, Route]
+    tools: dict[str, dict[str, Any]]  # exposed name -> exposed tool description
+
+
+class EndpointView:
+    """Tool listing and call routing for one endpoint, shared by every caller of it."""
+
+    def __init__(self, endpoint: Endpoint, registry: Registry, catalog: ToolCatalog, name_budget: int) -> None:
+        self.endpoint = endpoint
+        self._registry = registry
+        self._catalog = catalog
+        self._budget = name_budget
+        self._table: _Table | None = None
+        # Fast path for names that are exactly prefix + "__" + original (no shortening), needing no catalog.
+        self._prefixes = {SEPARATOR.join(m.prefix) + SEPARATOR: m for m in endpoint.members if m.prefix}
+
+    def visible_members(self, principal: Principal) -> list[Member]:
+        return [m for m in self.endpoint.members if decide(principal, self._registry.gates[m.gate]).allowed]
+
+    def exposed_name(self, member: Member, tool: str) -> str:
+        return namespaced(member.prefix, tool, self._budget) if member.prefix else tool
+
+    async def list_tools(self, principal: Principal, deadline: float) -> list[dict[str, Any]]:
+        """Fan out to every backend the caller may use, concurrently; a backend past `deadline` is left out."""
+        members = self.visible_members(principal)
+        await self._refresh(members, deadline)
+        table = self._current_table()
+        return [tool for name, tool in table.tools.items() if self._allowed(principal, table.routes[name])]
+
+    def _allowed(self, principal: Principal, route: Route) -> bool:
+        return decide(principal, self._registry.gates[route.member.gate], route.original).allowed
+
+    async def resolve(self, principal: Principal, name: str, deadline: float) -> Route | None:
+        """Where a call to `name` goes, or None if it does not exist for this caller (the two are one answer)."""
+        route = self._fast_route(name)
+        if route is None:
+            table = self._current_table()
+            route = table.routes.get(name)
+            if route is None:
+                await self._refresh(self.visible_members(principal), deadline)
+                route = self._current_table().routes.get(name)
+        return route if route is not None and self._allowed(principal, route) else None
+
+    def _fast_route(self, name: str) -> Route | None:
+        members = self.endpoint.members
+        if len(members) == 1 and not members[0].prefix:
+            member = members[0]
+            return Route(member, name) if member.tools is None or name in member.tools else None
+        for prefix, member in self._prefixes.items():
+            if name.startswith(prefix):
+                original = name[len(prefix) :]
+                if (member.tools is None or original in member.tools) and self.exposed_name(member, original) == name:
+                    return Route(member, original)
+        return None
+
+    async def _refresh(self, members: Iterable[Member], deadline: float) -> None:
+        sources = {m.source for m in members}
+
+        async def fetch(ref: Any) -> None:
+            try:
+                await self._catalog.tools(ref, deadline)
+            except GatewayError as exc:
+                logger.info("tools of %s left out of %s: %s", ref, self.endpoint.path, exc.message)
+
+        async with anyio.create_task_group() as tg:
+            for ref in sorted(sources):
+                tg.start_soon(fetch, ref)
+
+    def _current_table(self) -> _Table:
+        versions = tuple(self._catalog.version(m.source) for m in self.endpoint.members)
+        table = self._table
+        if table is None or table.versions != versions:
+            table = self._table = self._build(versions)
+        return table
+
+    def _build(self, versions: tuple[int, ...]) -> _Table:
+        routes: dict[str, Route] = {}
+        tools: dict[str, dict[str, Any]] = {}
+        for member in self.endpoint.members:
+            for tool in self._catalog.known_tools(member.source):
+                original = tool["name"]
+                if member.tools is not None and original not in member.tools:
+                    continue
+                exposed = self.exposed_name(member, original)
+                if exposed in routes:
+                    other = routes[exposed]
+                    logger.warning(
+                        "%s: tool name %r from %s collides with %s tool %r; keeping the first",
+                        self.endpoint.path,
+                        exposed,
+                        member.source,
+                        other.member.source,
+                        other.original,
+                    )
+                    continue
+                routes[exposed] = Route(member, original)
+                tools[exposed] = self._expose(tool, exposed, member, original)
+        return _Table(versions, routes, tools)
+
+    def _expose(self, tool: dict[str, Any], exposed: str, member: Member, original: str) -> dict[str, Any]:
+        if not member.prefix:
+            return tool
+        out = dict(tool)
+        out["name"] = exposed
+        meta = dict(out.get("_meta") or {})
+        meta[SOURCE_META_KEY] = {"server": member.source.key, "tool": original}
+        out["_meta"] = meta
+        return out
+
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        """The input schema of an exposed tool from the cache, for Mcp-Param header validation (no I/O)."""
+        table = self._current_table()
+        tool = table.tools.get(name)
+        if tool is None:
+            route = self._fast_route(name)
+            if route is not None:
+                tool = self._catalog.cached_tool(route.member.source, route.original)
+        schema = tool.get("inputSchema") if tool else None
+        return schema if isinstance(schema, dict) else None

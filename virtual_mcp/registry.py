@@ -1,0 +1,268 @@
+"""An immutable snapshot of the configuration: groups, servers, virtual servers, endpoints, identities. No I/O.
+
+Everything the request path needs to decide is precomputed here once per load: which endpoint serves which
+backends under which name prefix, and which subjects may use each of them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from virtual_mcp.config.loader import LoadedConfig
+from virtual_mcp.config.models import AuthData, RemoteServer, VirtualServer
+from virtual_mcp.errors import ConfigError, ConfigIssue
+from virtual_mcp.types import ServerRef
+
+AGGREGATE_PATH = "/mcp"
+
+
+def server_path(ref: ServerRef) -> str:
+    return f"/mcp-server/{ref.group}/{ref.name}/server"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    ref: ServerRef
+    url: str
+    description: str | None
+    auth: AuthData | None
+    authorized_subjects: frozenset[str]
+    forwardable_headers: frozenset[str]  # lower-case
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualEntry:
+    ref: ServerRef
+    description: str | None
+    authorized_subjects: frozenset[str]
+    sources: tuple[tuple[ServerRef, frozenset[str] | None], ...]
+
+
+class EndpointKind(StrEnum):
+    REMOTE = "remote"
+    VIRTUAL = "virtual"
+    AGGREGATE = "aggregate"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One backend as seen through one endpoint.
+
+    `prefix` is prepended to its tool names (empty on a single remote server's own endpoint), `tools` limits
+    which of its tools are visible (None = all), and `gate` is the configured server whose
+    `authorized_subjects` decide access through this member (the remote itself, or the virtual server).
+    """
+
+    source: ServerRef
+    prefix: tuple[str, ...]
+    tools: frozenset[str] | None
+    gate: ServerRef
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str
+    kind: EndpointKind
+    ref: ServerRef | None
+    title: str
+    description: str | None
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    remotes: Mapping[ServerRef, RemoteEntry]
+    virtuals: Mapping[ServerRef, VirtualEntry]
+    endpoints: Mapping[str, Endpoint]
+    gates: Mapping[ServerRef, frozenset[str]]
+    team_members: Mapping[str, frozenset[str]]  # user e-mail -> teams declared for them
+    virtual_accounts: frozenset[str]
+    collaborators: Mapping[str, tuple[tuple[str, str], ...]]  # group -> (subject, role_id)
+    warnings: tuple[str, ...] = field(default=())
+
+    def teams_of(self, user: str) -> frozenset[str]:
+        return self.team_members.get(user.lower(), frozenset())
+
+
+def build_registry(config: LoadedConfig) -> Registry:
+    """Validate cross-references and build the snapshot. Raises ConfigError listing every problem."""
+    issues: list[ConfigIssue] = []
+    warnings: list[str] = []
+    remotes: dict[ServerRef, RemoteEntry] = {}
+    virtual_models: dict[ServerRef, tuple[str, VirtualServer]] = {}
+    group_files: dict[str, str] = {}
+    collaborators: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    for located in config.groups:
+        group = located.doc
+        if group.name in group_files:
+            issues.append(
+                ConfigIssue(
+                    located.file,
+                    f"group {group.name!r}",
+                    "name",
+                    f"duplicate group (also in {group_files[group.name]})",
+                )
+            )
+            continue
+        group_files[group.name] = located.file
+        collaborators[group.name] = tuple((c.subject, c.role_id) for c in group.collaborators)
+        seen: set[str] = set()
+        for integration in group.integrations:
+            entry = f"integration {integration.name!r}"
+            if integration.name in seen:
+                issues.append(
+                    ConfigIssue(located.file, entry, "name", f"duplicate server name in group {group.name!r}")
+                )
+                continue
+            seen.add(integration.name)
+            ref = ServerRef(group.name, integration.name)
+            if isinstance(integration, RemoteServer):
+                remotes[ref] = _remote_entry(ref, integration)
+            else:
+                virtual_models[ref] = (located.file, integration)
+
+    virtuals: dict[ServerRef, VirtualEntry] = {}
+    for ref, (file, model) in virtual_models.items():
+        entry = f"integration {model.name!r}"
+        sources: list[tuple[ServerRef, frozenset[str] | None]] = []
+        names: dict[str, ServerRef] = {}
+        for i, src in enumerate(model.servers):
+            where = f"servers[{i}].server"
+            try:
+                src_ref = ServerRef.parse(src.server)
+            except ValueError as exc:
+                issues.append(ConfigIssue(file, entry, where, str(exc)))
+                continue
+            if src_ref in virtual_models:
+                issues.append(
+                    ConfigIssue(file, entry, where, f"{src.server!r} is a virtual server; sources must be remote")
+                )
+                continue
+            if src_ref not in remotes:
+                issues.append(ConfigIssue(file, entry, where, f"unknown server {src.server!r} (no such group/server)"))
+                continue
+            if src_ref.name in names:
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        entry,
+                        where,
+                        f"{src.server!r} and {names[src_ref.name].key!r} would share the tool prefix "
+                        f"{src_ref.name!r}__; a virtual server may include one server of each name",
+                    )
+                )
+                continue
+            names[src_ref.name] = src_ref
+            tools = src.tools
+            if tools is not None and len(set(tools)) != len(tools):
+                issues.append(ConfigIssue(file, entry, f"servers[{i}].tools", "lists a tool more than once"))
+            sources.append((src_ref, frozenset(tools) if tools is not None else None))
+        virtuals[ref] = VirtualEntry(ref, model.description, frozenset(model.authorized_subjects), tuple(sources))
+
+    team_members, virtual_accounts, known_teams = _identities(config, issues)
+    _check_subjects(config, known_teams, virtual_accounts, bool(config.identities), warnings)
+
+    if issues:
+        raise ConfigError(issues)
+
+    gates: dict[ServerRef, frozenset[str]] = {r: e.authorized_subjects for r, e in remotes.items()}
+    gates.update({r: e.authorized_subjects for r, e in virtuals.items()})
+    endpoints = _endpoints(remotes, virtuals)
+    return Registry(
+        remotes=MappingProxyType(remotes),
+        virtuals=MappingProxyType(virtuals),
+        endpoints=MappingProxyType(endpoints),
+        gates=MappingProxyType(gates),
+        team_members=MappingProxyType(team_members),
+        virtual_accounts=virtual_accounts,
+        collaborators=MappingProxyType(collaborators),
+        warnings=tuple(warnings),
+    )
+
+
+def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
+    return RemoteEntry(
+        ref=ref,
+        url=str(model.url),
+        description=model.description,
+        auth=model.auth_data,
+        authorized_subjects=frozenset(model.authorized_subjects),
+        forwardable_headers=frozenset(h.lower() for h in model.forwardable_headers),
+    )
+
+
+def _identities(
+    config: LoadedConfig, issues: list[ConfigIssue]
+) -> tuple[dict[str, frozenset[str]], frozenset[str], set[str]]:
+    members: dict[str, set[str]] = defaultdict(set)
+    teams: dict[str, str] = {}
+    accounts: dict[str, str] = {}
+    for located in config.identities:
+        for team in located.doc.teams:
+            if team.name in teams:
+                issues.append(
+                    ConfigIssue(
+                        located.file, f"team {team.name!r}", "name", f"duplicate team (also in {teams[team.name]})"
+                    )
+                )
+                continue
+            teams[team.name] = located.file
+            for member in team.members:
+                members[member.lower()].add(team.name)
+        for account in located.doc.virtual_accounts:
+            if account.name in accounts:
+                issues.append(
+                    ConfigIssue(
+                        located.file,
+                        f"virtual account {account.name!r}",
+                        "name",
+                        f"duplicate (also in {accounts[account.name]})",
+                    )
+                )
+                continue
+            accounts[account.name] = located.file
+    return {u: frozenset(t) for u, t in members.items()}, frozenset(accounts), set(teams)
+
+
+def _check_subjects(
+    config: LoadedConfig, teams: set[str], accounts: frozenset[str], declared: bool, warnings: list[str]
+) -> None:
+    """Subjects naming undeclared teams or accounts are warnings: teams may also come from an IdP's JWT claim."""
+    if not declared:
+        return
+    for located in config.groups:
+        for integration in located.doc.integrations:
+            for subject in integration.authorized_subjects:
+                kind, _, name = subject.partition(":")
+                if (kind == "team" and name not in teams) or (kind == "virtualaccount" and name not in accounts):
+                    warnings.append(
+                        f"{located.file}: integration {integration.name!r}: authorized_subjects: "
+                        f"{subject!r} is not declared in any identities file"
+                    )
+
+
+def _endpoints(
+    remotes: Mapping[ServerRef, RemoteEntry], virtuals: Mapping[ServerRef, VirtualEntry]
+) -> dict[str, Endpoint]:
+    endpoints: dict[str, Endpoint] = {}
+    aggregate: list[Member] = []
+    for ref, remote in sorted(remotes.items()):
+        endpoints[server_path(ref)] = Endpoint(
+            server_path(ref), EndpointKind.REMOTE, ref, ref.key, remote.description, (Member(ref, (), None, ref),)
+        )
+        aggregate.append(Member(ref, (ref.group, ref.name), None, ref))
+    for ref, virtual in sorted(virtuals.items()):
+        members = tuple(Member(src, (src.name,), tools, ref) for src, tools in virtual.sources)
+        endpoints[server_path(ref)] = Endpoint(
+            server_path(ref), EndpointKind.VIRTUAL, ref, ref.key, virtual.description, members
+        )
+        aggregate.extend(Member(m.source, (ref.group, ref.name, *m.prefix), m.tools, ref) for m in members)
+    endpoints[AGGREGATE_PATH] = Endpoint(
+        AGGREGATE_PATH, EndpointKind.AGGREGATE, None, "virtual-mcp", "Every tool the caller may use.", tuple(aggregate)
+    )
+    return endpoints

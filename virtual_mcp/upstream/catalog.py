@@ -1,0 +1,173 @@
+"""Cached tool lists of the backends: single-flight fetches, a TTL, list_changed invalidation, negative caching.
+
+A fetch runs in the background task group, so a caller's deadline bounds how long that caller waits, not the
+fetch itself: a slow backend's answer still lands in the cache for the next list. A backend that failed is not
+asked again for `backend_retry_seconds`, so a dead backend costs at most one deadline, not one per list.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
+
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.pool import UpstreamPool
+
+logger = logging.getLogger(__name__)
+_MAX_PAGES = 100
+
+
+@dataclass
+class _Entry:
+    tools: tuple[dict[str, Any], ...] | None = None
+    by_name: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_headers: dict[str, dict[tuple[str, ...], str]] = field(default_factory=dict)
+    fetched_at: float = 0.0
+    stale: bool = True
+    failed_at: float | None = None
+    failure: str = ""
+    inflight: anyio.Event | None = None
+    version: int = 0
+
+
+class ToolCatalog:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        settings: GatewaySettings,
+        task_group: TaskGroup,
+        on_change: Callable[[ServerRef], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._tg = task_group
+        self._on_change = on_change
+        self._clock = clock
+        self._entries: dict[ServerRef, _Entry] = {}
+
+    def _entry(self, ref: ServerRef) -> _Entry:
+        entry = self._entries.get(ref)
+        if entry is None:
+            entry = self._entries[ref] = _Entry()
+        return entry
+
+    def version(self, ref: ServerRef) -> int:
+        return self._entry(ref).version
+
+    def cached_tool(self, ref: ServerRef, name: str) -> dict[str, Any] | None:
+        """The backend's own description of `name`, if its list has been fetched (no I/O)."""
+        return self._entry(ref).by_name.get(name)
+
+    def param_header_map(self, ref: ServerRef, name: str) -> dict[tuple[str, ...], str] | None:
+        """The tool's `x-mcp-header` annotations (argument path -> header token), if it declares any."""
+        return self._entry(ref).param_headers.get(name)
+
+    def known_tools(self, ref: ServerRef) -> tuple[dict[str, Any], ...]:
+        """Whatever the cache holds for `ref` right now, possibly nothing (no I/O)."""
+        return self._entry(ref).tools or ()
+
+    def invalidate(self, ref: ServerRef) -> None:
+        """Called on `notifications/tools/list_changed`: refetch now, in the background."""
+        entry = self._entry(ref)
+        entry.stale = True
+        entry.failed_at = None
+        self._start_fetch(ref, entry)
+
+    async def tools(self, ref: ServerRef, deadline: float) -> tuple[dict[str, Any], ...]:
+        """The backend's tools, waiting at most `deadline` seconds. Raises UpstreamError if it cannot say."""
+        entry = self._entry(ref)
+        now = self._clock()
+        fresh = not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds
+        if entry.tools is not None and fresh:
+            return entry.tools
+        if entry.failed_at is not None and now - entry.failed_at < self._settings.backend_retry_seconds:
+            if entry.tools is not None:
+                return entry.tools
+            raise UpstreamUnavailable(ref.key, f"left out after a recent failure ({entry.failure})")
+        event = self._start_fetch(ref, entry)
+        if entry.tools is not None:
+            # Stale while revalidating: answer from the cache now, the refresh lands for the next caller.
+            return entry.tools
+        with anyio.move_on_after(deadline):
+            await event.wait()
+        if entry.tools is not None and entry.inflight is None and entry.failed_at is None:
+            return entry.tools
+        if entry.inflight is not None:
+            raise UpstreamTimeout(ref.key, f"tools/list took longer than {deadline:g}s")
+        raise UpstreamUnavailable(ref.key, entry.failure or "tools/list failed")
+
+    def _start_fetch(self, ref: ServerRef, entry: _Entry) -> anyio.Event:
+        if entry.inflight is None:
+            entry.inflight = anyio.Event()
+            self._tg.start_soon(self._fetch, ref, entry)
+        return entry.inflight
+
+    async def _fetch(self, ref: ServerRef, entry: _Entry) -> None:
+        event = entry.inflight
+        assert event is not None
+        try:
+            tools = await self._list_all(ref)
+        except GatewayError as exc:
+            entry.failed_at = self._clock()
+            entry.failure = exc.message
+            logger.warning("backend %s left out of tool lists: %s", ref, exc.message)
+        except Exception:
+            entry.failed_at = self._clock()
+            entry.failure = "internal error while listing tools"
+            logger.exception("listing tools of %s failed", ref)
+        else:
+            changed = entry.tools != tools
+            entry.tools = tools
+            entry.by_name = {t["name"]: t for t in tools}
+            entry.param_headers = _param_header_maps(tools)
+            entry.fetched_at = self._clock()
+            entry.stale = False
+            entry.failed_at = None
+            if changed:
+                entry.version += 1
+                if self._on_change is not None:
+                    self._on_change(ref)
+        finally:
+            entry.inflight = None
+            event.set()
+
+    async def _list_all(self, ref: ServerRef) -> tuple[dict[str, Any], ...]:
+        session = self._pool.session(ref)
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        # A hung backend must not pin a background task forever.
+        timeout = max(self._settings.list_deadline_seconds * 10, 30.0)
+        for _ in range(_MAX_PAGES):
+            params = {"cursor": cursor} if cursor else None
+            result = await session.request("tools/list", params, timeout=timeout)
+            page = result.get("tools")
+            if not isinstance(page, list):
+                raise UpstreamError(ref.key, "tools/list result has no tools array")
+            tools.extend(t for t in page if isinstance(t, dict) and isinstance(t.get("name"), str))
+            next_cursor = result.get("nextCursor")
+            if not isinstance(next_cursor, str) or not next_cursor:
+                return tuple(tools)
+            cursor = next_cursor
+        raise UpstreamError(ref.key, f"tools/list did not finish within {_MAX_PAGES} pages")
+
+
+def _param_header_maps(tools: tuple[dict[str, Any], ...]) -> dict[str, dict[tuple[str, ...], str]]:
+    """Precomputed once per fetch: which arguments a 2026-07-28 call must mirror into Mcp-Param-* headers."""
+    maps: dict[str, dict[tuple[str, ...], str]] = {}
+    for tool in tools:
+        schema = tool.get("inputSchema")
+        if isinstance(schema, dict) and "x-mcp-header" in str(schema) and find_invalid_x_mcp_header(schema) is None:
+            header_map = x_mcp_header_map(schema)
+            if header_map:
+                maps[tool["name"]] = header_map
+    return maps

@@ -1,0 +1,372 @@
+"""One long-lived MCP connection to one backing server, speaking whichever era the backend speaks.
+
+Requests and results travel as raw JSON-RPC dicts: the gateway passes results through without re-modelling
+them. The era is negotiated once (a `server/discover` probe, falling back to the `initialize` handshake) and
+renegotiated transparently when a legacy session expires (HTTP 404) or the backend restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import httpx
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from virtual_mcp.errors import (
+    UpstreamProtocolError,
+    UpstreamRpcError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.wire import (
+    ACCEPT,
+    CLIENT_INFO,
+    LEGACY_VERSION,
+    MODERN_VERSION,
+    iter_sse_messages,
+    modern_headers,
+    modern_params,
+)
+
+logger = logging.getLogger(__name__)
+
+NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+class Era(StrEnum):
+    LEGACY = "legacy"
+    MODERN = "modern"
+
+
+class _SessionExpired(Exception):
+    """A legacy backend forgot our session (404): renegotiate and resend."""
+
+
+class UpstreamSession:
+    def __init__(
+        self,
+        ref: ServerRef,
+        url: str,
+        http: httpx.AsyncClient,
+        *,
+        headers: Mapping[str, str] | None = None,
+        spawn: Spawn | None = None,
+        on_list_changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.ref = ref
+        self.url = url
+        self._http = http
+        self._base_headers = dict(headers or {})
+        self._spawn = spawn
+        self._on_list_changed = on_list_changed
+        self._ids = itertools.count(1)
+        self._lock = anyio.Lock()
+        self._generation = 0
+        self.era: Era | None = None
+        self.protocol_version: str | None = None
+        self.session_id: str | None = None
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] | None = None
+        self._listening = False
+        self._closed = False
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float,
+        on_notification: NotificationHandler | None = None,
+        headers: Mapping[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and return its `result`, relaying notifications sent while it runs.
+
+        Raises UpstreamRpcError for a JSON-RPC error from the backend, UpstreamTimeout past `timeout`,
+        UpstreamUnavailable when the backend cannot be reached, UpstreamProtocolError for garbage.
+        """
+        try:
+            with anyio.fail_after(timeout):
+                return await self._request_with_recovery(method, params, on_notification, headers, meta)
+        except TimeoutError:
+            raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
+
+    async def aclose(self) -> None:
+        """End the backend session politely (DELETE for a legacy session) and stop listening."""
+        self._closed = True
+        if self.era is Era.LEGACY and self.session_id:
+            with anyio.move_on_after(2, shield=True):
+                with contextlib.suppress(httpx.HTTPError):
+                    await self._http.delete(self.url, headers=self._legacy_headers())
+        self.era = None
+        self.session_id = None
+
+    # -- negotiation ----------------------------------------------------------------------------------------
+
+    async def _ensure_connected(self, stale_generation: int | None = None) -> int:
+        async with self._lock:
+            if self.era is not None and (stale_generation is None or stale_generation != self._generation):
+                return self._generation
+            self.era = None
+            self.session_id = None
+            await self._negotiate()
+            self._generation += 1
+            return self._generation
+
+    async def _negotiate(self) -> None:
+        if await self._try_modern():
+            return
+        await self._initialize_legacy()
+
+    async def _try_modern(self) -> bool:
+        params = modern_params(None)
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "server/discover", "params": params}
+        headers = {**self._base_headers, "accept": ACCEPT, **modern_headers("server/discover", params)}
+        response = await self._post(body, headers)
+        try:
+            if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                return False
+            message = json.loads(response.content)
+        except ValueError:
+            return False
+        result = message.get("result") if isinstance(message, dict) else None
+        if not isinstance(result, dict):
+            return False
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list) or MODERN_VERSION not in versions:
+            return False
+        self.era = Era.MODERN
+        self.protocol_version = MODERN_VERSION
+        self.capabilities = result.get("capabilities") or {}
+        self.server_info = (result.get("_meta") or {}).get("io.modelcontextprotocol/serverInfo")
+        logger.info("backend %s speaks %s", self.ref, MODERN_VERSION)
+        return True
+
+    async def _initialize_legacy(self) -> None:
+        params = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize", "params": params}
+        headers = {**self._base_headers, "accept": ACCEPT, "content-type": "application/json"}
+        async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
+            if response.status_code >= 400:
+                raise UpstreamUnavailable(self.ref.key, f"initialize refused with HTTP {response.status_code}")
+            session_id = response.headers.get("mcp-session-id")
+            result = await self._read_response(response, body["id"], None)
+        version = result.get("protocolVersion")
+        if not isinstance(version, str) or version in MODERN_PROTOCOL_VERSIONS:
+            raise UpstreamProtocolError(self.ref.key, "initialize result has no usable protocolVersion")
+        self.era = Era.LEGACY
+        self.protocol_version = version
+        self.session_id = session_id
+        self.capabilities = result.get("capabilities") or {}
+        self.server_info = result.get("serverInfo")
+        await self._post(
+            {"jsonrpc": "2.0", "method": "notifications/initialized"}, {**self._legacy_headers(), "accept": ACCEPT}
+        )
+        logger.info("backend %s speaks %s (session %s)", self.ref, version, "yes" if session_id else "none")
+        self._maybe_listen()
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    async def _request_with_recovery(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        on_notification: NotificationHandler | None,
+        headers: Mapping[str, str] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        generation = await self._ensure_connected()
+        try:
+            return await self._send(method, params, on_notification, headers, meta)
+        except (_SessionExpired, httpx.ConnectError):
+            # Nothing was executed: the backend restarted or forgot us. Renegotiate once and resend.
+            logger.info("backend %s: session lost, reconnecting", self.ref)
+        try:
+            await self._ensure_connected(stale_generation=generation)
+            return await self._send(method, params, on_notification, headers, meta)
+        except _SessionExpired:
+            raise UpstreamUnavailable(self.ref.key, "session expired again right after reconnecting") from None
+
+    async def _send(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        on_notification: NotificationHandler | None,
+        extra_headers: Mapping[str, str] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        request_id = next(self._ids)
+        if self.era is Era.MODERN:
+            wire_params = modern_params(params, meta)
+            headers = {**self._base_headers, **(extra_headers or {}), "accept": ACCEPT}
+            headers.update(modern_headers(method, wire_params))
+        else:
+            wire_params = dict(params) if params else {}
+            if meta:
+                wire_params["_meta"] = {**(wire_params.get("_meta") or {}), **meta}
+            headers = {**self._legacy_headers(), **(extra_headers or {}), "accept": ACCEPT}
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if wire_params:
+            body["params"] = wire_params
+        headers["content-type"] = "application/json"
+        era = self.era
+        try:
+            async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
+                if response.status_code == 404 and era is Era.LEGACY and self.session_id:
+                    raise _SessionExpired
+                return await self._read_response(response, request_id, on_notification)
+        except anyio.get_cancelled_exc_class():
+            if era is Era.LEGACY:
+                # The modern era cancels by closing the stream (done above); a legacy backend must be told.
+                with anyio.move_on_after(2, shield=True):
+                    await self._notify_cancelled(request_id)
+            raise
+        except httpx.ConnectError:
+            raise
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise UpstreamUnavailable(
+                self.ref.key, f"connection failed during {method}: {type(exc).__name__}"
+            ) from None
+
+    async def _read_response(
+        self, response: httpx.Response, request_id: Any, on_notification: NotificationHandler | None
+    ) -> dict[str, Any]:
+        ctype = response.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream") and response.status_code < 400:
+            try:
+                async for message in iter_sse_messages(response):
+                    if "method" in message:
+                        await self._on_inbound(message, on_notification)
+                    elif message.get("id") == request_id:
+                        return self._unwrap(message)
+            except ValueError as exc:
+                raise UpstreamProtocolError(self.ref.key, str(exc)) from None
+            raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
+        await response.aread()
+        try:
+            message = json.loads(response.content)
+        except ValueError:
+            raise UpstreamProtocolError(
+                self.ref.key, f"HTTP {response.status_code} with a body that is not JSON-RPC ({ctype or 'no type'})"
+            ) from None
+        if isinstance(message, dict) and ("result" in message or "error" in message):
+            return self._unwrap(message)
+        raise UpstreamProtocolError(self.ref.key, f"HTTP {response.status_code} without a JSON-RPC response")
+
+    def _unwrap(self, message: dict[str, Any]) -> dict[str, Any]:
+        if "error" in message:
+            err = message["error"]
+            if not isinstance(err, dict):
+                raise UpstreamProtocolError(self.ref.key, "malformed JSON-RPC error")
+            code = err.get("code")
+            raise UpstreamRpcError(
+                code if isinstance(code, int) else -32603, str(err.get("message", "error")), err.get("data")
+            )
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamProtocolError(self.ref.key, "JSON-RPC result is not an object")
+        return result
+
+    async def _on_inbound(self, message: dict[str, Any], on_notification: NotificationHandler | None) -> None:
+        if "id" in message:
+            # A server-to-client request (sampling, elicitation, roots). Not relayed yet: refuse it so the backend
+            # does not wait forever.
+            await self._reply_error(message["id"], -32601, f"virtual-mcp does not relay {message.get('method')!r}")
+            return
+        method = message.get("method")
+        if method in ("notifications/tools/list_changed",):
+            self._list_changed()
+            return
+        if on_notification is not None:
+            await on_notification(message)
+
+    async def _reply_error(self, request_id: Any, code: int, text: str) -> None:
+        body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": text}}
+        try:
+            await self._post(body, {**self._legacy_headers(), "accept": ACCEPT})
+        except UpstreamUnavailable:
+            logger.debug("could not refuse a server request from %s", self.ref)
+
+    async def _notify_cancelled(self, request_id: int) -> None:
+        body = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": "cancelled by the gateway's client"},
+        }
+        try:
+            await self._post(body, {**self._legacy_headers(), "accept": ACCEPT})
+        except UpstreamUnavailable:
+            logger.debug("could not forward cancellation to %s", self.ref)
+
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        headers = {**headers, "content-type": "application/json"}
+        try:
+            return await self._http.post(self.url, content=json.dumps(body), headers=headers)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(self.ref.key, f"cannot reach backend: {type(exc).__name__}") from None
+
+    def _legacy_headers(self) -> dict[str, str]:
+        headers = dict(self._base_headers)
+        if self.session_id:
+            headers["mcp-session-id"] = self.session_id
+        if self.protocol_version:
+            headers["mcp-protocol-version"] = self.protocol_version
+        return headers
+
+    # -- list_changed ---------------------------------------------------------------------------------------
+
+    def _list_changed(self) -> None:
+        if self._on_list_changed is not None:
+            self._on_list_changed()
+
+    def _maybe_listen(self) -> None:
+        tools_cap = self.capabilities.get("tools")
+        if (
+            self._spawn is None
+            or self._listening
+            or not isinstance(tools_cap, dict)
+            or not tools_cap.get("listChanged")
+        ):
+            return
+        if not self.session_id:
+            return
+        self._listening = True
+        self._spawn(self._listen_legacy)
+
+    async def _listen_legacy(self) -> None:
+        """Hold the standalone GET stream open for list_changed until the session ends."""
+        session_id = self.session_id
+        headers = {**self._legacy_headers(), "accept": "text/event-stream"}
+        try:
+            async with self._http.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)) as resp:
+                if resp.status_code != 200:
+                    return
+                async for message in iter_sse_messages(resp):
+                    if message.get("method") == "notifications/tools/list_changed":
+                        self._list_changed()
+                    elif "id" in message and "method" in message:
+                        await self._reply_error(message["id"], -32601, "not relayed")
+        except (httpx.HTTPError, ValueError):
+            logger.debug("backend %s: list_changed stream ended", self.ref)
+        finally:
+            self._listening = False
+            if not self._closed and self.session_id == session_id:
+                # The stream broke while the session looked alive: make the next request renegotiate,
+                # and tell the catalog its view may be stale.
+                self._list_changed()
+
+
+__all__ = ["Era", "UpstreamRpcError", "UpstreamSession"]

@@ -1,0 +1,70 @@
+"""Streamable-HTTP wire details shared by the upstream client: era constants, envelopes, SSE framing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+
+MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
+LEGACY_VERSION = LATEST_HANDSHAKE_VERSION
+ACCEPT = "application/json, text/event-stream"
+CLIENT_INFO = {"name": "virtual-mcp", "version": "0.1.0"}
+
+
+def modern_params(params: Mapping[str, Any] | None, extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`params` with the 2026-07-28 per-request envelope merged into `_meta`."""
+    out = dict(params) if params else {}
+    meta = dict(out.get("_meta") or {})
+    if extra_meta:
+        meta.update(extra_meta)
+    meta[PROTOCOL_VERSION_META_KEY] = MODERN_VERSION
+    meta[CLIENT_CAPABILITIES_META_KEY] = {}
+    meta[CLIENT_INFO_META_KEY] = CLIENT_INFO
+    out["_meta"] = meta
+    return out
+
+
+def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
+    headers = {"mcp-protocol-version": MODERN_VERSION, "mcp-method": method}
+    key = NAME_BEARING_METHODS.get(method)
+    if key is not None:
+        value = params.get(key)
+        if isinstance(value, str):
+            headers["mcp-name"] = encode_header_value(value)
+    return headers
+
+
+async def iter_sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Yield each JSON-RPC message carried by an SSE response body (events named `message` or unnamed)."""
+    event = "message"
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data and event == "message":
+                payload = "\n".join(data)
+                try:
+                    message = json.loads(payload)
+                except ValueError:
+                    raise ValueError("SSE event carried invalid JSON") from None
+                if isinstance(message, dict):
+                    yield message
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value or "message"
+    if data and event == "message":
+        message = json.loads("\n".join(data))
+        if isinstance(message, dict):
+            yield message
