@@ -127,16 +127,19 @@ class ToolCatalog:
             logger.exception("listing tools of %s failed", ref)
         else:
             changed = entry.tools != tools
+            # The very first answer of a backend is no change anyone was told about; a recovery or an edit is.
+            announce = changed and (entry.tools is not None or bool(entry.failure))
             entry.tools = tools
             entry.by_name = {t["name"]: t for t in tools}
             entry.param_headers = _param_header_maps(tools)
             entry.fetched_at = self._clock()
             entry.stale = False
             entry.failed_at = None
+            entry.failure = ""
             if changed:
                 entry.version += 1
-                if self._on_change is not None:
-                    self._on_change(ref)
+            if announce and self._on_change is not None:
+                self._on_change(ref)
         finally:
             entry.inflight = None
             event.set()

@@ -1,0 +1,120 @@
+"""Test support: real servers on loopback sockets, no sleeps.
+
+Servers are started on a socket that is already bound and listening, so a client may connect immediately:
+its connection waits in the backlog until uvicorn accepts it. Nothing in the tests polls or sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from virtual_mcp.config.loader import load_config_dir
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.gateway.app import create_app
+from virtual_mcp.registry import build_registry
+
+LOCAL_USER = "alice@northwind.example"
+
+
+def bind() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+class Served:
+    """A running uvicorn server; `stop()` shuts it down (the port is then refused)."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket, scope: anyio.CancelScope) -> None:
+        self.server = server
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._scope = scope
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+@asynccontextmanager
+async def serve(app: ASGIApp, sock: socket.socket | None = None) -> AsyncIterator[Served]:
+    """Serve `app` on a loopback port for the duration of the block."""
+    sock = sock or bind()
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        served = Served(server, sock, tg.cancel_scope)
+        tg.start_soon(lambda: server.serve(sockets=[sock]))
+        try:
+            yield served
+        finally:
+            # Not force_exit: that would skip the lifespan shutdown, which is part of what the tests check.
+            server.should_exit = True
+
+
+class LegacyOnly:
+    """Wraps an MCP app so it behaves like a backend built before 2026-07-28 (SDK 1.x era).
+
+    Such a server answers a request naming an unknown protocol version with HTTP 400 and never learned
+    `server/discover`: exactly what the gateway's era negotiation must fall back from.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers", []))
+            version = headers.get(b"mcp-protocol-version", b"").decode()
+            if version and version.startswith("2026"):
+                body = json.dumps(
+                    {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Unsupported protocol version"}}
+                ).encode()
+                await send(
+                    {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def write_config(directory: Path, backends: dict[str, str], extra: str = "", group: str = "lab") -> Path:
+    """A servers.d with one group whose remote servers point at `backends` (name -> base URL).
+
+    `extra` is appended to the group's `integrations:` list; write its entries indented by two spaces.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, url in backends.items():
+        entries.append(
+            f"  - name: {name}\n"
+            "    type: integration/mcp-server/remote\n"
+            f"    url: {url}/mcp\n"
+            "    authorized_subjects: [team:platform-engineering]\n"
+        )
+    text = f"name: {group}\ntype: provider-account/mcp-server-group\nintegrations:\n" + "".join(entries) + extra
+    (directory / f"{group}.yaml").write_text(text)
+    (directory / "identities.yaml").write_text(
+        "type: identities\nteams:\n  - name: platform-engineering\n    members: [" + LOCAL_USER + "]\n"
+    )
+    return directory
+
+
+@asynccontextmanager
+async def gateway(config_dir: Path, **settings: Any) -> AsyncIterator[Served]:
+    registry = build_registry(load_config_dir(config_dir))
+    options: dict[str, Any] = {"local_user": LOCAL_USER, "list_deadline_seconds": 2.0, **settings}
+    app = create_app(registry, GatewaySettings(**options))
+    async with serve(app) as served:
+        yield served

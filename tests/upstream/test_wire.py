@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from virtual_mcp.upstream.wire import iter_sse_messages, modern_headers, modern_params
+
+
+async def collect(body: bytes) -> list[dict[str, object]]:
+    response = httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    return [m async for m in iter_sse_messages(response)]
+
+
+async def test_sse_frames_comments_and_multiline_data() -> None:
+    body = (
+        b": keepalive\n\n"
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\n\n'
+        b'data: {"jsonrpc":"2.0",\r\ndata: "id":1,"result":{}}\r\n\r\n'
+        b'event: other\ndata: {"ignored":true}\n\n'
+    )
+    messages = await collect(body)
+    assert messages == [
+        {"jsonrpc": "2.0", "method": "notifications/progress"},
+        {"jsonrpc": "2.0", "id": 1, "result": {}},
+    ]
+
+
+async def test_sse_garbage_is_an_error() -> None:
+    with pytest.raises(ValueError, match="invalid JSON"):
+        await collect(b"data: {not json\n\n")
+
+
+def test_modern_envelope_keeps_caller_meta_and_sets_routing_headers() -> None:
+    params = modern_params({"name": "echo", "_meta": {"progressToken": "p"}}, {"x": 1})
+    meta = params["_meta"]
+    assert meta["progressToken"] == "p" and meta["x"] == 1
+    assert meta["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert modern_headers("tools/call", params) == {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "echo",
+    }
