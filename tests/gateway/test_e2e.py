@@ -115,3 +115,16 @@ async def test_backend_tool_list_change_reaches_gateway_clients(tmp_path: Path) 
                     await changed.wait()
                 assert "lab__lab__late" in {t.name for t in await client.list_tools()}
                 assert (await client.call_tool("lab__lab__late", {})).data == "late works"
+
+
+async def test_tool_list_change_reaches_modern_clients_on_listen_stream(tmp_path: Path) -> None:
+    async with serve(LegacyOnly(build_lab().http_app(path="/mcp"))) as backend:
+        config = write_config(tmp_path / "servers.d", {"lab": backend.url})
+        async with gateway(config) as gw, mcp.Client(f"{gw.url}/mcp", mode="2026-07-28") as client:
+            assert "lab__lab__later" not in {t.name for t in (await client.list_tools()).tools}
+            async with client.listen(tools_list_changed=True) as subscription:
+                await client.call_tool("lab__lab__grow", {"name": "later"})
+                with anyio.fail_after(10):
+                    async for _event in subscription:
+                        break
+            assert "lab__lab__later" in {t.name for t in (await client.list_tools()).tools}

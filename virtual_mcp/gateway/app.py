@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -70,11 +71,14 @@ def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
     # check would refuse a gateway reached by a non-loopback Host name.
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     managers: list[StreamableHTTPSessionManager] = []
+    listeners: list[ListenHandler] = []
     routes: list[Route] = []
     for path, endpoint in registry.endpoints.items():
         tracker = SessionTracker()
         runtime.client_sessions[path] = tracker.sessions
-        server = build_server(endpoint, runtime, tracker)
+        listen = ListenHandler(runtime.buses[path])
+        listeners.append(listen)
+        server = build_server(endpoint, runtime, tracker, listen)
         manager = StreamableHTTPSessionManager(
             app=server,
             security_settings=security,
@@ -99,6 +103,9 @@ def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
             await stack.enter_async_context(runtime.running())
             for manager in managers:
                 await stack.enter_async_context(manager.run())
+            # Runs first on the way out: end listen streams gracefully before their managers stop.
+            for listen in listeners:
+                stack.callback(listen.close)
             logger.info("virtual-mcp serving %d endpoints", len(registry.endpoints))
             yield {"runtime": runtime}
 

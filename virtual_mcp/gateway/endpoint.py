@@ -16,6 +16,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
+from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import mcp_param_headers
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -98,7 +99,7 @@ class SessionTracker:
         return await call_next(ctx)
 
 
-def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker) -> Server[Any]:
+def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, listen: ListenHandler) -> Server[Any]:
     settings = runtime.settings
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
@@ -127,7 +128,12 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker) 
         )
         return for_caller(ctx, result)
 
-    handlers: dict[str, Any] = {"on_list_tools": list_tools, "on_call_tool": call_tool}
+    # 2026-07-28 clients learn about tool list changes on a `subscriptions/listen` stream.
+    handlers: dict[str, Any] = {
+        "on_list_tools": list_tools,
+        "on_call_tool": call_tool,
+        "on_subscriptions_listen": listen,
+    }
     if endpoint.kind is EndpointKind.REMOTE:
         handlers.update(_passthrough_handlers(endpoint, runtime))
 

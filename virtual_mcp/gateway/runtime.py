@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.views import EndpointView
@@ -29,6 +30,8 @@ class Runtime:
         self._tg: TaskGroup | None = None
         self._views: dict[str, EndpointView] = {}
         self.client_sessions: dict[str, dict[str, ServerSession]] = {}
+        # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.
+        self.buses: dict[str, InMemorySubscriptionBus] = {p: InMemorySubscriptionBus() for p in registry.endpoints}
         self.ready = False
 
     @property
@@ -75,6 +78,7 @@ class Runtime:
             return
         for path, endpoint in self.registry.endpoints.items():
             if any(m.source == ref for m in endpoint.members):
+                self._tg.start_soon(self.buses[path].publish, ToolsListChanged())
                 for session_id, session in list(self.client_sessions.get(path, {}).items()):
                     self._tg.start_soon(self._notify_list_changed, path, session_id, session)
 
