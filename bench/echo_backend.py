@@ -21,13 +21,17 @@ ECHO_TOOL = types.Tool(
 )
 
 
-async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[ECHO_TOOL])
 
 
 async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     if params.name != "echo":
-        return types.CallToolResult(content=[types.TextContent(type="text", text=f"unknown tool {params.name}")], is_error=True)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=f"unknown tool {params.name}")], is_error=True
+        )
     text = str((params.arguments or {}).get("text", ""))
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
 

@@ -7,6 +7,7 @@ Handlers return the backend's raw result dicts; the SDK shapes them for the call
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -17,8 +18,9 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ListenHandler
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.inbound import mcp_param_headers
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
@@ -64,7 +66,18 @@ def principal_of(ctx: Ctx) -> Principal:
 
 
 def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
-    """Make a result (ours, or a backend's of either era) complete for the caller's era; the SDK sieves the rest."""
+    """Make a result (ours, or a backend's of either era) right for the caller's era; the SDK sieves the rest.
+
+    The caller talks to the gateway, so a backend's own `serverInfo` stamp is removed; the SDK stamps the
+    gateway's on 2026-07-28 results and none on 2025-11-25 ones.
+    """
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+        rest = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
+        if rest:
+            result["_meta"] = rest
+        else:
+            del result["_meta"]
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
         result["resultType"] = "complete"
     return result
@@ -87,6 +100,7 @@ class SessionTracker:
 
     def __init__(self) -> None:
         self.sessions: dict[str, ServerSession] = {}
+        self.log_levels: dict[str, str] = {}  # a 2025-11-25 session's logging/setLevel choice
 
     async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
         # The SDK offers no public handle on a session's standalone channel outside a request; the session
@@ -96,7 +110,21 @@ class SessionTracker:
         if connection is not None and session_id and session_id not in self.sessions:
             self.sessions[session_id] = ctx.session
             connection.exit_stack.callback(self.sessions.pop, session_id, None)
+            connection.exit_stack.callback(self.log_levels.pop, session_id, None)
         return await call_next(ctx)
+
+    def set_log_level(self, ctx: Ctx, level: str) -> None:
+        session_id = _session_id(ctx)
+        if session_id:
+            self.log_levels[session_id] = level
+
+    def log_level(self, ctx: Ctx) -> str | None:
+        session_id = _session_id(ctx)
+        return self.log_levels.get(session_id) if session_id else None
+
+
+def _session_id(ctx: Ctx) -> str | None:
+    return ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
 
 
 def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, listen: ListenHandler) -> Server[Any]:
@@ -125,20 +153,36 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
             upstream_params,
             timeout=settings.call_timeout_seconds,
             headers=headers,
+            min_log_level=tracker.log_level(ctx),
         )
         return for_caller(ctx, result)
+
+    async def set_logging_level(ctx: Ctx, params: types.SetLevelRequestParams) -> HandlerResult:
+        # Per client session: the upstream session is shared, so the level filters what the gateway relays.
+        tracker.set_log_level(ctx, params.level)
+        return {}
 
     # 2026-07-28 clients learn about tool list changes on a `subscriptions/listen` stream.
     handlers: dict[str, Any] = {
         "on_list_tools": list_tools,
         "on_call_tool": call_tool,
         "on_subscriptions_listen": listen,
+        "on_set_logging_level": set_logging_level,
     }
     if endpoint.kind is EndpointKind.REMOTE:
-        handlers.update(_passthrough_handlers(endpoint, runtime))
+        handlers.update(_passthrough_handlers(endpoint, runtime, tracker))
 
     view_of = runtime.view
-    server = _GatewayServer(
+    with warnings.catch_warnings():
+        # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        server = _build(endpoint, view_of, handlers)
+    server.middleware = [*server.middleware, ErrorRendering(), tracker]
+    return server
+
+
+def _build(endpoint: Endpoint, view_of: Callable[[str], Any], handlers: dict[str, Any]) -> Server[Any]:
+    return _GatewayServer(
         "virtual-mcp",
         version="0.1.0",
         title=endpoint.title,
@@ -148,12 +192,16 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         cache_hints=_PRIVATE_NO_CACHE,
         **handlers,
     )
-    server.middleware = [*server.middleware, ErrorRendering(), tracker]
-    return server
 
 
-def _passthrough_handlers(endpoint: Endpoint, runtime: Runtime) -> dict[str, Callable[[Ctx, Any], Awaitable[Any]]]:
-    """Resources, prompts and completions of a single remote server, forwarded as they are."""
+def _passthrough_handlers(
+    endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker
+) -> dict[str, Callable[[Ctx, Any], Awaitable[Any]]]:
+    """Resources and prompts of a single remote server, forwarded as they are.
+
+    Completions are not forwarded: capabilities are fixed before the backend's are known, and advertising one the
+    backend lacks would promise what it cannot keep.
+    """
     member = endpoint.members[0]
 
     def make(method: str, empty: Mapping[str, Any] | None) -> Callable[[Ctx, Any], Awaitable[Any]]:
@@ -166,7 +214,12 @@ def _passthrough_handlers(endpoint: Endpoint, runtime: Runtime) -> dict[str, Cal
             raw = ctx.params or {}
             params = {k: v for k, v in raw.items() if k != "_meta"}
             result = await forward(
-                ctx, runtime.pool.session(member.source), method, params, timeout=runtime.settings.call_timeout_seconds
+                ctx,
+                runtime.pool.session(member.source),
+                method,
+                params,
+                timeout=runtime.settings.call_timeout_seconds,
+                min_log_level=tracker.log_level(ctx),
             )
             if "cacheScope" in result:
                 result["cacheScope"] = "private"
@@ -180,5 +233,4 @@ def _passthrough_handlers(endpoint: Endpoint, runtime: Runtime) -> dict[str, Cal
         "on_read_resource": make("resources/read", None),
         "on_list_prompts": make("prompts/list", {"prompts": []}),
         "on_get_prompt": make("prompts/get", None),
-        "on_completion": make("completion/complete", None),
     }

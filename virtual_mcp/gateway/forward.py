@@ -14,7 +14,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.upstream.session import UpstreamSession
 
-_LOG_LEVELS = frozenset(("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))
+_ORDERED_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_LOG_LEVELS = frozenset(_ORDERED_LEVELS)
+_RESERVED_PREFIX = "io.modelcontextprotocol/"
 
 
 def caller_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
@@ -31,11 +33,19 @@ async def forward(
     *,
     timeout: float,
     headers: Mapping[str, str] | None = None,
+    min_log_level: str | None = None,
 ) -> dict[str, Any]:
-    """Send `method` upstream on behalf of the caller in `ctx` and return the backend's raw result."""
+    """Send `method` upstream on behalf of the caller in `ctx` and return the backend's raw result.
+
+    The caller's own `_meta` entries (trace context, application keys) travel with the request; the protocol's
+    reserved entries are the gateway's to set for its own connection to the backend. `min_log_level` is a
+    2025-11-25 caller's `logging/setLevel` choice.
+    """
     inbound_meta = caller_meta(ctx)
     wants_progress = inbound_meta.get("progressToken") is not None
-    upstream_meta: dict[str, Any] = {}
+    upstream_meta: dict[str, Any] = {
+        k: v for k, v in inbound_meta.items() if k != "progressToken" and not k.startswith(_RESERVED_PREFIX)
+    }
     if wants_progress:
         # A token of our own: the caller's token is meaningless to the backend and may collide across callers.
         upstream_meta["progressToken"] = f"vmcp-{uuid.uuid4().hex}"
@@ -46,6 +56,8 @@ async def forward(
     else:
         upstream_meta[LOG_LEVEL_META_KEY] = "debug"
     log_levels = allowed_log_levels(ctx.protocol_version, inbound_meta)
+    if min_log_level in _ORDERED_LEVELS:
+        log_levels = log_levels & frozenset(_ORDERED_LEVELS[_ORDERED_LEVELS.index(min_log_level) :])
 
     async def relay(message: dict[str, Any]) -> None:
         kind = message.get("method")

@@ -115,6 +115,8 @@ class UpstreamSession:
     # -- negotiation ----------------------------------------------------------------------------------------
 
     async def _ensure_connected(self, stale_generation: int | None = None) -> int:
+        if self.era is not None and stale_generation is None:
+            return self._generation  # the hot path: no lock once connected
         async with self._lock:
             if self.era is not None and (stale_generation is None or stale_generation != self._generation):
                 return self._generation
