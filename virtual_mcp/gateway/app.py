@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest
@@ -33,13 +33,73 @@ def _error(status: int, code: int, message: str, headers: dict[str, str] | None 
     return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Response:
+    """The whole request body, or a 413 answer as soon as it is known to exceed `limit`."""
+    too_large = _error(413, BadRequest.jsonrpc_code, f"Request body too large (limit {limit} bytes)")
+    for name, value in scope.get("headers", []):
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _envelope_problem(body: bytes) -> str | None:
+    """What makes valid JSON not a JSON-RPC message; malformed JSON is left to the transport (-32700)."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(message, list):
+        return "batches are not supported; send one JSON-RPC message per request"
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return 'body must be one JSON-RPC 2.0 object with "jsonrpc": "2.0"'
+    if not isinstance(message.get("method"), str) and not (
+        "id" in message and ("result" in message or "error" in message)
+    ):
+        return 'a JSON-RPC request needs a string "method"'
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the already-read body to the transport, then pass on what the server reports (e.g. a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class EndpointApp:
     """ASGI app of one endpoint: origin check, inbound identity, then the SDK's streamable-HTTP transport."""
 
-    def __init__(self, manager: StreamableHTTPSessionManager, origins: OriginPolicy, identity: LocalIdentity | None):
+    def __init__(
+        self,
+        manager: StreamableHTTPSessionManager,
+        origins: OriginPolicy,
+        identity: LocalIdentity | None,
+        max_body: int,
+    ) -> None:
         self._manager = manager
         self._origins = origins
         self._identity = identity
+        self._max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -57,6 +117,16 @@ class EndpointApp:
             )(scope, receive, send)
             return
         scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = principal
+        if scope.get("method") == "POST":
+            body = await _read_body(scope, receive, self._max_body)
+            if isinstance(body, Response):
+                await body(scope, receive, send)
+                return
+            problem = _envelope_problem(body)
+            if problem is not None:
+                await _error(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
+                return
+            receive = _replay(body, receive)
         await self._manager.handle_request(scope, receive, send)
 
 
@@ -85,7 +155,13 @@ def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
             max_request_body_size=settings.max_request_body_bytes,
         )
         managers.append(manager)
-        routes.append(Route(path, endpoint=EndpointApp(manager, origins, identity), methods=["GET", "POST", "DELETE"]))
+        routes.append(
+            Route(
+                path,
+                endpoint=EndpointApp(manager, origins, identity, settings.max_request_body_bytes),
+                methods=["GET", "POST", "DELETE"],
+            )
+        )
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

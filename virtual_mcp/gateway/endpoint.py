@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, get_args
 
+import anyio
 import mcp_types as types
 from mcp.server.caching import CacheableMethod, CacheHint
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -22,8 +23,9 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.inbound import mcp_param_headers
 from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
-from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
+from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -93,6 +95,12 @@ class ErrorRendering:
             raise MCPError(exc.code, exc.message, exc.data) from None
         except GatewayError as exc:
             raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from None
+        except (MCPError, ValidationError, anyio.get_cancelled_exc_class()):
+            raise  # the SDK renders these itself (protocol errors, invalid params, cancellation)
+        except Exception:
+            # The top of a request: nothing unexpected may reach the caller as anything but a generic error.
+            logger.exception("internal error serving %s", ctx.method)
+            raise MCPError(INTERNAL_ERROR, "Internal error") from None
 
 
 class SessionTracker:

@@ -67,14 +67,22 @@ class EndpointView:
 
     async def resolve(self, principal: Principal, name: str, deadline: float) -> Route | None:
         """Where a call to `name` goes, or None if it does not exist for this caller (the two are one answer)."""
-        route = self._fast_route(name)
+        route = self._known(self._fast_route(name)) or self._current_table().routes.get(name)
         if route is None:
-            table = self._current_table()
-            route = table.routes.get(name)
-            if route is None:
-                await self._refresh(self.visible_members(principal), deadline)
-                route = self._current_table().routes.get(name)
+            # Not in the cache: the backend's list may be unfetched or stale. One refresh, then the answer stands.
+            await self._refresh(self.visible_members(principal), deadline)
+            fast = self._fast_route(name)
+            route = self._known(fast) or self._current_table().routes.get(name)
+            if route is None and fast is not None and not self._catalog.known_tools(fast.member.source):
+                # The backend could not say what it has (down, hung, garbage): forward, so the caller hears why.
+                route = fast
         return route if route is not None and self._allowed(principal, route) else None
+
+    def _known(self, route: Route | None) -> Route | None:
+        """`route` if its backend is known to have that tool, so an unknown name never reaches a backend."""
+        if route is None or self._catalog.cached_tool(route.member.source, route.original) is None:
+            return None
+        return route
 
     def _fast_route(self, name: str) -> Route | None:
         members = self.endpoint.members

@@ -103,7 +103,11 @@ class ToolCatalog:
         if entry.tools is not None and entry.inflight is None and entry.failed_at is None:
             return entry.tools
         if entry.inflight is not None:
-            raise UpstreamTimeout(ref.key, f"tools/list took longer than {deadline:g}s")
+            # Still running: leave this backend out for a while instead of waiting the deadline on every list.
+            # The fetch goes on in the background and clears this when it succeeds.
+            entry.failed_at = self._clock()
+            entry.failure = f"tools/list took longer than {deadline:g}s"
+            raise UpstreamTimeout(ref.key, entry.failure)
         raise UpstreamUnavailable(ref.key, entry.failure or "tools/list failed")
 
     def _start_fetch(self, ref: ServerRef, entry: _Entry) -> anyio.Event:

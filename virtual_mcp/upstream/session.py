@@ -51,6 +51,16 @@ class _SessionExpired(Exception):
     """A legacy backend forgot our session (404): renegotiate and resend."""
 
 
+class _ConnectionDropped(Exception):
+    """The connection closed before any response byte arrived (typically a pooled connection the backend closed)."""
+
+
+# Requests without side effects: resent once when a pooled connection turns out to be dead.
+_SAFE_TO_RESEND = frozenset(
+    {"tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list", "prompts/get"}
+)
+
+
 class UpstreamSession:
     def __init__(
         self,
@@ -120,8 +130,8 @@ class UpstreamSession:
         async with self._lock:
             if self.era is not None and (stale_generation is None or stale_generation != self._generation):
                 return self._generation
-            self.era = None
-            self.session_id = None
+            # The old state stays in place until the new one is complete: requests racing this renegotiation use
+            # the old session, get its 404, and come back here to wait for the new one.
             await self._negotiate()
             self._generation += 1
             return self._generation
@@ -161,11 +171,14 @@ class UpstreamSession:
         params = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize", "params": params}
         headers = {**self._base_headers, "accept": ACCEPT, "content-type": "application/json"}
-        async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
-            if response.status_code >= 400:
-                raise UpstreamUnavailable(self.ref.key, f"initialize refused with HTTP {response.status_code}")
-            session_id = response.headers.get("mcp-session-id")
-            result = await self._read_response(response, body["id"], None)
+        try:
+            async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
+                if response.status_code >= 400:
+                    raise UpstreamUnavailable(self.ref.key, f"initialize refused with HTTP {response.status_code}")
+                session_id = response.headers.get("mcp-session-id")
+                result = await self._read_response(response, body["id"], None)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(self.ref.key, f"initialize failed: {type(exc).__name__}") from None
         version = result.get("protocolVersion")
         if not isinstance(version, str) or version in MODERN_PROTOCOL_VERSIONS:
             raise UpstreamProtocolError(self.ref.key, "initialize result has no usable protocolVersion")
@@ -196,11 +209,19 @@ class UpstreamSession:
         except (_SessionExpired, httpx.ConnectError):
             # Nothing was executed: the backend restarted or forgot us. Renegotiate once and resend.
             logger.info("backend %s: session lost, reconnecting", self.ref)
+        except _ConnectionDropped:
+            # The backend closed a pooled connection (e.g. it restarted). Only a request that cannot have had an
+            # effect is sent again; a tools/call might have run, so its caller is told instead.
+            if method not in _SAFE_TO_RESEND:
+                raise UpstreamUnavailable(self.ref.key, f"connection dropped during {method}") from None
+            logger.info("backend %s: connection dropped during %s, resending", self.ref, method)
         try:
             await self._ensure_connected(stale_generation=generation)
             return await self._send(method, params, on_notification, headers, meta)
         except _SessionExpired:
             raise UpstreamUnavailable(self.ref.key, "session expired again right after reconnecting") from None
+        except _ConnectionDropped:
+            raise UpstreamUnavailable(self.ref.key, f"connection dropped during {method}") from None
 
     async def _send(
         self,
@@ -211,7 +232,9 @@ class UpstreamSession:
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         request_id = next(self._ids)
-        if self.era is Era.MODERN:
+        # One consistent snapshot: a concurrent renegotiation may replace the session while this request runs.
+        era, session_id, version = self.era, self.session_id, self.protocol_version
+        if era is Era.MODERN:
             wire_params = modern_params(params, meta)
             headers = {**self._base_headers, **(extra_headers or {}), "accept": ACCEPT}
             headers.update(modern_headers(method, wire_params))
@@ -219,26 +242,33 @@ class UpstreamSession:
             wire_params = dict(params) if params else {}
             if meta:
                 wire_params["_meta"] = {**(wire_params.get("_meta") or {}), **meta}
-            headers = {**self._legacy_headers(), **(extra_headers or {}), "accept": ACCEPT}
+            headers = {**self._legacy_headers(session_id, version), **(extra_headers or {}), "accept": ACCEPT}
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if wire_params:
             body["params"] = wire_params
         headers["content-type"] = "application/json"
-        era = self.era
+        received = False
         try:
             async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
-                if response.status_code == 404 and era is Era.LEGACY and self.session_id:
+                received = True
+                if response.status_code == 404 and era is Era.LEGACY and session_id:
                     raise _SessionExpired
                 return await self._read_response(response, request_id, on_notification)
         except anyio.get_cancelled_exc_class():
             if era is Era.LEGACY:
                 # The modern era cancels by closing the stream (done above); a legacy backend must be told.
                 with anyio.move_on_after(2, shield=True):
-                    await self._notify_cancelled(request_id)
+                    await self._notify_cancelled(request_id, session_id, version)
             raise
         except httpx.ConnectError:
             raise
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            if not received:
+                raise _ConnectionDropped from None
+            raise UpstreamUnavailable(
+                self.ref.key, f"connection failed during {method}: {type(exc).__name__}"
+            ) from None
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
             raise UpstreamUnavailable(
                 self.ref.key, f"connection failed during {method}: {type(exc).__name__}"
             ) from None
@@ -302,14 +332,14 @@ class UpstreamSession:
         except UpstreamUnavailable:
             logger.debug("could not refuse a server request from %s", self.ref)
 
-    async def _notify_cancelled(self, request_id: int) -> None:
+    async def _notify_cancelled(self, request_id: int, session_id: str | None, version: str | None) -> None:
         body = {
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
             "params": {"requestId": request_id, "reason": "cancelled by the gateway's client"},
         }
         try:
-            await self._post(body, {**self._legacy_headers(), "accept": ACCEPT})
+            await self._post(body, {**self._legacy_headers(session_id, version), "accept": ACCEPT})
         except UpstreamUnavailable:
             logger.debug("could not forward cancellation to %s", self.ref)
 
@@ -320,12 +350,15 @@ class UpstreamSession:
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(self.ref.key, f"cannot reach backend: {type(exc).__name__}") from None
 
-    def _legacy_headers(self) -> dict[str, str]:
+    def _legacy_headers(self, session_id: str | None = None, version: str | None = None) -> dict[str, str]:
+        """Headers of a 2025-11-25 request: of the current session, or of the one given."""
         headers = dict(self._base_headers)
-        if self.session_id:
-            headers["mcp-session-id"] = self.session_id
-        if self.protocol_version:
-            headers["mcp-protocol-version"] = self.protocol_version
+        session_id = session_id if session_id is not None else self.session_id
+        version = version if version is not None else self.protocol_version
+        if session_id:
+            headers["mcp-session-id"] = session_id
+        if version:
+            headers["mcp-protocol-version"] = version
         return headers
 
     # -- list_changed ---------------------------------------------------------------------------------------
