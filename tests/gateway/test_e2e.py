@@ -128,3 +128,65 @@ async def test_tool_list_change_reaches_modern_clients_on_listen_stream(tmp_path
                     async for _event in subscription:
                         break
             assert "lab__lab__later" in {t.name for t in (await client.list_tools()).tools}
+
+
+OAUTH_AND_HEADER = """\
+  - name: github
+    type: integration/mcp-server/remote
+    url: {url}/mcp
+    authorized_subjects: [team:platform-engineering]
+    auth_data:
+      type: oauth2
+      grant_type: client_credentials
+      token_url: https://idp.example/token
+      client_id: tfy-secret://t:github:client_id
+      client_secret: tfy-secret://t:github:client_secret
+  - name: sentry
+    type: integration/mcp-server/remote
+    url: {url}/mcp
+    authorized_subjects: [team:platform-engineering]
+    auth_data:
+      type: header
+      headers: {{Authorization: "Bearer tfy-secret://t:sentry:token"}}
+"""
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_servers_with_unsupported_outbound_auth_answer_clearly(tmp_path: Path, era: str) -> None:
+    async with serve(build_lab().http_app(path="/mcp")) as backend:
+        config = write_config(tmp_path / "servers.d", {"lab": backend.url}, OAUTH_AND_HEADER.format(url=backend.url))
+        async with gateway(config) as gw:
+            async with mcp.Client(f"{gw.url}/mcp", mode=era) as client:
+                names = {t.name for t in (await client.list_tools()).tools}
+                # The servers that can be reached are served; the others are left out, not fatal.
+                assert "lab__lab__echo" in names and not any("github" in n or "sentry" in n for n in names)
+            for server, mode in (("github", "oauth2 (client_credentials)"), ("sentry", "header")):
+                async with mcp.Client(f"{gw.url}/mcp-server/lab/{server}/server", mode=era) as client:
+                    with pytest.raises(MCPError) as info:
+                        await client.call_tool("echo", {"text": "x"})
+                    assert info.value.code == -32013
+                    assert info.value.message == f"backend 'lab/{server}': outbound auth {mode} is not supported yet"
+
+
+class DeleteRecorder:
+    """Passes requests to a backend app and records the session ids it is asked to DELETE."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.deleted: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "DELETE":
+            self.deleted.append(dict(scope["headers"]).get(b"mcp-session-id", b"").decode())
+        await self.app(scope, receive, send)
+
+
+async def test_gateway_ends_backend_sessions_on_shutdown(tmp_path: Path) -> None:
+    recorder = DeleteRecorder(LegacyOnly(build_lab().http_app(path="/mcp")))
+    async with serve(recorder) as backend:
+        config = write_config(tmp_path / "servers.d", {"lab": backend.url})
+        async with gateway(config) as gw, Client(f"{gw.url}/mcp", mode="legacy") as client:
+            assert (await client.call_tool("lab__lab__echo", {"text": "x"})).data == "x"
+            assert recorder.deleted == []
+        # The gateway has shut down: its one backend session was ended politely.
+        assert len(recorder.deleted) == 1 and recorder.deleted[0]

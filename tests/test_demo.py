@@ -1,0 +1,63 @@
+"""`virtual-mcp demo` and `examples/client.py`, as a newcomer runs them, in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+from anyio.streams.text import TextReceiveStream
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+async def test_demo_serves_the_northwind_example() -> None:
+    gateway_port, base = free_ports(1)[0], 0  # base: found below
+    # Three consecutive free ports for the backends.
+    for candidate in range(20000 + os.getpid() % 20000, 60000, 7):
+        try:
+            probes = [socket.create_server(("127.0.0.1", candidate + i)) for i in range(3)]
+        except OSError:
+            continue
+        for p in probes:
+            p.close()
+        base = candidate
+        break
+    command = [str(BIN / "virtual-mcp"), "demo", "--port", str(gateway_port), "--backend-base-port", str(base)]
+    async with await anyio.open_process(command, cwd=REPO) as demo:
+        try:
+            assert demo.stdout is not None
+            banner = ""
+            with anyio.fail_after(30):
+                async for chunk in TextReceiveStream(demo.stdout):
+                    banner += chunk
+                    if "Press Ctrl-C to stop." in banner:
+                        break
+            assert f"http://127.0.0.1:{gateway_port}/mcp" in banner
+            assert '"mcpServers"' in banner and "examples/client.py" in banner
+            url = f"http://127.0.0.1:{gateway_port}/mcp"
+            with anyio.fail_after(60):
+                run = await anyio.run_process([sys.executable, "examples/client.py", url], cwd=REPO, check=False)
+            out = run.stdout.decode()
+            assert run.returncode == 0, run.stderr.decode()[-2000:]
+            assert "northwind__tracker__delete_repo  <- northwind/tracker/delete_repo" in out
+            assert "northwind__support-readonly__errors__get_issue" in out
+            assert "northwind__tracker__list_repos -> ['cargo-api', 'fleet-ui']" in out
+        finally:
+            demo.send_signal(subprocess.signal.SIGINT)
+            with anyio.fail_after(15):
+                await demo.wait()
