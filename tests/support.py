@@ -19,18 +19,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.demo import bind_loopback
 from virtual_mcp.gateway.app import create_app
 from virtual_mcp.registry import build_registry
 
 LOCAL_USER = "alice@northwind.example"
 
 
-def bind() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock
+def bind(port: int = 0) -> socket.socket:
+    """A listening loopback socket (port 0: any free one; SO_REUSEADDR lets a restarted server take its old port)."""
+    return bind_loopback(port)
 
 
 class Served:

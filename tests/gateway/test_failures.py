@@ -6,7 +6,6 @@ how long the gateway makes its callers wait, with generous margins.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -238,15 +237,6 @@ async def test_restart_reconnects_every_request_in_flight(tmp_path: Path) -> Non
         assert after.calls == 2
 
 
-def listen_again(port: int) -> socket.socket:
-    """Listen on `port` again (SO_REUSEADDR lets a fresh socket take a port whose old connections linger)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
-    return sock
-
-
 async def test_backend_down_then_back_on_the_same_port(tmp_path: Path) -> None:
     sock = bind()
     port = sock.getsockname()[1]
@@ -258,7 +248,7 @@ async def test_backend_down_then_back_on_the_same_port(tmp_path: Path) -> None:
         error = await call_error(client, "lab__lab__echo")
         assert_names_backend(error, "lab")
         assert "cannot reach" in error.message
-        async with serve(lab_app(legacy=True), listen_again(port)):
+        async with serve(lab_app(legacy=True), bind(port)):
             assert await echo(client, "lab__lab__echo", "back") == {"result": "back"}
 
 
