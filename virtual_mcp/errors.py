@@ -92,6 +92,30 @@ class PromptNotFound(InvalidParams):
     http_status = 404
 
 
+class Unauthorized(GatewayError):
+    """No valid credential: answered 401 with a WWW-Authenticate challenge. The message never quotes the token."""
+
+    jsonrpc_code = -32001
+    http_status = 401
+    exit_code = 3
+
+
+class InvalidToken(Unauthorized):
+    """A credential was presented and refused; `reason` says why (expired, wrong audience, bad signature...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid token: {reason}")
+        self.reason = reason
+
+
+class Forbidden(GatewayError):
+    """Authenticated, but not allowed here."""
+
+    jsonrpc_code = -32003
+    http_status = 403
+    exit_code = 3
+
+
 class UpstreamError(GatewayError):
     """A backing MCP server could not serve the request."""
 

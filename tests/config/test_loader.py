@@ -77,7 +77,7 @@ def test_unknown_top_level_key_and_document_type() -> None:
     assert issues_of(GROUP_HEAD.replace("integrations:\n", "owner: me\n")) == ["g.yaml: owner: unknown key"]
     assert issues_of("type: server-farm\n") == [
         "g.yaml: type: unknown document type 'server-farm'; expected one of "
-        "('provider-account/mcp-server-group', 'identities')"
+        "('provider-account/mcp-server-group', 'identities', 'gateway')"
     ]
 
 

@@ -10,12 +10,13 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from virtual_mcp.config.models import NAME_PATTERN, ConfigFile, IdentitiesFile, ServerGroupFile
+from virtual_mcp.config.models import NAME_PATTERN, ConfigFile, GatewayFile, IdentitiesFile, ServerGroupFile
 from virtual_mcp.errors import ConfigError, ConfigIssue
 
 T = TypeVar("T")
-_ADAPTER: TypeAdapter[ServerGroupFile | IdentitiesFile] = TypeAdapter(ConfigFile)
-_KNOWN_TYPES = ("provider-account/mcp-server-group", "identities")
+Document = ServerGroupFile | IdentitiesFile | GatewayFile
+_ADAPTER: TypeAdapter[Document] = TypeAdapter(ConfigFile)
+_KNOWN_TYPES = ("provider-account/mcp-server-group", "identities", "gateway")
 # Union tags that pydantic inserts into error locations; they say nothing the user wrote.
 _TAGS = frozenset(
     {
@@ -41,6 +42,7 @@ class Located(Generic[T]):
 class LoadedConfig:
     groups: tuple[Located[ServerGroupFile], ...]
     identities: tuple[Located[IdentitiesFile], ...]
+    gateway: Located[GatewayFile] | None = None
 
 
 def load_config_dir(directory: Path) -> LoadedConfig:
@@ -51,18 +53,25 @@ def load_config_dir(directory: Path) -> LoadedConfig:
     issues: list[ConfigIssue] = []
     groups: list[Located[ServerGroupFile]] = []
     identities: list[Located[IdentitiesFile]] = []
+    gateway: Located[GatewayFile] | None = None
     for path in files:
         doc = _load_one(path, issues)
         if isinstance(doc, ServerGroupFile):
             groups.append(Located(path.name, doc))
         elif isinstance(doc, IdentitiesFile):
             identities.append(Located(path.name, doc))
+        elif isinstance(doc, GatewayFile):
+            if gateway is not None:
+                issues.append(
+                    ConfigIssue(path.name, "", "type", f"a second gateway document (first in {gateway.file})")
+                )
+            gateway = Located(path.name, doc)
     if issues:
         raise ConfigError(issues)
-    return LoadedConfig(tuple(groups), tuple(identities))
+    return LoadedConfig(tuple(groups), tuple(identities), gateway)
 
 
-def parse_config_text(name: str, text: str) -> ServerGroupFile | IdentitiesFile:
+def parse_config_text(name: str, text: str) -> Document:
     """Parse one document given as text (used by tests and `check`). Raises ConfigError."""
     issues: list[ConfigIssue] = []
     doc = _parse(name, text, issues)
@@ -71,7 +80,7 @@ def parse_config_text(name: str, text: str) -> ServerGroupFile | IdentitiesFile:
     return doc
 
 
-def _load_one(path: Path, issues: list[ConfigIssue]) -> ServerGroupFile | IdentitiesFile | None:
+def _load_one(path: Path, issues: list[ConfigIssue]) -> Document | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,7 +89,7 @@ def _load_one(path: Path, issues: list[ConfigIssue]) -> ServerGroupFile | Identi
     return _parse(path.name, text, issues)
 
 
-def _parse(name: str, text: str, issues: list[ConfigIssue]) -> ServerGroupFile | IdentitiesFile | None:
+def _parse(name: str, text: str, issues: list[ConfigIssue]) -> Document | None:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

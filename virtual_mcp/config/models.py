@@ -184,4 +184,56 @@ class IdentitiesFile(_Strict):
     virtual_accounts: list[VirtualAccount] = Field(default_factory=list)
 
 
-ConfigFile = Annotated[ServerGroupFile | IdentitiesFile, Field(discriminator="type")]
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "HS256", "HS384", "HS512"]
+
+
+class JwtSettings(_Strict):
+    """How the gateway verifies IdP-issued JWTs presented as bearer tokens."""
+
+    issuer: str = Field(min_length=1)
+    audience: str | list[str]
+    jwks_url: AnyHttpUrl | None = None
+    hs256_secret: str | None = None  # a tfy-secret:// reference to a shared HMAC secret
+    algorithms: list[JwtAlgorithm] | None = None  # default: RS256+ES256 with jwks_url, HS256 with hs256_secret
+    subject_claim: str = "sub"
+    teams_claim: str | None = None
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwks_cache_seconds: int = Field(default=300, ge=10, le=86400)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if (self.jwks_url is None) == (self.hs256_secret is None):
+            raise ValueError("exactly one of jwks_url and hs256_secret is required")
+        if self.hs256_secret is not None and not is_secret_ref(self.hs256_secret):
+            raise ValueError("hs256_secret must be a secret reference tfy-secret://tenant:group:key")
+        symmetric = {a for a in self.effective_algorithms if a.startswith("HS")}
+        if self.jwks_url is not None and symmetric:
+            raise ValueError("HMAC algorithms cannot be used with jwks_url (algorithm confusion)")
+        if self.hs256_secret is not None and symmetric != set(self.effective_algorithms):
+            raise ValueError("only HMAC algorithms can be used with hs256_secret")
+        return self
+
+    @property
+    def effective_algorithms(self) -> list[str]:
+        if self.algorithms:
+            return list(self.algorithms)
+        return ["HS256"] if self.hs256_secret is not None else ["RS256", "ES256"]
+
+    @property
+    def audiences(self) -> list[str]:
+        return [self.audience] if isinstance(self.audience, str) else list(self.audience)
+
+
+class InboundSettings(_Strict):
+    jwt: JwtSettings | None = None
+    # The public base URL of the gateway (e.g. https://mcp.northwind.example), used in RFC 9728 metadata;
+    # without it the URL the request arrived at is used.
+    public_url: AnyHttpUrl | None = None
+
+
+class GatewayFile(_Strict):
+    type: Literal["gateway"]
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
+
+
+ConfigFile = Annotated[ServerGroupFile | IdentitiesFile | GatewayFile, Field(discriminator="type")]
