@@ -18,9 +18,10 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from virtual_mcp.config.loader import load_config_dir
+from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.demo import bind_loopback
-from virtual_mcp.gateway.app import create_app
+from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.registry import build_registry
 
 LOCAL_USER = "alice@northwind.example"
@@ -110,9 +111,19 @@ def write_config(directory: Path, backends: dict[str, str], extra: str = "", gro
 
 
 @asynccontextmanager
-async def gateway(config_dir: Path, **settings: Any) -> AsyncIterator[Served]:
+async def gateway(
+    config_dir: Path, security: Security | None = None, secrets: dict[str, str] | None = None, **settings: Any
+) -> AsyncIterator[Served]:
+    """The gateway on `config_dir`, in local mode as LOCAL_USER unless `security` says otherwise.
+
+    `secrets` maps `tfy-secret://` URIs to values, standing in for the secret store.
+    """
     registry = build_registry(load_config_dir(config_dir))
     options: dict[str, Any] = {"local_user": LOCAL_USER, "list_deadline_seconds": 2.0, **settings}
-    app = create_app(registry, GatewaySettings(**options))
+    gateway_settings = GatewaySettings(**options)
+    if security is None:
+        values = {SecretRef.parse(uri): value for uri, value in (secrets or {}).items()}
+        security = Security.local(registry, gateway_settings, values)
+    app = create_app(registry, gateway_settings, security)
     async with serve(app) as served:
         yield served

@@ -83,6 +83,12 @@ class Registry:
     virtual_accounts: frozenset[str]
     collaborators: Mapping[str, tuple[tuple[str, str], ...]]  # group -> (subject, role_id)
     warnings: tuple[str, ...] = field(default=())
+    declares_identities: bool = False
+
+    def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
+        """The configured servers whose subjects may reach `source`: itself and each virtual server including it."""
+        virtual = tuple(ref for ref, v in self.virtuals.items() if any(src == source for src, _ in v.sources))
+        return (source, *virtual) if source in self.remotes else virtual
 
     def teams_of(self, user: str) -> frozenset[str]:
         return self.team_members.get(user.lower(), frozenset())
@@ -182,6 +188,7 @@ def build_registry(config: LoadedConfig) -> Registry:
         virtual_accounts=virtual_accounts,
         collaborators=MappingProxyType(collaborators),
         warnings=tuple(warnings),
+        declares_identities=bool(config.identities),
     )
 
 

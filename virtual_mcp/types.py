@@ -65,3 +65,22 @@ class Decision:
 
     allowed: bool
     reason: str
+
+
+class AuthMethod(StrEnum):
+    TOKEN = "token"  # noqa: S105 - a method name
+    JWT = "jwt"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """The outcome of inbound authentication for one request."""
+
+    principal: Principal
+    method: AuthMethod
+    # The raw bearer, kept only when it is an IdP JWT that was verified (checked passthrough may forward it).
+    verified_jwt: str | None = field(default=None, repr=False)
+    jwt_audiences: frozenset[str] = frozenset()
+    # The raw bearer as presented, so nothing can echo it upstream; never logged (repr=False).
+    bearer: str | None = field(default=None, repr=False)

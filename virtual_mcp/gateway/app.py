@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -15,131 +15,59 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
 
+from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import BadRequest
-from virtual_mcp.gateway.endpoint import PRINCIPAL_STATE_KEY, SessionTracker, build_server
+from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayError
+from virtual_mcp.gateway.admin import group_view
+from virtual_mcp.gateway.endpoint import SessionTracker, build_server
+from virtual_mcp.gateway.front import EndpointApp
+from virtual_mcp.gateway.http import gateway_error_response
 from virtual_mcp.gateway.runtime import Runtime
+from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
+from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
+from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 
-def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
-    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+@dataclass(frozen=True, slots=True)
+class Security:
+    """The inbound and outbound planes for one gateway: who may call, and how the gateway calls backends."""
+
+    authenticator: Authenticator
+    credentials: OutboundCredentials
+    metadata: ResourceMetadata = field(default_factory=ResourceMetadata)
+
+    @classmethod
+    def local(
+        cls, registry: Registry, settings: GatewaySettings, secrets: Mapping[SecretRef, str] | None = None
+    ) -> Security:
+        """Loopback local mode with secrets given in memory (tests, the demo)."""
+        local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
+        known = dict(secrets or {})
+
+        def resolve(ref: SecretRef) -> str:
+            if ref not in known:
+                raise ConfigError([ConfigIssue("", "", "", f"unresolvable secret reference {ref.uri}")])
+            return known[ref]
+
+        return cls(Authenticator(registry, local=local), OutboundCredentials(registry, resolve))
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Response:
-    """The whole request body, or a 413 answer as soon as it is known to exceed `limit`."""
-    too_large = _error(413, BadRequest.jsonrpc_code, f"Request body too large (limit {limit} bytes)")
-    for name, value in scope.get("headers", []):
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            return too_large
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _envelope_problem(body: bytes) -> str | None:
-    """What makes valid JSON not a JSON-RPC message; malformed JSON is left to the transport (-32700)."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(message, list):
-        return "batches are not supported; send one JSON-RPC message per request"
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-        return 'body must be one JSON-RPC 2.0 object with "jsonrpc": "2.0"'
-    if not isinstance(message.get("method"), str) and not (
-        "id" in message and ("result" in message or "error" in message)
-    ):
-        return 'a JSON-RPC request needs a string "method"'
-    return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand the already-read body to the transport, then pass on what the server reports (e.g. a disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-class EndpointApp:
-    """ASGI app of one endpoint: origin check, inbound identity, then the SDK's streamable-HTTP transport."""
-
-    def __init__(
-        self,
-        manager: StreamableHTTPSessionManager,
-        origins: OriginPolicy,
-        identity: LocalIdentity | None,
-        max_body: int,
-    ) -> None:
-        self._manager = manager
-        self._origins = origins
-        self._identity = identity
-        self._max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if not self._origins.allows(headers.get("origin"), headers.get("host")):
-            await _error(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")(scope, receive, send)
-            return
-        client = scope.get("client")
-        principal = self._identity.authenticate(client[0] if client else None) if self._identity else None
-        if principal is None:
-            await _error(
-                401,
-                BadRequest.jsonrpc_code,
-                "Unauthorized: this gateway accepts local requests only (serve --local-user)",
-                {"WWW-Authenticate": 'Bearer realm="virtual-mcp"'},
-            )(scope, receive, send)
-            return
-        scope.setdefault("state", {})[PRINCIPAL_STATE_KEY] = principal
-        if scope.get("method") == "POST":
-            body = await _read_body(scope, receive, self._max_body)
-            if isinstance(body, Response):
-                await body(scope, receive, send)
-                return
-            problem = _envelope_problem(body)
-            if problem is not None:
-                await _error(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
-                return
-            receive = _replay(body, receive)
-        await self._manager.handle_request(scope, receive, send)
-
-
-def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
+def create_app(registry: Registry, settings: GatewaySettings, security: Security | None = None) -> Starlette:
     """Build the gateway for one configuration snapshot. Background work starts only in the app's lifespan."""
     if settings.local_user is not None and not is_loopback_host(settings.host):
         raise BadRequest("--local-user is only allowed on a loopback listener (127.0.0.1, ::1, localhost)")
-    runtime = Runtime(registry, settings)
+    security = security or Security.local(registry, settings)
+    runtime = Runtime(registry, settings, security.credentials)
     origins = OriginPolicy(settings.allowed_origins)
-    identity = LocalIdentity(registry, settings.local_user) if settings.local_user else None
     # Origin is checked by EndpointApp (which also allows same-origin and configured origins); the SDK's own
     # check would refuse a gateway reached by a non-loopback Host name.
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    transport_security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     managers: list[StreamableHTTPSessionManager] = []
     listeners: list[ListenHandler] = []
     routes: list[Route] = []
@@ -150,18 +78,19 @@ def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
         listeners.append(listen)
         server = build_server(endpoint, runtime, tracker, listen)
         manager = StreamableHTTPSessionManager(
-            app=server,
-            security_settings=security,
-            max_request_body_size=settings.max_request_body_bytes,
+            app=server, security_settings=transport_security, max_request_body_size=settings.max_request_body_bytes
         )
         managers.append(manager)
-        routes.append(
-            Route(
-                path,
-                endpoint=EndpointApp(manager, origins, identity, settings.max_request_body_bytes),
-                methods=["GET", "POST", "DELETE"],
-            )
+        front = EndpointApp(
+            endpoint,
+            manager,
+            registry,
+            origins,
+            security.authenticator,
+            security.metadata,
+            settings.max_request_body_bytes,
         )
+        routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -171,7 +100,31 @@ def create_app(registry: Registry, settings: GatewaySettings) -> Starlette:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "endpoints": len(registry.endpoints)})
 
-    routes += [Route("/healthz", healthz), Route("/readyz", readyz)]
+    async def resource_metadata(request: Request) -> Response:
+        path = "/" + request.path_params.get("path", "")
+        if path != "/" and path not in registry.endpoints:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        base = security.metadata.base(request.url.scheme, request.headers.get("host", "localhost"))
+        return JSONResponse(security.metadata.document(base, "" if path == "/" else path))
+
+    async def admin_group(request: Request) -> Response:
+        client = request.client
+        try:
+            auth = await security.authenticator.authenticate(
+                request.headers, request.url.query, client.host if client else None
+            )
+            view = group_view(registry, runtime.catalog, request.path_params["group"], auth.principal)
+        except GatewayError as exc:
+            return gateway_error_response(exc)
+        return JSONResponse(view)
+
+    routes += [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route(WELL_KNOWN, resource_metadata),
+        Route(WELL_KNOWN + "/{path:path}", resource_metadata),
+        Route("/admin/groups/{group}", admin_group),
+    ]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:

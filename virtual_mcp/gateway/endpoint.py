@@ -27,15 +27,15 @@ from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
+from virtual_mcp.gateway.front import CALLER_STATE_KEY
+from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
-from virtual_mcp.types import Principal
 
 if TYPE_CHECKING:
     from virtual_mcp.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-PRINCIPAL_STATE_KEY = "principal"
 Ctx = ServerRequestContext[Any, Any]
 
 
@@ -58,13 +58,13 @@ _PRIVATE_NO_CACHE: dict[CacheableMethod, CacheHint] = {
 }
 
 
-def principal_of(ctx: Ctx) -> Principal:
+def caller_of(ctx: Ctx) -> Caller:
     request = ctx.request
-    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE_KEY) if request is not None else None
-    if not isinstance(principal, Principal):
-        # The ASGI layer authenticates every request before it reaches the MCP server; this is a wiring bug.
-        raise RuntimeError("request reached an MCP handler without an authenticated principal")
-    return principal
+    caller = request.scope.get("state", {}).get(CALLER_STATE_KEY) if request is not None else None
+    if not isinstance(caller, Caller):
+        # The front door authenticates every request before it reaches the MCP server; this is a wiring bug.
+        raise RuntimeError("request reached an MCP handler without an authenticated caller")
+    return caller
 
 
 def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
@@ -141,12 +141,13 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
         if params is not None and params.cursor:
             raise InvalidParams("invalid cursor: this server returns every tool in one page")
-        tools = await runtime.view(endpoint.path).list_tools(principal_of(ctx), settings.list_deadline_seconds)
+        tools = await runtime.view(endpoint.path).list_tools(caller_of(ctx), settings.list_deadline_seconds)
         return for_caller(ctx, {"tools": tools})
 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> HandlerResult:
         view = runtime.view(endpoint.path)
-        route = await view.resolve(principal_of(ctx), params.name, settings.list_deadline_seconds)
+        caller = caller_of(ctx)
+        route = await view.resolve(caller, params.name, settings.list_deadline_seconds)
         if route is None:
             raise ToolNotFound(params.name)
         source = route.member.source
@@ -156,7 +157,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
         result = await forward(
             ctx,
-            runtime.pool.session(source),
+            runtime.pool.session(source, runtime.credentials.headers_for(source, caller)),
             "tools/call",
             upstream_params,
             timeout=settings.call_timeout_seconds,
@@ -214,8 +215,8 @@ def _passthrough_handlers(
 
     def make(method: str, empty: Mapping[str, Any] | None) -> Callable[[Ctx, Any], Awaitable[Any]]:
         async def handler(ctx: Ctx, _params: Any) -> HandlerResult:
-            principal = principal_of(ctx)
-            if not decide(principal, runtime.registry.gates[member.gate]).allowed:
+            caller = caller_of(ctx)
+            if not decide(caller.principal, runtime.registry.gates[member.gate]).allowed:
                 if empty is not None:
                     return for_caller(ctx, dict(empty))
                 raise InvalidParams(f"{method}: not found")
@@ -223,7 +224,7 @@ def _passthrough_handlers(
             params = {k: v for k, v in raw.items() if k != "_meta"}
             result = await forward(
                 ctx,
-                runtime.pool.session(member.source),
+                runtime.pool.session(member.source, runtime.credentials.headers_for(member.source, caller)),
                 method,
                 params,
                 timeout=runtime.settings.call_timeout_seconds,

@@ -13,6 +13,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.views import EndpointView
+from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.catalog import ToolCatalog
@@ -22,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, registry: Registry, settings: GatewaySettings) -> None:
+    def __init__(self, registry: Registry, settings: GatewaySettings, credentials: OutboundCredentials) -> None:
         self.registry = registry
         self.settings = settings
+        self.credentials = credentials
         self._pool: UpstreamPool | None = None
         self._catalog: ToolCatalog | None = None
         self._tg: TaskGroup | None = None
@@ -57,7 +59,9 @@ class Runtime:
             self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
             self._catalog = ToolCatalog(self._pool, self.settings, tg, on_change=self._catalog_changed)
             self._views = {
-                path: EndpointView(ep, self.registry, self._catalog, self.settings.max_tool_name_length)
+                path: EndpointView(
+                    ep, self.registry, self._catalog, self.credentials, self.settings.max_tool_name_length
+                )
                 for path, ep in self.registry.endpoints.items()
             }
             self.ready = True

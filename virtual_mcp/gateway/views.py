@@ -15,9 +15,10 @@ import anyio
 
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.naming import SEPARATOR, namespaced
+from virtual_mcp.outbound.credentials import Caller, OutboundCredentials
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, Member, Registry
-from virtual_mcp.types import Principal
+from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.catalog import ToolCatalog
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,16 @@ class _Table:
 class EndpointView:
     """Tool listing and call routing for one endpoint, shared by every caller of it."""
 
-    def __init__(self, endpoint: Endpoint, registry: Registry, catalog: ToolCatalog, name_budget: int) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        registry: Registry,
+        catalog: ToolCatalog,
+        credentials: OutboundCredentials,
+        name_budget: int,
+    ) -> None:
         self.endpoint = endpoint
+        self._credentials = credentials
         self._registry = registry
         self._catalog = catalog
         self._budget = name_budget
@@ -55,28 +64,29 @@ class EndpointView:
     def exposed_name(self, member: Member, tool: str) -> str:
         return namespaced(member.prefix, tool, self._budget) if member.prefix else tool
 
-    async def list_tools(self, principal: Principal, deadline: float) -> list[dict[str, Any]]:
+    async def list_tools(self, caller: Caller, deadline: float) -> list[dict[str, Any]]:
         """Fan out to every backend the caller may use, concurrently; a backend past `deadline` is left out."""
+        principal = caller.principal
         members = self.visible_members(principal)
-        await self._refresh(members, deadline)
+        await self._refresh(members, deadline, caller)
         table = self._current_table()
         return [tool for name, tool in table.tools.items() if self._allowed(principal, table.routes[name])]
 
     def _allowed(self, principal: Principal, route: Route) -> bool:
         return decide(principal, self._registry.gates[route.member.gate], route.original).allowed
 
-    async def resolve(self, principal: Principal, name: str, deadline: float) -> Route | None:
+    async def resolve(self, caller: Caller, name: str, deadline: float) -> Route | None:
         """Where a call to `name` goes, or None if it does not exist for this caller (the two are one answer)."""
         route = self._known(self._fast_route(name)) or self._current_table().routes.get(name)
         if route is None:
             # Not in the cache: the backend's list may be unfetched or stale. One refresh, then the answer stands.
-            await self._refresh(self.visible_members(principal), deadline)
+            await self._refresh(self.visible_members(caller.principal), deadline, caller)
             fast = self._fast_route(name)
             route = self._known(fast) or self._current_table().routes.get(name)
             if route is None and fast is not None and not self._catalog.known_tools(fast.member.source):
                 # The backend could not say what it has (down, hung, garbage): forward, so the caller hears why.
                 route = fast
-        return route if route is not None and self._allowed(principal, route) else None
+        return route if route is not None and self._allowed(caller.principal, route) else None
 
     def _known(self, route: Route | None) -> Route | None:
         """`route` if its backend is known to have that tool, so an unknown name never reaches a backend."""
@@ -96,12 +106,12 @@ class EndpointView:
                     return Route(member, original)
         return None
 
-    async def _refresh(self, members: Iterable[Member], deadline: float) -> None:
+    async def _refresh(self, members: Iterable[Member], deadline: float, caller: Caller) -> None:
         sources = {m.source for m in members}
 
-        async def fetch(ref: Any) -> None:
+        async def fetch(ref: ServerRef) -> None:
             try:
-                await self._catalog.tools(ref, deadline)
+                await self._catalog.tools(ref, deadline, self._credentials.headers_for(ref, caller))
             except GatewayError as exc:
                 logger.info("tools of %s left out of %s: %s", ref, self.endpoint.path, exc.message)
 

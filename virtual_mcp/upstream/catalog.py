@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ class _Entry:
     failure: str = ""
     inflight: anyio.Event | None = None
     version: int = 0
+    # The credentials of the last caller that needed the list; a list_changed refetch reuses them.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class ToolCatalog:
@@ -83,9 +85,13 @@ class ToolCatalog:
         entry.failed_at = None
         self._start_fetch(ref, entry)
 
-    async def tools(self, ref: ServerRef, deadline: float) -> tuple[dict[str, Any], ...]:
-        """The backend's tools, waiting at most `deadline` seconds. Raises UpstreamError if it cannot say."""
+    async def tools(self, ref: ServerRef, deadline: float, headers: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+        """The backend's tools, waiting at most `deadline` seconds. Raises UpstreamError if it cannot say.
+
+        `headers` are the caller's credentials for the backend, used if a fetch is needed.
+        """
         entry = self._entry(ref)
+        entry.headers = headers
         now = self._clock()
         fresh = not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds
         if entry.tools is not None and fresh:
@@ -149,7 +155,7 @@ class ToolCatalog:
             event.set()
 
     async def _list_all(self, ref: ServerRef) -> tuple[dict[str, Any], ...]:
-        session = self._pool.session(ref)
+        session = self._pool.session(ref, self._entry(ref).headers)
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         # A hung backend must not pin a background task forever.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import Any
 
@@ -11,9 +12,8 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from virtual_mcp.config.models import OAuth2AuthData
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import NotSupportedYet
+from virtual_mcp.outbound.credentials import fingerprint
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.session import UpstreamSession
@@ -30,6 +30,7 @@ class UpstreamPool:
         settings: GatewaySettings,
         task_group: TaskGroup,
         on_list_changed: Callable[[ServerRef], None] | None = None,
+        max_sessions: int = 1024,
     ) -> None:
         self._registry = registry
         self._settings = settings
@@ -40,26 +41,26 @@ class UpstreamPool:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60),
             follow_redirects=False,
         )
-        self._sessions: dict[ServerRef, UpstreamSession] = {}
+        # Least recently used first; per-caller credentials (passthrough, overrides) make this grow, so it is bounded.
+        self._sessions: OrderedDict[tuple[ServerRef, str], UpstreamSession] = OrderedDict()
+        self._max_sessions = max_sessions
 
-    def session(self, ref: ServerRef) -> UpstreamSession:
-        session = self._sessions.get(ref)
-        if session is None:
-            remote = self._registry.remotes[ref]
-            if remote.auth is not None:
-                # Outbound credentials arrive with the outbound/ package; until then refuse clearly, per server.
-                mode: str = remote.auth.type
-                if isinstance(remote.auth, OAuth2AuthData):
-                    mode = f"{mode} ({remote.auth.grant_type})"
-                raise NotSupportedYet(f"backend {ref.key!r}: outbound auth {mode} is not supported yet")
-            session = UpstreamSession(
-                ref,
-                remote.url,
-                self._http,
-                spawn=self._spawn,
-                on_list_changed=partial(self._changed, ref),
-            )
-            self._sessions[ref] = session
+    def session(self, ref: ServerRef, headers: Mapping[str, str]) -> UpstreamSession:
+        """The session for `ref` with these credentials: one per distinct credential, so a backend session is
+        never shared across identities (backends bind a session to the credential that opened it)."""
+        key = (ref, fingerprint(headers))
+        session = self._sessions.get(key)
+        if session is not None:
+            self._sessions.move_to_end(key)
+            return session
+        remote = self._registry.remotes[ref]
+        session = UpstreamSession(
+            ref, remote.url, self._http, headers=headers, spawn=self._spawn, on_list_changed=partial(self._changed, ref)
+        )
+        self._sessions[key] = session
+        if len(self._sessions) > self._max_sessions:
+            _, evicted = self._sessions.popitem(last=False)
+            self._tg.start_soon(evicted.aclose)
         return session
 
     def open_sessions(self) -> int:

@@ -1,0 +1,72 @@
+"""HTTP plumbing of the front door: JSON-RPC error responses, bounded body reads, envelope checks, body replay."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope
+
+from virtual_mcp.errors import BadRequest, GatewayError
+
+
+def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Response:
+    """The whole request body, or a 413 answer as soon as it is known to exceed `limit`."""
+    too_large = error_response(413, BadRequest.jsonrpc_code, f"Request body too large (limit {limit} bytes)")
+    for name, value in scope.get("headers", []):
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def envelope_problem(body: bytes) -> str | None:
+    """What makes valid JSON not a JSON-RPC message; malformed JSON is left to the transport (-32700)."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(message, list):
+        return "batches are not supported; send one JSON-RPC message per request"
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return 'body must be one JSON-RPC 2.0 object with "jsonrpc": "2.0"'
+    if not isinstance(message.get("method"), str) and not (
+        "id" in message and ("result" in message or "error" in message)
+    ):
+        return 'a JSON-RPC request needs a string "method"'
+    return None
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """Hand the already-read body to the transport, then pass on what the server reports (e.g. a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def gateway_error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return error_response(exc.http_status, exc.jsonrpc_code, exc.message, headers)

@@ -1,0 +1,96 @@
+"""Who is calling: a gateway token, an IdP JWT, or (loopback local mode only) the configured developer.
+
+Tokens are read from the `Authorization: Bearer` header only; a token in the query string is refused outright,
+because URLs end up in logs, browser history and proxies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from virtual_mcp.errors import InvalidToken, Unauthorized
+from virtual_mcp.inbound.local import LocalIdentity
+from virtual_mcp.registry import Registry
+from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKind
+
+logger = logging.getLogger(__name__)
+GATEWAY_TOKEN_PREFIX = "vmcp_"  # noqa: S105 - a prefix, not a token
+_QUERY_CREDENTIALS = frozenset({"access_token", "token", "api_key", "apikey", "bearer"})
+
+
+class TokenRecord(Protocol):
+    @property
+    def kind(self) -> PrincipalKind: ...
+    @property
+    def name(self) -> str: ...
+
+
+class TokenLookup(Protocol):
+    async def verify(self, token: str) -> TokenRecord | None: ...
+
+
+class VerifiedClaims(Protocol):
+    @property
+    def subject(self) -> str: ...
+    @property
+    def teams(self) -> frozenset[str]: ...
+    @property
+    def audiences(self) -> frozenset[str]: ...
+
+
+class JwtCheck(Protocol):
+    async def verify(self, token: str) -> VerifiedClaims: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    registry: Registry
+    tokens: TokenLookup | None = None
+    jwt: JwtCheck | None = None
+    local: LocalIdentity | None = None
+
+    async def authenticate(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
+        """Raises Unauthorized (no credential) or InvalidToken (a credential that was refused)."""
+        if query and any(k.lower() in _QUERY_CREDENTIALS for k, _ in parse_qsl(query, keep_blank_values=True)):
+            raise InvalidToken("credentials in the query string are never accepted; use the Authorization header")
+        header = headers.get("authorization")
+        if header is None:
+            if self.local is not None:
+                principal = self.local.authenticate(client_host)
+                if principal is not None:
+                    return Authentication(principal, AuthMethod.LOCAL)
+            raise Unauthorized("missing bearer token (Authorization: Bearer ...)")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise InvalidToken("the Authorization header must be 'Bearer <token>'")
+        if token.startswith(GATEWAY_TOKEN_PREFIX):
+            return await self._gateway_token(token)
+        if self.jwt is not None:
+            return await self._idp_jwt(token)
+        raise InvalidToken("unrecognized token")
+
+    async def _gateway_token(self, token: str) -> Authentication:
+        record = await self.tokens.verify(token) if self.tokens is not None else None
+        if record is None:
+            raise InvalidToken("unknown, revoked or expired gateway token")
+        if record.kind is PrincipalKind.VIRTUAL_ACCOUNT:
+            if self.registry.declares_identities and record.name not in self.registry.virtual_accounts:
+                raise InvalidToken(f"virtual account {record.name!r} is not declared in the configuration")
+            principal = Principal(record.name, PrincipalKind.VIRTUAL_ACCOUNT)
+        else:
+            principal = Principal(record.name.lower(), PrincipalKind.USER, self.registry.teams_of(record.name))
+        return Authentication(principal, AuthMethod.TOKEN, bearer=token)
+
+    async def _idp_jwt(self, token: str) -> Authentication:
+        assert self.jwt is not None
+        claims = await self.jwt.verify(token)
+        user = claims.subject.lower()
+        principal = Principal(user, PrincipalKind.USER, self.registry.teams_of(user) | claims.teams)
+        return Authentication(
+            principal, AuthMethod.JWT, verified_jwt=token, jwt_audiences=claims.audiences, bearer=token
+        )
