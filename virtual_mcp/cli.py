@@ -8,12 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
+
 from virtual_mcp import __version__
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
+from virtual_mcp.types import PrincipalKind
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-origin", action="append", default=[], metavar="ORIGIN", help="extra browser origin to allow"
     )
+
+    token = sub.add_parser("token", help="manage gateway tokens (personal and virtual-account)")
+    token_sub = token.add_subparsers(dest="token_action", required=True)
+    create = token_sub.add_parser("create", help="create a token; it is printed once")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="EMAIL")
+    who.add_argument("--virtual-account", metavar="NAME")
+    create.add_argument("--expires-in", metavar="DURATION", help="e.g. 90d, 12h (default: never)")
+    create.add_argument("--description")
+    listing = token_sub.add_parser("list", help="list tokens (never their values)")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id; effective on the next request")
+    revoke.add_argument("token_id", metavar="ID")
+    for p in (create, listing, revoke):
+        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+
+    secrets = sub.add_parser("secrets", help="manage secrets referenced as tfy-secret://TENANT:GROUP:KEY")
+    secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
+    put = secrets_sub.add_parser("set", help="store a secret, value read from standard input")
+    put.add_argument("reference", metavar="TENANT:GROUP:KEY")
+    secret_listing = secrets_sub.add_parser("list", help="list secret references (never values)")
+    delete = secrets_sub.add_parser("delete", help="delete a secret")
+    delete.add_argument("reference", metavar="TENANT:GROUP:KEY")
+    for p in (put, secret_listing, delete):
+        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
 
     check = sub.add_parser("check", help="validate a configuration directory and print every problem")
     check.add_argument("--config", type=Path, default=Path("servers.d"))
@@ -61,11 +89,43 @@ def cmd_check(config_dir: Path) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from virtual_mcp import commands
+
+    action: str = args.token_action
+    if action == "create":
+        kind = PrincipalKind.USER if args.user else PrincipalKind.VIRTUAL_ACCOUNT
+        name = args.user or args.virtual_account
+        anyio.run(commands.token_create, args.data_dir, kind, name, args.expires_in, args.description, sys.stdout)
+        return 0
+    if action == "list":
+        anyio.run(commands.token_list, args.data_dir, args.all, sys.stdout)
+        return 0
+    if not anyio.run(commands.token_revoke, args.data_dir, args.token_id):
+        print(f"error: no active token with id {args.token_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.token_id}")
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from virtual_mcp import commands
+
+    if args.secrets_command == "set":
+        ref = anyio.run(commands.secret_set, args.data_dir, args.reference, sys.stdin.read())
+        print(f"stored {ref.uri}")
+        return 0
+    if args.secrets_command == "list":
+        anyio.run(commands.secret_list, args.data_dir, sys.stdout)
+        return 0
+    if not anyio.run(commands.secret_delete, args.data_dir, args.reference):
+        print(f"error: no secret {args.reference!r}", file=sys.stderr)
+        return 1
+    print(f"deleted {args.reference}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from virtual_mcp.gateway.app import create_app
-
     registry = load_registry(args.config)
     for warning in registry.warnings:
         logger.warning("%s", warning)
@@ -76,9 +136,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         local_user=args.local_user,
         allowed_origins=tuple(args.allow_origin),
     )
-    app = create_app(registry, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+    anyio.run(_serve, registry, settings)
     return 0
+
+
+async def _serve(registry: Registry, settings: GatewaySettings) -> None:
+    import uvicorn
+
+    from virtual_mcp.gateway.assemble import production_app
+
+    async with production_app(registry, settings) as app:
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+        logger.info("listening on http://%s:%d", settings.host, settings.port)
+        await uvicorn.Server(config).serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args.config)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "token":
+            return cmd_token(args)
+        if args.command == "secrets":
+            return cmd_secrets(args)
         if args.command == "demo":
             from virtual_mcp.demo import run_demo
 

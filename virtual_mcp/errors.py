@@ -44,12 +44,7 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        where = self.file
-        if self.entry:
-            where += f": {self.entry}"
-        if self.field:
-            where += f": {self.field}"
-        return f"{where}: {self.message}"
+        return ": ".join(part for part in (self.file, self.entry, self.field, self.message) if part)
 
 
 class ConfigError(GatewayError):

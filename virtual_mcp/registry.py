@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from virtual_mcp.config.loader import LoadedConfig
-from virtual_mcp.config.models import AuthData, RemoteServer, VirtualServer
+from virtual_mcp.config.models import AuthData, InboundSettings, RemoteServer, VirtualServer
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.types import ServerRef
 
@@ -84,6 +84,7 @@ class Registry:
     collaborators: Mapping[str, tuple[tuple[str, str], ...]]  # group -> (subject, role_id)
     warnings: tuple[str, ...] = field(default=())
     declares_identities: bool = False
+    inbound: InboundSettings = field(default_factory=InboundSettings)
 
     def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
         """The configured servers whose subjects may reach `source`: itself and each virtual server including it."""
@@ -189,6 +190,7 @@ def build_registry(config: LoadedConfig) -> Registry:
         collaborators=MappingProxyType(collaborators),
         warnings=tuple(warnings),
         declares_identities=bool(config.identities),
+        inbound=config.gateway.doc.inbound if config.gateway else InboundSettings(),
     )
 
 

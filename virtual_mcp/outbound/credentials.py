@@ -88,17 +88,15 @@ def _render(template: str, resolve: Callable[[SecretRef], str]) -> str:
     return SECRET_REF_RE.sub(lambda m: resolve(SecretRef(m.group(1), m.group(2), m.group(3))), template)
 
 
-def secret_refs(registry: Registry) -> list[SecretRef]:
-    """Every secret the configuration references, to be resolved (and checked) when the gateway starts."""
-    found: dict[str, SecretRef] = {}
-    for remote in registry.remotes.values():
+def secret_refs(registry: Registry) -> list[tuple[SecretRef, ServerRef]]:
+    """Every secret the configuration references and the server that uses it, to be resolved at start-up."""
+    found: list[tuple[SecretRef, ServerRef]] = []
+    for ref, remote in sorted(registry.remotes.items()):
         auth = remote.auth
         texts: list[str] = []
         if isinstance(auth, HeaderAuthData):
             texts = list(auth.headers.values())
         elif isinstance(auth, OAuth2AuthData):
             texts = [auth.client_id, auth.client_secret]
-        for text in texts:
-            for ref in refs_in(text):
-                found[ref.uri] = ref
-    return [found[k] for k in sorted(found)]
+        found.extend((secret, ref) for text in texts for secret in refs_in(text))
+    return found

@@ -1,0 +1,174 @@
+"""What each backend actually receives: static secret headers, x-tfy-mcp-headers overrides, checked passthrough,
+and never the caller's gateway credential. Observed with the lab's `headers` tool, which echoes its request."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.backends import Probe, build_lab
+from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
+from tests.support import serve
+from virtual_mcp.types import PrincipalKind
+
+LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
+SENTRY_SECRET = "sentry-service-token-0123456789"
+CONFIG = """\
+name: lab
+type: provider-account/mcp-server-group
+integrations:
+  - name: plain
+    type: integration/mcp-server/remote
+    url: {plain}/mcp
+    authorized_subjects: [team:platform]
+  - name: sentry
+    type: integration/mcp-server/remote
+    url: {sentry}/mcp
+    authorized_subjects: [team:platform]
+    auth_data:
+      type: header
+      headers: {{Authorization: "Bearer tfy-secret://t:sentry:token"}}
+    forwardable_headers: [Authorization, X-Org]
+  - name: logistics
+    type: integration/mcp-server/remote
+    url: {logistics}/mcp
+    authorized_subjects: [team:platform]
+    auth_data:
+      type: passthrough
+      audience: {audience}
+  - name: hidden
+    type: integration/mcp-server/remote
+    url: {plain}/mcp
+    authorized_subjects: [team:nobody]
+"""
+IDENTITIES = "type: identities\nteams:\n  - name: platform\n    members: [alice@northwind.example]\n"
+
+
+class Lab:
+    def __init__(self, gw: SecureGateway, probes: dict[str, Probe]) -> None:
+        self.gw = gw
+        self.probes = probes
+
+    async def headers_seen(self, server: str, bearer: str, overrides: Any = None) -> dict[str, str]:
+        extra = {"x-tfy-mcp-headers": json.dumps(overrides)} if overrides is not None else {}
+        async with self.gw.client(f"/mcp-server/lab/{server}/server", bearer, extra) as client:
+            result = await client.call_tool("headers", {})
+        seen: dict[str, str] = result.structured_content or {}
+        return seen
+
+    def everything_received(self) -> str:
+        return json.dumps([p.headers for p in self.probes.values()])
+
+
+@asynccontextmanager
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+    probes = {name: Probe() for name in ("plain", "sentry", "logistics")}
+    async with (
+        serve(build_lab(probes["plain"]).http_app(path="/mcp")) as plain,
+        serve(build_lab(probes["sentry"]).http_app(path="/mcp")) as sentry,
+        serve(build_lab(probes["logistics"]).http_app(path="/mcp")) as logistics,
+    ):
+        config = tmp_path / "servers.d"
+        config.mkdir()
+        text = CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
+        (config / "lab.yaml").write_text(text)
+        (config / "identities.yaml").write_text(IDENTITIES)
+        secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
+        async with secure_gateway(config, tmp_path / "data", secrets) as gw:
+            yield Lab(gw, probes)
+
+
+async def test_static_secret_header_reaches_only_its_server(tmp_path: Path) -> None:
+    async with lab(tmp_path) as t:
+        token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        assert (await t.headers_seen("sentry", token))["authorization"] == f"Bearer {SENTRY_SECRET}"
+        assert "authorization" not in await t.headers_seen("plain", token)
+        assert token not in t.everything_received()
+
+
+async def test_override_applies_to_the_named_server_only(tmp_path: Path) -> None:
+    async with lab(tmp_path) as t:
+        token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        overrides = {"lab/sentry": {"Authorization": "Bearer alice-own-sentry", "X-Org": "northwind"}}
+        seen = await t.headers_seen("sentry", token, overrides)
+        assert seen["authorization"] == "Bearer alice-own-sentry" and seen["x-org"] == "northwind"
+        plain = await t.headers_seen("plain", token, overrides)
+        assert "alice-own-sentry" not in json.dumps(plain) and "x-org" not in plain
+        # Without the header the configured credential is back: overrides are per request.
+        assert (await t.headers_seen("sentry", token))["authorization"] == f"Bearer {SENTRY_SECRET}"
+        assert token not in t.everything_received()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{not json", "x-tfy-mcp-headers: not valid JSON"),
+        ('["lab/sentry"]', "x-tfy-mcp-headers: must be a JSON object keyed 'group/server'"),
+        ('{"sentry": {}}', "x-tfy-mcp-headers: key 'sentry' is not 'group/server'"),
+        ('{"lab/nope": {}}', "x-tfy-mcp-headers: no server 'lab/nope' is available to you"),
+        ('{"lab/hidden": {}}', "x-tfy-mcp-headers: no server 'lab/hidden' is available to you"),
+        ('{"lab/sentry": "Bearer x"}', "x-tfy-mcp-headers: value for 'lab/sentry' must be an object"),
+        ('{"lab/sentry": {"X-Evil": "1"}}', "header 'X-Evil' is not in the server's forwardable_headers"),
+        ('{"lab/plain": {"Authorization": "x"}}', "header 'Authorization' is not in the server's forwardable_headers"),
+        ('{"lab/sentry": {"Connection": "close"}}', "header 'Connection' is managed by the gateway"),
+        ('{"lab/sentry": {"Bad Name": "1"}}', "'Bad Name' is not a valid header name"),
+        ('{"lab/sentry": {"Authorization": "a\\r\\nX-Injected: 1"}}', "contains CR, LF or another control character"),
+        ('{"lab/sentry": {"Authorization": 5}}', "value of 'Authorization' must be a string"),
+    ],
+)
+async def test_bad_overrides_are_precise_400s(tmp_path: Path, raw: str, message: str) -> None:
+    async with lab(tmp_path) as t:
+        token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                f"{t.gw.url}/mcp-server/lab/sentry/server",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"authorization": f"Bearer {token}", "x-tfy-mcp-headers": raw, "accept": "application/json"},
+            )
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert message in error["message"] and error["code"] == -32600
+        # The gateway keeps serving that caller.
+        assert (await t.headers_seen("sentry", token))["authorization"] == f"Bearer {SENTRY_SECRET}"
+
+
+async def test_gateway_credential_cannot_be_smuggled_through_overrides(tmp_path: Path) -> None:
+    async with lab(tmp_path) as t:
+        token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        with pytest.raises(MCPError) as info:
+            await t.headers_seen("sentry", token, {"lab/sentry": {"Authorization": f"Bearer {token}"}})
+        assert info.value.code == -32600
+        assert info.value.message.endswith("value of 'Authorization' carries your gateway credential")
+        assert token not in info.value.message
+        assert token not in t.everything_received()
+
+
+async def test_checked_passthrough_forwards_only_a_jwt_for_that_audience(tmp_path: Path) -> None:
+    async with lab(tmp_path) as t:
+        now = time.time()
+        good = idp_jwt("alice@northwind.example", [GATEWAY_AUDIENCE, LOGISTICS_AUDIENCE], now, groups=["platform"])
+        assert (await t.headers_seen("logistics", good))["authorization"] == f"Bearer {good}"
+        # Passthrough is per server: the same caller's JWT reaches no other backend.
+        assert good not in json.dumps(t.probes["plain"].headers + t.probes["sentry"].headers)
+        assert good not in json.dumps(await t.headers_seen("plain", good))
+
+        narrow = idp_jwt("alice@northwind.example", GATEWAY_AUDIENCE, now, groups=["platform"])
+        with pytest.raises(MCPError) as mismatch:
+            await t.headers_seen("logistics", narrow)
+        assert mismatch.value.code == -32004
+        assert "audience mismatch" in mismatch.value.message and LOGISTICS_AUDIENCE in mismatch.value.message
+        assert narrow not in mismatch.value.message
+
+        gateway_token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        with pytest.raises(MCPError) as not_jwt:
+            await t.headers_seen("logistics", gateway_token)
+        assert not_jwt.value.code == -32004 and "IdP JWT" in not_jwt.value.message
+        assert narrow not in t.everything_received() and gateway_token not in t.everything_received()

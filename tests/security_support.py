@@ -1,0 +1,93 @@
+"""A gateway with the production security planes wired to real stores in a temporary data directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+
+from tests.support import Served, serve
+from virtual_mcp.config.loader import load_config_dir
+from virtual_mcp.config.secrets import SecretRef
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.gateway.app import Security, create_app
+from virtual_mcp.gateway.assemble import resolve_secrets
+from virtual_mcp.inbound.authenticator import Authenticator
+from virtual_mcp.inbound.jwt import JwtVerifier
+from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+from virtual_mcp.registry import Registry, build_registry
+from virtual_mcp.types import PrincipalKind
+from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+
+ISSUER = "https://idp.northwind.example"
+GATEWAY_AUDIENCE = "https://mcp.northwind.example"
+HMAC_KEY = "an hmac key that is long enough for HS256 tests"  # not a secret: a test fixture
+GATEWAY_DOC = f"""\
+type: gateway
+inbound:
+  jwt:
+    issuer: {ISSUER}
+    audience: {GATEWAY_AUDIENCE}
+    hs256_secret: tfy-secret://gw:jwt:hmac
+    teams_claim: groups
+"""
+
+
+@dataclass
+class SecureGateway:
+    served: Served
+    registry: Registry
+    tokens: TokenStore
+    secrets: SecretStore
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+    async def token(self, kind: PrincipalKind, name: str) -> str:
+        _, token = await self.tokens.create(kind, name)
+        return token
+
+    def client(self, path: str, bearer: str | None, headers: dict[str, str] | None = None, mode: str = "legacy") -> Any:
+        transport = StreamableHttpTransport(f"{self.url}{path}", headers=headers or {}, auth=bearer)
+        return Client(transport, mode=mode)
+
+
+def idp_jwt(subject: str, audience: list[str] | str, now: float, **claims: Any) -> str:
+    payload = {"iss": ISSUER, "aud": audience, "sub": subject, "iat": now, "exp": now + 600, **claims}
+    return jwt.encode(payload, HMAC_KEY, algorithm="HS256")
+
+
+@asynccontextmanager
+async def secure_gateway(
+    config_dir: Path, data_dir: Path, secrets: dict[str, str] | None = None, **settings: Any
+) -> AsyncIterator[SecureGateway]:
+    """The gateway with a real token store, secret store (envelope-encrypted) and HS256 JWT verification."""
+    (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
+    registry = build_registry(load_config_dir(config_dir))
+    keys = LocalKeyProvider.load(data_dir)
+    async with Database.open(data_dir) as db, httpx.AsyncClient() as http:
+        store = SecretStore(db, keys)
+        await store.set(SecretRef.parse("tfy-secret://gw:jwt:hmac"), HMAC_KEY)
+        for uri, value in (secrets or {}).items():
+            await store.set(SecretRef.parse(uri), value)
+        values = await resolve_secrets(store, [(ref, ref.uri) for ref, _ in secret_refs(registry)])
+        assert registry.inbound.jwt is not None
+        verifier = JwtVerifier(registry.inbound.jwt, http=http, hmac_secret=HMAC_KEY.encode())
+        tokens = TokenStore(db)
+        security = Security(
+            Authenticator(registry, tokens=tokens, jwt=verifier),
+            OutboundCredentials(registry, values.__getitem__),
+            ResourceMetadata(authorization_servers=(ISSUER,)),
+        )
+        options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
+        async with serve(create_app(registry, GatewaySettings(**options), security)) as served:
+            yield SecureGateway(served, registry, tokens, store)

@@ -1,0 +1,75 @@
+"""Putting a production gateway together: database, vault, secrets, tokens, JWT verification, the ASGI app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+
+from virtual_mcp.config.secrets import SecretRef
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.errors import ConfigError, ConfigIssue
+from virtual_mcp.gateway.app import Security, create_app
+from virtual_mcp.inbound.authenticator import Authenticator
+from virtual_mcp.inbound.jwt import JwtVerifier
+from virtual_mcp.inbound.local import LocalIdentity
+from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+from virtual_mcp.registry import Registry
+from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
+
+logger = logging.getLogger(__name__)
+
+
+async def resolve_secrets(store: SecretStore, refs: list[tuple[SecretRef, str]]) -> dict[SecretRef, str]:
+    """Every referenced secret, or one ConfigError naming each reference that the store does not hold."""
+    values: dict[SecretRef, str] = {}
+    issues: list[ConfigIssue] = []
+    for ref, where in refs:
+        if ref in values:
+            continue
+        try:
+            values[ref] = await store.get(ref)
+        except SecretNotFound:
+            issues.append(
+                ConfigIssue(
+                    "",
+                    where,
+                    "",
+                    f"unresolvable secret reference {ref.uri} "
+                    f"(store it with: virtual-mcp secrets set {ref.tenant}:{ref.group}:{ref.key})",
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+    return values
+
+
+@asynccontextmanager
+async def production_app(registry: Registry, settings: GatewaySettings) -> AsyncIterator[Starlette]:
+    """The gateway with its stores open for as long as the block runs."""
+    keys = LocalKeyProvider.load(settings.data_dir)
+    async with Database.open(settings.data_dir) as db, httpx.AsyncClient(timeout=10) as http:
+        store = SecretStore(db, keys)
+        needed = [(ref, f"server {server.key!r}") for ref, server in secret_refs(registry)]
+        jwt_settings = registry.inbound.jwt
+        if jwt_settings is not None and jwt_settings.hs256_secret is not None:
+            needed.append((SecretRef.parse(jwt_settings.hs256_secret), "gateway: inbound.jwt.hs256_secret"))
+        values = await resolve_secrets(store, needed)
+        verifier = None
+        if jwt_settings is not None:
+            hmac_secret = None
+            if jwt_settings.hs256_secret is not None:
+                hmac_secret = values[SecretRef.parse(jwt_settings.hs256_secret)].encode()
+            verifier = JwtVerifier(jwt_settings, http=http, hmac_secret=hmac_secret)
+        local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
+        authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local)
+        public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
+        metadata = ResourceMetadata(
+            authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
+        )
+        security = Security(authenticator, OutboundCredentials(registry, values.__getitem__), metadata)
+        yield create_app(registry, settings, security)

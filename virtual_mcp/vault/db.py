@@ -1,0 +1,177 @@
+"""The gateway's SQLite database: one aiosqlite connection, WAL, explicit transactions, versioned migrations.
+
+Several processes (a running server and the CLI) may open the same file: every write runs in `BEGIN IMMEDIATE`
+and waits up to `busy_timeout` for the other's write lock; readers are never blocked under WAL.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from virtual_mcp.vault.errors import DatabaseError
+
+DB_FILE_NAME = "gateway.db"
+
+# Append only: a released migration is never edited. Each entry brings the schema to version index+1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS tokens (
+            id TEXT PRIMARY KEY,
+            secret_hash BLOB NOT NULL,
+            subject_kind TEXT NOT NULL,
+            subject_name TEXT NOT NULL,
+            description TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL,
+            last_used_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (subject_kind, subject_name)",
+        """CREATE TABLE IF NOT EXISTS secrets (
+            tenant TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            key TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (tenant, grp, key)
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+Params = Sequence[Any]
+
+
+class Transaction:
+    """Statements inside one `BEGIN IMMEDIATE ... COMMIT`."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        try:
+            cursor = await self._conn.execute(sql, params)
+            rowcount = cursor.rowcount
+            await cursor.close()
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database write failed: {e}") from e
+        return rowcount
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        try:
+            return list(await self._conn.execute_fetchall(sql, params))
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database read failed: {e}") from e
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+
+class Database:
+    """Use as `async with Database.open(data_dir) as db:`; the only way into the database is through the vault."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = anyio.Lock()  # one connection: transactions of concurrent tasks must not interleave
+        self.path = path
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, data_dir: Path, *, busy_timeout: float = 10.0) -> AsyncIterator[Database]:
+        db = await cls.connect(data_dir, busy_timeout=busy_timeout)
+        try:
+            yield db
+        finally:
+            await db.close()
+
+    @classmethod
+    async def connect(cls, data_dir: Path, *, busy_timeout: float = 10.0) -> Database:
+        """Open (creating the directory 0700 and the file 0600 if needed) and migrate. Prefer `open`."""
+        data_dir = Path(data_dir)
+        path = data_dir / DB_FILE_NAME
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # SQLite would create the file with the umask's mode; its -wal and -shm files copy the main file's.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise DatabaseError(f"cannot open database {path}: {e}") from e
+        conn.row_factory = sqlite3.Row
+        db = cls(conn, path)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await db._migrate()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction: takes the database write lock up front, so it never fails half way on SQLITE_BUSY."""
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise DatabaseError(f"cannot start a transaction on {self.path}: {e}") from e
+            try:
+                yield Transaction(self._conn)
+                await self._conn.execute("COMMIT")
+            except BaseException as e:
+                with anyio.CancelScope(shield=True):
+                    if self._conn.in_transaction:
+                        await self._conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise DatabaseError(f"cannot commit to {self.path}: {e}") from e
+                raise
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """A read outside any transaction: sees everything committed, by this process or another."""
+        async with self._lock:
+            try:
+                return list(await self._conn.execute_fetchall(sql, params))
+            except sqlite3.Error as e:
+                raise DatabaseError(f"cannot read {self.path}: {e}") from e
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("SELECT MAX(version) FROM schema_version")
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def _migrate(self) -> None:
+        async with self.transaction() as tx:
+            await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL)")
+            row = await tx.fetchone("SELECT MAX(version) FROM schema_version")
+            current = int(row[0]) if row is not None and row[0] is not None else 0
+            if current > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"database {self.path} has schema version {current}, newer than this gateway's"
+                    f" {SCHEMA_VERSION}; upgrade virtual-mcp"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time())
+                )
