@@ -25,7 +25,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-async def test_demo_serves_the_northwind_example() -> None:
+async def test_demo_serves_the_northwind_example(tmp_path: Path) -> None:
     gateway_port, base = free_ports(1)[0], 0  # base: found below
     # Three consecutive free ports for the backends.
     for candidate in range(20000 + os.getpid() % 20000, 60000, 7):
@@ -38,6 +38,7 @@ async def test_demo_serves_the_northwind_example() -> None:
         base = candidate
         break
     command = [str(BIN / "virtual-mcp"), "demo", "--port", str(gateway_port), "--backend-base-port", str(base)]
+    command += ["--data-dir", str(tmp_path / "data")]
     async with await anyio.open_process(command, cwd=REPO) as demo:
         try:
             assert demo.stdout is not None
@@ -49,14 +50,23 @@ async def test_demo_serves_the_northwind_example() -> None:
                         break
             assert f"http://127.0.0.1:{gateway_port}/mcp" in banner
             assert '"mcpServers"' in banner and "examples/client.py" in banner
-            url = f"http://127.0.0.1:{gateway_port}/mcp"
+            # Two users in different teams and a virtual account see different tools.
+            assert "alice@northwind.example (platform-engineering): 10 tools" in banner
+            assert "bob@northwind.example (support): 4 tools" in banner
+            assert "cargo-copilot-runtime (virtual account): 3 tools" in banner
+            command = banner.split("Try it from another terminal:")[1].split("\n")[1].split()
+            url, token = command[-2], command[-1]
+            assert url == f"http://127.0.0.1:{gateway_port}/mcp" and token.startswith("vmcp_")
             with anyio.fail_after(60):
-                run = await anyio.run_process([sys.executable, "examples/client.py", url], cwd=REPO, check=False)
+                run = await anyio.run_process([sys.executable, "examples/client.py", url, token], cwd=REPO, check=False)
             out = run.stdout.decode()
             assert run.returncode == 0, run.stderr.decode()[-2000:]
             assert "northwind__tracker__delete_repo  <- northwind/tracker/delete_repo" in out
-            assert "northwind__support-readonly__errors__get_issue" in out
             assert "northwind__tracker__list_repos -> ['cargo-api', 'fleet-ui']" in out
+            # Without a token the gateway refuses.
+            with anyio.fail_after(60):
+                refused = await anyio.run_process([sys.executable, "examples/client.py", url], cwd=REPO, check=False)
+            assert refused.returncode != 0
         finally:
             demo.send_signal(subprocess.signal.SIGINT)
             with anyio.fail_after(15):

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the Northwind example: three backends and the gateway")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--backend-base-port", type=int, default=9101)
+    demo.add_argument("--data-dir", type=Path, default=None, help="default: .virtual-mcp/demo in the repository")
     return parser
 
 
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from virtual_mcp.demo import run_demo
 
-            return run_demo(args.port, args.backend_base_port)
+            return run_demo(args.port, args.backend_base_port, args.data_dir)
     except GatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -1,4 +1,5 @@
-"""`virtual-mcp demo`: the Northwind example backends and the gateway in one process, ready for a client."""
+"""`virtual-mcp demo`: the Northwind example backends and the gateway in one process, with tokens for two users
+in different teams and a virtual account, and what each of them sees."""
 
 from __future__ import annotations
 
@@ -14,42 +15,60 @@ import anyio
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
-from virtual_mcp.registry import build_registry
+from virtual_mcp.registry import Registry, build_registry
+from virtual_mcp.types import PrincipalKind
 
-DEMO_USER = "alice@northwind.example"
 ROOT = Path(__file__).resolve().parent.parent
+IDENTITIES = (
+    (PrincipalKind.USER, "alice@northwind.example", "platform-engineering"),
+    (PrincipalKind.USER, "bob@northwind.example", "support"),
+    (PrincipalKind.VIRTUAL_ACCOUNT, "cargo-copilot-runtime", "virtual account"),
+)
 
 
-def _banner(port: int) -> str:
+def _banner(port: int, tokens: dict[str, str], seen: dict[str, list[str]]) -> str:
     base = f"http://127.0.0.1:{port}"
-    ide = {"mcpServers": {"northwind": {"url": f"{base}/mcp"}}}
+    alice = tokens["alice@northwind.example"]
+    ide = {"mcpServers": {"northwind": {"url": f"{base}/mcp", "headers": {"Authorization": f"Bearer {alice}"}}}}
+    who = "\n".join(
+        f"  {name} ({team}): {len(seen[name])} tools\n    " + "\n    ".join(seen[name] or ["(none)"])
+        for _, name, team in IDENTITIES
+    )
+    keys = "\n".join(f"  {name:28} {tokens[name]}" for _, name, _ in IDENTITIES)
     return f"""
-virtual-mcp demo is running (local mode: every request is {DEMO_USER}, loopback only)
+virtual-mcp demo is running
 
   everything you may use : {base}/mcp
   one server             : {base}/mcp-server/northwind/tracker/server
   virtual (read-only)    : {base}/mcp-server/northwind/support-readonly/server
   health                 : {base}/healthz
 
-IDE configuration (Cursor .cursor/mcp.json, VS Code, Claude Code):
+Demo tokens (created for this run; the gateway stores only their hashes):
+{keys}
+
+Who sees what on {base}/mcp:
+{who}
+
+IDE configuration (Cursor .cursor/mcp.json, VS Code, Claude Code), as alice:
 {json.dumps(ide, indent=2)}
 
 Try it from another terminal:
-  .venv/bin/python examples/client.py {base}/mcp
+  .venv/bin/python examples/client.py {base}/mcp {alice}
 
 Press Ctrl-C to stop.
 """
 
 
-def run_demo(port: int, backend_base_port: int) -> int:
-    anyio.run(_demo, port, backend_base_port)
+def run_demo(port: int, backend_base_port: int, data_dir: Path | None = None) -> int:
+    anyio.run(_demo, port, backend_base_port, data_dir or ROOT / ".virtual-mcp" / "demo")
     return 0
 
 
-async def _demo(port: int, backend_base_port: int) -> None:
+async def _demo(port: int, backend_base_port: int, data_dir: Path) -> None:
     import uvicorn
 
-    from virtual_mcp.gateway.app import create_app
+    from virtual_mcp.gateway.assemble import production_app
+    from virtual_mcp.vault import Database, TokenStore
 
     # The example backends live in the repository (examples/), not in the installed package.
     if str(ROOT) not in sys.path:
@@ -60,23 +79,37 @@ async def _demo(port: int, backend_base_port: int) -> None:
         raise ConfigError(
             [ConfigIssue("examples/northwind.py", "", "", "run the demo from the repository root")]
         ) from None
-    config_dir = ROOT / "examples" / "demo.d"
-    registry = build_registry(load_config_dir(config_dir))
+    registry = _rebase(build_registry(load_config_dir(ROOT / "examples" / "demo.d")), backend_base_port)
+    settings = GatewaySettings(port=port, data_dir=data_dir)
+    tokens: dict[str, str] = {}
+    async with Database.open(settings.data_dir) as db:
+        store = TokenStore(db)
+        for kind, name, _ in IDENTITIES:
+            await store.revoke_subject(kind, name)  # last run's demo tokens
+            _, tokens[name] = await store.create(kind, name, expires_in=7 * 86400, description="virtual-mcp demo")
     apps: list[tuple[Any, int]] = [
         (build().http_app(path="/mcp"), backend_base_port + i) for i, build in enumerate(BACKENDS.values())
     ]
-    settings = GatewaySettings(port=port, local_user=DEMO_USER)
-    apps.append((create_app(_rebase(registry, backend_base_port), settings), port))
-    # Bound before serving: connections made from now on wait in the listen backlog, so the banner is true.
-    bound = [(app, bind_loopback(p)) for app, p in apps]
-    async with anyio.create_task_group() as tg:
-        for app, sock in bound:
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-            tg.start_soon(partial(server.serve, sockets=[sock]))
-        print(_banner(port), flush=True)
+    async with production_app(registry, settings) as gateway:
+        apps.append((gateway, port))
+        # Bound before serving: connections made from now on wait in the listen backlog, so the banner is true.
+        bound = [(app, bind_loopback(p)) for app, p in apps]
+        async with anyio.create_task_group() as tg:
+            for app, sock in bound:
+                server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+                tg.start_soon(partial(server.serve, sockets=[sock]))
+            seen = {name: await _tools(f"http://127.0.0.1:{port}/mcp", tokens[name]) for _, name, _ in IDENTITIES}
+            print(_banner(port, tokens, seen), flush=True)
 
 
-def _rebase(registry: Any, base_port: int) -> Any:
+async def _tools(url: str, token: str) -> list[str]:
+    from fastmcp import Client
+
+    async with Client(url, auth=token) as client:
+        return sorted(t.name for t in await client.list_tools())
+
+
+def _rebase(registry: Registry, base_port: int) -> Registry:
     """The demo config names ports 9101..9103; honour --backend-base-port by rewriting them."""
     if base_port == 9101:
         return registry

@@ -66,5 +66,5 @@ def configure(level: str = "info", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "mcp", "uvicorn.access", "fastmcp", "sse_starlette"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp", "uvicorn.access", "fastmcp", "sse_starlette"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
