@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.sensitive import SENSITIVE
+
+# The gateway's own loggers and its upstream HTTP client. (Test clients use httpx2; backends log their own way.)
+GATEWAY_LOGGERS = ("virtual_mcp", "httpx", "httpcore")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -16,3 +23,34 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.lines.append(f"{record.name}: {text}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_line() -> Iterator[None]:
+    """Everything the gateway logs during the whole run, at DEBUG, is scanned for registered secrets at the end."""
+    capture = _Capture()
+    previous = {}
+    for name in GATEWAY_LOGGERS:
+        logger = logging.getLogger(name)
+        previous[name] = logger.level
+        logger.addHandler(capture)
+        logger.setLevel(logging.DEBUG)
+    yield
+    for name in GATEWAY_LOGGERS:
+        logging.getLogger(name).removeHandler(capture)
+        logging.getLogger(name).setLevel(previous[name])
+    leaks = [line for line in capture.lines for value in SENSITIVE if value in line]
+    assert capture.lines, "no gateway log line was captured: the scan would be vacuous"
+    assert not leaks, f"{len(leaks)} log line(s) carry a token, secret or forwarded header value: {leaks[:3]}"

@@ -13,6 +13,7 @@ import jwt
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
+from tests.sensitive import mark
 from tests.support import Served, serve
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
@@ -30,6 +31,7 @@ from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStor
 ISSUER = "https://idp.northwind.example"
 GATEWAY_AUDIENCE = "https://mcp.northwind.example"
 HMAC_KEY = "an hmac key that is long enough for HS256 tests"  # not a secret: a test fixture
+mark(HMAC_KEY)
 GATEWAY_DOC = f"""\
 type: gateway
 inbound:
@@ -47,6 +49,7 @@ class SecureGateway:
     registry: Registry
     tokens: TokenStore
     secrets: SecretStore
+    db: Database
 
     @property
     def url(self) -> str:
@@ -54,6 +57,7 @@ class SecureGateway:
 
     async def token(self, kind: PrincipalKind, name: str) -> str:
         _, token = await self.tokens.create(kind, name)
+        mark(token)
         return token
 
     def client(self, path: str, bearer: str | None, headers: dict[str, str] | None = None, mode: str = "legacy") -> Any:
@@ -63,7 +67,9 @@ class SecureGateway:
 
 def idp_jwt(subject: str, audience: list[str] | str, now: float, **claims: Any) -> str:
     payload = {"iss": ISSUER, "aud": audience, "sub": subject, "iat": now, "exp": now + 600, **claims}
-    return jwt.encode(payload, HMAC_KEY, algorithm="HS256")
+    token = jwt.encode(payload, HMAC_KEY, algorithm="HS256")
+    mark(token, token.rsplit(".", 1)[-1])
+    return token
 
 
 @asynccontextmanager
@@ -78,6 +84,7 @@ async def secure_gateway(
         store = SecretStore(db, keys)
         await store.set(SecretRef.parse("tfy-secret://gw:jwt:hmac"), HMAC_KEY)
         for uri, value in (secrets or {}).items():
+            mark(value)
             await store.set(SecretRef.parse(uri), value)
         values = await resolve_secrets(store, [(ref, ref.uri) for ref, _ in secret_refs(registry)])
         assert registry.inbound.jwt is not None
@@ -90,4 +97,4 @@ async def secure_gateway(
         )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
         async with serve(create_app(registry, GatewaySettings(**options), security)) as served:
-            yield SecureGateway(served, registry, tokens, store)
+            yield SecureGateway(served, registry, tokens, store, db)

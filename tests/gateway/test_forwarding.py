@@ -16,11 +16,13 @@ from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
+from tests.sensitive import mark
 from tests.support import serve
 from virtual_mcp.types import PrincipalKind
 
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
 SENTRY_SECRET = "sentry-service-token-0123456789"
+mark(SENTRY_SECRET)
 CONFIG = """\
 name: lab
 type: provider-account/mcp-server-group
@@ -58,6 +60,8 @@ class Lab:
         self.probes = probes
 
     async def headers_seen(self, server: str, bearer: str, overrides: Any = None) -> dict[str, str]:
+        for headers in (overrides or {}).values():
+            mark(*(v.removeprefix("Bearer ") for v in headers.values() if isinstance(v, str)))
         extra = {"x-tfy-mcp-headers": json.dumps(overrides)} if overrides is not None else {}
         async with self.gw.client(f"/mcp-server/lab/{server}/server", bearer, extra) as client:
             result = await client.call_tool("headers", {})

@@ -1,0 +1,80 @@
+"""The management CLI as an operator uses it: tokens, secrets, and serve refusing unresolvable references."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from virtual_mcp.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str], stdin: str = "") -> tuple[int, str, str]:
+    sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(args)
+    finally:
+        sys.stdin = sys.__stdin__
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_token_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    code, out, err = run(["token", "create", "--user", "alice@northwind.example", "--expires-in", "30d", *data], capsys)
+    token = out.strip()
+    assert code == 0 and token.startswith("vmcp_") and "only time the token is shown" in err
+    code, out, _ = run(["token", "create", "--virtual-account", "ci", "--description", "CI", *data], capsys)
+    assert code == 0
+    code, listing, _ = run(["token", "list", *data], capsys)
+    assert "user:alice@northwind.example" in listing and "virtualaccount:ci" in listing
+    assert token not in listing and token.split("_")[2] not in listing
+    token_id = token.split("_")[1]
+    assert run(["token", "revoke", token_id, *data], capsys)[:2] == (0, f"revoked {token_id}\n")
+    code, _, err = run(["token", "revoke", token_id, *data], capsys)
+    assert code == 1 and "no active token" in err
+    assert token_id not in run(["token", "list", *data], capsys)[1]
+    assert token_id in run(["token", "list", "--all", *data], capsys)[1]
+    code, _, err = run(["token", "create", "--user", "a@b.example", "--expires-in", "soon", *data], capsys)
+    assert code == 2 and "invalid duration 'soon'" in err
+
+
+def test_secrets_are_stored_encrypted_and_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    value = "sentry-token-XYZ-0987654321"
+    code, out, _ = run(["secrets", "set", "northwind:sentry:token", *data], capsys, stdin=value + "\n")
+    assert (code, out) == (0, "stored tfy-secret://northwind:sentry:token\n")
+    code, out, _ = run(["secrets", "list", *data], capsys)
+    assert out == "tfy-secret://northwind:sentry:token\n"
+    for path in tmp_path.iterdir():
+        assert value.encode() not in path.read_bytes(), path
+    code, _, err = run(["secrets", "set", "not a ref", *data], capsys, stdin="x")
+    assert code == 2 and "expected TENANT:GROUP:KEY" in err
+    code, _, err = run(["secrets", "set", "t:g:k", *data], capsys, stdin="")
+    assert code == 2 and "refusing to store an empty secret" in err
+    assert run(["secrets", "delete", "northwind:sentry:token", *data], capsys)[0] == 0
+    assert run(["secrets", "delete", "northwind:sentry:token", *data], capsys)[0] == 1
+
+
+def test_serve_refuses_unresolvable_secret_references(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    run(["secrets", "set", "northwind:sentry:token", *data], capsys, stdin="v")
+    code, _, err = run(["serve", "--config", str(REPO / "servers.d"), "--port", "0", *data], capsys)
+    assert code == 2
+    assert (
+        "server 'backend-group/github': unresolvable secret reference tfy-secret://northwind:github-oauth:client_id "
+        "(store it with: virtual-mcp secrets set northwind:github-oauth:client_id)"
+    ) in err
+    assert "tfy-secret://northwind:sentry:token" not in err  # that one resolves
+
+
+def test_a_wrong_master_key_is_a_clear_startup_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    run(["secrets", "set", "northwind:sentry:token", *data], capsys, stdin="v")
+    (tmp_path / "master.key").chmod(0o644)
+    code, _, err = run(["secrets", "list", *data], capsys)
+    assert code != 0 and "master.key" in err and "chmod 600" in err
