@@ -9,8 +9,10 @@ import pytest
 
 from tests.sensitive import SENSITIVE
 
-# The gateway's own loggers and its upstream HTTP client. (Test clients use httpx2; backends log their own way.)
-GATEWAY_LOGGERS = ("virtual_mcp", "httpx", "httpcore")
+# The gateway's own loggers, its upstream HTTP client, the MCP SDK's server side and uvicorn (these two are shared
+# with the in-process test backends, whose lines are scanned too). Not scanned: the test clients (mcp.client over
+# httpx2), which print the results the `headers` tool echoes on purpose.
+GATEWAY_LOGGERS = ("virtual_mcp", "httpx", "httpcore", "mcp.server", "uvicorn")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,11 +14,12 @@ from virtual_mcp.logs import RedactionFilter, redact
         "token=ya29.a0AfH6SMBxyz retry",
         'payload {"api_key": "sk-live-0123456789"}',
         "jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl here",
+        "raw vmcp_0123456789ab_UNylnQpqinAWCKRoC2uzYmOgZ.re76hM6yLjt-zyK58 in a message",
     ],
 )
 def test_redaction_removes_credentials(line: str) -> None:
     out = redact(line)
-    for secret in ("abc.def-ghi_123", "ya29.a0AfH6SMBxyz", "sk-live-0123456789", "c2lnbmF0dXJl"):
+    for secret in ("abc.def-ghi_123", "ya29.a0AfH6SMBxyz", "sk-live-0123456789", "c2lnbmF0dXJl", "UNylnQpqin"):
         assert secret not in out
 
 

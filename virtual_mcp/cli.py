@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-origin", action="append", default=[], metavar="ORIGIN", help="extra browser origin to allow"
     )
+    serve.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME", help="a Host name the gateway is reached by"
+    )
 
     token = sub.add_parser("token", help="manage gateway tokens (personal and virtual-account)")
     token_sub = token.add_subparsers(dest="token_action", required=True)
@@ -136,6 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         local_user=args.local_user,
         allowed_origins=tuple(args.allow_origin),
+        allowed_hosts=tuple(args.allow_host),
     )
     anyio.run(_serve, registry, settings)
     return 0
@@ -147,7 +151,10 @@ async def _serve(registry: Registry, settings: GatewaySettings) -> None:
     from virtual_mcp.gateway.assemble import production_app
 
     async with production_app(registry, settings) as app:
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+        # log_config=None: uvicorn's records go through our handler and its redaction filter, not uvicorn's own.
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None
+        )
         logger.info("listening on http://%s:%d", settings.host, settings.port)
         await uvicorn.Server(config).serve()
 

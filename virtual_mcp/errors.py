@@ -103,6 +103,16 @@ class InvalidToken(Unauthorized):
         self.reason = reason
 
 
+class MalformedCredentialRequest(Unauthorized):
+    """The credential was sent in a way that is never accepted (RFC 6750 invalid_request: e.g. in the query)."""
+
+    http_status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid request: {reason}")
+        self.reason = reason
+
+
 class Forbidden(GatewayError):
     """Authenticated, but not allowed here."""
 

@@ -19,6 +19,7 @@ _PATTERNS = (
         r"\1\2[REDACTED]",
     ),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[REDACTED-JWT]"),
+    (re.compile(r"\bvmcp_[0-9a-f]{12}_[A-Za-z0-9.-]+"), "vmcp_[REDACTED]"),
 )
 
 

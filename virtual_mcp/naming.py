@@ -13,7 +13,7 @@ import re
 
 SEPARATOR = "__"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_HASH_LEN = 8
+_HASH_LEN = 12  # 48 bits: a backend cannot brute-force a name that shadows another server's tool
 
 
 def _digest(text: str) -> str:

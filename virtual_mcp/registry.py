@@ -6,6 +6,7 @@ backends under which name prefix, and which subjects may use each of them.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.types import ServerRef
 
 AGGREGATE_PATH = "/mcp"
+ENDPOINT_PATH = re.compile(r"/mcp-server/[^/]+/[^/]+/server")
 
 
 def server_path(ref: ServerRef) -> str:

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 from tests.backends import Probe, build_lab
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
-from tests.support import serve
+from tests.support import LegacyOnly, serve
 from virtual_mcp.types import PrincipalKind
 
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
@@ -124,8 +124,13 @@ async def test_override_applies_to_the_named_server_only(tmp_path: Path) -> None
         ('{"lab/plain": {"Authorization": "x"}}', "header 'Authorization' is not in the server's forwardable_headers"),
         ('{"lab/sentry": {"Connection": "close"}}', "header 'Connection' is managed by the gateway"),
         ('{"lab/sentry": {"Bad Name": "1"}}', "'Bad Name' is not a valid header name"),
-        ('{"lab/sentry": {"Authorization": "a\\r\\nX-Injected: 1"}}', "contains CR, LF or another control character"),
+        (
+            '{"lab/sentry": {"Authorization": "a\\r\\nX-Injected: 1"}}',
+            "contains CR, LF, another control character or non-ASCII",
+        ),
         ('{"lab/sentry": {"Authorization": 5}}', "value of 'Authorization' must be a string"),
+        ('{"lab/sentry": {"X-Org": "caf\\u00e9"}}', "contains CR, LF, another control character or non-ASCII"),
+        ('{"lab/sentry": {"Mcp-Param-Region": "eu"}}', "header 'Mcp-Param-Region' is managed by the gateway"),
     ],
 )
 async def test_bad_overrides_are_precise_400s(tmp_path: Path, raw: str, message: str) -> None:
@@ -150,7 +155,7 @@ async def test_gateway_credential_cannot_be_smuggled_through_overrides(tmp_path:
         with pytest.raises(MCPError) as info:
             await t.headers_seen("sentry", token, {"lab/sentry": {"Authorization": f"Bearer {token}"}})
         assert info.value.code == -32600
-        assert info.value.message.endswith("value of 'Authorization' carries your gateway credential")
+        assert info.value.message.endswith("value of 'Authorization' carries a gateway credential")
         assert token not in info.value.message
         assert token not in t.everything_received()
 
@@ -176,3 +181,37 @@ async def test_checked_passthrough_forwards_only_a_jwt_for_that_audience(tmp_pat
             await t.headers_seen("logistics", gateway_token)
         assert not_jwt.value.code == -32004 and "IdP JWT" in not_jwt.value.message
         assert narrow not in t.everything_received() and gateway_token not in t.everything_received()
+
+
+class GetCounter:
+    """Counts the standing GET (list_changed) streams a backend is asked to hold."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.gets = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            self.gets += 1
+        await self.app(scope, receive, send)
+
+
+async def test_per_caller_credentials_do_not_multiply_backend_streams(tmp_path: Path) -> None:
+    counter = GetCounter(LegacyOnly(build_lab(Probe()).http_app(path="/mcp")))
+    async with serve(build_lab().http_app(path="/mcp")) as plain, serve(counter) as sentry:
+        config = tmp_path / "servers.d"
+        config.mkdir()
+        (config / "lab.yaml").write_text(
+            CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=plain.url, audience=LOGISTICS_AUDIENCE)
+        )
+        (config / "identities.yaml").write_text(IDENTITIES)
+        secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
+        async with secure_gateway(config, tmp_path / "data", secrets) as gw:
+            t = Lab(gw, {})
+            token = await gw.token(PrincipalKind.USER, "alice@northwind.example")
+            for i in range(20):
+                seen = await t.headers_seen("sentry", token, {"lab/sentry": {"X-Org": f"org-{i}"}})
+                assert seen["x-org"] == f"org-{i}"
+            # The catalog and its list_changed stream use the server's own credential only: one stream, not 21.
+            assert (await t.headers_seen("sentry", token))["authorization"] == f"Bearer {SENTRY_SECRET}"
+            assert counter.gets <= 1

@@ -104,6 +104,11 @@ async def test_missing_and_invalid_credentials_get_a_challenge(tmp_path: Path) -
             assert bad not in refused.text and bad not in refused.headers["www-authenticate"]
         basic = await post(gw, "/mcp", headers={"authorization": "Basic YWxpY2U6cHc="})
         assert basic.status_code == 401 and "must be 'Bearer <token>'" in basic.text
+        assert "error=" not in basic.headers["www-authenticate"]
+        # Token-supplied text in the refusal reason stays printable ASCII (this used to be a 500).
+        euro = "eyJhbGciOiLigqwiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ4In0.c2ln"
+        refused = await post(gw, "/mcp", euro)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].isascii()
 
 
 async def test_a_token_in_the_query_string_is_never_accepted(tmp_path: Path) -> None:
@@ -111,10 +116,11 @@ async def test_a_token_in_the_query_string_is_never_accepted(tmp_path: Path) -> 
         token = await gw.token(PrincipalKind.USER, "alice@northwind.example")
         for parameter in ("access_token", "token"):
             refused = await post(gw, f"/mcp?{parameter}={token}")
-            assert refused.status_code == 401 and "query string" in refused.text
+            assert refused.status_code == 400 and "query string" in refused.text
+            assert 'error="invalid_request"' in refused.headers["www-authenticate"]
             # Not even alongside a valid header: the URL may already have leaked into logs.
             both = await post(gw, f"/mcp?{parameter}={token}", token)
-            assert both.status_code == 401
+            assert both.status_code == 400
 
 
 async def test_protected_resource_metadata_for_every_endpoint(tmp_path: Path) -> None:
@@ -205,3 +211,55 @@ def test_local_mode_only_on_loopback(tmp_path: Path) -> None:
     registry = build_registry(load_config_dir(config))
     with pytest.raises(BadRequest, match="only allowed on a loopback listener"):
         create_app(registry, GatewaySettings(host="0.0.0.0", local_user="alice@northwind.example"))
+
+
+async def test_dns_rebinding_is_refused_on_every_route(tmp_path: Path) -> None:
+    async with front(tmp_path) as gw, httpx2.AsyncClient() as http:
+        token = await gw.token(PrincipalKind.USER, "alice@northwind.example")
+        port = gw.url.rsplit(":", 1)[1]
+        rebound = {"host": f"evil.example:{port}", "origin": f"http://evil.example:{port}"}
+        for path in (
+            "/mcp",
+            "/mcp-server/lab/tools/server",
+            "/admin/groups/lab",
+            "/.well-known/oauth-protected-resource",
+        ):
+            response = await http.post(f"{gw.url}{path}", json=INIT, headers={**ACCEPT, **rebound})
+            assert response.status_code == 421, path
+        assert (await http.get(f"{gw.url}/healthz", headers=rebound)).status_code == 200
+        same_origin = {"origin": gw.url, "authorization": f"Bearer {token}", **ACCEPT}
+        assert (await http.post(f"{gw.url}/mcp", json=INIT, headers=same_origin)).status_code == 200
+
+
+async def test_unconfigured_servers_look_like_forbidden_ones(tmp_path: Path) -> None:
+    async with front(tmp_path) as gw, httpx2.AsyncClient() as http:
+        stranger = await gw.token(PrincipalKind.USER, "mallory@elsewhere.example")
+        for path in ("/mcp-server/lab/tools/server", "/mcp-server/lab/nope/server"):
+            assert (await post(gw, path)).status_code == 401
+            forbidden = await post(gw, path, stranger)
+            assert forbidden.status_code == 403
+            assert (
+                forbidden.json()["error"]["message"]
+                == f"Forbidden: you are not authorized for {path.split('/')[2]}/{path.split('/')[3]}"
+            )
+            doc = await http.get(f"{gw.url}/.well-known/oauth-protected-resource{path}")
+            assert doc.status_code == 200
+        admin = await http.get(f"{gw.url}/admin/groups/lab")
+        assert admin.status_code == 401 and admin.headers["www-authenticate"].startswith("Bearer resource_metadata=")
+
+
+async def test_a_session_belongs_to_the_principal_that_opened_it(tmp_path: Path) -> None:
+    async with front(tmp_path) as gw:
+        alice = await gw.token(PrincipalKind.USER, "alice@northwind.example")
+        bob = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
+        opened = await post(gw, "/mcp", alice)
+        session = opened.headers["mcp-session-id"]
+        async with httpx2.AsyncClient() as http:
+            hijack = await http.delete(
+                f"{gw.url}/mcp", headers={"authorization": f"Bearer {bob}", "mcp-session-id": session, **ACCEPT}
+            )
+            assert hijack.status_code == 404
+            mine = await http.delete(
+                f"{gw.url}/mcp", headers={"authorization": f"Bearer {alice}", "mcp-session-id": session, **ACCEPT}
+            )
+            assert mine.status_code == 200

@@ -33,8 +33,18 @@ HOP_BY_HOP = frozenset(
         "mcp-protocol-version",
         "mcp-method",
         "mcp-name",
+        "expect",
+        "content-encoding",
     }
 )
+
+
+def is_managed_header(name: str) -> bool:
+    """Headers the gateway itself sets or that describe the connection: never configured, never forwarded."""
+    lower = name.lower()
+    return lower in HOP_BY_HOP or lower.startswith("mcp-param-")
+
+
 _SENSITIVE_HEADER = re.compile(r"authorization|token|secret|key|cookie|password|credential", re.IGNORECASE)
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=40)]
@@ -98,7 +108,7 @@ class HeaderAuthData(_Strict):
         for name, value in v.items():
             if not HEADER_NAME_RE.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
-            if name.lower() in HOP_BY_HOP:
+            if is_managed_header(name):
                 raise ValueError(f"header {name!r} is managed by the gateway and cannot be configured")
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name!r}: value may not contain CR or LF")
@@ -132,13 +142,20 @@ class RemoteServer(_Strict):
     auth_data: AuthData | None = None
     forwardable_headers: list[str] = Field(default_factory=list)
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: AnyHttpUrl) -> AnyHttpUrl:
+        if v.username or v.password:
+            raise ValueError("must not carry credentials (user:password@); use auth_data with a secret reference")
+        return v
+
     @field_validator("forwardable_headers")
     @classmethod
     def _forwardable_valid(cls, v: list[str]) -> list[str]:
         for name in v:
             if not HEADER_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not a valid HTTP header name")
-            if name.lower() in HOP_BY_HOP:
+            if is_managed_header(name):
                 raise ValueError(f"header {name!r} is managed by the gateway and cannot be forwarded")
         return v
 

@@ -17,6 +17,8 @@ class GatewaySettings(BaseModel):
     local_user: str | None = None
     # Extra browser origins allowed to call the gateway (DNS-rebinding protection); loopback origins always are.
     allowed_origins: tuple[str, ...] = ()
+    # Host names the gateway is reached by (besides loopback); on a non-loopback listener, empty means any.
+    allowed_hosts: tuple[str, ...] = ()
     # Per-backend deadline for tools/list fan-out; a slower backend is left out of that answer.
     list_deadline_seconds: float = Field(default=3.0, gt=0)
     # Deadline for one forwarded call (tools/call, resources/read, ...).

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import ListenHandler
@@ -18,10 +19,10 @@ from starlette.routing import Route
 
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayError
+from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, Forbidden, GatewayError, Unauthorized
 from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
-from virtual_mcp.gateway.front import EndpointApp
+from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
@@ -29,7 +30,8 @@ from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
 from virtual_mcp.outbound.credentials import OutboundCredentials
-from virtual_mcp.registry import Registry
+from virtual_mcp.registry import AGGREGATE_PATH, ENDPOINT_PATH, Registry
+from virtual_mcp.types import Authentication
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,13 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         raise BadRequest("--local-user is only allowed on a loopback listener (127.0.0.1, ::1, localhost)")
     security = security or Security.local(registry, settings)
     runtime = Runtime(registry, settings, security.credentials)
-    origins = OriginPolicy(settings.allowed_origins)
+    public = security.metadata.public_url
+    public_host = urlsplit(public).hostname if public else None
+    origins = OriginPolicy(
+        settings.allowed_origins,
+        (*settings.allowed_hosts, *([public_host] if public_host else [])),
+        loopback_only=is_loopback_host(settings.host),
+    )
     # Origin is checked by EndpointApp (which also allows same-origin and configured origins); the SDK's own
     # check would refuse a gateway reached by a non-loopback Host name.
     transport_security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -85,7 +93,6 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
             endpoint,
             manager,
             registry,
-            origins,
             security.authenticator,
             security.metadata,
             settings.max_request_body_bytes,
@@ -102,21 +109,38 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
 
     async def resource_metadata(request: Request) -> Response:
         path = "/" + request.path_params.get("path", "")
-        if path != "/" and path not in registry.endpoints:
+        # Every endpoint-shaped path has a document, configured or not: metadata is public and must not be a
+        # directory of which servers exist.
+        if path != "/" and path != AGGREGATE_PATH and ENDPOINT_PATH.fullmatch(path) is None:
             return JSONResponse({"error": "not_found"}, status_code=404)
         base = security.metadata.base(request.url.scheme, request.headers.get("host", "localhost"))
         return JSONResponse(security.metadata.document(base, "" if path == "/" else path))
 
-    async def admin_group(request: Request) -> Response:
+    async def authenticated(request: Request) -> Authentication | Response:
         client = request.client
         try:
-            auth = await security.authenticator.authenticate(
+            return await security.authenticator.authenticate(
                 request.headers, request.url.query, client.host if client else None
             )
-            view = group_view(registry, runtime.catalog, request.path_params["group"], auth.principal)
+        except Unauthorized as exc:
+            return unauthorized(exc, security.metadata, request.url.path, request.scope, request.headers)
+
+    async def admin_group(request: Request) -> Response:
+        auth = await authenticated(request)
+        if isinstance(auth, Response):
+            return auth
+        try:
+            return JSONResponse(group_view(registry, runtime.catalog, request.path_params["group"], auth.principal))
         except GatewayError as exc:
             return gateway_error_response(exc)
-        return JSONResponse(view)
+
+    async def no_such_endpoint(request: Request) -> Response:
+        """An unconfigured server path is answered like a configured one the caller may not use: 401, then 403."""
+        auth = await authenticated(request)
+        if isinstance(auth, Response):
+            return auth
+        name = "/".join(request.url.path.split("/")[2:4])
+        return gateway_error_response(Forbidden(f"Forbidden: you are not authorized for {name}"))
 
     routes += [
         Route("/healthz", healthz),
@@ -124,6 +148,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         Route(WELL_KNOWN, resource_metadata),
         Route(WELL_KNOWN + "/{path:path}", resource_metadata),
         Route("/admin/groups/{group}", admin_group),
+        Route("/mcp-server/{rest:path}", no_such_endpoint, methods=["GET", "POST", "DELETE"]),
     ]
 
     @asynccontextmanager
@@ -140,4 +165,5 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
+    app.add_middleware(FrontGuard, origins=origins)
     return app

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
-from virtual_mcp.gateway.front import CALLER_STATE_KEY
+from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -86,13 +86,18 @@ def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
 
 
 class ErrorRendering:
-    """Server middleware: a GatewayError becomes the JSON-RPC error it describes."""
+    """Server middleware: a GatewayError becomes the JSON-RPC error it describes; a backend's own error is passed on
+    with any configured secret scrubbed from it (a backend may echo the credential it received)."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        self._scrub = scrub
 
     async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
         try:
             return await call_next(ctx)
         except UpstreamRpcError as exc:
-            raise MCPError(exc.code, exc.message, exc.data) from None
+            data = self._scrub(exc.data) if isinstance(exc.data, str) else exc.data
+            raise MCPError(exc.code, self._scrub(exc.message), data) from None
         except GatewayError as exc:
             raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from None
         except (MCPError, ValidationError, anyio.get_cancelled_exc_class()):
@@ -157,7 +162,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
         result = await forward(
             ctx,
-            runtime.pool.session(source, runtime.credentials.headers_for(source, caller)),
+            runtime.pool.session(source, runtime.credentials.credential_for(source, caller)),
             "tools/call",
             upstream_params,
             timeout=settings.call_timeout_seconds,
@@ -186,7 +191,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = _build(endpoint, view_of, handlers)
-    server.middleware = [*server.middleware, ErrorRendering(), tracker]
+    server.middleware = [*server.middleware, ErrorRendering(runtime.credentials.scrub), tracker]
     return server
 
 
@@ -196,7 +201,7 @@ def _build(endpoint: Endpoint, view_of: Callable[[str], Any], handlers: dict[str
         version="0.1.0",
         title=endpoint.title,
         description=endpoint.description,
-        get_tool_input_schema=lambda name: view_of(endpoint.path).input_schema(name),
+        get_tool_input_schema=lambda name: view_of(endpoint.path).input_schema(name, CURRENT_CALLER.get()),
         # What a caller sees depends on who they are: results may never be shared across callers.
         cache_hints=_PRIVATE_NO_CACHE,
         **handlers,
@@ -224,7 +229,7 @@ def _passthrough_handlers(
             params = {k: v for k, v in raw.items() if k != "_meta"}
             result = await forward(
                 ctx,
-                runtime.pool.session(member.source, runtime.credentials.headers_for(member.source, caller)),
+                runtime.pool.session(member.source, runtime.credentials.credential_for(member.source, caller)),
                 method,
                 params,
                 timeout=runtime.settings.call_timeout_seconds,

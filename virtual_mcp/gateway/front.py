@@ -4,11 +4,23 @@ checks. Only a request that passes all of them reaches the SDK's streamable-HTTP
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from virtual_mcp.errors import BadRequest, Forbidden, GatewayError, InvalidToken, Unauthorized
+from virtual_mcp.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    InvalidToken,
+    MalformedCredentialRequest,
+    Unauthorized,
+)
 from virtual_mcp.gateway.http import envelope_problem, error_response, gateway_error_response, read_body, replay_body
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
@@ -22,6 +34,8 @@ from virtual_mcp.types import Principal
 
 logger = logging.getLogger(__name__)
 CALLER_STATE_KEY = "caller"
+# The caller of the request being served, for SDK callbacks that receive no request (Mcp-Param schema lookup).
+CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("virtual_mcp_caller", default=None)
 
 
 class EndpointApp:
@@ -30,7 +44,6 @@ class EndpointApp:
         endpoint: Endpoint,
         manager: StreamableHTTPSessionManager,
         registry: Registry,
-        origins: OriginPolicy,
         authenticator: Authenticator,
         metadata: ResourceMetadata,
         max_body: int,
@@ -38,7 +51,6 @@ class EndpointApp:
         self._endpoint = endpoint
         self._manager = manager
         self._registry = registry
-        self._origins = origins
         self._authenticator = authenticator
         self._metadata = metadata
         self._max_body = max_body
@@ -46,20 +58,13 @@ class EndpointApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if not self._origins.allows(headers.get("origin"), headers.get("host")):
-            await error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")(scope, receive, send)
-            return
         client = scope.get("client")
         try:
             auth = await self._authenticator.authenticate(
                 headers, scope.get("query_string", b"").decode("latin-1"), client[0] if client else None
             )
         except Unauthorized as exc:
-            base = self._metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
-            error = "invalid_token" if isinstance(exc, InvalidToken) else None
-            challenge = self._metadata.challenge(base, self._endpoint.path, error, getattr(exc, "reason", None))
-            logger.info("refused %s on %s: %s", scope.get("method"), self._endpoint.path, exc.message)
-            await gateway_error_response(exc, {"WWW-Authenticate": challenge})(scope, receive, send)
+            await unauthorized(exc, self._metadata, self._endpoint.path, scope, headers)(scope, receive, send)
             return
         try:
             overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
@@ -67,7 +72,12 @@ class EndpointApp:
         except GatewayError as exc:
             await gateway_error_response(exc)(scope, receive, send)
             return
-        scope.setdefault("state", {})[CALLER_STATE_KEY] = Caller(auth, overrides)
+        caller = Caller(auth, overrides)
+        scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
+        # Session ownership: the SDK binds a 2025-11-25 session to the principal that opened it.
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token="", client_id=auth.principal.subject, scopes=[], subject=auth.principal.subject)
+        )
         if scope.get("method") == "POST":
             body = await read_body(scope, receive, self._max_body)
             if not isinstance(body, bytes):
@@ -78,7 +88,11 @@ class EndpointApp:
                 await error_response(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
                 return
             receive = replay_body(body, receive)
-        await self._manager.handle_request(scope, receive, send)
+        reset = CURRENT_CALLER.set(caller)
+        try:
+            await self._manager.handle_request(scope, receive, send)
+        finally:
+            CURRENT_CALLER.reset(reset)
 
     def _check_access(self, principal: Principal) -> None:
         """A single server or virtual server the caller may not use at all is 403; `/mcp` only filters."""
@@ -86,3 +100,44 @@ class EndpointApp:
             return
         if not any(decide(principal, self._registry.gates[g]).allowed for g in self._gates):
             raise Forbidden(f"Forbidden: you are not authorized for {self._endpoint.title}")
+
+
+def unauthorized(
+    exc: Unauthorized, metadata: ResourceMetadata, path: str, scope: Scope, headers: Mapping[str, str]
+) -> Response:
+    """A 401 (or 400 invalid_request) whose challenge points at the RFC 9728 document for `path`."""
+    base = metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
+    error = None
+    if isinstance(exc, InvalidToken):
+        error = "invalid_token"
+    elif isinstance(exc, MalformedCredentialRequest):
+        error = "invalid_request"
+    challenge = metadata.challenge(base, path, error, getattr(exc, "reason", None))
+    logger.info("refused %s on %s: %s", scope.get("method"), path, exc.message)
+    return gateway_error_response(exc, {"WWW-Authenticate": challenge})
+
+
+class FrontGuard:
+    """Outermost ASGI layer: DNS-rebinding protection (Host, then Origin) for every route but /healthz."""
+
+    def __init__(self, app: ASGIApp, origins: OriginPolicy) -> None:
+        self._app = app
+        self._origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/healthz":
+            host = origin = None
+            for name, value in scope.get("headers", []):
+                if name == b"host":
+                    host = value.decode("latin-1")
+                elif name == b"origin":
+                    origin = value.decode("latin-1")
+            if not self._origins.allows_host(host):
+                await error_response(421, BadRequest.jsonrpc_code, "Misdirected Request: unknown Host")(
+                    scope, receive, send
+                )
+                return
+            if not self._origins.allows(origin, host):
+                await error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")(scope, receive, send)
+                return
+        await self._app(scope, receive, send)

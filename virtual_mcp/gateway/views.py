@@ -111,7 +111,9 @@ class EndpointView:
 
         async def fetch(ref: ServerRef) -> None:
             try:
-                await self._catalog.tools(ref, deadline, self._credentials.headers_for(ref, caller))
+                await self._catalog.tools(
+                    ref, deadline, self._credentials.credential_for(ref, caller, with_overrides=False)
+                )
             except GatewayError as exc:
                 logger.info("tools of %s left out of %s: %s", ref, self.endpoint.path, exc.message)
 
@@ -160,13 +162,17 @@ class EndpointView:
         out["_meta"] = meta
         return out
 
-    def input_schema(self, name: str) -> dict[str, Any] | None:
-        """The input schema of an exposed tool from the cache, for Mcp-Param header validation (no I/O)."""
-        table = self._current_table()
-        tool = table.tools.get(name)
-        if tool is None:
-            route = self._fast_route(name)
-            if route is not None:
-                tool = self._catalog.cached_tool(route.member.source, route.original)
+    def input_schema(self, name: str, caller: Caller | None) -> dict[str, Any] | None:
+        """The input schema of an exposed tool from the cache, for Mcp-Param header validation (no I/O).
+
+        Only for a tool `caller` may use: the SDK validates these headers before dispatch, and a schema-specific
+        answer about a forbidden tool would tell it apart from one that does not exist.
+        """
+        if caller is None:
+            return None
+        route = self._known(self._fast_route(name)) or self._current_table().routes.get(name)
+        if route is None or not self._allowed(caller.principal, route):
+            return None
+        tool = self._catalog.cached_tool(route.member.source, route.original)
         schema = tool.get("inputSchema") if tool else None
         return schema if isinstance(schema, dict) else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-from virtual_mcp.errors import InvalidToken, Unauthorized
+from virtual_mcp.errors import InvalidToken, MalformedCredentialRequest, Unauthorized
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKind
@@ -56,7 +56,9 @@ class Authenticator:
     async def authenticate(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
         """Raises Unauthorized (no credential) or InvalidToken (a credential that was refused)."""
         if query and any(k.lower() in _QUERY_CREDENTIALS for k, _ in parse_qsl(query, keep_blank_values=True)):
-            raise InvalidToken("credentials in the query string are never accepted; use the Authorization header")
+            raise MalformedCredentialRequest(
+                "credentials in the query string are never accepted; use the Authorization header"
+            )
         header = headers.get("authorization")
         if header is None:
             if self.local is not None:
@@ -67,7 +69,7 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise InvalidToken("the Authorization header must be 'Bearer <token>'")
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         if token.startswith(GATEWAY_TOKEN_PREFIX):
             return await self._gateway_token(token)
         if self.jwt is not None:
@@ -79,7 +81,8 @@ class Authenticator:
         if record is None:
             raise InvalidToken("unknown, revoked or expired gateway token")
         if record.kind is PrincipalKind.VIRTUAL_ACCOUNT:
-            if self.registry.declares_identities and record.name not in self.registry.virtual_accounts:
+            # A service identity exists only while the configuration declares it: removing it cuts it off.
+            if record.name not in self.registry.virtual_accounts:
                 raise InvalidToken(f"virtual account {record.name!r} is not declared in the configuration")
             principal = Principal(record.name, PrincipalKind.VIRTUAL_ACCOUNT)
         else:

@@ -211,5 +211,5 @@ def _parse_key(jwk: Any) -> SigningKey | None:
 
 def show(value: str, limit: int = 40) -> str:
     """A token-supplied string (kid, alg) made safe to quote in a reason or a log line."""
-    cleaned = "".join(c if c.isprintable() else "?" for c in value[:limit])
+    cleaned = "".join(c if c.isprintable() and c.isascii() else "?" for c in value[:limit])
     return repr(cleaned + ("..." if len(value) > limit else ""))

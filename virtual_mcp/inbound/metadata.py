@@ -34,5 +34,7 @@ class ResourceMetadata:
         if error:
             parts.append(f'error="{error}"')
         if description:
-            parts.append('error_description="{}"'.format(description.replace('"', "'").replace("\\", "/")))
+            # A quoted-string of printable ASCII only: the reason may quote token-supplied text.
+            safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in description)
+            parts.append(f'error_description="{safe}"')
         return "Bearer " + ", ".join(parts)

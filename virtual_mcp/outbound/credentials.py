@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
-from virtual_mcp.errors import GatewayError, NotSupportedYet
+from virtual_mcp.errors import ConfigError, ConfigIssue, GatewayError, NotSupportedYet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, Principal, ServerRef
+
+_FIELD_TEXT = re.compile(r"[\t\x20-\x7e]*")
 
 
 class PassthroughRefused(GatewayError):
@@ -30,7 +33,7 @@ class Caller:
     """What the inbound plane established about one request, and the caller's header overrides."""
 
     auth: Authentication
-    overrides: Overrides = field(default_factory=lambda: NO_OVERRIDES)
+    overrides: Overrides = field(default_factory=lambda: NO_OVERRIDES, repr=False)
 
     @property
     def principal(self) -> Principal:
@@ -42,6 +45,20 @@ def fingerprint(headers: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(sorted(headers.items())).encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Upstream headers for one request. `shared`: the same for every caller of that server, so background work
+    (catalog refreshes, the list_changed stream) may use it; a caller's own credential is used only for that caller's
+    requests."""
+
+    headers: Mapping[str, str] = field(repr=False)
+    shared: bool
+    key: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", fingerprint(self.headers))
+
+
 class OutboundCredentials:
     def __init__(self, registry: Registry, resolve: Callable[[SecretRef], str]) -> None:
         self._registry = registry
@@ -49,26 +66,55 @@ class OutboundCredentials:
         self._static: dict[ServerRef, dict[str, str]] = {}
         for ref, remote in registry.remotes.items():
             if isinstance(remote.auth, HeaderAuthData):
-                self._static[ref] = {
-                    name.lower(): _render(value, resolve) for name, value in remote.auth.headers.items()
-                }
+                rendered = {name.lower(): _render(value, resolve) for name, value in remote.auth.headers.items()}
+                for name, value in rendered.items():
+                    if not _FIELD_TEXT.fullmatch(value):
+                        raise ConfigError(
+                            [
+                                ConfigIssue(
+                                    "",
+                                    f"server {ref.key!r}",
+                                    f"auth_data.headers.{name}",
+                                    "a referenced secret holds CR, LF, another control character or non-ASCII, "
+                                    "which cannot travel in an HTTP header",
+                                )
+                            ]
+                        )
+                self._static[ref] = rendered
 
-    def headers_for(self, ref: ServerRef, caller: Caller) -> dict[str, str]:
-        """Headers for a request to `ref` on behalf of `caller`. Raises GatewayError when none can be made."""
+    def credential_for(self, ref: ServerRef, caller: Caller, *, with_overrides: bool = True) -> Credential:
+        """The credential for a request to `ref` on behalf of `caller`. Raises GatewayError when none can be made.
+
+        `with_overrides=False` gives what the server's shared tool catalog is fetched with: the configured
+        credential, or (passthrough) the caller's own, never a caller's `x-tfy-mcp-headers` values.
+        """
         auth = self._registry.remotes[ref].auth
         headers: dict[str, str]
+        shared = True
         if auth is None:
             headers = {}
         elif isinstance(auth, HeaderAuthData):
             headers = dict(self._static[ref])
         elif isinstance(auth, PassthroughAuthData):
             headers = {"authorization": f"Bearer {_passthrough(ref, auth, caller)}"}
+            shared = False
         elif isinstance(auth, OAuth2AuthData):
             raise NotSupportedYet(f"backend {ref.key!r}: outbound auth oauth2 ({auth.grant_type}) is not supported yet")
-        overrides = caller.overrides.get(ref)
+        overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
             headers.update(overrides)
-        return headers
+            shared = False
+        return Credential(headers, shared)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every configured secret value replaced: a backend that echoes the credential it received in
+        an error must not hand the gateway's secret to the caller."""
+        for headers in self._static.values():
+            for value in headers.values():
+                for part in {value, value.removeprefix("Bearer ").strip()}:
+                    if len(part) >= 6 and part in text:
+                        text = text.replace(part, "[REDACTED]")
+        return text
 
 
 def _passthrough(ref: ServerRef, auth: PassthroughAuthData, caller: Caller) -> str:

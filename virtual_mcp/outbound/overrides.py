@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from virtual_mcp.config.models import HEADER_NAME_RE, HOP_BY_HOP
+from virtual_mcp.config.models import HEADER_NAME_RE, is_managed_header
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Registry
@@ -21,7 +21,8 @@ from virtual_mcp.types import Principal, ServerRef
 
 HEADER = "x-tfy-mcp-headers"
 MAX_LENGTH = 16 * 1024
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_FIELD_TEXT = re.compile(r"[^\t\x20-\x7e]")  # header values: printable ASCII and tab only
+_GATEWAY_TOKEN = re.compile(r"vmcp_[0-9a-f]{12}_")
 
 Overrides = Mapping[ServerRef, Mapping[str, str]]
 NO_OVERRIDES: Overrides = MappingProxyType({})
@@ -53,16 +54,18 @@ def parse_overrides(raw: str | None, registry: Registry, principal: Principal, o
             lower = name.lower() if isinstance(name, str) else ""
             if not HEADER_NAME_RE.match(lower):
                 raise BadRequest(f"{HEADER}: {key!r}: {name!r} is not a valid header name")
-            if lower in HOP_BY_HOP:
+            if is_managed_header(lower):
                 raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is managed by the gateway and cannot be set")
             if lower not in allowed:
                 raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is not in the server's forwardable_headers")
             if not isinstance(value, str):
                 raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} must be a string")
-            if _CONTROL.search(value):
-                raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} contains CR, LF or another control character")
-            if own_credential and own_credential in value:
-                raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} carries your gateway credential")
+            if _NOT_FIELD_TEXT.search(value):
+                raise BadRequest(
+                    f"{HEADER}: {key!r}: value of {name!r} contains CR, LF, another control character or non-ASCII"
+                )
+            if (own_credential and own_credential in value) or _GATEWAY_TOKEN.search(value):
+                raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} carries a gateway credential")
             if lower in chosen:
                 raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is given more than once")
             chosen[lower] = value

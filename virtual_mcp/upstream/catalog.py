@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.pool import UpstreamPool
 
@@ -37,8 +38,8 @@ class _Entry:
     failure: str = ""
     inflight: anyio.Event | None = None
     version: int = 0
-    # The credentials of the last caller that needed the list; a list_changed refetch reuses them.
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # The server's shared credential (never a caller's own): background refetches use it. None: per-caller only.
+    credential: Credential | None = field(default=None, repr=False)
 
 
 class ToolCatalog:
@@ -79,20 +80,25 @@ class ToolCatalog:
         return self._entry(ref).tools or ()
 
     def invalidate(self, ref: ServerRef) -> None:
-        """Called on `notifications/tools/list_changed`: refetch now, in the background."""
+        """Called on `notifications/tools/list_changed`: refetch now in the background, if a shared credential
+        exists; a server listed only with callers' own credentials is refetched by its next caller."""
         entry = self._entry(ref)
         entry.stale = True
         entry.failed_at = None
-        self._start_fetch(ref, entry)
+        if entry.credential is not None:
+            self._start_fetch(ref, entry)
 
-    async def tools(self, ref: ServerRef, deadline: float, headers: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    async def tools(self, ref: ServerRef, deadline: float, credential: Credential) -> tuple[dict[str, Any], ...]:
         """The backend's tools, waiting at most `deadline` seconds. Raises UpstreamError if it cannot say.
 
-        `headers` are the caller's credentials for the backend, used if a fetch is needed.
+        A shared `credential` may be used in the background and its failures leave the backend out for everyone for
+        a while; a caller's own (passthrough) credential is used only in this call, and its failure is this caller's.
         """
         entry = self._entry(ref)
-        entry.headers = headers
         now = self._clock()
+        if not credential.shared:
+            return await self._tools_for_caller(ref, entry, deadline, credential, now)
+        entry.credential = credential
         fresh = not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds
         if entry.tools is not None and fresh:
             return entry.tools
@@ -116,6 +122,19 @@ class ToolCatalog:
             raise UpstreamTimeout(ref.key, entry.failure)
         raise UpstreamUnavailable(ref.key, entry.failure or "tools/list failed")
 
+    async def _tools_for_caller(
+        self, ref: ServerRef, entry: _Entry, deadline: float, credential: Credential, now: float
+    ) -> tuple[dict[str, Any], ...]:
+        if entry.tools is not None and not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds:
+            return entry.tools
+        try:
+            with anyio.fail_after(deadline):
+                tools = await self._list_all(ref, credential)
+        except TimeoutError:
+            raise UpstreamTimeout(ref.key, f"tools/list took longer than {deadline:g}s") from None
+        self._store(ref, entry, tools)
+        return tools
+
     def _start_fetch(self, ref: ServerRef, entry: _Entry) -> anyio.Event:
         if entry.inflight is None:
             entry.inflight = anyio.Event()
@@ -125,8 +144,9 @@ class ToolCatalog:
     async def _fetch(self, ref: ServerRef, entry: _Entry) -> None:
         event = entry.inflight
         assert event is not None
+        assert entry.credential is not None
         try:
-            tools = await self._list_all(ref)
+            tools = await self._list_all(ref, entry.credential)
         except GatewayError as exc:
             entry.failed_at = self._clock()
             entry.failure = exc.message
@@ -136,26 +156,29 @@ class ToolCatalog:
             entry.failure = "internal error while listing tools"
             logger.exception("listing tools of %s failed", ref)
         else:
-            changed = entry.tools != tools
-            # The very first answer of a backend is no change anyone was told about; a recovery or an edit is.
-            announce = changed and (entry.tools is not None or bool(entry.failure))
-            entry.tools = tools
-            entry.by_name = {t["name"]: t for t in tools}
-            entry.param_headers = _param_header_maps(tools)
-            entry.fetched_at = self._clock()
-            entry.stale = False
-            entry.failed_at = None
-            entry.failure = ""
-            if changed:
-                entry.version += 1
-            if announce and self._on_change is not None:
-                self._on_change(ref)
+            self._store(ref, entry, tools)
         finally:
             entry.inflight = None
             event.set()
 
-    async def _list_all(self, ref: ServerRef) -> tuple[dict[str, Any], ...]:
-        session = self._pool.session(ref, self._entry(ref).headers)
+    def _store(self, ref: ServerRef, entry: _Entry, tools: tuple[dict[str, Any], ...]) -> None:
+        changed = entry.tools != tools
+        # The very first answer of a backend is no change anyone was told about; a recovery or an edit is.
+        announce = changed and (entry.tools is not None or bool(entry.failure))
+        entry.tools = tools
+        entry.by_name = {t["name"]: t for t in tools}
+        entry.param_headers = _param_header_maps(tools)
+        entry.fetched_at = self._clock()
+        entry.stale = False
+        entry.failed_at = None
+        entry.failure = ""
+        if changed:
+            entry.version += 1
+        if announce and self._on_change is not None:
+            self._on_change(ref)
+
+    async def _list_all(self, ref: ServerRef, credential: Credential) -> tuple[dict[str, Any], ...]:
+        session = self._pool.session(ref, credential)
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         # A hung backend must not pin a background task forever.

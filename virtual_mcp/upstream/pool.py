@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -13,7 +13,7 @@ import httpx
 from anyio.abc import TaskGroup
 
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.outbound.credentials import fingerprint
+from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.session import UpstreamSession
@@ -30,7 +30,8 @@ class UpstreamPool:
         settings: GatewaySettings,
         task_group: TaskGroup,
         on_list_changed: Callable[[ServerRef], None] | None = None,
-        max_sessions: int = 1024,
+        max_sessions: int = 256,
+        idle_seconds: float = 300.0,
     ) -> None:
         self._registry = registry
         self._settings = settings
@@ -44,24 +45,46 @@ class UpstreamPool:
         # Least recently used first; per-caller credentials (passthrough, overrides) make this grow, so it is bounded.
         self._sessions: OrderedDict[tuple[ServerRef, str], UpstreamSession] = OrderedDict()
         self._max_sessions = max_sessions
+        self._idle_seconds = idle_seconds
 
-    def session(self, ref: ServerRef, headers: Mapping[str, str]) -> UpstreamSession:
-        """The session for `ref` with these credentials: one per distinct credential, so a backend session is
-        never shared across identities (backends bind a session to the credential that opened it)."""
-        key = (ref, fingerprint(headers))
+    def session(self, ref: ServerRef, credential: Credential) -> UpstreamSession:
+        """The session for `ref` with this credential: one per distinct credential, so a backend session is never
+        shared across credentials (backends bind a session to the credential that opened it)."""
+        key = (ref, credential.key)
         session = self._sessions.get(key)
         if session is not None:
             self._sessions.move_to_end(key)
             return session
+        self._sweep()
         remote = self._registry.remotes[ref]
         session = UpstreamSession(
-            ref, remote.url, self._http, headers=headers, spawn=self._spawn, on_list_changed=partial(self._changed, ref)
+            ref,
+            remote.url,
+            self._http,
+            headers=credential.headers,
+            spawn=self._spawn,
+            on_list_changed=partial(self._changed, ref),
+            listen=credential.shared,
         )
         self._sessions[key] = session
-        if len(self._sessions) > self._max_sessions:
-            _, evicted = self._sessions.popitem(last=False)
-            self._tg.start_soon(evicted.aclose)
         return session
+
+    def _sweep(self) -> None:
+        """Close per-caller sessions idle for a while, and the least recently used idle ones beyond the cap.
+
+        A session with requests in flight is never closed under them; the cap stays well below the HTTP client's
+        connection limit, so per-caller credentials cannot starve everyone else's requests of connections.
+        """
+        now = anyio.current_time()
+        over = len(self._sessions) + 1 - self._max_sessions
+        for key, session in list(self._sessions.items()):
+            if session.in_flight:
+                continue
+            idle = now - session.last_used > self._idle_seconds and session.last_used > 0
+            if over > 0 or (idle and not session.listens):
+                del self._sessions[key]
+                self._tg.start_soon(session.aclose)
+                over -= 1
 
     def open_sessions(self) -> int:
         return sum(1 for s in self._sessions.values() if s.era is not None)

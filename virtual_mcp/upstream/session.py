@@ -71,6 +71,7 @@ class UpstreamSession:
         headers: Mapping[str, str] | None = None,
         spawn: Spawn | None = None,
         on_list_changed: Callable[[], None] | None = None,
+        listen: bool = True,
     ) -> None:
         self.ref = ref
         self.url = url
@@ -88,6 +89,14 @@ class UpstreamSession:
         self.server_info: dict[str, Any] | None = None
         self._listening = False
         self._closed = False
+        # Only one session per backend holds a standing list_changed stream; per-caller sessions do not.
+        self._listen = listen
+        self.in_flight = 0
+        self.last_used = 0.0
+
+    @property
+    def listens(self) -> bool:
+        return self._listen
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -106,11 +115,15 @@ class UpstreamSession:
         Raises UpstreamRpcError for a JSON-RPC error from the backend, UpstreamTimeout past `timeout`,
         UpstreamUnavailable when the backend cannot be reached, UpstreamProtocolError for garbage.
         """
+        self.in_flight += 1
+        self.last_used = anyio.current_time()
         try:
             with anyio.fail_after(timeout):
                 return await self._request_with_recovery(method, params, on_notification, headers, meta)
         except TimeoutError:
             raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
+        finally:
+            self.in_flight -= 1
 
     async def aclose(self) -> None:
         """End the backend session politely (DELETE for a legacy session) and stop listening."""
@@ -370,7 +383,8 @@ class UpstreamSession:
     def _maybe_listen(self) -> None:
         tools_cap = self.capabilities.get("tools")
         if (
-            self._spawn is None
+            not self._listen
+            or self._spawn is None
             or self._listening
             or not isinstance(tools_cap, dict)
             or not tools_cap.get("listChanged")
