@@ -145,7 +145,8 @@ OAUTH = """\
     authorized_subjects: [team:platform-engineering]
     auth_data:
       type: oauth2
-      grant_type: client_credentials
+      grant_type: authorization_code
+      authorization_url: https://idp.example/authorize
       token_url: https://idp.example/token
       client_id: tfy-secret://t:github:client_id
       client_secret: tfy-secret://t:github:client_secret
@@ -167,7 +168,7 @@ async def test_servers_with_unsupported_outbound_auth_answer_clearly(tmp_path: P
                 assert info.value.code == -32013
                 assert (
                     info.value.message
-                    == "backend 'lab/github': outbound auth oauth2 (client_credentials) is not supported yet"
+                    == "backend 'lab/github': outbound auth oauth2 (authorization_code) is not supported yet"
                 )
 
 

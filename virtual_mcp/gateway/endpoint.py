@@ -162,7 +162,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
         result = await forward(
             ctx,
-            runtime.pool.session(source, runtime.credentials.credential_for(source, caller)),
+            runtime.pool.session(source, await runtime.credentials.credential_for(source, caller)),
             "tools/call",
             upstream_params,
             timeout=settings.call_timeout_seconds,
@@ -229,7 +229,7 @@ def _passthrough_handlers(
             params = {k: v for k, v in raw.items() if k != "_meta"}
             result = await forward(
                 ctx,
-                runtime.pool.session(member.source, runtime.credentials.credential_for(member.source, caller)),
+                runtime.pool.session(member.source, await runtime.credentials.credential_for(member.source, caller)),
                 method,
                 params,
                 timeout=runtime.settings.call_timeout_seconds,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -56,6 +57,11 @@ class Runtime:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg = tg
+
+            def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                tg.start_soon(fn)
+
+            self.credentials.attach(spawn)
             self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
             self._catalog = ToolCatalog(self._pool, self.settings, tg, on_change=self._catalog_changed)
             self._views = {

@@ -112,7 +112,7 @@ class EndpointView:
         async def fetch(ref: ServerRef) -> None:
             try:
                 await self._catalog.tools(
-                    ref, deadline, self._credentials.credential_for(ref, caller, with_overrides=False)
+                    ref, deadline, await self._credentials.credential_for(ref, caller, with_overrides=False)
                 )
             except GatewayError as exc:
                 logger.info("tools of %s left out of %s: %s", ref, self.endpoint.path, exc.message)

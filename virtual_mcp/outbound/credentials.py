@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import httpx
+
 from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
 from virtual_mcp.errors import ConfigError, ConfigIssue, GatewayError, NotSupportedYet
+from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
+from virtual_mcp.outbound.token_manager import Spawn, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, Principal, ServerRef
 
+logger = logging.getLogger(__name__)
 _FIELD_TEXT = re.compile(r"[\t\x20-\x7e]*")
 
 
@@ -53,15 +59,38 @@ class Credential:
 
     headers: Mapping[str, str] = field(repr=False)
     shared: bool
+    # Which upstream session serves it. By default the headers themselves; a rotating credential (an OAuth access
+    # token) names a stable identity instead, so a refresh does not open a new backend session.
+    identity: str | None = None
     key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", fingerprint(self.headers))
+        object.__setattr__(self, "key", self.identity or fingerprint(self.headers))
 
 
 class OutboundCredentials:
-    def __init__(self, registry: Registry, resolve: Callable[[SecretRef], str]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        resolve: Callable[[SecretRef], str],
+        tokens: TokenManager | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self._registry = registry
+        self._tokens = tokens
+        self._http = http
+        # OAuth clients for client-credentials servers; the token is for the backend's URL (RFC 8707 resource).
+        self._clients: dict[ServerRef, OAuthClient] = {
+            ref: OAuthClient(
+                token_url=str(remote.auth.token_url),
+                client_id=_render(remote.auth.client_id, resolve),
+                client_secret=_render(remote.auth.client_secret, resolve),
+                scopes=tuple(remote.auth.scopes),
+                resource=remote.url,
+            )
+            for ref, remote in registry.remotes.items()
+            if isinstance(remote.auth, OAuth2AuthData) and remote.auth.grant_type == "client_credentials"
+        }
         # Static headers are resolved once per configuration load; values live only in this mapping.
         self._static: dict[ServerRef, dict[str, str]] = {}
         for ref, remote in registry.remotes.items():
@@ -82,7 +111,7 @@ class OutboundCredentials:
                         )
                 self._static[ref] = rendered
 
-    def credential_for(self, ref: ServerRef, caller: Caller, *, with_overrides: bool = True) -> Credential:
+    async def credential_for(self, ref: ServerRef, caller: Caller, *, with_overrides: bool = True) -> Credential:
         """The credential for a request to `ref` on behalf of `caller`. Raises GatewayError when none can be made.
 
         `with_overrides=False` gives what the server's shared tool catalog is fetched with: the configured
@@ -91,6 +120,7 @@ class OutboundCredentials:
         auth = self._registry.remotes[ref].auth
         headers: dict[str, str]
         shared = True
+        identity: str | None = None
         if auth is None:
             headers = {}
         elif isinstance(auth, HeaderAuthData):
@@ -98,13 +128,38 @@ class OutboundCredentials:
         elif isinstance(auth, PassthroughAuthData):
             headers = {"authorization": f"Bearer {_passthrough(ref, auth, caller)}"}
             shared = False
+        elif isinstance(auth, OAuth2AuthData) and ref in self._clients:
+            token = await self._client_credentials_token(ref)
+            headers = {"authorization": f"Bearer {token.access_token}"}
+            identity = "oauth2-client-credentials"
         elif isinstance(auth, OAuth2AuthData):
             raise NotSupportedYet(f"backend {ref.key!r}: outbound auth oauth2 ({auth.grant_type}) is not supported yet")
         overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
             headers.update(overrides)
             shared = False
-        return Credential(headers, shared)
+            identity = None
+        return Credential(headers, shared, identity)
+
+    def attach(self, spawn: Spawn) -> None:
+        if self._tokens is not None:
+            self._tokens.attach(spawn)
+
+    async def _client_credentials_token(self, ref: ServerRef) -> TokenSet:
+        """One token per (server, provider account), shared by every caller authorized for the server."""
+        if self._tokens is None or self._http is None:
+            raise NotSupportedYet(f"backend {ref.key!r}: outbound OAuth needs the token manager (serve sets it up)")
+        client, http = self._clients[ref], self._http
+
+        async def obtain(current: TokenSet | None) -> TokenSet:
+            if current is not None and current.refresh_token:
+                try:
+                    return await client.refresh(http, current.refresh_token)
+                except TerminalGrantError:
+                    logger.info("refresh token for %s no longer valid; asking for a new client-credentials token", ref)
+            return await client.client_credentials(http)
+
+        return await self._tokens.token(f"2lo|{ref.key}|{client.client_id}", obtain)
 
     def scrub(self, text: str) -> str:
         """`text` with every configured secret value replaced: a backend that echoes the credential it received in

@@ -54,6 +54,7 @@ class UpstreamPool:
         session = self._sessions.get(key)
         if session is not None:
             self._sessions.move_to_end(key)
+            session.use_headers(credential.headers)  # a rotated token on the same identity
             return session
         self._sweep()
         remote = self._registry.remotes[ref]

@@ -98,6 +98,11 @@ class UpstreamSession:
     def listens(self) -> bool:
         return self._listen
 
+    def use_headers(self, headers: Mapping[str, str]) -> None:
+        """Send these headers from now on (an access token rotated under the same credential identity)."""
+        if headers != self._base_headers:
+            self._base_headers = dict(headers)
+
     # -- public API -----------------------------------------------------------------------------------------
 
     async def request(

@@ -1,0 +1,132 @@
+"""OAuth 2 token endpoint client: client credentials, refresh, and authorization-code exchange (with PKCE).
+
+Errors are sorted by what the caller should do: `invalid_grant` is terminal (the grant is gone: reconnect),
+5xx, 429 and network errors are transient (retry with backoff), anything else is a configuration problem. No
+message ever carries a secret, a code, a verifier or a token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from virtual_mcp.errors import GatewayError
+
+
+class TokenEndpointError(GatewayError):
+    """The provider refused in a way retrying cannot fix (bad client, unsupported grant, bad scope)."""
+
+    jsonrpc_code = -32005
+    http_status = 502
+
+
+class TerminalGrantError(TokenEndpointError):
+    """`invalid_grant`: the refresh token or code is no longer valid; the user must connect again."""
+
+
+class TransientTokenError(TokenEndpointError):
+    """5xx, 429, timeouts, connection errors: worth retrying later."""
+
+    jsonrpc_code = -32006
+    http_status = 503
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    """What a token endpoint answered, with when it was obtained (wall clock, seconds)."""
+
+    access_token: str = field(repr=False)
+    obtained_at: float
+    expires_in: float | None = None
+    refresh_token: str | None = field(default=None, repr=False)
+    scope: str | None = None
+    token_type: str = "Bearer"  # noqa: S105 - a token type name
+
+    def expires_at(self, default_lifetime: float) -> float:
+        return self.obtained_at + (self.expires_in if self.expires_in is not None else default_lifetime)
+
+    def refresh_due_at(self, default_lifetime: float, fraction: float = 0.8) -> float:
+        """The moment `fraction` of the lifetime has passed: refresh from then on, before the token expires."""
+        lifetime = self.expires_in if self.expires_in is not None else default_lifetime
+        return self.obtained_at + lifetime * fraction
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ()
+    resource: str | None = None  # RFC 8707 resource indicator: the backend the token is for
+
+    async def client_credentials(self, http: httpx.AsyncClient) -> TokenSet:
+        return await self._post(http, {"grant_type": "client_credentials", **self._scope_and_resource()})
+
+    async def refresh(self, http: httpx.AsyncClient, refresh_token: str) -> TokenSet:
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **self._scope_and_resource()}
+        token = await self._post(http, data)
+        if token.refresh_token is None:
+            # Providers that do not rotate keep the old refresh token valid.
+            token = TokenSet(
+                token.access_token, token.obtained_at, token.expires_in, refresh_token, token.scope, token.token_type
+            )
+        return token
+
+    async def exchange_code(self, http: httpx.AsyncClient, code: str, redirect_uri: str, verifier: str) -> TokenSet:
+        data = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+        }
+        if self.resource:
+            data["resource"] = self.resource
+        return await self._post(http, data)
+
+    def _scope_and_resource(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.scopes:
+            out["scope"] = " ".join(self.scopes)
+        if self.resource:
+            out["resource"] = self.resource
+        return out
+
+    async def _post(self, http: httpx.AsyncClient, data: Mapping[str, str]) -> TokenSet:
+        body = {**data, "client_id": self.client_id, "client_secret": self.client_secret}
+        try:
+            response = await http.post(self.token_url, data=body, headers={"accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise TransientTokenError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        payload = _json(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientTokenError(f"token endpoint answered HTTP {response.status_code}")
+        if response.status_code >= 400:
+            error = str(payload.get("error", "unknown_error"))[:64]
+            if error == "invalid_grant":
+                raise TerminalGrantError("the provider no longer accepts this grant (invalid_grant)")
+            raise TokenEndpointError(f"token endpoint refused the request: {error} (HTTP {response.status_code})")
+        access = payload.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise TokenEndpointError("token endpoint answered without an access_token")
+        expires = payload.get("expires_in")
+        refresh = payload.get("refresh_token")
+        return TokenSet(
+            access_token=access,
+            obtained_at=time.time(),
+            expires_in=float(expires) if isinstance(expires, int | float) and expires > 0 else None,
+            refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            scope=payload.get("scope") if isinstance(payload.get("scope"), str) else None,
+            token_type=str(payload.get("token_type", "Bearer")),
+        )
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
