@@ -98,6 +98,20 @@ async def test_static_secret_header_reaches_only_its_server(tmp_path: Path) -> N
         assert token not in t.everything_received()
 
 
+async def test_the_log_scan_sees_gateway_lines(tmp_path: Path) -> None:
+    """The whole-run scan in tests/conftest.py is not vacuous: gateway log lines reach it."""
+    from tests.conftest import CAPTURED
+
+    async with lab(tmp_path) as t:
+        token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        await t.headers_seen("sentry", token)
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{t.gw.url}/mcp", json={}, headers={"authorization": "Bearer vmcp_000000000000_x"})
+    lines = CAPTURED[0].lines
+    assert any(line.startswith("virtual_mcp.") for line in lines)
+    assert any("refused POST on /mcp" in line for line in lines)
+
+
 async def test_override_applies_to_the_named_server_only(tmp_path: Path) -> None:
     async with lab(tmp_path) as t:
         token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
