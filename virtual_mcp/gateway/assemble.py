@@ -18,9 +18,11 @@ from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
-from virtual_mcp.outbound.token_manager import InProcessLocks, MemoryTokenCache, TokenManager
+from virtual_mcp.outbound.token_cache import VaultTokenCache
+from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ async def production_app(registry: Registry, settings: GatewaySettings) -> Async
         metadata = ResourceMetadata(
             authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
         )
-        tokens = TokenManager(MemoryTokenCache(), InProcessLocks())
+        tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks())
         credentials = OutboundCredentials(registry, values.__getitem__, tokens, http)
         security = Security(authenticator, credentials, metadata)
         yield create_app(registry, settings, security)

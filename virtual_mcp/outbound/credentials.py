@@ -21,6 +21,7 @@ from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
 from virtual_mcp.errors import ConfigError, ConfigIssue, GatewayError, NotSupportedYet
 from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
+from virtual_mcp.outbound.token_cache import token_key
 from virtual_mcp.outbound.token_manager import Spawn, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, Principal, ServerRef
@@ -159,7 +160,7 @@ class OutboundCredentials:
                     logger.info("refresh token for %s no longer valid; asking for a new client-credentials token", ref)
             return await client.client_credentials(http)
 
-        return await self._tokens.token(f"2lo|{ref.key}|{client.client_id}", obtain)
+        return await self._tokens.token(token_key("2lo", ref.key, f"client:{client.client_id}"), obtain)
 
     def scrub(self, text: str) -> str:
         """`text` with every configured secret value replaced: a backend that echoes the credential it received in

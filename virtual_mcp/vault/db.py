@@ -45,6 +45,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (tenant, grp, key)
         )""",
     ),
+    (
+        # Upstream OAuth tokens: access and refresh token sealed together in one envelope, one row per
+        # (server, account), so a write can never leave a new access token beside an old refresh token.
+        """CREATE TABLE IF NOT EXISTS oauth_tokens (
+            server TEXT NOT NULL,
+            account TEXT NOT NULL,
+            envelope BLOB NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (server, account)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,65 @@
+"""Upstream OAuth token sets at rest: one sealed envelope per (server, account), written in one transaction.
+
+The record context binds each envelope to its (server, account), so a row copied elsewhere does not decrypt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from virtual_mcp.vault.crypto import Envelope, KeyProvider, RecordContext, open_envelope, seal
+from virtual_mcp.vault.db import Database
+from virtual_mcp.vault.errors import DecryptError
+
+TokenRecord = dict[str, Any]  # access_token, refresh_token, obtained_at, expires_in, scope, token_type
+
+
+def token_context(server: str, account: str) -> RecordContext:
+    return RecordContext(tenant="", user=account, server=server, kind="oauth-token")
+
+
+class OAuthTokenStore:
+    def __init__(self, db: Database, keys: KeyProvider, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._keys = keys
+        self._clock = clock
+
+    async def put(self, server: str, account: str, record: TokenRecord) -> None:
+        """Store the whole token set atomically (one row, one transaction)."""
+        blob = seal(json.dumps(record).encode(), token_context(server, account), self._keys).to_bytes()
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO oauth_tokens (server, account, envelope, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (server, account) DO UPDATE SET envelope = excluded.envelope,"
+                " updated_at = excluded.updated_at",
+                (server, account, blob, self._clock()),
+            )
+
+    async def get(self, server: str, account: str) -> TokenRecord | None:
+        row = await self._db.fetchone(
+            "SELECT envelope FROM oauth_tokens WHERE server = ? AND account = ?", (server, account)
+        )
+        if row is None:
+            return None
+        try:
+            plaintext = open_envelope(
+                Envelope.from_bytes(bytes(row["envelope"])), token_context(server, account), self._keys
+            )
+        except DecryptError as e:
+            raise DecryptError(f"stored token for {server} / {account}: {e.message}") from None
+        record = json.loads(plaintext)
+        if not isinstance(record, dict):
+            raise DecryptError(f"stored token for {server} / {account}: not a token record")
+        return record
+
+    async def delete(self, server: str, account: str) -> bool:
+        async with self._db.transaction() as tx:
+            return await tx.execute("DELETE FROM oauth_tokens WHERE server = ? AND account = ?", (server, account)) > 0
+
+    async def accounts(self, account: str) -> list[str]:
+        """The servers `account` holds tokens for (to show and disconnect connected accounts)."""
+        rows = await self._db.fetchall("SELECT server FROM oauth_tokens WHERE account = ? ORDER BY server", (account,))
+        return [str(r["server"]) for r in rows]
