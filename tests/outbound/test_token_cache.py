@@ -18,6 +18,10 @@ REFRESH = "refresh-token-value-fedcba9876543210"
 mark(ACCESS, REFRESH)
 
 
+def plain_text_in(directory: Path, *values: str) -> list[str]:
+    return [p.name for p in directory.iterdir() for v in values if v.encode() in p.read_bytes()]
+
+
 async def test_token_sets_survive_a_restart_and_stay_encrypted(tmp_path: Path) -> None:
     keys = LocalKeyProvider.load(tmp_path)
     key = token_key("3lo", "backend-group/github", "user:alice@northwind.example")
@@ -27,9 +31,7 @@ async def test_token_sets_survive_a_restart_and_stay_encrypted(tmp_path: Path) -
     async with Database.open(tmp_path) as db:
         # A new process: nothing in memory, the vault answers.
         assert await VaultTokenCache(OAuthTokenStore(db, keys)).get(key) == token
-    for path in tmp_path.iterdir():
-        data = path.read_bytes()
-        assert ACCESS.encode() not in data and REFRESH.encode() not in data, path
+    assert not plain_text_in(tmp_path, ACCESS, REFRESH)
 
 
 async def test_a_record_moved_to_another_row_does_not_decrypt(tmp_path: Path) -> None:
