@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,12 @@ from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+from virtual_mcp.outbound.token_cache import VaultTokenCache
+from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 ISSUER = "https://idp.northwind.example"
 GATEWAY_AUDIENCE = "https://mcp.northwind.example"
@@ -74,7 +78,11 @@ def idp_jwt(subject: str, audience: list[str] | str, now: float, **claims: Any) 
 
 @asynccontextmanager
 async def secure_gateway(
-    config_dir: Path, data_dir: Path, secrets: dict[str, str] | None = None, **settings: Any
+    config_dir: Path,
+    data_dir: Path,
+    secrets: dict[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+    **settings: Any,
 ) -> AsyncIterator[SecureGateway]:
     """The gateway with a real token store, secret store (envelope-encrypted) and HS256 JWT verification."""
     (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
@@ -90,9 +98,11 @@ async def secure_gateway(
         assert registry.inbound.jwt is not None
         verifier = JwtVerifier(registry.inbound.jwt, http=http, hmac_secret=HMAC_KEY.encode())
         tokens = TokenStore(db)
+        # Upstream OAuth tokens: the vault-backed cache and the token manager, with a clock the test may move.
+        token_manager = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock)
         security = Security(
             Authenticator(registry, tokens=tokens, jwt=verifier),
-            OutboundCredentials(registry, values.__getitem__),
+            OutboundCredentials(registry, values.__getitem__, token_manager, http),
             ResourceMetadata(authorization_servers=(ISSUER,)),
         )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
@@ -142,6 +143,8 @@ class TokenManager:
                 return current
             with phase("token_provider"):
                 token = await self._obtain_with_retries(obtain, current)
+            # Lifetimes are measured on this manager's clock, whatever stamped the response.
+            token = replace(token, obtained_at=self._clock())
             await self._cache.set(key, token)
             return token
         finally:

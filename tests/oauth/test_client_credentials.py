@@ -1,0 +1,152 @@
+"""Client credentials (2LO) end to end: a real authorization server (oidc-provider), the gateway, a backend that
+shows what it received. Token requests are counted at the authorization server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jwt
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.backends import build_lab
+from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
+from tests.security_support import SecureGateway, secure_gateway
+from tests.support import Served, serve
+from virtual_mcp.types import PrincipalKind
+
+CONFIG = """\
+name: g
+type: provider-account/mcp-server-group
+integrations:
+  - name: analytics
+    type: integration/mcp-server/remote
+    url: {backend}/mcp
+    authorized_subjects: [team:platform, virtualaccount:ci]
+    auth_data:
+      type: oauth2
+      grant_type: client_credentials
+      token_url: {token_url}
+      client_id: tfy-secret://t:analytics:client_id
+      client_secret: tfy-secret://t:analytics:client_secret
+      scopes: [mcp:read]
+"""
+IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@x.example]\nvirtual_accounts:\n  - name: ci\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Setup:
+    auth: AuthServer
+    backend: Served
+    gw: SecureGateway
+    clock: Clock
+    alice: str
+    ci: str
+
+    async def bearer_seen(self, token: str) -> str:
+        async with self.gw.client("/mcp-server/g/analytics/server", token) as client:
+            seen: dict[str, Any] = (await client.call_tool("headers", {})).structured_content or {}
+        return str(seen["authorization"]).removeprefix("Bearer ")
+
+
+@asynccontextmanager
+async def setup(tmp_path: Path, client_secret: str | None = None) -> AsyncIterator[Setup]:
+    async with authorization_server(access_token_ttl=100) as auth, serve(build_lab().http_app(path="/mcp")) as backend:
+        config = tmp_path / "servers.d"
+        config.mkdir()
+        (config / "g.yaml").write_text(CONFIG.format(backend=backend.url, token_url=auth.token_endpoint))
+        (config / "ids.yaml").write_text(IDS)
+        secrets = {
+            "tfy-secret://t:analytics:client_id": CC_CLIENT_ID,
+            "tfy-secret://t:analytics:client_secret": client_secret or auth.secret(CC_CLIENT_ID),
+        }
+        clock = Clock()
+        async with secure_gateway(config, tmp_path / "data", secrets, clock=clock) as gw:
+            alice = await gw.token(PrincipalKind.USER, "alice@x.example")
+            ci = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
+            await auth.reset()
+            yield Setup(auth, backend, gw, clock, alice, ci)
+
+
+async def test_one_token_for_every_caller_with_the_backend_as_audience(tmp_path: Path) -> None:
+    async with setup(tmp_path) as s:
+        first = await s.bearer_seen(s.alice)
+        assert await s.bearer_seen(s.ci) == first and await s.bearer_seen(s.alice) == first
+        assert await s.auth.token_requests("client_credentials") == 1
+        claims = jwt.decode(
+            first,
+            jwt.PyJWKClient(s.auth.jwks_uri).get_signing_key_from_jwt(first).key,
+            algorithms=["RS256"],
+            audience=f"{s.backend.url}/mcp",
+        )
+        assert claims["client_id"] == CC_CLIENT_ID and "mcp:read" in claims["scope"]
+        # Neither caller's gateway token reached the backend.
+        assert first not in (s.alice, s.ci)
+
+
+@pytest.mark.parametrize("slow_provider", [False, True])
+async def test_fifty_callers_past_eighty_percent_cause_exactly_one_token_request(
+    tmp_path: Path, slow_provider: bool
+) -> None:
+    async with setup(tmp_path) as s:
+        first = await s.bearer_seen(s.alice)
+        s.clock.offset = 85  # past 80% of the 100 s lifetime
+        if slow_provider:
+            await s.auth.behave(token_delay_ms=500)
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(s.bearer_seen, s.alice)
+        with anyio.fail_after(20):
+            while await s.auth.token_requests("client_credentials") < 2:  # the background refresh lands
+                await s.bearer_seen(s.ci)
+        assert await s.auth.token_requests("client_credentials") == 2
+        assert await s.bearer_seen(s.alice) != first
+
+
+async def test_expired_token_cold_concurrency_is_one_request(tmp_path: Path) -> None:
+    async with setup(tmp_path) as s:
+        await s.bearer_seen(s.alice)
+        s.clock.offset = 500  # long expired
+        await s.auth.behave(token_delay_ms=300)
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(s.bearer_seen, s.alice)
+        assert await s.auth.token_requests("client_credentials") == 2
+
+
+async def test_provider_failures_are_retried_or_reported(tmp_path: Path) -> None:
+    async with setup(tmp_path) as s:
+        await s.auth.behave(token_fail_status=500, token_fail_count=1)
+        assert await s.bearer_seen(s.alice)
+        await s.auth.behave(token_fail_status=429, token_fail_count=1)
+        s.clock.offset = 500
+        assert await s.bearer_seen(s.alice)
+        s.clock.offset = 1000
+        await s.auth.behave(token_fail_status=500, token_fail_count=None)
+        with pytest.raises(MCPError) as down:
+            await s.bearer_seen(s.alice)
+        assert down.value.code == -32006 and "HTTP 500" in down.value.message
+        await s.auth.behave(token_fail_status=None, omit_expires_in=True)
+        assert await s.bearer_seen(s.alice)
+
+
+async def test_a_wrong_client_secret_is_a_clear_error(tmp_path: Path) -> None:
+    async with setup(tmp_path, client_secret="not-the-secret-0000") as s:
+        with pytest.raises(MCPError) as refused:
+            await s.bearer_seen(s.alice)
+        assert refused.value.code == -32005 and "invalid_client" in refused.value.message
+        assert "not-the-secret" not in refused.value.message
