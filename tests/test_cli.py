@@ -78,3 +78,59 @@ def test_a_wrong_master_key_is_a_clear_startup_error(tmp_path: Path, capsys: pyt
     (tmp_path / "master.key").chmod(0o644)
     code, _, err = run(["secrets", "list", *data], capsys)
     assert code != 0 and "master.key" in err and "chmod 600" in err
+
+
+def test_keys_rotate_rewraps_everything_and_keeps_it_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import anyio
+
+    from virtual_mcp.config.secrets import SecretRef
+    from virtual_mcp.vault import Database, Envelope, LocalKeyProvider, SecretStore
+    from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+
+    data = ["--data-dir", str(tmp_path)]
+    run(["secrets", "set", "t:g:one", *data], capsys, stdin="value-one-123")
+    run(["secrets", "set", "t:g:two", *data], capsys, stdin="value-two-456")
+
+    async def put_token() -> None:
+        async with Database.open(tmp_path) as db:
+            await OAuthTokenStore(db, LocalKeyProvider.load(tmp_path)).put("g/s", "user:a@x", {"access_token": "a"})
+
+    anyio.run(put_token)
+    old = LocalKeyProvider.load(tmp_path).current_key_id()
+    code, out, _ = run(["keys", "rotate", *data], capsys)
+    assert code == 0 and "re-wrapped 2 secret(s) and 1 token record(s)" in out
+
+    async def read_back() -> tuple[list[str], set[str]]:
+        keys = LocalKeyProvider.load(tmp_path)
+        async with Database.open(tmp_path) as db:
+            store = SecretStore(db, keys)
+            values = [await store.get(SecretRef.parse(f"tfy-secret://t:g:{k}")) for k in ("one", "two")]
+            rows = await db.fetchall("SELECT envelope FROM secrets UNION ALL SELECT envelope FROM oauth_tokens")
+            kids = {Envelope.from_bytes(bytes(r["envelope"])).kek_id for r in rows}
+            assert (await OAuthTokenStore(db, keys).get("g/s", "user:a@x")) == {"access_token": "a"}
+        return values, kids
+
+    values, kids = anyio.run(read_back)
+    assert values == ["value-one-123", "value-two-456"]
+    assert kids == {LocalKeyProvider.load(tmp_path).current_key_id()} and old not in kids
+
+
+def test_a_missing_or_wrong_master_key_stops_serve_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    (config / "ids.yaml").write_text("type: identities\n")
+    data = tmp_path / "data"
+    run(["secrets", "set", "t:g:one", "--data-dir", str(data)], capsys, stdin="value-one-123")
+    serve = ["serve", "--config", str(config), "--data-dir", str(data), "--port", "0"]
+    monkeypatch.setenv("VIRTUAL_MCP_MASTER_KEY", "A" * 43 + "=")
+    code, _, err = run(serve, capsys)
+    assert code == 2 and "wrong master key?" in err
+    monkeypatch.delenv("VIRTUAL_MCP_MASTER_KEY")
+    (data / "master.key").unlink()
+    code, _, err = run(serve, capsys)
+    assert code == 2 and "no master key file at" in err
+    assert not (data / "master.key").exists()  # no new key was minted over the sealed records

@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     for p in (put, secret_listing, delete):
         p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
 
+    keys = sub.add_parser("keys", help="manage the master key that wraps every stored secret and token")
+    keys_sub = keys.add_subparsers(dest="keys_action", required=True)
+    rotate = keys_sub.add_parser("rotate", help="new master key; re-wrap every data key online, payloads untouched")
+    rotate.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+
     check = sub.add_parser("check", help="validate a configuration directory and print every problem")
     check.add_argument("--config", type=Path, default=Path("servers.d"))
 
@@ -171,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args)
         if args.command == "secrets":
             return cmd_secrets(args)
+        if args.command == "keys":
+            from virtual_mcp import commands
+
+            kid, secrets, tokens = anyio.run(commands.keys_rotate, args.data_dir)
+            print(f"new master key {kid}; re-wrapped {secrets} secret(s) and {tokens} token record(s)")
+            return 0
         if args.command == "demo":
             from virtual_mcp.demo import run_demo
 

@@ -12,6 +12,8 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault.check import check_master_key
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -93,3 +95,15 @@ def _ref(reference: str) -> SecretRef:
         return SecretRef.parse(text)
     except ValueError:
         raise BadRequest(f"expected TENANT:GROUP:KEY (or tfy-secret://TENANT:GROUP:KEY), got {reference!r}") from None
+
+
+async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
+    """A new current master key; every stored data key is re-wrapped under it (payloads untouched). A running
+    gateway keeps working throughout: it re-reads the key file when it meets the new key id."""
+    keys = LocalKeyProvider.load(data_dir, create=False)
+    async with Database.open(data_dir) as db:
+        await check_master_key(db, keys)
+        kid = keys.add_key()
+        secrets = await SecretStore(db, keys).rewrap_all()
+        tokens = await OAuthTokenStore(db, keys).rewrap_all()
+    return kid, secrets, tokens

@@ -22,6 +22,7 @@ from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
+from virtual_mcp.vault.check import check_master_key, sealed_records
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ async def resolve_secrets(store: SecretStore, refs: list[tuple[SecretRef, str]])
 @asynccontextmanager
 async def production_app(registry: Registry, settings: GatewaySettings) -> AsyncIterator[Starlette]:
     """The gateway with its stores open for as long as the block runs."""
-    keys = LocalKeyProvider.load(settings.data_dir)
     async with Database.open(settings.data_dir) as db, httpx.AsyncClient(timeout=10) as http:
+        # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
+        keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
+        await check_master_key(db, keys)
         store = SecretStore(db, keys)
         needed = [(ref, f"server {server.key!r}") for ref, server in secret_refs(registry)]
         jwt_settings = registry.inbound.jwt

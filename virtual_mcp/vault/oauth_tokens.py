@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from virtual_mcp.vault.crypto import Envelope, KeyProvider, RecordContext, open_envelope, seal
+from virtual_mcp.vault.crypto import Envelope, KeyProvider, RecordContext, open_envelope, rewrap, seal
 from virtual_mcp.vault.db import Database
 from virtual_mcp.vault.errors import DecryptError
 
@@ -63,3 +63,20 @@ class OAuthTokenStore:
         """The servers `account` holds tokens for (to show and disconnect connected accounts)."""
         rows = await self._db.fetchall("SELECT server FROM oauth_tokens WHERE account = ? ORDER BY server", (account,))
         return [str(r["server"]) for r in rows]
+
+    async def rewrap_all(self) -> int:
+        """Re-wrap every record's data key under the current master key (payloads untouched); one transaction."""
+        current = self._keys.current_key_id()
+        count = 0
+        async with self._db.transaction() as tx:
+            for row in await tx.fetchall("SELECT server, account, envelope FROM oauth_tokens"):
+                env = Envelope.from_bytes(bytes(row["envelope"]))
+                if env.kek_id == current:
+                    continue
+                new = rewrap(env, token_context(row["server"], row["account"]), self._keys)
+                await tx.execute(
+                    "UPDATE oauth_tokens SET envelope = ? WHERE server = ? AND account = ?",
+                    (new.to_bytes(), row["server"], row["account"]),
+                )
+                count += 1
+        return count

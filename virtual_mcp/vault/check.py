@@ -1,0 +1,32 @@
+"""Start-up check of the vault: a wrong or missing master key is a clear error before serving, never mid-request."""
+
+from __future__ import annotations
+
+from virtual_mcp.vault.crypto import Envelope, KeyProvider
+from virtual_mcp.vault.db import Database
+from virtual_mcp.vault.errors import MasterKeyError
+
+_TABLES = ("secrets", "oauth_tokens")
+
+
+async def sealed_records(db: Database) -> int:
+    total = 0
+    for table in _TABLES:
+        row = await db.fetchone(f"SELECT count(*) AS n FROM {table}")  # noqa: S608 - fixed table names
+        total += int(row["n"]) if row is not None else 0
+    return total
+
+
+async def check_master_key(db: Database, keys: KeyProvider) -> None:
+    """Every master key id the stored records were sealed with must be available."""
+    needed: set[str] = set()
+    for table in _TABLES:
+        for row in await db.fetchall(f"SELECT envelope FROM {table}"):  # noqa: S608 - fixed table names
+            needed.add(Envelope.from_bytes(bytes(row["envelope"])).kek_id)
+    available = set(getattr(keys, "key_ids", ()))
+    missing = sorted(needed - available) if available else []
+    if missing:
+        raise MasterKeyError(
+            f"stored records were sealed with master key(s) {', '.join(missing)}, which the configured master key "
+            "does not hold; wrong master key?"
+        )
