@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -82,6 +83,7 @@ async def secure_gateway(
     data_dir: Path,
     secrets: dict[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    sock: socket.socket | None = None,
     **settings: Any,
 ) -> AsyncIterator[SecureGateway]:
     """The gateway with a real token store, secret store (envelope-encrypted) and HS256 JWT verification."""
@@ -106,5 +108,5 @@ async def secure_gateway(
             ResourceMetadata(authorization_servers=(ISSUER,)),
         )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
-        async with serve(create_app(registry, GatewaySettings(**options), security)) as served:
+        async with serve(create_app(registry, GatewaySettings(**options), security), sock) as served:
             yield SecureGateway(served, registry, tokens, store, db)

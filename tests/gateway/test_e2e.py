@@ -138,40 +138,6 @@ async def test_tool_list_change_reaches_modern_clients_on_listen_stream(tmp_path
             assert "lab__lab__later" in {t.name for t in (await client.list_tools()).tools}
 
 
-OAUTH = """\
-  - name: github
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform-engineering]
-    auth_data:
-      type: oauth2
-      grant_type: authorization_code
-      authorization_url: https://idp.example/authorize
-      token_url: https://idp.example/token
-      client_id: tfy-secret://t:github:client_id
-      client_secret: tfy-secret://t:github:client_secret
-"""
-
-
-@pytest.mark.parametrize("era", ERAS)
-async def test_servers_with_unsupported_outbound_auth_answer_clearly(tmp_path: Path, era: str) -> None:
-    async with serve(build_lab().http_app(path="/mcp")) as backend:
-        config = write_config(tmp_path / "servers.d", {"lab": backend.url}, OAUTH.format(url=backend.url))
-        async with gateway(config) as gw:
-            async with mcp.Client(f"{gw.url}/mcp", mode=era) as client:
-                names = {t.name for t in (await client.list_tools()).tools}
-                # The servers that can be reached are served; the others are left out, not fatal.
-                assert "lab__lab__echo" in names and not any("github" in n for n in names)
-            async with mcp.Client(f"{gw.url}/mcp-server/lab/github/server", mode=era) as client:
-                with pytest.raises(MCPError) as info:
-                    await client.call_tool("echo", {"text": "x"})
-                assert info.value.code == -32013
-                assert (
-                    info.value.message
-                    == "backend 'lab/github': outbound auth oauth2 (authorization_code) is not supported yet"
-                )
-
-
 class DeleteRecorder:
     """Passes requests to a backend app and records the session ids it is asked to DELETE."""
 

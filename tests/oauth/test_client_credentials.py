@@ -33,7 +33,7 @@ integrations:
       type: oauth2
       grant_type: client_credentials
       token_url: {token_url}
-      client_id: tfy-secret://t:analytics:client_id
+      client_id: {client_id}
       client_secret: tfy-secret://t:analytics:client_secret
       scopes: [mcp:read]
 """
@@ -68,10 +68,11 @@ async def setup(tmp_path: Path, client_secret: str | None = None) -> AsyncIterat
     async with authorization_server(access_token_ttl=100) as auth, serve(build_lab().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "g.yaml").write_text(CONFIG.format(backend=backend.url, token_url=auth.token_endpoint))
+        (config / "g.yaml").write_text(
+            CONFIG.format(backend=backend.url, token_url=auth.token_endpoint, client_id=CC_CLIENT_ID)
+        )
         (config / "ids.yaml").write_text(IDS)
         secrets = {
-            "tfy-secret://t:analytics:client_id": CC_CLIENT_ID,
             "tfy-secret://t:analytics:client_secret": client_secret or auth.secret(CC_CLIENT_ID),
         }
         clock = Clock()

@@ -24,6 +24,7 @@ from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
 from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response
+from virtual_mcp.gateway.oauth_routes import oauth_routes
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
@@ -149,6 +150,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         Route(WELL_KNOWN + "/{path:path}", resource_metadata),
         Route("/admin/groups/{group}", admin_group),
         Route("/mcp-server/{rest:path}", no_such_endpoint, methods=["GET", "POST", "DELETE"]),
+        *oauth_routes(registry, security.credentials, security.authenticator, security.metadata),
     ]
 
     @asynccontextmanager

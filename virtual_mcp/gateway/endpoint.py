@@ -19,7 +19,7 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ListenHandler
-from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
 from mcp.shared.inbound import mcp_param_headers
 from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
 from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
+from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -98,6 +99,12 @@ class ErrorRendering:
         except UpstreamRpcError as exc:
             data = self._scrub(exc.data) if isinstance(exc.data, str) else exc.data
             raise MCPError(exc.code, self._scrub(exc.message), data) from None
+        except ConsentRequired as exc:
+            # The MCP way to send a user somewhere: a URL elicitation the client can open for them.
+            elicitation = types.ElicitRequestURLParams(
+                message=exc.message, url=exc.url, elicitation_id=exc.elicitation_id
+            )
+            raise UrlElicitationRequiredError([elicitation], message=exc.message) from None
         except GatewayError as exc:
             raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from None
         except (MCPError, ValidationError, anyio.get_cancelled_exc_class()):
@@ -146,6 +153,14 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
         if params is not None and params.cursor:
             raise InvalidParams("invalid cursor: this server returns every tool in one page")
+        if endpoint.kind is EndpointKind.REMOTE:
+            # One per-user OAuth server: a user who has not connected is told how to, rather than shown nothing.
+            try:
+                await runtime.credentials.credential_for(endpoint.members[0].source, caller_of(ctx))
+            except ConsentRequired:
+                raise
+            except GatewayError:
+                pass  # other credential problems leave the list empty; calls say why
         tools = await runtime.view(endpoint.path).list_tools(caller_of(ctx), settings.list_deadline_seconds)
         return for_caller(ctx, {"tools": tools})
 

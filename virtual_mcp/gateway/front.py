@@ -72,7 +72,8 @@ class EndpointApp:
         except GatewayError as exc:
             await gateway_error_response(exc)(scope, receive, send)
             return
-        caller = Caller(auth, overrides)
+        base = self._metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
+        caller = Caller(auth, overrides, base)
         scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
         # Session ownership: the SDK binds a 2025-11-25 session to the principal that opened it.
         scope["user"] = AuthenticatedUser(

@@ -18,13 +18,14 @@ import httpx
 
 from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
-from virtual_mcp.errors import ConfigError, ConfigIssue, GatewayError, NotSupportedYet
+from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayError, NotSupportedYet
+from virtual_mcp.outbound.consent import ConsentFlows, ConsentRequired
 from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
 from virtual_mcp.outbound.token_cache import token_key
 from virtual_mcp.outbound.token_manager import Spawn, TokenManager
 from virtual_mcp.registry import Registry
-from virtual_mcp.types import Authentication, Principal, ServerRef
+from virtual_mcp.types import Authentication, Principal, PrincipalKind, ServerRef
 
 logger = logging.getLogger(__name__)
 _FIELD_TEXT = re.compile(r"[\t\x20-\x7e]*")
@@ -41,6 +42,8 @@ class Caller:
 
     auth: Authentication
     overrides: Overrides = field(default_factory=lambda: NO_OVERRIDES, repr=False)
+    # Where this caller reached the gateway (e.g. https://mcp.northwind.example): consent links point back here.
+    base_url: str = "http://127.0.0.1"
 
     @property
     def principal(self) -> Principal:
@@ -90,8 +93,9 @@ class OutboundCredentials:
                 resource=remote.url,
             )
             for ref, remote in registry.remotes.items()
-            if isinstance(remote.auth, OAuth2AuthData) and remote.auth.grant_type == "client_credentials"
+            if isinstance(remote.auth, OAuth2AuthData)
         }
+        self.consent = ConsentFlows()
         # Static headers are resolved once per configuration load; values live only in this mapping.
         self._static: dict[ServerRef, dict[str, str]] = {}
         for ref, remote in registry.remotes.items():
@@ -129,18 +133,84 @@ class OutboundCredentials:
         elif isinstance(auth, PassthroughAuthData):
             headers = {"authorization": f"Bearer {_passthrough(ref, auth, caller)}"}
             shared = False
-        elif isinstance(auth, OAuth2AuthData) and ref in self._clients:
+        elif isinstance(auth, OAuth2AuthData) and auth.grant_type == "client_credentials":
             token = await self._client_credentials_token(ref)
             headers = {"authorization": f"Bearer {token.access_token}"}
             identity = "oauth2-client-credentials"
         elif isinstance(auth, OAuth2AuthData):
-            raise NotSupportedYet(f"backend {ref.key!r}: outbound auth oauth2 ({auth.grant_type}) is not supported yet")
+            token = await self._user_token(ref, caller)
+            headers = {"authorization": f"Bearer {token.access_token}"}
+            identity = f"oauth2-user:{caller.principal.subject}"
+            shared = False
         overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
             headers.update(overrides)
             shared = False
             identity = None
         return Credential(headers, shared, identity)
+
+    async def _user_token(self, ref: ServerRef, caller: Caller) -> TokenSet:
+        """The caller's own token for `ref` (authorization code + PKCE), or ConsentRequired with a link to get one."""
+        principal = caller.principal
+        if principal.kind is not PrincipalKind.USER:
+            raise PassthroughRefused(f"backend {ref.key!r} uses per-user OAuth; only users can connect an account")
+        if self._tokens is None or self._http is None:
+            raise NotSupportedYet(f"backend {ref.key!r}: outbound OAuth needs the token manager (serve sets it up)")
+        client, http = self._clients[ref], self._http
+        key = user_token_key(ref, principal.name)
+
+        def consent(reason: str) -> ConsentRequired:
+            ticket = self.consent.ticket(principal.name, ref)
+            return ConsentRequired(ref, f"{caller.base_url}/oauth/start?ticket={ticket}", ticket[:16], reason)
+
+        async def obtain(current: TokenSet | None) -> TokenSet:
+            if current is None or not current.refresh_token:
+                raise consent("no connected account")
+            try:
+                return await client.refresh(http, current.refresh_token)
+            except TerminalGrantError:
+                await self._tokens_forget(key)
+                raise consent("the connection expired or was revoked") from None
+
+        return await self._tokens.token(key, obtain)
+
+    async def _tokens_forget(self, key: str) -> None:
+        if self._tokens is not None:
+            await self._tokens.forget(key)
+
+    async def finish_consent(self, state: str, code: str) -> ServerRef:
+        """Exchange the provider's code (with the flow's PKCE verifier) and store the user's token set."""
+        finished = self.consent.finish(state, code)
+        if self._tokens is None or self._http is None:
+            raise NotSupportedYet("outbound OAuth needs the token manager (serve sets it up)")
+        client = self._clients[finished.server]
+        token = await client.exchange_code(self._http, finished.code, finished.redirect_uri, finished.verifier)
+        await self._tokens.store(user_token_key(finished.server, finished.user), token)
+        return finished.server
+
+    def consent_redirect(self, ticket: str, redirect_uri: str) -> str:
+        """Where the browser goes for a consent ticket: the provider's authorization endpoint."""
+        server = self.consent.ticket_server(ticket)
+        auth = self._registry.remotes[server].auth if server is not None else None
+        if server is None or not isinstance(auth, OAuth2AuthData) or auth.authorization_url is None:
+            raise BadRequest("this consent link is unknown, already used or expired; retry the call for a new one")
+        client = self._clients[server]
+        return self.consent.begin(
+            ticket, str(auth.authorization_url), client.client_id, client.scopes, client.resource or "", redirect_uri
+        )
+
+    async def disconnect(self, user: str, ref: ServerRef) -> None:
+        await self._tokens_forget(user_token_key(ref, user))
+
+    async def connected(self, user: str) -> list[str]:
+        """The per-user OAuth servers `user` has a token for."""
+        found = []
+        for ref, remote in sorted(self._registry.remotes.items()):
+            auth = remote.auth
+            per_user = isinstance(auth, OAuth2AuthData) and auth.grant_type == "authorization_code"
+            if per_user and self._tokens and await self._tokens.peek(user_token_key(ref, user)) is not None:
+                found.append(ref.key)
+        return found
 
     def attach(self, spawn: Spawn) -> None:
         if self._tokens is not None:
@@ -202,3 +272,7 @@ def secret_refs(registry: Registry) -> list[tuple[SecretRef, ServerRef]]:
             texts = [auth.client_id, auth.client_secret]
         found.extend((secret, ref) for text in texts for secret in refs_in(text))
     return found
+
+
+def user_token_key(ref: ServerRef, user: str) -> str:
+    return token_key("3lo", ref.key, f"user:{user}")

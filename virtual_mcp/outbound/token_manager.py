@@ -115,8 +115,16 @@ class TokenManager:
             return current
         return await self._renew(key, obtain)
 
+    async def peek(self, key: str) -> TokenSet | None:
+        return await self._cache.get(key)
+
     async def forget(self, key: str) -> None:
         await self._cache.delete(key)
+
+    async def store(self, key: str, token: TokenSet) -> None:
+        """A token obtained outside a refresh (an authorization-code exchange)."""
+        async with self._locks.lock(key):
+            await self._cache.set(key, replace(token, obtained_at=self._clock()))
 
     def _refresh_in_background(self, key: str, obtain: Obtain) -> None:
         if key in self._refreshing or self._spawn is None:
