@@ -134,3 +134,24 @@ def test_a_missing_or_wrong_master_key_stops_serve_before_it_starts(
     code, _, err = run(serve, capsys)
     assert code == 2 and "no master key file at" in err
     assert not (data / "master.key").exists()  # no new key was minted over the sealed records
+
+
+def test_connected_accounts_can_be_listed_and_disconnected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import anyio
+
+    from virtual_mcp.vault import Database, LocalKeyProvider
+    from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+
+    async def connect() -> None:
+        async with Database.open(tmp_path) as db:
+            store = OAuthTokenStore(db, LocalKeyProvider.load(tmp_path))
+            for server in ("g/github", "g/jira"):
+                await store.put(server, "user:alice@x.example", {"access_token": "at-0123456789", "obtained_at": 1.0})
+
+    anyio.run(connect)
+    data = ["--data-dir", str(tmp_path)]
+    assert run(["connections", "list", "--user", "Alice@x.example", *data], capsys)[1] == "g/github\ng/jira\n"
+    code, out, _ = run(["connections", "disconnect", "--user", "alice@x.example", "g/github", *data], capsys)
+    assert code == 0 and out == "disconnected alice@x.example from g/github\n"
+    assert run(["connections", "list", "--user", "alice@x.example", *data], capsys)[1] == "g/jira\n"
+    assert run(["connections", "disconnect", "--user", "alice@x.example", "g/github", *data], capsys)[0] == 1

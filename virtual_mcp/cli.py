@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     for p in (put, secret_listing, delete):
         p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
 
+    conns = sub.add_parser("connections", help="a user's connected accounts (per-user OAuth)")
+    conns_sub = conns.add_subparsers(dest="connections_action", required=True)
+    conn_list = conns_sub.add_parser("list", help="servers the user has connected")
+    conn_list.add_argument("--user", metavar="EMAIL", required=True)
+    conn_drop = conns_sub.add_parser("disconnect", help="delete the user's stored tokens for a server")
+    conn_drop.add_argument("--user", metavar="EMAIL", required=True)
+    conn_drop.add_argument("server", metavar="GROUP/SERVER")
+    for p in (conn_list, conn_drop):
+        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+
     keys = sub.add_parser("keys", help="manage the master key that wraps every stored secret and token")
     keys_sub = keys.add_subparsers(dest="keys_action", required=True)
     rotate = keys_sub.add_parser("rotate", help="new master key; re-wrap every data key online, payloads untouched")
@@ -176,6 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args)
         if args.command == "secrets":
             return cmd_secrets(args)
+        if args.command == "connections":
+            from virtual_mcp import commands
+
+            user = args.user.lower()
+            if args.connections_action == "list":
+                anyio.run(commands.connections_list, args.data_dir, user, sys.stdout)
+                return 0
+            if not anyio.run(commands.connections_disconnect, args.data_dir, user, args.server):
+                print(f"error: {user} has no connection to {args.server}", file=sys.stderr)
+                return 1
+            print(f"disconnected {user} from {args.server}")
+            return 0
         if args.command == "keys":
             from virtual_mcp import commands
 

@@ -107,3 +107,16 @@ async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
         secrets = await SecretStore(db, keys).rewrap_all()
         tokens = await OAuthTokenStore(db, keys).rewrap_all()
     return kid, secrets, tokens
+
+
+async def connections_list(data_dir: Path, user: str, out: TextIO) -> None:
+    """The servers a user has connected (per-user OAuth tokens held in the vault); never the tokens."""
+    async with Database.open(data_dir) as db:
+        for server in await OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False)).accounts(f"user:{user}"):
+            print(server, file=out)
+
+
+async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool:
+    async with Database.open(data_dir) as db:
+        store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
+        return await store.delete(server, f"user:{user}")

@@ -186,3 +186,13 @@ def test_check_cli_reports_and_exits(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "bad.yaml: integration 'github': colour: unknown key" in capsys.readouterr().err
     assert main(["check", "--config", str(tmp_path / "nope")]) == 2
     assert "configuration directory does not exist" in capsys.readouterr().err
+
+
+def test_a_provider_without_s256_is_refused() -> None:
+    auth = (
+        "{type: oauth2, grant_type: authorization_code, authorization_url: 'https://idp.example/authorize', "
+        "token_url: 'https://idp.example/token', client_id: app, client_secret: 'tfy-secret://t:g:k', "
+        "code_challenge_methods_supported: [plain]}"
+    )
+    [issue] = issues_of(GROUP_HEAD + remote("o", auth_data=auth))
+    assert "code_challenge_methods_supported must include S256 (PKCE plain is refused)" in issue
