@@ -48,6 +48,16 @@ inbound:
 """
 
 
+class OffsetClock:
+    """Wall-clock time moved forward by hand: the gateway's token lifetimes pass without anyone waiting."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 @dataclass
 class SecureGateway:
     served: Served

@@ -3,7 +3,6 @@ elicitation, the gateway's consent link, the callback, stored tokens, refresh wi
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
-from tests.security_support import SecureGateway, secure_gateway
+from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.support import Served, bind, serve
 from virtual_mcp.types import PrincipalKind
 
@@ -43,20 +42,12 @@ integrations:
 IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@northwind.example, bob@northwind.example]\n"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @dataclass
 class Setup:
     auth: AuthServer
     backend: Served
     gw: SecureGateway
-    clock: Clock
+    clock: OffsetClock
 
     async def call(self, token: str) -> dict[str, Any]:
         async with self.gw.client("/mcp-server/g/github/server", token) as client:
@@ -106,7 +97,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         secrets = {
             "tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID),
         }
-        clock = Clock()
+        clock = OffsetClock()
         async with secure_gateway(config, tmp_path / "data", secrets, clock=clock, sock=sock) as gw:
             yield Setup(auth, backend, gw, clock)
 

@@ -3,7 +3,6 @@ shows what it received. Token requests are counted at the authorization server."
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
 from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
-from tests.security_support import SecureGateway, secure_gateway
+from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.support import Served, serve
 from virtual_mcp.types import PrincipalKind
 
@@ -40,20 +39,12 @@ integrations:
 IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@x.example]\nvirtual_accounts:\n  - name: ci\n"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @dataclass
 class Setup:
     auth: AuthServer
     backend: Served
     gw: SecureGateway
-    clock: Clock
+    clock: OffsetClock
     alice: str
     ci: str
 
@@ -75,7 +66,7 @@ async def setup(tmp_path: Path, client_secret: str | None = None) -> AsyncIterat
         secrets = {
             "tfy-secret://t:analytics:client_secret": client_secret or auth.secret(CC_CLIENT_ID),
         }
-        clock = Clock()
+        clock = OffsetClock()
         async with secure_gateway(config, tmp_path / "data", secrets, clock=clock) as gw:
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             ci = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
