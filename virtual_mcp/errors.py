@@ -158,10 +158,6 @@ class UpstreamRpcError(GatewayError):
         super().__init__(message, data=data)
         self.code = code
 
-    @property
-    def wire_code(self) -> int:
-        return self.code
-
 
 class NotSupportedYet(GatewayError):
     """A configured feature this build of the gateway cannot serve yet."""

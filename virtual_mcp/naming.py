@@ -31,7 +31,3 @@ def namespaced(prefix: tuple[str, ...], tool: str, budget: int) -> str:
     if len(name) + len(suffix) <= budget:
         return name + suffix
     return name[: budget - len(suffix)].rstrip("_") + suffix
-
-
-def is_safe(name: str) -> bool:
-    return _UNSAFE.search(name) is None

@@ -85,7 +85,6 @@ class Registry:
     virtual_accounts: frozenset[str]
     collaborators: Mapping[str, tuple[tuple[str, str], ...]]  # group -> (subject, role_id)
     warnings: tuple[str, ...] = field(default=())
-    declares_identities: bool = False
     inbound: InboundSettings = field(default_factory=InboundSettings)
 
     def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
@@ -191,7 +190,6 @@ def build_registry(config: LoadedConfig) -> Registry:
         virtual_accounts=virtual_accounts,
         collaborators=MappingProxyType(collaborators),
         warnings=tuple(warnings),
-        declares_identities=bool(config.identities),
         inbound=config.gateway.doc.inbound if config.gateway else InboundSettings(),
     )
 

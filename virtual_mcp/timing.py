@@ -45,7 +45,3 @@ def phase(name: str) -> Iterator[None]:
         yield
     finally:
         timings.add(name, time.perf_counter() - start)
-
-
-def current() -> Timings | None:
-    return _CURRENT.get()

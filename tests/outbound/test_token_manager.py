@@ -152,3 +152,18 @@ async def test_keys_do_not_share_locks_or_tokens() -> None:
     first = await tokens.token("server-a", provider.obtain)
     second = await tokens.token("server-b", provider.obtain)
     assert first.access_token != second.access_token and provider.calls == 2
+
+
+async def test_token_phases_are_measured_inside_a_request() -> None:
+    from virtual_mcp.timing import measure_request
+
+    clock = Clock()
+    provider = Provider(clock)
+    tokens = manager(clock)
+    with measure_request() as timings:
+        await tokens.token("k", provider.obtain)
+    assert {"token_lookup", "token_lock_wait", "token_provider"} <= set(timings.phases)
+    assert all(seconds >= 0 for seconds in timings.phases.values())
+    with measure_request() as warm:
+        await tokens.token("k", provider.obtain)
+    assert set(warm.phases) == {"token_lookup"}  # a cached token touches nothing else

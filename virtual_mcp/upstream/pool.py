@@ -87,9 +87,6 @@ class UpstreamPool:
                 self._tg.start_soon(session.aclose)
                 over -= 1
 
-    def open_sessions(self) -> int:
-        return sum(1 for s in self._sessions.values() if s.era is not None)
-
     def _changed(self, ref: ServerRef) -> None:
         if self._on_list_changed is not None:
             self._on_list_changed(ref)
