@@ -112,11 +112,12 @@ async def secure_gateway(
         tokens = TokenStore(db)
         # Upstream OAuth tokens: the vault-backed cache and the token manager, with a clock the test may move.
         token_manager = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock)
+        options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
+        timeout = GatewaySettings(**options).token_timeout_seconds
         security = Security(
             Authenticator(registry, tokens=tokens, jwt=verifier),
-            OutboundCredentials(registry, values.__getitem__, token_manager, http),
+            OutboundCredentials(registry, values.__getitem__, token_manager, http, token_timeout=timeout),
             ResourceMetadata(authorization_servers=(ISSUER,)),
         )
-        options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
         async with serve(create_app(registry, GatewaySettings(**options), security), sock) as served:
             yield SecureGateway(served, registry, tokens, store, db)

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 from anyio.streams.text import TextReceiveStream
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO, free_ports
+
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def test_demo_serves_the_northwind_example(tmp_path: Path) -> None:
@@ -68,6 +59,6 @@ async def test_demo_serves_the_northwind_example(tmp_path: Path) -> None:
                 refused = await anyio.run_process([sys.executable, "examples/client.py", url], cwd=REPO, check=False)
             assert refused.returncode != 0
         finally:
-            demo.send_signal(subprocess.signal.SIGINT)
+            demo.send_signal(signal.SIGINT)
             with anyio.fail_after(15):
                 await demo.wait()

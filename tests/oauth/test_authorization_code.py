@@ -77,7 +77,7 @@ async def browse(url: str, hops: int = 12) -> httpx2.Response:
 
 
 @asynccontextmanager
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
     sock = bind()
     callback = f"http://127.0.0.1:{sock.getsockname()[1]}/oauth/callback"
     async with (
@@ -98,7 +98,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             "tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID),
         }
         clock = OffsetClock()
-        async with secure_gateway(config, tmp_path / "data", secrets, clock=clock, sock=sock) as gw:
+        async with secure_gateway(config, tmp_path / "data", secrets, clock=clock, sock=sock, **settings) as gw:
             yield Setup(auth, backend, gw, clock)
 
 
@@ -165,3 +165,39 @@ async def test_a_refused_consent_stores_nothing(tmp_path: Path) -> None:
         page = await browse(link)
         assert page.status_code == 400 and "access_denied" in page.text
         await s.consent_link(alice)  # still not connected
+
+
+async def test_a_refresh_that_times_out_is_never_retried_with_the_same_refresh_token(tmp_path: Path) -> None:
+    """The provider may have rotated the refresh token before the gateway gave up waiting; presenting it again
+    would be reuse, which revokes the grant. The gateway drops it and asks the user to connect again."""
+    async with setup(tmp_path, token_timeout_seconds=0.5) as s:
+        alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        assert (await browse(await s.consent_link(alice))).status_code == 200
+        await s.call(alice)
+        s.clock.offset += 150  # expired: this call must refresh
+        await s.auth.behave(token_delay_ms=1500, token_delay_count=1)
+        with pytest.raises(MCPError) as needed:
+            await s.call(alice)
+        assert needed.value.code == -32042 and "could not be renewed safely" in needed.value.message
+        assert await s.auth.token_requests("refresh_token") == 1  # sent once, never again
+        with pytest.raises(MCPError):
+            await s.call(alice)
+        assert await s.auth.token_requests("refresh_token") == 1
+        assert (await browse(str(needed.value.data["elicitations"][0]["url"]))).status_code == 200
+        assert await s.call(alice)  # connected again
+
+
+async def test_an_invalid_grant_asks_the_user_to_connect_again(tmp_path: Path) -> None:
+    async with setup(tmp_path) as s:
+        alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        assert (await browse(await s.consent_link(alice))).status_code == 200
+        await s.call(alice)
+        s.clock.offset += 150
+        await s.auth.behave(token_fail_status=400, token_fail_error="invalid_grant", token_fail_count=1)
+        with pytest.raises(MCPError) as needed:
+            await s.call(alice)
+        assert needed.value.code == -32042 and "expired or was revoked" in needed.value.message
+        assert await s.auth.token_requests("refresh_token") == 1  # terminal: not retried
+        async with httpx2.AsyncClient() as http:
+            listing = await http.get(f"{s.gw.url}/oauth/connections", headers={"authorization": f"Bearer {alice}"})
+        assert listing.json()["connected"] == []  # the dead token set is gone

@@ -55,7 +55,7 @@ class Setup:
 
 
 @asynccontextmanager
-async def setup(tmp_path: Path, client_secret: str | None = None) -> AsyncIterator[Setup]:
+async def setup(tmp_path: Path, client_secret: str | None = None, **settings: Any) -> AsyncIterator[Setup]:
     async with authorization_server(access_token_ttl=100) as auth, serve(build_lab().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
@@ -67,7 +67,7 @@ async def setup(tmp_path: Path, client_secret: str | None = None) -> AsyncIterat
             "tfy-secret://t:analytics:client_secret": client_secret or auth.secret(CC_CLIENT_ID),
         }
         clock = OffsetClock()
-        async with secure_gateway(config, tmp_path / "data", secrets, clock=clock) as gw:
+        async with secure_gateway(config, tmp_path / "data", secrets, clock=clock, **settings) as gw:
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             ci = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
             await auth.reset()
@@ -142,3 +142,19 @@ async def test_a_wrong_client_secret_is_a_clear_error(tmp_path: Path) -> None:
             await s.bearer_seen(s.alice)
         assert refused.value.code == -32005 and "invalid_client" in refused.value.message
         assert "not-the-secret" not in refused.value.message
+
+
+async def test_a_token_endpoint_timeout_is_retried_then_reported(tmp_path: Path) -> None:
+    """A client-credentials request that timed out changed nothing that matters at the provider: it is retried."""
+    async with setup(tmp_path, token_timeout_seconds=0.5) as s:
+        await s.auth.behave(token_delay_ms=1500, token_delay_count=1)
+        assert await s.bearer_seen(s.alice)
+        assert await s.auth.token_requests("client_credentials") == 2  # the slow one, then the retry
+        s.clock.offset = 500  # expired
+        await s.auth.behave(token_delay_ms=1500, token_delay_count=None)
+        with pytest.raises(MCPError) as slow:
+            await s.bearer_seen(s.alice)
+        assert slow.value.code == -32006 and "did not answer: ReadTimeout" in slow.value.message
+        assert await s.auth.token_requests("client_credentials") == 2 + 3  # bounded: three attempts
+        await s.auth.behave(token_delay_ms=0)
+        assert await s.bearer_seen(s.alice)  # and the next call recovers

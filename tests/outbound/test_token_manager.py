@@ -5,14 +5,16 @@ in tests/oauth/.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
-from virtual_mcp.outbound.oauth_client import TerminalGrantError, TokenSet, TransientTokenError
-from virtual_mcp.outbound.token_manager import InProcessLocks, MemoryTokenCache, TokenManager
+from virtual_mcp.outbound.oauth_client import RefreshInDoubt, TerminalGrantError, TokenSet, TransientTokenError
+from virtual_mcp.outbound.token_manager import InProcessLocks, MemoryTokenCache, Spawn, TokenManager
 
 START = 1_800_000_000.0
 
@@ -37,26 +39,52 @@ class Provider:
         self.gate: anyio.Event | None = None
         self.entered = anyio.Event()
         self.failures: list[Exception] = []
+        self.last: TokenSet | None = None
+        self.refresh_tokens_seen: list[str | None] = []
 
     async def obtain(self, current: TokenSet | None) -> TokenSet:
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.entered.set()
+        self.refresh_tokens_seen.append(current.refresh_token if current else None)
         try:
             if self.gate is not None:
                 await self.gate.wait()
             if self.failures:
                 raise self.failures.pop(0)
-            return TokenSet(f"token-{self.calls}", self.clock.now, self.lifetime, f"refresh-{self.calls}")
+            self.last = TokenSet(f"token-{self.calls}", self.clock.now, self.lifetime, f"refresh-{self.calls}")
+            return self.last
         finally:
             self.in_flight -= 1
 
 
 def manager(
-    clock: Clock, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None
+    clock: Clock,
+    spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None,
+    cache: MemoryTokenCache | None = None,
+    **options: Any,
 ) -> TokenManager:
-    return TokenManager(MemoryTokenCache(), InProcessLocks(), spawn, clock=clock, backoff_seconds=0.001)
+    return TokenManager(
+        cache or MemoryTokenCache(), InProcessLocks(), spawn, clock=clock, backoff_seconds=0.001, **options
+    )
+
+
+def spawner(tg: anyio.abc.TaskGroup) -> Spawn:
+    def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        tg.start_soon(fn)
+
+    return spawn
+
+
+async def until(predicate: Callable[[], Awaitable[bool] | bool], seconds: float = 5) -> None:
+    """Yield to other tasks until `predicate` holds (no sleeping; fails after `seconds`)."""
+    with anyio.fail_after(seconds):
+        while True:
+            held = predicate()
+            if held if isinstance(held, bool) else await held:
+                return
+            await anyio.lowlevel.checkpoint()
 
 
 async def test_fifty_cold_callers_cause_one_token_request() -> None:
@@ -97,6 +125,8 @@ async def test_fifty_callers_past_eighty_percent_cause_one_background_refresh() 
         with anyio.fail_after(5):
             await provider.entered.wait()
         provider.gate.set()
+        await until(lambda: is_stored(tokens, "k", provider.last))
+        tg.cancel_scope.cancel()  # the refresh timer runs for as long as its task group
     assert provider.calls == 2 and provider.max_in_flight == 1
     assert (await tokens.token("k", provider.obtain)).access_token == "token-2"
 
@@ -167,3 +197,134 @@ async def test_token_phases_are_measured_inside_a_request() -> None:
     with measure_request() as warm:
         await tokens.token("k", provider.obtain)
     assert set(warm.phases) == {"token_lookup"}  # a cached token touches nothing else
+
+
+async def is_stored(tokens: TokenManager, key: str, token: TokenSet | None) -> bool:
+    return token is not None and await tokens.peek(key) == token
+
+
+async def test_the_timer_refreshes_a_hot_token_at_eighty_percent_without_a_request() -> None:
+    clock = Clock()
+    provider = Provider(clock)
+    async with anyio.create_task_group() as tg:
+        tokens = manager(clock, spawner(tg))
+        await tokens.token("a", provider.obtain)
+        await tokens.token("b", provider.obtain)
+        clock.now += 79
+        tokens.wake()
+        await anyio.wait_all_tasks_blocked()
+        assert provider.calls == 2  # nothing due yet
+        clock.now += 2  # 81%: both due
+        tokens.wake()
+        await until(lambda: provider.calls == 4)
+        assert sorted(provider.refresh_tokens_seen[2:], key=str) == ["refresh-1", "refresh-2"]
+        await until(lambda: is_stored(tokens, "b", provider.last) or is_stored(tokens, "a", provider.last))
+        tg.cancel_scope.cancel()
+
+
+async def test_the_timer_leaves_tokens_nobody_used_lately() -> None:
+    clock = Clock()
+    provider = Provider(clock, lifetime=3600)
+    async with anyio.create_task_group() as tg:
+        tokens = manager(clock, spawner(tg), hot_seconds=600)
+        await tokens.token("k", provider.obtain)
+        clock.now += 0.81 * 3600  # due, but unused for longer than 600 s
+        tokens.wake()
+        await anyio.wait_all_tasks_blocked()
+        assert provider.calls == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_a_refresh_is_marked_before_the_refresh_token_leaves_and_another_process_drops_it() -> None:
+    """The write-ahead mark: while a refresh is in flight the store holds the old set marked with this manager's
+    id. A second manager on the same store (the next process after a crash) finds the mark, never presents that
+    refresh token, serves the access token until it expires, then obtains without a refresh token."""
+    clock = Clock()
+    provider = Provider(clock)
+    shared = MemoryTokenCache()
+    first = manager(clock, cache=shared)
+    await first.token("k", provider.obtain)
+    clock.now += 150  # expired: the next request refreshes
+    provider.gate = anyio.Event()
+    provider.entered = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.token, "k", provider.obtain)
+        with anyio.fail_after(5):
+            await provider.entered.wait()
+        marked = await shared.get("k")
+        assert marked is not None and marked.refreshing_by == first.instance and marked.refresh_token == "refresh-1"
+        tg.cancel_scope.cancel()  # the "crash": shielded, the provider call itself carries on...
+        provider.gate.set()
+    # ...but a process that died would not have written its result. Put the store back as the crash left it.
+    assert marked is not None
+    await shared.set("k", marked)
+    clock.now = START + 10  # pretend the stored set is still valid for the next process
+    next_process = manager(clock, cache=shared)
+    seen = await next_process.token("k", provider.obtain)
+    assert seen.access_token == "token-1" and seen.refresh_lost and seen.refresh_token is None
+    stored = await shared.get("k")
+    assert stored is not None and stored.refreshing_by is None and stored.refresh_token is None  # settled once
+    calls = provider.calls
+    clock.now += 150  # expired: obtain decides, without a refresh token
+    provider.gate = None
+    assert (await next_process.token("k", provider.obtain)).access_token == f"token-{calls + 1}"
+    assert provider.refresh_tokens_seen[-1] is None
+    assert provider.refresh_tokens_seen.count("refresh-1") == 1  # the marked refresh token was sent once, ever
+
+
+async def test_a_refresh_without_an_answer_is_not_retried_and_its_refresh_token_is_dropped() -> None:
+    clock = Clock()
+    provider = Provider(clock)
+    tokens = manager(clock)
+    await tokens.token("k", provider.obtain)
+    clock.now += 90  # past 80%, still valid: the refresh is in doubt, the old token serves on
+    provider.failures = [RefreshInDoubt("no answer")]
+    async with anyio.create_task_group() as tg:
+        tokens.attach(spawner(tg))
+        assert (await tokens.token("k", provider.obtain)).access_token == "token-1"
+        await until(lambda: lost(tokens, "k"))
+        tg.cancel_scope.cancel()
+    assert provider.calls == 2  # not retried
+    assert (await tokens.token("k", provider.obtain)).access_token == "token-1"  # served out, no new attempt
+    assert provider.calls == 2
+    clock.now += 20  # expired
+    assert (await tokens.token("k", provider.obtain)).access_token == "token-3"
+    assert provider.refresh_tokens_seen == [None, "refresh-1", None]
+
+
+async def lost(tokens: TokenManager, key: str) -> bool:
+    token = await tokens.peek(key)
+    return token is not None and token.refresh_lost
+
+
+async def test_a_refused_refresh_leaves_the_refresh_token_as_it_was() -> None:
+    clock = Clock()
+    provider = Provider(clock)
+    tokens = manager(clock, attempts=1)
+    await tokens.token("k", provider.obtain)
+    clock.now += 150
+    provider.failures = [TransientTokenError("HTTP 503")]
+    with pytest.raises(TransientTokenError):
+        await tokens.token("k", provider.obtain)
+    stored = await tokens.peek("k")
+    assert stored is not None and stored.refresh_token == "refresh-1" and stored.refreshing_by is None
+    assert (await tokens.token("k", provider.obtain)).access_token == "token-3"
+    assert provider.refresh_tokens_seen == [None, "refresh-1", "refresh-1"]
+
+
+async def test_a_caller_that_goes_away_does_not_abandon_the_refresh() -> None:
+    clock = Clock()
+    provider = Provider(clock)
+    tokens = manager(clock)
+    await tokens.token("k", provider.obtain)
+    clock.now += 150
+    provider.gate = anyio.Event()
+    provider.entered = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tokens.token, "k", provider.obtain)
+        with anyio.fail_after(5):
+            await provider.entered.wait()
+        tg.cancel_scope.cancel()  # the client disconnects mid-refresh
+        provider.gate.set()
+    stored = await tokens.peek("k")
+    assert stored is not None and stored.access_token == "token-2" and stored.refresh_token == "refresh-2"

@@ -24,6 +24,8 @@ class GatewaySettings(BaseModel):
     # Deadline for one forwarded call (tools/call, resources/read, ...).
     call_timeout_seconds: float = Field(default=120.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Deadline for one request to an OAuth token endpoint (retried when nothing can have happened there).
+    token_timeout_seconds: float = Field(default=10.0, gt=0)
     # A backend's cached tool list is refetched after this long even without list_changed.
     catalog_ttl_seconds: float = Field(default=300.0, gt=0)
     # After a backend failed, how long its tools stay left out before it is asked again.

@@ -23,6 +23,7 @@ from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
 from virtual_mcp.vault.check import check_master_key, sealed_records
+from virtual_mcp.vault.lock import serving
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 logger = logging.getLogger(__name__)
@@ -55,29 +56,36 @@ async def resolve_secrets(store: SecretStore, refs: list[tuple[SecretRef, str]])
 @asynccontextmanager
 async def production_app(registry: Registry, settings: GatewaySettings) -> AsyncIterator[Starlette]:
     """The gateway with its stores open for as long as the block runs."""
-    async with Database.open(settings.data_dir) as db, httpx.AsyncClient(timeout=10) as http:
-        # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
-        keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
-        await check_master_key(db, keys)
-        store = SecretStore(db, keys)
-        needed = [(ref, f"server {server.key!r}") for ref, server in secret_refs(registry)]
-        jwt_settings = registry.inbound.jwt
-        if jwt_settings is not None and jwt_settings.hs256_secret is not None:
-            needed.append((SecretRef.parse(jwt_settings.hs256_secret), "gateway: inbound.jwt.hs256_secret"))
-        values = await resolve_secrets(store, needed)
-        verifier = None
-        if jwt_settings is not None:
-            hmac_secret = None
-            if jwt_settings.hs256_secret is not None:
-                hmac_secret = values[SecretRef.parse(jwt_settings.hs256_secret)].encode()
-            verifier = JwtVerifier(jwt_settings, http=http, hmac_secret=hmac_secret)
-        local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
-        authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local)
-        public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
-        metadata = ResourceMetadata(
-            authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
-        )
-        tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks())
-        credentials = OutboundCredentials(registry, values.__getitem__, tokens, http)
-        security = Security(authenticator, credentials, metadata)
-        yield create_app(registry, settings, security)
+    with serving(settings.data_dir):
+        async with Database.open(settings.data_dir) as db, httpx.AsyncClient(timeout=10) as http:
+            yield await _assemble(registry, settings, db, http)
+
+
+async def _assemble(registry: Registry, settings: GatewaySettings, db: Database, http: httpx.AsyncClient) -> Starlette:
+    # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
+    keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
+    await check_master_key(db, keys)
+    store = SecretStore(db, keys)
+    needed = [(ref, f"server {server.key!r}") for ref, server in secret_refs(registry)]
+    jwt_settings = registry.inbound.jwt
+    if jwt_settings is not None and jwt_settings.hs256_secret is not None:
+        needed.append((SecretRef.parse(jwt_settings.hs256_secret), "gateway: inbound.jwt.hs256_secret"))
+    values = await resolve_secrets(store, needed)
+    verifier = None
+    if jwt_settings is not None:
+        hmac_secret = None
+        if jwt_settings.hs256_secret is not None:
+            hmac_secret = values[SecretRef.parse(jwt_settings.hs256_secret)].encode()
+        verifier = JwtVerifier(jwt_settings, http=http, hmac_secret=hmac_secret)
+    local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
+    authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local)
+    public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
+    metadata = ResourceMetadata(
+        authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
+    )
+    tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks())
+    credentials = OutboundCredentials(
+        registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
+    )
+    security = Security(authenticator, credentials, metadata)
+    return create_app(registry, settings, security)

@@ -79,6 +79,8 @@ class OutboundCredentials:
         resolve: Callable[[SecretRef], str],
         tokens: TokenManager | None = None,
         http: httpx.AsyncClient | None = None,
+        *,
+        token_timeout: float = 10.0,
     ) -> None:
         self._registry = registry
         self._tokens = tokens
@@ -91,6 +93,7 @@ class OutboundCredentials:
                 client_secret=_render(remote.auth.client_secret, resolve),
                 scopes=tuple(remote.auth.scopes),
                 resource=remote.url,
+                timeout=token_timeout,
             )
             for ref, remote in registry.remotes.items()
             if isinstance(remote.auth, OAuth2AuthData)
@@ -164,6 +167,8 @@ class OutboundCredentials:
             return ConsentRequired(ref, f"{caller.base_url}/oauth/start?ticket={ticket}", ticket[:16], reason)
 
         async def obtain(current: TokenSet | None) -> TokenSet:
+            if current is not None and current.refresh_lost:
+                raise consent("your token could not be renewed safely (a refresh was interrupted)")
             if current is None or not current.refresh_token:
                 raise consent("no connected account")
             try:

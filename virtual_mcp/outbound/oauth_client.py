@@ -35,6 +35,18 @@ class TransientTokenError(TokenEndpointError):
     http_status = 503
 
 
+class RefreshInDoubt(TransientTokenError):
+    """A refresh request reached the provider but no answer came back (read timeout, connection dropped).
+
+    The provider may have rotated the refresh token, and presenting a rotated one again is reuse (which providers
+    punish by revoking the whole grant), so this refresh token is never sent again; it is not retried."""
+
+
+class _SentWithoutAnswer(TransientTokenError):
+    """The request may have reached the provider; its outcome is unknown (a timeout after sending, a dropped
+    connection). Retrying is safe for a client-credentials request, not for a refresh."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenSet:
     """What a token endpoint answered, with when it was obtained (wall clock, seconds)."""
@@ -45,6 +57,12 @@ class TokenSet:
     refresh_token: str | None = field(default=None, repr=False)
     scope: str | None = None
     token_type: str = "Bearer"  # noqa: S105 - a token type name
+    # Write-ahead mark: the process (token manager instance) that has sent, or is about to send, this set's refresh
+    # token to the provider. Found by any other process, it means a refresh was interrupted (a crash): the
+    # provider may have rotated the refresh token, so it must not be presented again.
+    refreshing_by: str | None = None
+    # The refresh token was given up for that reason; the access token serves until it expires.
+    refresh_lost: bool = False
 
     def expires_at(self, default_lifetime: float) -> float:
         return self.obtained_at + (self.expires_in if self.expires_in is not None else default_lifetime)
@@ -62,13 +80,19 @@ class OAuthClient:
     client_secret: str = field(repr=False)
     scopes: tuple[str, ...] = ()
     resource: str | None = None  # RFC 8707 resource indicator: the backend the token is for
+    timeout: float = 10.0  # seconds, per token request
 
     async def client_credentials(self, http: httpx.AsyncClient) -> TokenSet:
         return await self._post(http, {"grant_type": "client_credentials", **self._scope_and_resource()})
 
     async def refresh(self, http: httpx.AsyncClient, refresh_token: str) -> TokenSet:
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **self._scope_and_resource()}
-        token = await self._post(http, data)
+        try:
+            token = await self._post(http, data)
+        except _SentWithoutAnswer:
+            raise RefreshInDoubt(
+                "the token endpoint did not answer a refresh it may have carried out; the refresh token is not reused"
+            ) from None
         if token.refresh_token is None:
             # Providers that do not rotate keep the old refresh token valid.
             token = TokenSet(
@@ -98,9 +122,14 @@ class OAuthClient:
     async def _post(self, http: httpx.AsyncClient, data: Mapping[str, str]) -> TokenSet:
         body = {**data, "client_id": self.client_id, "client_secret": self.client_secret}
         try:
-            response = await http.post(self.token_url, data=body, headers={"accept": "application/json"})
-        except httpx.HTTPError as exc:
+            response = await http.post(
+                self.token_url, data=body, headers={"accept": "application/json"}, timeout=self.timeout
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: nothing happened at the provider.
             raise TransientTokenError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise _SentWithoutAnswer(f"token endpoint did not answer: {type(exc).__name__}") from None
         payload = _json(response)
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientTokenError(f"token endpoint answered HTTP {response.status_code}")

@@ -30,6 +30,8 @@ def _to_record(token: TokenSet) -> dict[str, Any]:
         "expires_in": token.expires_in,
         "scope": token.scope,
         "token_type": token.token_type,
+        "refreshing_by": token.refreshing_by,
+        "refresh_lost": token.refresh_lost,
     }
 
 
@@ -41,6 +43,8 @@ def _from_record(record: dict[str, Any]) -> TokenSet:
         refresh_token=record.get("refresh_token"),
         scope=record.get("scope"),
         token_type=str(record.get("token_type") or "Bearer"),
+        refreshing_by=record.get("refreshing_by"),
+        refresh_lost=bool(record.get("refresh_lost", False)),
     )
 
 

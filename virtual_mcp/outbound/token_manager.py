@@ -6,6 +6,16 @@ Three rules keep fifty concurrent callers from stampeding a provider:
 - an expired or missing token is renewed under a per-key lock, with the cache read again inside the lock
   (double-checked), so only the first waiter calls the provider and the rest find its result.
 
+Tokens in use ("hot") are also refreshed by a timer at 80% of their lifetime, so a request after a quiet spell
+does not find its token about to expire.
+
+Crash safety: before a refresh token is sent, the token set is written back marked with this manager's id (a
+write-ahead mark); the new set replaces it in one atomic write. A process that finds another's mark knows a refresh
+was interrupted and the provider may have rotated that refresh token, so it never presents it again: the access
+token serves until it expires, then the obtain function decides (a new client-credentials token, or asking the user
+to connect again). The same holds when a refresh request got no answer (`RefreshInDoubt`). The provider call runs
+shielded from the caller's cancellation, so a caller going away never abandons a refresh half done.
+
 Transient provider errors are retried a few times with exponential backoff and jitter; terminal ones propagate.
 The cache and the locks are Protocols: the in-process defaults can be replaced by shared (e.g. Redis) ones.
 """
@@ -13,16 +23,19 @@ The cache and the locks are Protocols: the in-process defaults can be replaced b
 from __future__ import annotations
 
 import logging
+import math
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
 
-from virtual_mcp.outbound.oauth_client import TokenSet, TransientTokenError
+from virtual_mcp.errors import GatewayError
+from virtual_mcp.outbound.oauth_client import RefreshInDoubt, TokenSet, TransientTokenError
 from virtual_mcp.timing import phase
 
 logger = logging.getLogger(__name__)
@@ -76,6 +89,15 @@ class InProcessLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+@dataclass
+class _Hot:
+    """A key a request used recently: how to renew it, when it was last used, when the timer should renew it."""
+
+    obtain: Obtain
+    used_at: float
+    due_at: float
+
+
 class TokenManager:
     def __init__(
         self,
@@ -88,43 +110,120 @@ class TokenManager:
         refresh_fraction: float = 0.8,
         attempts: int = 3,
         backoff_seconds: float = 0.2,
+        hot_seconds: float = 900.0,
+        retry_seconds: float = 30.0,
     ) -> None:
         self._cache = cache
         self._locks = locks
-        self._spawn = spawn
+        self._spawn: Spawn | None = None
         self._clock = clock
         self._default_lifetime = default_lifetime
         self._fraction = refresh_fraction
         self._attempts = attempts
         self._backoff = backoff_seconds
+        self._hot_seconds = hot_seconds
+        self._retry_seconds = retry_seconds
         self._refreshing: set[str] = set()
+        self._hot: dict[str, _Hot] = {}
+        self._wake = anyio.Event()
+        self._timer_on = False
+        # Marks this manager's refreshes in the store; any other mark found there is from a refresh that died.
+        self.instance = secrets.token_hex(8)
+        if spawn is not None:
+            self.attach(spawn)
 
     def attach(self, spawn: Spawn) -> None:
-        """Where background refreshes run: the gateway's task group, once it is started."""
+        """Where background refreshes run: the gateway's task group, once it is started. Starts the timer."""
         self._spawn = spawn
+        if not self._timer_on:
+            self._timer_on = True
+            spawn(self._timer)
 
     async def token(self, key: str, obtain: Obtain) -> TokenSet:
         """A valid token for `key`, obtaining or refreshing it through `obtain` only when needed."""
         with phase("token_lookup"):
-            current = await self._cache.get(key)
+            current = await self._read(key)
         now = self._clock()
         if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
+            self._touch(key, obtain, now, current)
             return current
-        if current is not None and now < current.expires_at(self._default_lifetime):
+        if current is not None and now < current.expires_at(self._default_lifetime) and not current.refresh_lost:
             self._refresh_in_background(key, obtain)
+            self._touch(key, obtain, now, current)
             return current
-        return await self._renew(key, obtain)
+        if current is not None and current.refresh_lost and now < current.expires_at(self._default_lifetime):
+            return current  # nothing to refresh with: serve it out
+        token = await self._renew(key, obtain)
+        self._touch(key, obtain, now, token)
+        return token
 
     async def peek(self, key: str) -> TokenSet | None:
         return await self._cache.get(key)
 
     async def forget(self, key: str) -> None:
+        self._hot.pop(key, None)
         await self._cache.delete(key)
 
     async def store(self, key: str, token: TokenSet) -> None:
         """A token obtained outside a refresh (an authorization-code exchange)."""
         async with self._locks.lock(key):
             await self._cache.set(key, replace(token, obtained_at=self._clock()))
+
+    def wake(self) -> None:
+        """Make the refresh timer look at its keys now (after the clock moved, or a key was added)."""
+        self._wake.set()
+
+    def _foreign(self, token: TokenSet | None) -> bool:
+        return token is not None and token.refreshing_by is not None and token.refreshing_by != self.instance
+
+    async def _read(self, key: str) -> TokenSet | None:
+        token = await self._cache.get(key)
+        if not self._foreign(token):
+            return token
+        async with self._locks.lock(key):  # once per interrupted record
+            return await self._settle(key, await self._cache.get(key))
+
+    async def _settle(self, key: str, token: TokenSet | None) -> TokenSet | None:
+        """Another process's write-ahead mark means its refresh died mid-way: the refresh token may have been
+        rotated, so it is dropped (and the record rewritten so). The caller holds the key's lock."""
+        if token is None or not self._foreign(token):
+            return token
+        logger.warning("a token refresh was interrupted (the gateway stopped during it); its refresh token is dropped")
+        token = replace(token, refresh_token=None, refreshing_by=None, refresh_lost=True)
+        await self._cache.set(key, token)
+        return token
+
+    def _touch(self, key: str, obtain: Obtain, now: float, token: TokenSet) -> None:
+        due = token.refresh_due_at(self._default_lifetime, self._fraction)
+        hot = self._hot.get(key)
+        if hot is None:
+            self._hot[key] = _Hot(obtain, now, due)
+            self._wake.set()
+        else:
+            hot.used_at, hot.obtain = now, obtain
+            if due > hot.due_at:
+                hot.due_at = due
+
+    async def _timer(self) -> None:
+        """Renew hot tokens once 80% of their lifetime has passed, before a request needs them."""
+        try:
+            await self._tick()
+        finally:
+            self._timer_on = False
+
+    async def _tick(self) -> None:
+        while True:
+            now = self._clock()
+            for key, hot in list(self._hot.items()):
+                if hot.used_at < now - self._hot_seconds:
+                    del self._hot[key]  # not used lately: renewed on its next use instead
+                elif hot.due_at <= now:
+                    hot.due_at = now + self._retry_seconds  # until the refresh lands and moves it on
+                    self._refresh_in_background(key, hot.obtain)
+            delay = min((hot.due_at for hot in self._hot.values()), default=math.inf) - now
+            with anyio.move_on_after(max(delay, 0.0)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
 
     def _refresh_in_background(self, key: str, obtain: Obtain) -> None:
         if key in self._refreshing or self._spawn is None:
@@ -133,9 +232,20 @@ class TokenManager:
 
         async def refresh() -> None:
             try:
-                await self._renew(key, obtain)
-            except Exception:  # a background task: log, keep serving the current token until it expires
-                logger.warning("background token refresh for %s failed", key, exc_info=True)
+                token = await self._renew(key, obtain)
+                hot = self._hot.get(key)
+                if hot is not None and token.refresh_lost:
+                    del self._hot[key]  # nothing to refresh with: renewed (or the user asked) once it expires
+                elif hot is not None:
+                    hot.due_at = token.refresh_due_at(self._default_lifetime, self._fraction)
+                    self._wake.set()
+            except TransientTokenError as exc:  # keep serving the current token until it expires; retry later
+                logger.warning("background token refresh failed, will retry: %s", exc.message)
+            except GatewayError as exc:  # terminal (e.g. the user must connect again): the next request says so
+                self._hot.pop(key, None)
+                logger.info("background token refresh not possible: %s", exc.message)
+            except Exception:
+                logger.warning("background token refresh failed", exc_info=True)
             finally:
                 self._refreshing.discard(key)
 
@@ -146,22 +256,50 @@ class TokenManager:
             lock = self._locks.lock(key)
             await lock.__aenter__()
         try:
-            current = await self._cache.get(key)  # double-checked: a waiter ahead of us may have renewed it
-            if current is not None and self._clock() < current.refresh_due_at(self._default_lifetime, self._fraction):
+            current = await self._settle(
+                key, await self._cache.get(key)
+            )  # double-checked: a waiter ahead may have renewed it
+            now = self._clock()
+            if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
                 return current
-            with phase("token_provider"):
-                token = await self._obtain_with_retries(obtain, current)
-            # Lifetimes are measured on this manager's clock, whatever stamped the response.
-            token = replace(token, obtained_at=self._clock())
-            await self._cache.set(key, token)
+            # Shielded: a caller that goes away must not abandon a refresh the provider may already have done.
+            with anyio.CancelScope(shield=True), phase("token_provider"):
+                token = await self._obtain_and_store(key, obtain, current)
             return token
         finally:
             await lock.__aexit__(None, None, None)
+
+    async def _obtain_and_store(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
+        marked = None
+        if current is not None and current.refresh_token:
+            marked = replace(current, refreshing_by=self.instance)
+            await self._cache.set(key, marked)  # write-ahead, before the refresh token leaves
+        try:
+            token = await self._obtain_with_retries(obtain, current)
+        except RefreshInDoubt:
+            assert current is not None
+            lost = replace(current, refresh_token=None, refreshing_by=None, refresh_lost=True)
+            await self._cache.set(key, lost)
+            logger.warning("a token refresh got no answer; its refresh token is dropped rather than reused")
+            if self._clock() < current.expires_at(self._default_lifetime):
+                return lost
+            token = await self._obtain_with_retries(obtain, lost)  # without a refresh token: obtain decides
+        except BaseException:
+            if current is not None and marked is not None and await self._cache.get(key) == marked:
+                await self._cache.set(key, current)  # answered (or never sent): the refresh token is as it was
+            raise
+        # Lifetimes are measured on this manager's clock, whatever stamped the response. One write replaces the
+        # marked set with the new access and refresh token together.
+        token = replace(token, obtained_at=self._clock(), refreshing_by=None, refresh_lost=False)
+        await self._cache.set(key, token)
+        return token
 
     async def _obtain_with_retries(self, obtain: Obtain, current: TokenSet | None) -> TokenSet:
         for attempt in range(1, self._attempts + 1):
             try:
                 return await obtain(current)
+            except RefreshInDoubt:
+                raise
             except TransientTokenError:
                 if attempt == self._attempts:
                     raise

@@ -21,6 +21,7 @@
 //   GET  /__admin/behaviour   the current switches
 //   POST /__admin/behaviour   merges the given switches:
 //       token_delay_ms     delay every token response by N ms (0: none)
+//       token_delay_count  how many token requests are delayed that way (null: every one until switched off)
 //       token_fail_status  answer token requests with this status (e.g. 500, 429; null: off) and an OAuth error body
 //       token_fail_count   how many token requests fail that way (null: every one until switched off)
 //       token_fail_error   the OAuth error code in that body (default server_error; temporarily_unavailable for 429)
@@ -41,6 +42,7 @@ const config = JSON.parse(process.argv[2] || process.env.OAUTH_TEST_SERVER_CONFI
 
 const DEFAULT_BEHAVIOUR = Object.freeze({
   token_delay_ms: 0,
+  token_delay_count: null,
   token_fail_status: null,
   token_fail_count: null,
   token_fail_error: null,
@@ -167,6 +169,13 @@ async function peekForm(ctx) {
   return new URLSearchParams(raw.toString());
 }
 
+function takeDelay() {
+  if (behaviour.token_delay_count === null || behaviour.token_delay_count === undefined) return true;
+  if (behaviour.token_delay_count <= 0) return false;
+  behaviour.token_delay_count -= 1;
+  return true;
+}
+
 function takeInjectedFailure() {
   const status = behaviour.token_fail_status;
   if (!status) return null;
@@ -290,7 +299,7 @@ function mountTestRoutes(provider) {
       scope: params.get('scope'),
     });
 
-    if (behaviour.token_delay_ms > 0) {
+    if (behaviour.token_delay_ms > 0 && takeDelay()) {
       await new Promise((resolve) => { setTimeout(resolve, behaviour.token_delay_ms); });
     }
     const failStatus = takeInjectedFailure();

@@ -1,0 +1,75 @@
+"""`virtual-mcp serve` that kills itself (SIGKILL: no cleanup, no flush) at one point of storing a refreshed token.
+
+Run as `python -m tests.oauth.crash_child POINT serve ARGS...`. The points, all while the new token pair of a
+refresh is being stored:
+- `received`: the provider's answer is in memory, nothing of it written yet;
+- `in_transaction`: the row is written inside the open transaction, not committed;
+- `committed`: the transaction is committed.
+Earlier writes (the consent's first token set, the write-ahead mark) go through untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from virtual_mcp.cli import main
+from virtual_mcp.vault import db
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+
+POINTS = ("received", "in_transaction", "committed")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(point: str) -> None:
+    if point not in POINTS:
+        raise SystemExit(f"unknown crash point {point!r}; one of {POINTS}")
+    put = OAuthTokenStore.put
+    execute = db.Transaction.execute
+    writing_new_pair = False
+
+    async def crashing_put(self: OAuthTokenStore, server: str, account: str, record: dict[str, Any]) -> None:
+        nonlocal writing_new_pair
+        stored = await self.get(server, account)
+        # The new pair of a refresh replaces a set this process marked before sending its refresh token.
+        if record.get("refreshing_by") is None and stored is not None and stored.get("refreshing_by") is not None:
+            if point == "received":
+                _die()
+            writing_new_pair = True
+        await put(self, server, account, record)
+        if writing_new_pair and point == "committed":
+            _die()
+
+    async def crashing_execute(self: db.Transaction, sql: str, params: db.Params = ()) -> int:
+        changed = await execute(self, sql, params)
+        if writing_new_pair and point == "in_transaction" and "oauth_tokens" in sql:
+            _die()
+        return changed
+
+    OAuthTokenStore.put = crashing_put  # type: ignore[method-assign]
+    db.Transaction.execute = crashing_execute  # type: ignore[method-assign]
+
+
+def announce_ready() -> None:
+    """Print READY on stdout once uvicorn listens, so the test waits on that line rather than polling."""
+    import uvicorn
+
+    startup = uvicorn.Server.startup
+
+    async def startup_then_announce(self: uvicorn.Server, sockets: Any = None) -> None:
+        await startup(self, sockets)
+        print("READY", flush=True)
+
+    uvicorn.Server.startup = startup_then_announce  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    if sys.argv[1] != "none":
+        arm(sys.argv[1])
+    announce_ready()
+    sys.exit(main(sys.argv[2:]))

@@ -1,0 +1,171 @@
+"""A gateway process killed while it stores a refreshed token pair: what the next process finds and does.
+
+Real processes (`virtual-mcp serve`, killed with SIGKILL by tests/oauth/crash_child.py at the chosen point), a real
+authorization server that rotates refresh tokens and revokes the grant on reuse, a real backend.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jwt
+import pytest
+from anyio.abc import Process
+from anyio.streams.text import TextReceiveStream
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp.shared.exceptions import MCPError
+
+from tests.backends import build_lab
+from tests.oauth.test_authorization_code import CONFIG, IDS, browse
+from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
+from tests.sensitive import mark
+from tests.support import REPO, Served, free_ports, serve
+from virtual_mcp.config.secrets import SecretRef
+from virtual_mcp.types import PrincipalKind
+from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault.db import DB_FILE_NAME
+
+TTL = 4  # seconds: the gateway's timer refreshes at 80%, 3.2 s after the token was issued
+
+
+@dataclass
+class Scene:
+    auth: AuthServer
+    backend: Served
+    config: Path
+    data: Path
+    port: int
+    alice: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def call(self) -> dict[str, Any]:
+        transport = StreamableHttpTransport(f"{self.url}/mcp-server/g/github/server", auth=self.alice)
+        async with Client(transport) as client:
+            return (await client.call_tool("headers", {})).structured_content or {}
+
+    @asynccontextmanager
+    async def gateway(self, crash_at: str = "none") -> AsyncIterator[Process]:
+        command = [sys.executable, "-m", "tests.oauth.crash_child", crash_at, "serve", "--config", str(self.config)]
+        command += ["--port", str(self.port), "--data-dir", str(self.data)]
+        async with await anyio.open_process(command, cwd=REPO) as process:
+            try:
+                assert process.stdout is not None
+                with anyio.fail_after(30):
+                    async for line in TextReceiveStream(process.stdout):
+                        if "READY" in line:
+                            break
+                yield process
+            finally:
+                if process.returncode is None:
+                    process.terminate()
+                    with anyio.fail_after(10):
+                        await process.wait()
+
+
+def seen_token(answer: dict[str, Any]) -> str:
+    token = str(answer["authorization"]).removeprefix("Bearer ")
+    mark(token)
+    return token
+
+
+async def until_expired(access_token: str) -> None:
+    """Real time must pass for a provider's access token to expire: the one wait here, on the provider's clock;
+    nothing of the gateway is waited for."""
+    expires = jwt.decode(access_token, options={"verify_signature": False})["exp"]
+    await anyio.sleep(max(0.0, expires - time.time() + 0.2))
+
+
+@asynccontextmanager
+async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
+    [port] = free_ports(1)
+    callback = f"http://127.0.0.1:{port}/oauth/callback"
+    async with (
+        authorization_server(redirect_uris=(callback,), access_token_ttl=TTL) as auth,
+        serve(build_lab().http_app(path="/mcp")) as backend,
+    ):
+        config = tmp_path / "servers.d"
+        config.mkdir()
+        text = CONFIG.format(
+            backend=backend.url,
+            authorize=auth.authorization_endpoint,
+            token=auth.token_endpoint,
+            client_id=CODE_CLIENT_ID,
+        )
+        (config / "g.yaml").write_text(text)
+        (config / "ids.yaml").write_text(IDS)
+        data = tmp_path / "data"
+        keys = LocalKeyProvider.load(data, create=True)
+        async with Database.open(data) as db:
+            secret = auth.secret(CODE_CLIENT_ID)
+            mark(secret)
+            await SecretStore(db, keys).set(SecretRef.parse("tfy-secret://t:github:client_secret"), secret)
+            _, alice = await TokenStore(db).create(PrincipalKind.USER, "alice@northwind.example")
+            mark(alice)
+        yield Scene(auth, backend, config, data, port, alice)
+
+
+async def connect_and_wait_for_the_crash(s: Scene, point: str) -> str:
+    """Alice connects through a gateway armed to die at `point`; her first call makes the token hot, the gateway's
+    timer refreshes it at 80% of its lifetime, and the process kills itself while storing the new pair."""
+    async with s.gateway(crash_at=point) as doomed:
+        with pytest.raises(MCPError) as needed:
+            await s.call()
+        assert needed.value.code == -32042
+        page = await browse(str(needed.value.data["elicitations"][0]["url"]))
+        assert page.status_code == 200 and "Connected" in page.text
+        first = seen_token(await s.call())
+        with anyio.fail_after(TTL * 5):
+            await doomed.wait()
+        assert doomed.returncode == -9  # SIGKILL, at the chosen point
+    assert await s.auth.token_requests("refresh_token") == 1  # the provider answered: the old refresh token is spent
+    with sqlite3.connect(s.data / DB_FILE_NAME) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    return first
+
+
+@pytest.mark.parametrize("point", ["received", "in_transaction"])
+async def test_killed_before_the_commit_the_next_process_never_reuses_the_spent_refresh_token(
+    tmp_path: Path, point: str
+) -> None:
+    async with scene(tmp_path) as s:
+        first = await connect_and_wait_for_the_crash(s, point)
+        await until_expired(first)
+        async with s.gateway():
+            with pytest.raises(MCPError) as needed:
+                await s.call()
+            # The stored set was marked before its refresh token left, so this process knows the refresh died:
+            # it asks alice to connect again rather than present a refresh token the provider has rotated away.
+            assert needed.value.code == -32042
+            assert "could not be renewed safely" in needed.value.message
+            assert await s.auth.token_requests("refresh_token") == 1  # never reused
+            # Connecting again works, and the new grant refreshes normally.
+            page = await browse(str(needed.value.data["elicitations"][0]["url"]))
+            assert page.status_code == 200
+            assert seen_token(await s.call()) != first
+
+
+async def test_killed_after_the_commit_the_next_process_uses_the_new_pair(tmp_path: Path) -> None:
+    async with scene(tmp_path) as s:
+        first = await connect_and_wait_for_the_crash(s, "committed")
+        async with s.gateway():
+            second = seen_token(await s.call())
+            assert second != first  # the access token of the committed refresh (or of its successor)
+            # The committed refresh token is the live one: once this token has expired (real time passing, as above)
+            # the next refresh, by the gateway's timer or by this call, succeeds with it.
+            await until_expired(second)
+            third = seen_token(await s.call())
+            assert await s.auth.token_requests("refresh_token") == 2
+            assert third not in (first, second)
+            assert await s.auth.token_requests("authorization_code") == 1  # alice never had to connect again
