@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+import anyio
 import httpx2
 import jwt
 import pytest
@@ -201,3 +202,28 @@ async def test_an_invalid_grant_asks_the_user_to_connect_again(tmp_path: Path) -
         async with httpx2.AsyncClient() as http:
             listing = await http.get(f"{s.gw.url}/oauth/connections", headers={"authorization": f"Bearer {alice}"})
         assert listing.json()["connected"] == []  # the dead token set is gone
+
+
+@pytest.mark.parametrize("slow_provider", [False, True])
+async def test_fifty_concurrent_calls_on_an_expired_token_refresh_once(tmp_path: Path, slow_provider: bool) -> None:
+    """Per (user, server) lock: the provider rotates refresh tokens and revokes the grant on reuse, so a second
+    refresh with the same refresh token would break every later call."""
+    async with setup(tmp_path) as s:
+        alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        assert (await browse(await s.consent_link(alice))).status_code == 200
+        first = str((await s.call(alice))["authorization"])
+        s.clock.offset += 150
+        if slow_provider:
+            await s.auth.behave(token_delay_ms=300)
+        seen: list[str] = []
+
+        async def call() -> None:
+            seen.append(str((await s.call(alice))["authorization"]))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(call)
+        assert len(set(seen)) == 1 and seen[0] != first and len(seen) == 50
+        assert await s.auth.token_requests("refresh_token") == 1
+        s.clock.offset += 150
+        assert str((await s.call(alice))["authorization"]) not in (first, seen[0])  # the grant is alive
