@@ -1,7 +1,8 @@
 """`virtual-mcp serve` that kills itself (SIGKILL: no cleanup, no flush) at one point of storing a refreshed token.
 
-Run as `python -m tests.oauth.crash_child POINT serve ARGS...`. The points, all while the new token pair of a
-refresh is being stored:
+Run as `python -m tests.oauth.crash_child POINT CLOCK_OFFSET serve ARGS...`. CLOCK_OFFSET (seconds) moves the token
+manager's clock forward, so the test need not wait for tokens to age. The points (`none`: no crash), all while
+the new token pair of a refresh is being stored:
 - `received`: the provider's answer is in memory, nothing of it written yet;
 - `in_transaction`: the row is written inside the open transaction, not committed;
 - `committed`: the transaction is committed.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from virtual_mcp.cli import main
+from virtual_mcp.outbound.token_manager import TokenManager
 from virtual_mcp.vault import db
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
@@ -68,8 +71,20 @@ def announce_ready() -> None:
     uvicorn.Server.startup = startup_then_announce  # type: ignore[method-assign]
 
 
+def offset_clock(seconds: float) -> None:
+    """The token manager sees time `seconds` ahead (its clock is a constructor argument, defaulting to time.time)."""
+    init = TokenManager.__init__
+
+    def init_with_clock(self: TokenManager, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("clock", lambda: time.time() + seconds)
+        init(self, *args, **kwargs)
+
+    TokenManager.__init__ = init_with_clock  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     if sys.argv[1] != "none":
         arm(sys.argv[1])
+    offset_clock(float(sys.argv[2]))
     announce_ready()
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[3:]))
