@@ -22,7 +22,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, Forbidden, GatewayError, Unauthorized
 from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
-from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
+from virtual_mcp.gateway.front import EndpointApp, FrontGuard, ServerTiming, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response
 from virtual_mcp.gateway.oauth_routes import oauth_routes
 from virtual_mcp.gateway.runtime import Runtime
@@ -32,6 +32,7 @@ from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import AGGREGATE_PATH, ENDPOINT_PATH, Registry
+from virtual_mcp.timing import phase
 from virtual_mcp.types import Authentication
 
 logger = logging.getLogger(__name__)
@@ -120,9 +121,10 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     async def authenticated(request: Request) -> Authentication | Response:
         client = request.client
         try:
-            return await security.authenticator.authenticate(
-                request.headers, request.url.query, client.host if client else None
-            )
+            with phase("auth"):
+                return await security.authenticator.authenticate(
+                    request.headers, request.url.query, client.host if client else None
+                )
         except Unauthorized as exc:
             return unauthorized(exc, security.metadata, request.url.path, request.scope, request.headers)
 
@@ -140,8 +142,10 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         auth = await authenticated(request)
         if isinstance(auth, Response):
             return auth
-        name = "/".join(request.url.path.split("/")[2:4])
-        return gateway_error_response(Forbidden(f"Forbidden: you are not authorized for {name}"))
+        with phase("policy"):  # the same phases, and so the same Server-Timing entries, as a configured server's 403
+            name = "/".join(request.url.path.split("/")[2:4])
+            refusal = Forbidden(f"Forbidden: you are not authorized for {name}")
+        return gateway_error_response(refusal)
 
     routes += [
         Route("/healthz", healthz),
@@ -168,4 +172,5 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(FrontGuard, origins=origins)
+    app.add_middleware(ServerTiming)  # outermost: the endpoint routes' refusals for Host or Origin are timed too
     return app

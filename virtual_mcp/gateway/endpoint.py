@@ -27,11 +27,12 @@ from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
-from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
+from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER, TIMINGS_STATE_KEY
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
+from virtual_mcp.timing import Timings, phase, use
 
 if TYPE_CHECKING:
     from virtual_mcp.gateway.runtime import Runtime
@@ -115,6 +116,17 @@ class ErrorRendering:
             raise MCPError(INTERNAL_ERROR, "Internal error") from None
 
 
+async def bind_timings(ctx: Ctx, call_next: CallNext) -> HandlerResult:
+    """Server middleware: the handler measures into its HTTP request's Timings, whichever task the SDK runs it in
+    (a 2025-11-25 session's own task, or a sibling of the request's)."""
+    request = ctx.request
+    timings = request.scope.get("state", {}).get(TIMINGS_STATE_KEY) if request is not None else None
+    if not isinstance(timings, Timings):
+        return await call_next(ctx)
+    with use(timings):
+        return await call_next(ctx)
+
+
 class SessionTracker:
     """Server middleware: remembers live handshake-era sessions so list_changed can reach them."""
 
@@ -161,13 +173,15 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
                 raise
             except GatewayError:
                 pass  # other credential problems leave the list empty; calls say why
-        tools = await runtime.view(endpoint.path).list_tools(caller_of(ctx), settings.list_deadline_seconds)
+        with phase("upstream"):  # the backends' tool lists, from the catalog cache when it is fresh
+            tools = await runtime.view(endpoint.path).list_tools(caller_of(ctx), settings.list_deadline_seconds)
         return for_caller(ctx, {"tools": tools})
 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> HandlerResult:
         view = runtime.view(endpoint.path)
         caller = caller_of(ctx)
-        route = await view.resolve(caller, params.name, settings.list_deadline_seconds)
+        with phase("policy"):
+            route = await view.resolve(caller, params.name, settings.list_deadline_seconds)
         if route is None:
             raise ToolNotFound(params.name)
         source = route.member.source
@@ -206,7 +220,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = _build(endpoint, view_of, handlers)
-    server.middleware = [*server.middleware, ErrorRendering(runtime.credentials.scrub), tracker]
+    server.middleware = [*server.middleware, bind_timings, ErrorRendering(runtime.credentials.scrub), tracker]
     return server
 
 
@@ -236,7 +250,9 @@ def _passthrough_handlers(
     def make(method: str, empty: Mapping[str, Any] | None) -> Callable[[Ctx, Any], Awaitable[Any]]:
         async def handler(ctx: Ctx, _params: Any) -> HandlerResult:
             caller = caller_of(ctx)
-            if not decide(caller.principal, runtime.registry.gates[member.gate]).allowed:
+            with phase("policy"):
+                allowed = decide(caller.principal, runtime.registry.gates[member.gate]).allowed
+            if not allowed:
                 if empty is not None:
                     return for_caller(ctx, dict(empty))
                 raise InvalidParams(f"{method}: not found")

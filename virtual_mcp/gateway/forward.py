@@ -12,6 +12,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from virtual_mcp.timing import phase
 from virtual_mcp.upstream.session import UpstreamSession
 
 _ORDERED_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -80,6 +81,7 @@ async def forward(
             )
             await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
 
-    return await session.request(
-        method, params, timeout=timeout, on_notification=relay, headers=headers, meta=upstream_meta or None
-    )
+    with phase("upstream"):
+        return await session.request(
+            method, params, timeout=timeout, on_notification=relay, headers=headers, meta=upstream_meta or None
+        )

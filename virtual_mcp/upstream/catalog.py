@@ -20,6 +20,7 @@ from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from virtual_mcp.outbound.credentials import Credential
+from virtual_mcp.timing import phase
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.pool import UpstreamPool
 
@@ -110,7 +111,7 @@ class ToolCatalog:
         if entry.tools is not None:
             # Stale while revalidating: answer from the cache now, the refresh lands for the next caller.
             return entry.tools
-        with anyio.move_on_after(deadline):
+        with anyio.move_on_after(deadline), phase("upstream"):
             await event.wait()
         if entry.tools is not None and entry.inflight is None and entry.failed_at is None:
             return entry.tools
@@ -128,7 +129,7 @@ class ToolCatalog:
         if entry.tools is not None and not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds:
             return entry.tools
         try:
-            with anyio.fail_after(deadline):
+            with anyio.fail_after(deadline), phase("upstream"):
                 tools = await self._list_all(ref, credential)
         except TimeoutError:
             raise UpstreamTimeout(ref.key, f"tools/list took longer than {deadline:g}s") from None
