@@ -21,6 +21,8 @@ from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.support import Served, bind, serve
 from virtual_mcp.types import PrincipalKind
+from virtual_mcp.vault import LocalKeyProvider
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 CONFIG = """\
 name: g
@@ -35,6 +37,7 @@ integrations:
       grant_type: authorization_code
       authorization_url: {authorize}
       token_url: {token}
+      revocation_url: {revoke}
       client_id: {client_id}
       client_secret: tfy-secret://t:github:client_secret
       scopes: [mcp:tools]
@@ -91,6 +94,7 @@ async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
             backend=backend.url,
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,
+            revoke=auth.revocation_endpoint,
             client_id=CODE_CLIENT_ID,
         )
         (config / "g.yaml").write_text(text)
@@ -138,11 +142,23 @@ async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:
         # A used consent link does not work twice.
         assert (await browse(link)).status_code == 400
 
+        stored = await OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data")).get(
+            "g/github", "user:alice@northwind.example"
+        )
+        assert stored is not None
         async with httpx2.AsyncClient() as http:
             gone = await http.delete(
                 f"{s.gw.url}/oauth/connections/g/github", headers={"authorization": f"Bearer {alice}"}
             )
-            assert gone.json() == {"disconnected": "g/github"}
+            assert gone.json() == {"disconnected": "g/github", "provider": "revoked at the provider and deleted"}
+            # RFC 7009 at the provider: refresh token, then access token; the grant is dead there too.
+            assert (await s.auth.stats())["revocation"]["total"] == 2
+            dead = await http.post(
+                s.auth.token_endpoint,
+                data={"grant_type": "refresh_token", "refresh_token": stored["refresh_token"]},
+                auth=(CODE_CLIENT_ID, s.auth.secret(CODE_CLIENT_ID)),
+            )
+            assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant"
         await s.consent_link(alice)
 
 

@@ -93,6 +93,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
             backend=backend.url,
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,
+            revoke=auth.revocation_endpoint,
             client_id=CODE_CLIENT_ID,
         )
         (config / "g.yaml").write_text(text)

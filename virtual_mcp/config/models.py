@@ -65,6 +65,8 @@ class OAuth2AuthData(_Strict):
     grant_type: Literal["authorization_code", "client_credentials"]
     authorization_url: AnyHttpUrl | None = None
     token_url: AnyHttpUrl
+    # RFC 7009: where `virtual-mcp revoke` and disconnecting an account revoke the provider's tokens.
+    revocation_url: AnyHttpUrl | None = None
     client_id: str = Field(min_length=1)
     client_secret: str
     scopes: list[str] = Field(default_factory=list)

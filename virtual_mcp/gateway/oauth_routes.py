@@ -73,8 +73,8 @@ def oauth_routes(
         ref = ServerRef(request.path_params["group"], request.path_params["server"])
         if ref not in registry.remotes:
             return JSONResponse({"error": "not_found"}, status_code=404)
-        await credentials.disconnect(user, ref)
-        return JSONResponse({"disconnected": ref.key})
+        outcome = await credentials.disconnect(user, ref)
+        return JSONResponse({"disconnected": ref.key, "provider": outcome})
 
     return [
         Route("/oauth/start", start),

@@ -20,7 +20,7 @@ from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, Passthroug
 from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayError, NotSupportedYet
 from virtual_mcp.outbound.consent import ConsentFlows, ConsentRequired
-from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenSet
+from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenEndpointError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
 from virtual_mcp.outbound.token_cache import token_key
 from virtual_mcp.outbound.token_manager import Spawn, TokenManager
@@ -204,8 +204,38 @@ class OutboundCredentials:
             ticket, str(auth.authorization_url), client.client_id, client.scopes, client.resource or "", redirect_uri
         )
 
-    async def disconnect(self, user: str, ref: ServerRef) -> None:
-        await self._tokens_forget(user_token_key(ref, user))
+    async def disconnect(self, user: str, ref: ServerRef) -> str:
+        """Forget `user`'s tokens for `ref`, revoking them at the provider first where it has an RFC 7009
+        endpoint. Returns what happened at the provider, for the caller and the audit trail."""
+        key = user_token_key(ref, user)
+        token = await self._tokens.peek(key) if self._tokens is not None else None
+        outcome = await self._revoke_at_provider(ref, token) if token is not None else "nothing stored"
+        await self._tokens_forget(key)
+        return outcome
+
+    async def disconnect_all(self, user: str) -> dict[str, str]:
+        """`disconnect` for every per-user server `user` holds tokens for: server -> provider outcome."""
+        return {ref: await self.disconnect(user, ServerRef.parse(ref)) for ref in await self.connected(user)}
+
+    async def _revoke_at_provider(self, ref: ServerRef, token: TokenSet) -> str:
+        auth = self._registry.remotes[ref].auth
+        url = auth.revocation_url if isinstance(auth, OAuth2AuthData) else None
+        if url is None or self._http is None:
+            return "deleted (the provider has no revocation endpoint configured)"
+        client = self._clients[ref]
+        try:
+            # The refresh token first: revoking it ends the grant (RFC 7009 2.1), then the access token, which
+            # providers issuing self-contained JWTs cannot revoke (it then lives out its short lifetime).
+            grant = bool(token.refresh_token) and await client.revoke(
+                self._http, str(url), token.refresh_token or "", "refresh_token"
+            )
+            access = await client.revoke(self._http, str(url), token.access_token, "access_token")
+        except TokenEndpointError as exc:
+            logger.warning("revocation at the provider for %s failed: %s", ref, exc.message)
+            return f"deleted; provider revocation failed: {exc.message}"
+        if grant or access:
+            return "revoked at the provider and deleted"
+        return "deleted (the provider does not revoke these tokens)"
 
     async def connected(self, user: str) -> list[str]:
         """The per-user OAuth servers `user` has a token for."""

@@ -111,6 +111,27 @@ class OAuthClient:
             data["resource"] = self.resource
         return await self._post(http, data)
 
+    async def revoke(self, http: httpx.AsyncClient, revocation_url: str, token: str, hint: str) -> bool:
+        """RFC 7009: ask the provider to revoke `token` (a refresh token revokes its grant at most providers).
+
+        True: revoked or already invalid (200, RFC 7009 2.2). False: the provider does not revoke this kind of token
+        (`unsupported_token_type`, e.g. self-contained JWT access tokens). Anything else raises, without the token.
+        """
+        body = {"token": token, "token_type_hint": hint, "client_id": self.client_id}
+        body["client_secret"] = self.client_secret
+        try:
+            response = await http.post(revocation_url, data=body, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise TransientTokenError(f"revocation endpoint unreachable: {type(exc).__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientTokenError(f"revocation endpoint answered HTTP {response.status_code}")
+        if response.status_code == 200:
+            return True
+        error = str(_json(response).get("error", "unknown_error"))[:64]
+        if error == "unsupported_token_type":
+            return False
+        raise TokenEndpointError(f"revocation refused: {error} (HTTP {response.status_code})")
+
     def _scope_and_resource(self) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.scopes:
