@@ -196,3 +196,18 @@ def test_a_provider_without_s256_is_refused() -> None:
     )
     [issue] = issues_of(GROUP_HEAD + remote("o", auth_data=auth))
     assert "code_challenge_methods_supported must include S256 (PKCE plain is refused)" in issue
+
+
+def test_per_user_oauth_needs_s256_declared_or_an_issuer_to_read_it_from() -> None:
+    head = (
+        "{type: oauth2, grant_type: authorization_code, authorization_url: 'https://idp.example/authorize', "
+        "token_url: 'https://idp.example/token', client_id: app, client_secret: 'tfy-secret://t:g:k'"
+    )
+    [issue] = issues_of(GROUP_HEAD + remote("o", auth_data=head + "}"))
+    assert "auth_data: PKCE S256 support must be established: declare code_challenge_methods_supported" in issue
+    assert "give the provider's issuer" in issue
+    parse_config_text(
+        "g.yaml", textwrap.dedent(GROUP_HEAD + remote("o", auth_data=head + ", issuer: 'https://idp.example'}"))
+    )
+    [bad] = issues_of(GROUP_HEAD + remote("o", auth_data=head + ", issuer: 'not a url'}"))
+    assert "auth_data.issuer:" in bad

@@ -38,6 +38,7 @@ integrations:
       authorization_url: {authorize}
       token_url: {token}
       revocation_url: {revoke}
+      issuer: {issuer}
       client_id: {client_id}
       client_secret: tfy-secret://t:github:client_secret
       scopes: [mcp:tools]
@@ -95,6 +96,7 @@ async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,
             revoke=auth.revocation_endpoint,
+            issuer=auth.issuer,
             client_id=CODE_CLIENT_ID,
         )
         (config / "g.yaml").write_text(text)
@@ -172,6 +174,26 @@ async def test_listing_a_per_user_server_asks_for_consent(tmp_path: Path) -> Non
         # On /mcp the server is simply left out until the user connects.
         async with s.gw.client("/mcp", alice) as client:
             assert [t.name for t in await client.list_tools()] == []
+
+
+@pytest.mark.parametrize("published", [["plain"], []])
+async def test_a_provider_whose_metadata_lacks_s256_is_refused(tmp_path: Path, published: list[str]) -> None:
+    """The configured issuer's metadata decides: a provider that publishes only `plain`, or no PKCE method at all,
+    never sees the user's browser; once it publishes S256, the same link works."""
+    async with setup(tmp_path) as s:
+        alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        link = await s.consent_link(alice)
+        await s.auth.behave(metadata_pkce_methods=published)
+        refused = await browse(link)
+        assert refused.status_code == 502, refused.text
+        assert "requires PKCE with S256 and does not start this flow" in refused.text
+        listed = "plain" if published else "does not list code_challenge_methods_supported (no PKCE)"
+        assert listed in refused.text
+        assert (await s.auth.stats())["authorization"]["total"] == 0  # the browser was never sent there
+        await s.auth.behave(metadata_pkce_methods=None)
+        connected = await browse(link)
+        assert connected.status_code == 200 and "Connected" in connected.text
+        assert (await s.call(alice))["authorization"].startswith("Bearer ")
 
 
 async def test_a_refused_consent_stores_nothing(tmp_path: Path) -> None:

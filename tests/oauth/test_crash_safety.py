@@ -94,6 +94,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,
             revoke=auth.revocation_endpoint,
+            issuer=auth.issuer,
             client_id=CODE_CLIENT_ID,
         )
         (config / "g.yaml").write_text(text)

@@ -72,6 +72,9 @@ class OAuth2AuthData(_Strict):
     scopes: list[str] = Field(default_factory=list)
     jwt_source: Literal["access_token", "id_token"] = "access_token"
     code_challenge_methods_supported: list[str] | None = None
+    # The provider's issuer: its published metadata (RFC 8414 / OIDC discovery) must list PKCE S256 before a consent
+    # flow starts. Without it, `code_challenge_methods_supported` above is the operator's word for it.
+    issuer: AnyHttpUrl | None = None
 
     @field_validator("client_secret")
     @classmethod
@@ -97,6 +100,11 @@ class OAuth2AuthData(_Strict):
                 and "S256" not in self.code_challenge_methods_supported
             ):
                 raise ValueError("code_challenge_methods_supported must include S256 (PKCE plain is refused)")
+            if self.code_challenge_methods_supported is None and self.issuer is None:
+                raise ValueError(
+                    "PKCE S256 support must be established: declare code_challenge_methods_supported: [S256], or "
+                    "give the provider's issuer so the gateway reads it from the provider's metadata (RFC 8414)"
+                )
         return self
 
 

@@ -14,6 +14,7 @@ from virtual_mcp.gateway.http import gateway_error_response
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.credentials import OutboundCredentials
+from virtual_mcp.outbound.provider_metadata import ProviderMetadataError
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import ServerRef
 
@@ -33,9 +34,12 @@ def oauth_routes(
 
     async def start(request: Request) -> Response:
         try:
-            target = credentials.consent_redirect(
+            target = await credentials.consent_redirect(
                 request.query_params.get("ticket", ""), f"{base(request)}/oauth/callback"
             )
+        except ProviderMetadataError as exc:
+            logger.warning("consent start refused: %s", exc.message)
+            return _page("Cannot connect", exc.message, exc.http_status)
         except GatewayError as exc:
             return _page("Link expired", exc.message, exc.http_status)
         return RedirectResponse(target, status_code=302, headers={"cache-control": "no-store"})

@@ -22,6 +22,7 @@ from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayErro
 from virtual_mcp.outbound.consent import ConsentFlows, ConsentRequired
 from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenEndpointError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
+from virtual_mcp.outbound.provider_metadata import ProviderMetadata
 from virtual_mcp.outbound.token_cache import token_key
 from virtual_mcp.outbound.token_manager import Spawn, TokenManager
 from virtual_mcp.registry import Registry
@@ -99,6 +100,7 @@ class OutboundCredentials:
             if isinstance(remote.auth, OAuth2AuthData)
         }
         self.consent = ConsentFlows()
+        self._metadata = ProviderMetadata(http, token_timeout) if http is not None else None
         # Static headers are resolved once per configuration load; values live only in this mapping.
         self._static: dict[ServerRef, dict[str, str]] = {}
         for ref, remote in registry.remotes.items():
@@ -193,12 +195,18 @@ class OutboundCredentials:
         await self._tokens.store(user_token_key(finished.server, finished.user), token)
         return finished.server
 
-    def consent_redirect(self, ticket: str, redirect_uri: str) -> str:
-        """Where the browser goes for a consent ticket: the provider's authorization endpoint."""
+    async def consent_redirect(self, ticket: str, redirect_uri: str) -> str:
+        """Where the browser goes for a consent ticket: the provider's authorization endpoint, once the provider's
+        metadata (where its issuer is configured) confirms PKCE S256. A refused or unreadable provider leaves the
+        ticket unused, so the same link works once the provider is fixed."""
         server = self.consent.ticket_server(ticket)
         auth = self._registry.remotes[server].auth if server is not None else None
         if server is None or not isinstance(auth, OAuth2AuthData) or auth.authorization_url is None:
             raise BadRequest("this consent link is unknown, already used or expired; retry the call for a new one")
+        if auth.issuer is not None:
+            if self._metadata is None:
+                raise NotSupportedYet("outbound OAuth needs the token manager (serve sets it up)")
+            await self._metadata.require_s256(str(auth.issuer))
         client = self._clients[server]
         return self.consent.begin(
             ticket, str(auth.authorization_url), client.client_id, client.scopes, client.resource or "", redirect_uri

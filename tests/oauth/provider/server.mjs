@@ -29,6 +29,8 @@
 //       access_token_ttl   change the access token lifetime for tokens issued from now on
 //       login_account      the account the headless login signs in (overrides account_id, not a login_hint)
 //       interaction_error  finish every interaction with this OAuth error (e.g. access_denied; null: off)
+//       metadata_pkce_methods  publish these code_challenge_methods_supported in both discovery documents instead of
+//                          oidc-provider's own (["S256"]); [] leaves the field out (a provider without PKCE)
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
@@ -50,6 +52,7 @@ const DEFAULT_BEHAVIOUR = Object.freeze({
   access_token_ttl: null,
   login_account: null,
   interaction_error: null,
+  metadata_pkce_methods: null,
 });
 
 function freshStats() {
@@ -258,6 +261,8 @@ async function interaction(provider, ctx) {
   }
 }
 
+const DISCOVERY_PATHS = new Set(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']);
+
 function mountTestRoutes(provider) {
   const tokenPath = provider.pathFor('token');
   const revocationPath = provider.pathFor('revocation');
@@ -272,6 +277,13 @@ function mountTestRoutes(provider) {
     }
     if (ctx.method === 'GET' && /^\/interaction\/[^/]+$/.test(ctx.path)) {
       await interaction(provider, ctx);
+      return;
+    }
+    if (ctx.method === 'GET' && DISCOVERY_PATHS.has(ctx.path) && behaviour.metadata_pkce_methods) {
+      await next();
+      const { code_challenge_methods_supported: _published, ...rest } = ctx.body;
+      const methods = behaviour.metadata_pkce_methods;
+      ctx.body = methods.length ? { ...rest, code_challenge_methods_supported: methods } : rest;
       return;
     }
     if (ctx.path === authorizationPath) stats.authorization.total += 1;
