@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean venv
+.PHONY: demo test lint typecheck check bench bench-audit clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+bench-audit: $(STAMP)
+	$(PY) -m bench.audit_query
 
 clean:
 	rm -rf $(VENV) .virtual-mcp .mypy_cache .ruff_cache

@@ -15,23 +15,28 @@ import jwt
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from tests.sensitive import mark
+from tests.sensitive import SENSITIVE, mark
 from tests.support import Served, serve
+from virtual_mcp.audit import AuditEvent, AuditLog, JsonLinesSink
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.assemble import resolve_secrets
+from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+from virtual_mcp.vault.revocations import RevocationStore
 
 ISSUER = "https://idp.northwind.example"
 GATEWAY_AUDIENCE = "https://mcp.northwind.example"
@@ -65,6 +70,23 @@ class SecureGateway:
     tokens: TokenStore
     secrets: SecretStore
     db: Database
+    audit_log: AuditLog
+    data_dir: Path
+    runtime: Runtime
+
+    def leaks(self) -> list[str]:
+        """Every registered token, secret or forwarded value found in the database files or the audit file."""
+        stored = "".join(
+            p.read_bytes().decode("latin-1")
+            for p in sorted(self.data_dir.iterdir())
+            if p.name.startswith(("gateway.db", "audit"))
+        )
+        return [value for value in SENSITIVE if value in stored]
+
+    async def audit(self, **filters: Any) -> list[AuditEvent]:
+        """The audit events recorded so far (newest first), once everything recorded is written."""
+        await self.audit_log.flush()
+        return await AuditStore(self.db).query(AuditQuery(**filters))
 
     @property
     def url(self) -> str:
@@ -110,14 +132,19 @@ async def secure_gateway(
         assert registry.inbound.jwt is not None
         verifier = JwtVerifier(registry.inbound.jwt, http=http, hmac_secret=HMAC_KEY.encode())
         tokens = TokenStore(db)
+        revocations = RevocationList(RevocationStore(db))
         # Upstream OAuth tokens: the vault-backed cache and the token manager, with a clock the test may move.
         token_manager = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock)
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
         timeout = GatewaySettings(**options).token_timeout_seconds
+        audit_log = AuditLog([AuditStore(db), JsonLinesSink(data_dir / "audit.jsonl")])
         security = Security(
-            Authenticator(registry, tokens=tokens, jwt=verifier),
+            Authenticator(registry, tokens=tokens, jwt=verifier, revocations=revocations),
             OutboundCredentials(registry, values.__getitem__, token_manager, http, token_timeout=timeout),
             ResourceMetadata(authorization_servers=(ISSUER,)),
+            audit_log,
+            revocations,
         )
-        async with serve(create_app(registry, GatewaySettings(**options), security), sock) as served:
-            yield SecureGateway(served, registry, tokens, store, db)
+        app = create_app(registry, GatewaySettings(**options), security)
+        async with serve(app, sock) as served:
+            yield SecureGateway(served, registry, tokens, store, db, audit_log, data_dir, app.state.runtime)

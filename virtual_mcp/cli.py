@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 
 from virtual_mcp import __version__
+from virtual_mcp.audit import OUTCOMES
+from virtual_mcp.audit_report import FORMATS
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError
@@ -82,6 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_action", required=True)
     rotate = keys_sub.add_parser("rotate", help="new master key; re-wrap every data key online, payloads untouched")
     rotate.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+
+    revoke_cmd = sub.add_parser(
+        "revoke", help="cut a user off: gateway tokens, stored upstream tokens (revoked at the provider), IdP JWTs"
+    )
+    revoke_cmd.add_argument("--user", metavar="EMAIL", required=True)
+    revoke_cmd.add_argument(
+        "--config", type=Path, help="servers.d, to revoke upstream tokens at their providers (RFC 7009)"
+    )
+    revoke_cmd.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+
+    audit = sub.add_parser("audit", help="who called what: query the audit trail, newest first")
+    audit.add_argument("--user", metavar="EMAIL")
+    audit.add_argument("--team", metavar="NAME")
+    audit.add_argument("--virtual-account", metavar="NAME")
+    audit.add_argument("--server", metavar="GROUP/SERVER")
+    audit.add_argument("--tool", metavar="NAME", help="the backend's own tool name")
+    audit.add_argument("--outcome", choices=OUTCOMES)
+    audit.add_argument("--method", metavar="METHOD", help="e.g. tools/call, tools/list, revoke")
+    audit.add_argument("--request-id", metavar="ID")
+    audit.add_argument("--since", metavar="WHEN", help="ISO 8601 time (UTC unless an offset is given) or 15m/2h/7d ago")
+    audit.add_argument("--until", metavar="WHEN", help="same forms as --since; exclusive")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
+    audit.add_argument("--format", choices=FORMATS, default="table")
+    audit.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
 
     check = sub.add_parser("check", help="validate a configuration directory and print every problem")
     check.add_argument("--config", type=Path, default=Path("servers.d"))
@@ -197,6 +223,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: {user} has no connection to {args.server}", file=sys.stderr)
                 return 1
             print(f"disconnected {user} from {args.server}")
+            return 0
+        if args.command == "revoke":
+            from virtual_mcp import commands
+
+            detail = anyio.run(commands.revoke_user, args.data_dir, args.config, args.user)
+            print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
+            for server, outcome in detail["upstream"].items():
+                print(f"  {server}: {outcome}")
+            print("running gateways drop what they hold for this user within seconds")
+            return 0
+        if args.command == "audit":
+            from virtual_mcp import commands
+
+            anyio.run(commands.audit_query, args, sys.stdout)
             return 0
         if args.command == "keys":
             from virtual_mcp import commands

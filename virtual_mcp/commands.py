@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import re
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+import httpx
+
+from virtual_mcp.audit import JsonLinesSink, revocation_event
+from virtual_mcp.audit_report import parse_time, render
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.check import check_master_key
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+from virtual_mcp.vault.revocations import RevocationStore
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -25,6 +33,11 @@ def parse_duration(text: str) -> float:
     if match is None or int(match.group(1)) <= 0:
         raise BadRequest(f"invalid duration {text!r}: use a positive number with s, m, h or d (e.g. 30d)")
     return float(int(match.group(1)) * _UNIT[match.group(2)])
+
+
+def when(text: str, now: float) -> float:
+    """A `--since`/`--until` value: a duration ago (`15m`, `7d`) or an ISO 8601 time."""
+    return parse_time(text, now, parse_duration(text) if _DURATION.match(text.strip()) else None)
 
 
 def _when(ts: float | None) -> str:
@@ -61,7 +74,61 @@ async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None
 
 async def token_revoke(data_dir: Path, token_id: str) -> bool:
     async with Database.open(data_dir) as db:
-        return await TokenStore(db).revoke(token_id)
+        store = TokenStore(db)
+        info = await store.get(token_id)
+        revoked = await store.revoke(token_id)
+        if revoked and info is not None:
+            await _audit_revocation(db, data_dir, {"token": token_id, "subject": info.subject})
+    return revoked
+
+
+async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dict[str, Any]:
+    """Cut a user off everywhere: every gateway token revoked, every stored upstream token deleted (revoked at the
+    provider first where the server's configuration has a `revocation_url`), running gateways told (they drop what
+    they hold in memory within a poll and refuse the user's IdP JWTs issued before now). Audited."""
+    user = user.lower()
+    now = time.time()
+    async with Database.open(data_dir) as db:
+        gateway_tokens = await TokenStore(db).revoke_subject(PrincipalKind.USER, user)
+        await RevocationStore(db).add(f"user:{user}", now)
+        upstream = await _forget_upstream(db, data_dir, config_dir, user)
+        detail = {"user": user, "gateway_tokens_revoked": gateway_tokens, "upstream": upstream}
+        await _audit_revocation(db, data_dir, detail)
+    return detail
+
+
+async def _forget_upstream(db: Database, data_dir: Path, config_dir: Path | None, user: str) -> dict[str, str]:
+    store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
+    held = await store.accounts(f"user:{user}")
+    if not held:
+        return {}
+    outcomes: dict[str, str] = {}
+    if config_dir is not None:
+        from virtual_mcp.config.loader import load_config_dir
+        from virtual_mcp.gateway.assemble import resolve_secrets
+        from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+        from virtual_mcp.outbound.token_cache import VaultTokenCache
+        from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
+        from virtual_mcp.registry import build_registry
+
+        registry = build_registry(load_config_dir(config_dir))
+        secrets = SecretStore(db, LocalKeyProvider.load(data_dir, create=False))
+        values = await resolve_secrets(secrets, [(ref, f"server {srv.key!r}") for ref, srv in secret_refs(registry)])
+        tokens = TokenManager(VaultTokenCache(store), InProcessLocks())
+        async with httpx.AsyncClient(timeout=10) as http:
+            credentials = OutboundCredentials(registry, values.__getitem__, tokens, http)
+            outcomes = await credentials.disconnect_all(user)
+    for server in held:
+        if server not in outcomes:
+            await store.delete(server, f"user:{user}")
+            outcomes[server] = "deleted (no configuration given or the server is no longer configured)"
+    return outcomes
+
+
+async def _audit_revocation(db: Database, data_dir: Path, detail: dict[str, Any]) -> None:
+    event = revocation_event(getpass.getuser(), detail, time.time())
+    await AuditStore(db).write([event])
+    await JsonLinesSink(data_dir / "audit.jsonl").write([event])
 
 
 async def secret_set(data_dir: Path, reference: str, value: str) -> SecretRef:
@@ -120,3 +187,28 @@ async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool
     async with Database.open(data_dir) as db:
         store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
         return await store.delete(server, f"user:{user}")
+
+
+async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
+    """`virtual-mcp audit`: the newest matching records, read-only (a running gateway keeps writing meanwhile)."""
+    if args.limit <= 0:
+        raise BadRequest("--limit must be a positive number")
+    if args.user and args.virtual_account:
+        raise BadRequest("filter by --user or by --virtual-account, not both")
+    now = time.time()
+    query = AuditQuery(
+        user=args.user.lower() if args.user else None,
+        team=args.team,
+        virtual_account=args.virtual_account,
+        server=args.server,
+        tool=args.tool,
+        outcome=args.outcome,
+        method=args.method,
+        request_id=args.request_id,
+        since=when(args.since, now) if args.since else None,
+        until=when(args.until, now) if args.until else None,
+        limit=args.limit,
+    )
+    async with Database.open(args.data_dir) as db:
+        events = await AuditStore(db).query(query)
+    render(events, args.format, out)

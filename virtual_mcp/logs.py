@@ -10,7 +10,11 @@ import json
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from typing import Any
+
+# The id of the request being served (also in its audit records and its `x-request-id` response header).
+REQUEST_ID: ContextVar[str | None] = ContextVar("virtual_mcp_request_id", default=None)
 
 _PATTERNS = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [REDACTED]"),
@@ -41,6 +45,15 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request it was logged for, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -60,6 +73,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "info", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactionFilter())
+    handler.addFilter(RequestIdFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:

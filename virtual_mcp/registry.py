@@ -14,7 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from virtual_mcp.config.loader import LoadedConfig
-from virtual_mcp.config.models import AuthData, InboundSettings, RemoteServer, VirtualServer
+from virtual_mcp.config.models import AuditPayloads, AuthData, InboundSettings, RemoteServer, VirtualServer
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.types import ServerRef
 
@@ -34,6 +34,7 @@ class RemoteEntry:
     auth: AuthData | None
     authorized_subjects: frozenset[str]
     forwardable_headers: frozenset[str]  # lower-case
+    audit: AuditPayloads | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,7 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         auth=model.auth_data,
         authorized_subjects=frozenset(model.authorized_subjects),
         forwardable_headers=frozenset(h.lower() for h in model.forwardable_headers),
+        audit=model.audit,
     )
 
 

@@ -1,6 +1,6 @@
 """Per-request timing of the gateway's phases, reported as a `Server-Timing` header.
 
-A request opens a `Timings` (`measure_request()`, or the front door's `ServerTiming` layer); code anywhere below
+A request opens a `Timings` (`measure_request()`, or the `RequestScope` layer of the MCP endpoints); code anywhere below
 adds to it with `phase(name)`. A handler that runs in another task binds the request's `Timings` with `use()`.
 Outside a request, measuring is a no-op.
 

@@ -84,3 +84,12 @@ class Authentication:
     jwt_audiences: frozenset[str] = frozenset()
     # The raw bearer as presented, so nothing can echo it upstream; never logged (repr=False).
     bearer: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """Everything `subject` (e.g. `user:alice@x`) held before `revoked_at` (Unix time) is void."""
+
+    id: int
+    subject: str
+    revoked_at: float

@@ -115,9 +115,9 @@ async def test_the_log_scan_sees_gateway_lines(tmp_path: Path) -> None:
 async def test_override_applies_to_the_named_server_only(tmp_path: Path) -> None:
     async with lab(tmp_path) as t:
         token = await t.gw.token(PrincipalKind.USER, "alice@northwind.example")
-        overrides = {"lab/sentry": {"Authorization": "Bearer alice-own-sentry", "X-Org": "northwind"}}
+        overrides = {"lab/sentry": {"Authorization": "Bearer alice-own-sentry", "X-Org": "org-northwind-7f3a"}}
         seen = await t.headers_seen("sentry", token, overrides)
-        assert seen["authorization"] == "Bearer alice-own-sentry" and seen["x-org"] == "northwind"
+        assert seen["authorization"] == "Bearer alice-own-sentry" and seen["x-org"] == "org-northwind-7f3a"
         plain = await t.headers_seen("plain", token, overrides)
         assert "alice-own-sentry" not in json.dumps(plain) and "x-org" not in plain
         # Without the header the configured credential is back: overrides are per request.

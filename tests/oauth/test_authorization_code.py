@@ -19,6 +19,7 @@ from mcp.shared.exceptions import MCPError
 from tests.backends import build_lab
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
+from tests.sensitive import mark
 from tests.support import Served, bind, serve
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import LocalKeyProvider
@@ -123,6 +124,19 @@ async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:
         key = jwt.PyJWKClient(s.auth.jwks_uri).get_signing_key_from_jwt(access).key
         claims = jwt.decode(access, key, algorithms=["RS256"], audience=f"{s.backend.url}/mcp")
         assert claims["sub"] == "alice@northwind.example"
+        # The trail: first the call that needed consent, then the call with alice's own token; neither holds the
+        # token or the consent link's ticket.
+        mark(access, link.split("ticket=", 1)[1])
+        allowed, needed = await s.gw.audit(user="alice@northwind.example")
+        assert (needed.server, needed.tool, needed.auth_mode, needed.outcome) == (
+            "g/github",
+            "headers",
+            "oauth2:authorization_code",
+            "failed",
+        )
+        assert needed.error == "no connected account: open the link to connect your account for g/github, then retry"
+        assert (allowed.auth_mode, allowed.outcome, allowed.error) == ("oauth2:authorization_code", "allowed", None)
+        assert s.gw.leaks() == []
         # The authorization request carried state, an S256 challenge and the backend as RFC 8707 resource.
         stats = await s.auth.stats()
         assert await s.auth.token_requests("authorization_code") == 1, stats

@@ -17,6 +17,7 @@ from mcp.shared.exceptions import MCPError
 from tests.backends import build_lab
 from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
+from tests.sensitive import mark
 from tests.support import Served, serve
 from virtual_mcp.types import PrincipalKind
 
@@ -88,6 +89,13 @@ async def test_one_token_for_every_caller_with_the_backend_as_audience(tmp_path:
         assert claims["client_id"] == CC_CLIENT_ID and "mcp:read" in claims["scope"]
         # Neither caller's gateway token reached the backend.
         assert first not in (s.alice, s.ci)
+        events = await s.gw.audit()
+        assert [(e.subject, e.server, e.tool, e.auth_mode, e.outcome) for e in events] == [
+            (subject, "g/analytics", "headers", "oauth2:client_credentials", "allowed")
+            for subject in ("user:alice@x.example", "virtualaccount:ci", "user:alice@x.example")
+        ]
+        mark(first)
+        assert s.gw.leaks() == []
 
 
 @pytest.mark.parametrize("slow_provider", [False, True])

@@ -142,6 +142,15 @@ class PassthroughAuthData(_Strict):
 AuthData = Annotated[OAuth2AuthData | HeaderAuthData | PassthroughAuthData, Field(discriminator="type")]
 
 
+class AuditPayloads(_Strict):
+    """What of a server's calls the audit trail records beyond who, what and when (nothing, by default)."""
+
+    arguments: bool = False
+    results: bool = False
+    # Keys whose values are replaced at any depth (case-insensitive), besides every credential-looking key.
+    redact: list[str] = Field(default_factory=list)
+
+
 class RemoteServer(_Strict):
     name: Name
     type: Literal["integration/mcp-server/remote"]
@@ -151,6 +160,7 @@ class RemoteServer(_Strict):
     authorized_subjects: list[Subject] = Field(default_factory=list)
     auth_data: AuthData | None = None
     forwardable_headers: list[str] = Field(default_factory=list)
+    audit: AuditPayloads | None = None
 
     @field_validator("url")
     @classmethod

@@ -33,3 +33,11 @@ class GatewaySettings(BaseModel):
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     # Namespaced tool names are kept this short so clients can add their own prefix within 64 characters.
     max_tool_name_length: int = Field(default=48, ge=24, le=64)
+    # How often a running gateway looks for identities revoked by `virtual-mcp revoke` (from any process).
+    revocation_poll_seconds: float = Field(default=1.0, gt=0)
+    # The audit trail's JSON lines copy (besides the database); None: `<data_dir>/audit.jsonl`.
+    audit_jsonl: Path | None = None
+
+    @property
+    def audit_jsonl_path(self) -> Path:
+        return self.audit_jsonl if self.audit_jsonl is not None else self.data_dir / "audit.jsonl"

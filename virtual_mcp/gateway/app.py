@@ -17,19 +17,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, Forbidden, GatewayError, Unauthorized
 from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
-from virtual_mcp.gateway.front import EndpointApp, FrontGuard, ServerTiming, unauthorized
-from virtual_mcp.gateway.http import gateway_error_response
+from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
+from virtual_mcp.gateway.http import gateway_error_response, requested_method
 from virtual_mcp.gateway.oauth_routes import oauth_routes
+from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY, RequestScope
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
+from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import AGGREGATE_PATH, ENDPOINT_PATH, Registry
 from virtual_mcp.timing import phase
@@ -45,6 +48,10 @@ class Security:
     authenticator: Authenticator
     credentials: OutboundCredentials
     metadata: ResourceMetadata = field(default_factory=ResourceMetadata)
+    # Where audit events go; None: not recorded (local mode without a data directory).
+    audit: AuditLog | None = None
+    # Identities revoked by `virtual-mcp revoke` (the same list the authenticator checks JWTs against).
+    revocations: RevocationList | None = None
 
     @classmethod
     def local(
@@ -67,7 +74,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     if settings.local_user is not None and not is_loopback_host(settings.host):
         raise BadRequest("--local-user is only allowed on a loopback listener (127.0.0.1, ::1, localhost)")
     security = security or Security.local(registry, settings)
-    runtime = Runtime(registry, settings, security.credentials)
+    runtime = Runtime(registry, settings, security.credentials, security.audit, security.revocations)
     public = security.metadata.public_url
     public_host = urlsplit(public).hostname if public else None
     origins = OriginPolicy(
@@ -98,6 +105,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
             security.authenticator,
             security.metadata,
             settings.max_request_body_bytes,
+            runtime.auditor,
         )
         routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
 
@@ -145,6 +153,11 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         with phase("policy"):  # the same phases, and so the same Server-Timing entries, as a configured server's 403
             name = "/".join(request.url.path.split("/")[2:4])
             refusal = Forbidden(f"Forbidden: you are not authorized for {name}")
+        method = await requested_method(
+            request.scope, request.receive, request.headers, settings.max_request_body_bytes
+        )
+        request_id = str(request.scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
+        await runtime.auditor.refused(request_id, auth.principal, request.url.path, name, method, refusal.message)
         return gateway_error_response(refusal)
 
     routes += [
@@ -172,5 +185,5 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(FrontGuard, origins=origins)
-    app.add_middleware(ServerTiming)  # outermost: the endpoint routes' refusals for Host or Origin are timed too
+    app.add_middleware(RequestScope)  # outermost: the endpoint routes' refusals for Host or Origin are timed too
     return app

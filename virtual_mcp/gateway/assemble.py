@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from starlette.applications import Starlette
 
+from virtual_mcp.audit import AuditLog, JsonLinesSink
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
@@ -17,14 +18,17 @@ from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
+from virtual_mcp.vault.audit_store import AuditStore
 from virtual_mcp.vault.check import check_master_key, sealed_records
 from virtual_mcp.vault.lock import serving
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
+from virtual_mcp.vault.revocations import RevocationStore
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,8 @@ async def _assemble(registry: Registry, settings: GatewaySettings, db: Database,
             hmac_secret = values[SecretRef.parse(jwt_settings.hs256_secret)].encode()
         verifier = JwtVerifier(jwt_settings, http=http, hmac_secret=hmac_secret)
     local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
-    authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local)
+    revocations = RevocationList(RevocationStore(db))
+    authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local, revocations=revocations)
     public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
     metadata = ResourceMetadata(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
@@ -87,5 +92,6 @@ async def _assemble(registry: Registry, settings: GatewaySettings, db: Database,
     credentials = OutboundCredentials(
         registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
     )
-    security = Security(authenticator, credentials, metadata)
+    audit = AuditLog([AuditStore(db), JsonLinesSink(settings.audit_jsonl_path)])
+    security = Security(authenticator, credentials, metadata, audit, revocations)
     return create_app(registry, settings, security)

@@ -27,12 +27,13 @@ from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.forward import forward
-from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER, TIMINGS_STATE_KEY
+from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
+from virtual_mcp.gateway.request_scope import bind_request, request_id_of
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, EndpointKind
-from virtual_mcp.timing import Timings, phase, use
+from virtual_mcp.timing import phase
 
 if TYPE_CHECKING:
     from virtual_mcp.gateway.runtime import Runtime
@@ -116,17 +117,6 @@ class ErrorRendering:
             raise MCPError(INTERNAL_ERROR, "Internal error") from None
 
 
-async def bind_timings(ctx: Ctx, call_next: CallNext) -> HandlerResult:
-    """Server middleware: the handler measures into its HTTP request's Timings, whichever task the SDK runs it in
-    (a 2025-11-25 session's own task, or a sibling of the request's)."""
-    request = ctx.request
-    timings = request.scope.get("state", {}).get(TIMINGS_STATE_KEY) if request is not None else None
-    if not isinstance(timings, Timings):
-        return await call_next(ctx)
-    with use(timings):
-        return await call_next(ctx)
-
-
 class SessionTracker:
     """Server middleware: remembers live handshake-era sessions so list_changed can reach them."""
 
@@ -180,24 +170,30 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
     async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> HandlerResult:
         view = runtime.view(endpoint.path)
         caller = caller_of(ctx)
-        with phase("policy"):
-            route = await view.resolve(caller, params.name, settings.list_deadline_seconds)
-        if route is None:
-            raise ToolNotFound(params.name)
-        source = route.member.source
         arguments = params.arguments or {}
-        header_map = runtime.catalog.param_header_map(source, route.original)
-        headers = mcp_param_headers(header_map, arguments) if header_map else None
-        upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
-        result = await forward(
-            ctx,
-            runtime.pool.session(source, await runtime.credentials.credential_for(source, caller)),
-            "tools/call",
-            upstream_params,
-            timeout=settings.call_timeout_seconds,
-            headers=headers,
-            min_log_level=tracker.log_level(ctx),
-        )
+        async with runtime.auditor.tool_call(request_id_of(ctx), caller, endpoint.path, params.name, arguments) as note:
+            with phase("policy"):
+                route = await view.resolve(caller, params.name, settings.list_deadline_seconds)
+            if route is None:
+                refused, note.denial = view.refusal(caller.principal, params.name)
+                if refused is not None:
+                    note.server, note.tool = refused.member.source, refused.original
+                raise ToolNotFound(params.name)
+            source = route.member.source
+            note.server, note.tool = source, route.original
+            header_map = runtime.catalog.param_header_map(source, route.original)
+            headers = mcp_param_headers(header_map, arguments) if header_map else None
+            upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
+            result = await forward(
+                ctx,
+                runtime.pool.session(source, await runtime.credentials.credential_for(source, caller)),
+                "tools/call",
+                upstream_params,
+                timeout=settings.call_timeout_seconds,
+                headers=headers,
+                min_log_level=tracker.log_level(ctx),
+            )
+            note.result = result
         return for_caller(ctx, result)
 
     async def set_logging_level(ctx: Ctx, params: types.SetLevelRequestParams) -> HandlerResult:
@@ -220,7 +216,7 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = _build(endpoint, view_of, handlers)
-    server.middleware = [*server.middleware, bind_timings, ErrorRendering(runtime.credentials.scrub), tracker]
+    server.middleware = [*server.middleware, bind_request, ErrorRendering(runtime.credentials.scrub), tracker]
     return server
 
 

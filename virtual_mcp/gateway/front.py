@@ -1,6 +1,5 @@
 """The front door of every MCP endpoint: origin check, authentication, header overrides, endpoint access, body
-checks. Only a request that passes all of them reaches the SDK's streamable-HTTP transport. Every answer of an
-endpoint route carries the request's phase timing in `Server-Timing` (see `ServerTiming`)."""
+checks. Only a request that passes all of them reaches the SDK's streamable-HTTP transport."""
 
 from __future__ import annotations
 
@@ -8,12 +7,11 @@ import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from virtual_mcp.errors import (
     BadRequest,
@@ -23,7 +21,16 @@ from virtual_mcp.errors import (
     MalformedCredentialRequest,
     Unauthorized,
 )
-from virtual_mcp.gateway.http import envelope_problem, error_response, gateway_error_response, read_body, replay_body
+from virtual_mcp.gateway.auditing import Auditor
+from virtual_mcp.gateway.http import (
+    envelope_problem,
+    error_response,
+    gateway_error_response,
+    read_body,
+    replay_body,
+    requested_method,
+)
+from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy
@@ -31,15 +38,12 @@ from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.outbound.overrides import HEADER as OVERRIDES_HEADER
 from virtual_mcp.outbound.overrides import parse_overrides
 from virtual_mcp.policy import decide
-from virtual_mcp.registry import AGGREGATE_PATH, Endpoint, EndpointKind, Registry
-from virtual_mcp.timing import Timings, phase, use
+from virtual_mcp.registry import Endpoint, EndpointKind, Registry
+from virtual_mcp.timing import phase
 from virtual_mcp.types import Principal
 
 logger = logging.getLogger(__name__)
 CALLER_STATE_KEY = "caller"
-# The request's Timings, for MCP handlers the SDK may run in another task than the HTTP request's.
-TIMINGS_STATE_KEY = "timings"
-SERVER_TIMING = b"server-timing"
 # The caller of the request being served, for SDK callbacks that receive no request (Mcp-Param schema lookup).
 CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("virtual_mcp_caller", default=None)
 
@@ -53,8 +57,10 @@ class EndpointApp:
         authenticator: Authenticator,
         metadata: ResourceMetadata,
         max_body: int,
+        auditor: Auditor,
     ) -> None:
         self._endpoint = endpoint
+        self._auditor = auditor
         self._manager = manager
         self._registry = registry
         self._authenticator = authenticator
@@ -78,6 +84,13 @@ class EndpointApp:
                 overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
                 self._check_access(auth.principal)
         except GatewayError as exc:
+            if isinstance(exc, Forbidden):
+                method = await requested_method(scope, receive, headers, self._max_body)
+                request_id = str(scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
+                ref = self._endpoint.ref
+                await self._auditor.refused(
+                    request_id, auth.principal, self._endpoint.path, ref.key if ref else None, method, exc.message
+                )
             await gateway_error_response(exc)(scope, receive, send)
             return
         base = self._metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
@@ -124,74 +137,6 @@ def unauthorized(
     challenge = metadata.challenge(base, path, error, getattr(exc, "reason", None))
     logger.info("refused %s on %s: %s", scope.get("method"), path, exc.message)
     return gateway_error_response(exc, {"WWW-Authenticate": challenge})
-
-
-def is_endpoint_path(path: str) -> bool:
-    """`/mcp` and everything under `/mcp-server/`, configured or not (an unknown server must look like a known one)."""
-    return path == AGGREGATE_PATH or path.startswith("/mcp-server/")
-
-
-class ServerTiming:
-    """Outermost layer for the endpoint routes: opens the request's `Timings` and writes the `Server-Timing` header.
-
-    Every answer of those routes carries it, refusals included (a 401 carries `auth` and `total`; a 403 or a 400
-    about overrides also `policy`). The header holds what was measured when the response starts, which depends on
-    how the SDK answers:
-
-    - A JSON answer (2025-11-25 notifications and DELETE, 2026-07-28 requests whose handler finishes silently
-      within the SDK's 15 s window, every refusal) starts once the work is done: the header has every phase.
-    - A POST answered with an event stream (every 2025-11-25 request, as the gateway does not use the SDK's
-      JSON-response mode; 2026-07-28 requests whose handler sent a notification or ran past the window) would
-      start before the handler runs. Its start is held back until the stream's first event, which is then sent at
-      once: no event is delayed or buffered. A call whose only event is its result so reports its full timing;
-      one whose first event is a progress or log notification, an elicitation or a keepalive ping (sse-starlette
-      pings every 15 s) reports what was known at that moment, a running phase counted up to it.
-    - A GET stream (2025-11-25 standalone stream) starts at once and carries only the front door's phases.
-
-    The complete timing of every request, whatever its header held, is logged at debug level when it ends.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_endpoint_path(scope.get("path", "")):
-            await self._app(scope, receive, send)
-            return
-        timings = Timings()
-        scope.setdefault("state", {})[TIMINGS_STATE_KEY] = timings
-        defer = scope.get("method") == "POST"
-        held: Message | None = None
-        lock = anyio.Lock()
-        status = 0
-
-        async def timed_send(message: Message) -> None:
-            nonlocal held, status
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = int(message.get("status", 0))
-                if defer:
-                    held = message
-                    return
-                message = _stamped(message, timings)
-            elif kind == "http.response.body" and held is not None:
-                async with lock:  # an SSE ping and the first event may race for the start
-                    if held is not None:
-                        await send(_stamped(held, timings))
-                        held = None
-            await send(message)
-
-        with use(timings):
-            await self._app(scope, receive, timed_send)
-        if held is not None:  # the app ended without a body: the start goes out as it would have
-            await send(_stamped(held, timings))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s %d timing: %s", scope.get("method"), scope.get("path"), status, timings.server_timing())
-
-
-def _stamped(start: Message, timings: Timings) -> Message:
-    headers = [*start.get("headers", []), (SERVER_TIMING, timings.server_timing().encode("ascii"))]
-    return {**start, "headers": headers}
 
 
 class FrontGuard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
@@ -35,6 +36,24 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Respo
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str, str], limit: int) -> str:
+    """The JSON-RPC method a request asked for, for the record of a refusal: the `Mcp-Method` header, else the body
+    of a POST (read up to `limit`), else the HTTP method."""
+    named = headers.get("mcp-method")
+    if named:
+        return named[:64]
+    if scope.get("method") == "POST":
+        body = await read_body(scope, receive, limit)
+        if isinstance(body, bytes):
+            try:
+                message = json.loads(body)
+            except (ValueError, RecursionError):
+                message = None
+            if isinstance(message, dict) and isinstance(message.get("method"), str):
+                return str(message["method"])[:64]
+    return f"HTTP {scope.get('method', '?')}"
 
 
 def envelope_problem(body: bytes) -> str | None:

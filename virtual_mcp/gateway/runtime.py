@@ -12,11 +12,14 @@ from anyio.abc import TaskGroup
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
+from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.views import EndpointView
+from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
-from virtual_mcp.types import ServerRef
+from virtual_mcp.types import PrincipalKind, ServerRef
 from virtual_mcp.upstream.catalog import ToolCatalog
 from virtual_mcp.upstream.pool import UpstreamPool
 
@@ -24,10 +27,21 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, registry: Registry, settings: GatewaySettings, credentials: OutboundCredentials) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: GatewaySettings,
+        credentials: OutboundCredentials,
+        audit_log: AuditLog | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.credentials = credentials
+        self._audit_log = audit_log
+        self._revocations = revocations
+        self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
+        self.auditor = Auditor(audit_log, registry, credentials.scrub)
         self._pool: UpstreamPool | None = None
         self._catalog: ToolCatalog | None = None
         self._tg: TaskGroup | None = None
@@ -62,6 +76,11 @@ class Runtime:
                 tg.start_soon(fn)
 
             self.credentials.attach(spawn)
+            if self._audit_log is not None:
+                tg.start_soon(self._audit_log.run)
+            if self._revocations is not None:
+                await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
+                tg.start_soon(self._watch_revocations, self._revocations)
             self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
             self._catalog = ToolCatalog(self._pool, self.settings, tg, on_change=self._catalog_changed)
             self._views = {
@@ -76,7 +95,31 @@ class Runtime:
             finally:
                 self.ready = False
                 await self._pool.aclose()
+                if self._audit_log is not None:
+                    await self._audit_log.close()  # everything recorded so far is written before the writer stops
                 tg.cancel_scope.cancel()
+
+    async def _watch_revocations(self, revocations: RevocationList) -> None:
+        """Identities revoked by any process: what this one holds in memory for them goes within a poll."""
+        while True:
+            await anyio.sleep(self.settings.revocation_poll_seconds)
+            try:
+                subjects = await revocations.refresh()
+                for subject in subjects:
+                    kind, _, name = subject.partition(":")
+                    if kind == PrincipalKind.USER.value:
+                        await self.credentials.forget_user(name)
+                    logger.info("revoked %s: tokens held for it dropped", subject)
+            except Exception:  # the top of a background task: log, keep watching
+                logger.exception("could not read revocations")
+            done, self._revocation_round = self._revocation_round, anyio.Event()
+            done.set()
+
+    async def revocations_applied(self) -> None:
+        """Wait until every revocation recorded before this call has been applied here (two watcher rounds: the
+        one under way may have looked before the revocation was written)."""
+        await self._revocation_round.wait()
+        await self._revocation_round.wait()
 
     def _backend_changed(self, ref: ServerRef) -> None:
         if self._catalog is not None:

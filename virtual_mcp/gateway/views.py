@@ -77,7 +77,7 @@ class EndpointView:
 
     async def resolve(self, caller: Caller, name: str, deadline: float) -> Route | None:
         """Where a call to `name` goes, or None if it does not exist for this caller (the two are one answer)."""
-        route = self._known(self._fast_route(name)) or self._current_table().routes.get(name)
+        route = self.route_ignoring_policy(name)
         if route is None:
             # Not in the cache: the backend's list may be unfetched or stale. One refresh, then the answer stands.
             await self._refresh(self.visible_members(caller.principal), deadline, caller)
@@ -87,6 +87,19 @@ class EndpointView:
                 # The backend could not say what it has (down, hung, garbage): forward, so the caller hears why.
                 route = fast
         return route if route is not None and self._allowed(caller.principal, route) else None
+
+    def route_ignoring_policy(self, name: str) -> Route | None:
+        """Where `name` goes for a caller allowed everything, from the cache only (policy is applied by the caller of
+        this; the audit trail uses it to tell a refused tool from one that does not exist)."""
+        return self._known(self._fast_route(name)) or self._current_table().routes.get(name)
+
+    def refusal(self, principal: Principal, name: str) -> tuple[Route | None, str]:
+        """Why a call to `name` was refused, for the audit trail only (the caller hears one answer for both):
+        where it would have gone, if the name says, and whether policy or a missing tool refused it."""
+        route = self.route_ignoring_policy(name) or self._fast_route(name)
+        if route is not None and not self._allowed(principal, route):
+            return route, "not authorized for this tool"
+        return route, "unknown tool"
 
     def _known(self, route: Route | None) -> Route | None:
         """`route` if its backend is known to have that tool, so an unknown name never reaches a backend."""
@@ -170,7 +183,7 @@ class EndpointView:
         """
         if caller is None:
             return None
-        route = self._known(self._fast_route(name)) or self._current_table().routes.get(name)
+        route = self.route_ignoring_policy(name)
         if route is None or not self._allowed(caller.principal, route):
             return None
         tool = self._catalog.cached_tool(route.member.source, route.original)

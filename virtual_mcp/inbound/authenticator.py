@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from virtual_mcp.errors import InvalidToken, MalformedCredentialRequest, Unauthorized
 from virtual_mcp.inbound.local import LocalIdentity
+from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKind
 
@@ -40,6 +41,8 @@ class VerifiedClaims(Protocol):
     def teams(self) -> frozenset[str]: ...
     @property
     def audiences(self) -> frozenset[str]: ...
+    @property
+    def issued_at(self) -> float | None: ...
 
 
 class JwtCheck(Protocol):
@@ -52,6 +55,7 @@ class Authenticator:
     tokens: TokenLookup | None = None
     jwt: JwtCheck | None = None
     local: LocalIdentity | None = None
+    revocations: RevocationList | None = None
 
     async def authenticate(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
         """Raises Unauthorized (no credential) or InvalidToken (a credential that was refused)."""
@@ -94,6 +98,9 @@ class Authenticator:
         claims = await self.jwt.verify(token)
         user = claims.subject.lower()
         principal = Principal(user, PrincipalKind.USER, self.registry.teams_of(user) | claims.teams)
+        cutoff = self.revocations.revoked_at(principal.subject) if self.revocations is not None else None
+        if cutoff is not None and (claims.issued_at is None or claims.issued_at <= cutoff):
+            raise InvalidToken("this identity's access was revoked; a token issued before that is not accepted")
         return Authentication(
             principal, AuthMethod.JWT, verified_jwt=token, jwt_audiences=claims.audiences, bearer=token
         )

@@ -44,6 +44,11 @@ class VerifiedJwt:
     claims: Mapping[str, Any]
     expires_at: float | None
 
+    @property
+    def issued_at(self) -> float | None:
+        iat = self.claims.get("iat")
+        return float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+
 
 class JwtVerifier:
     def __init__(

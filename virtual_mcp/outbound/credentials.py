@@ -100,6 +100,11 @@ class OutboundCredentials:
             if isinstance(remote.auth, OAuth2AuthData)
         }
         self.consent = ConsentFlows()
+        self._per_user = sorted(
+            ref
+            for ref, remote in registry.remotes.items()
+            if isinstance(remote.auth, OAuth2AuthData) and remote.auth.grant_type == "authorization_code"
+        )
         self._metadata = ProviderMetadata(http, token_timeout) if http is not None else None
         # Static headers are resolved once per configuration load; values live only in this mapping.
         self._static: dict[ServerRef, dict[str, str]] = {}
@@ -245,13 +250,16 @@ class OutboundCredentials:
             return "revoked at the provider and deleted"
         return "deleted (the provider does not revoke these tokens)"
 
+    async def forget_user(self, user: str) -> None:
+        """Drop every per-user token of `user` this process holds (after a revocation elsewhere deleted them)."""
+        for ref in self._per_user:
+            await self._tokens_forget(user_token_key(ref, user))
+
     async def connected(self, user: str) -> list[str]:
         """The per-user OAuth servers `user` has a token for."""
         found = []
-        for ref, remote in sorted(self._registry.remotes.items()):
-            auth = remote.auth
-            per_user = isinstance(auth, OAuth2AuthData) and auth.grant_type == "authorization_code"
-            if per_user and self._tokens and await self._tokens.peek(user_token_key(ref, user)) is not None:
+        for ref in self._per_user:
+            if self._tokens and await self._tokens.peek(user_token_key(ref, user)) is not None:
                 found.append(ref.key)
         return found
 

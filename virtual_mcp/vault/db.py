@@ -56,6 +56,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (server, account)
         )""",
     ),
+    (
+        # The audit trail: one row per event; teams in a table of their own so "everything team X did" is an index
+        # range, not a scan. Append only (the gateway never updates or deletes a row).
+        """CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            teams TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            method TEXT NOT NULL,
+            server TEXT,
+            tool TEXT,
+            called TEXT,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            latency_ms REAL NOT NULL,
+            auth_mode TEXT,
+            forwarded_headers TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
+        "CREATE INDEX IF NOT EXISTS audit_subject_ts ON audit (subject, ts)",
+        "CREATE INDEX IF NOT EXISTS audit_server_ts ON audit (server, ts)",
+        "CREATE INDEX IF NOT EXISTS audit_tool_ts ON audit (tool, ts)",
+        "CREATE INDEX IF NOT EXISTS audit_outcome_ts ON audit (outcome, ts)",
+        "CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id)",
+        """CREATE TABLE IF NOT EXISTS audit_teams (
+            team TEXT NOT NULL,
+            ts REAL NOT NULL,
+            audit_id INTEGER NOT NULL REFERENCES audit (id),
+            PRIMARY KEY (team, ts, audit_id)
+        ) WITHOUT ROWID""",
+        # Revocations of whole identities (`virtual-mcp revoke --user`): running gateways poll this table to drop
+        # what they hold in memory for the subject and to refuse its IdP JWTs issued before the revocation.
+        """CREATE TABLE IF NOT EXISTS revocations (
+            id INTEGER PRIMARY KEY,
+            subject TEXT NOT NULL,
+            revoked_at REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -77,6 +120,12 @@ class Transaction:
         except sqlite3.Error as e:
             raise DatabaseError(f"database write failed: {e}") from e
         return rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        try:
+            await self._conn.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database write failed: {e}") from e
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:

@@ -1,0 +1,183 @@
+"""Audit events: who called which tool on which server, when, with what outcome; and where they are written.
+
+One event per `tools/call` (allowed, denied or failed), per refused request at an endpoint (a denied `tools/list`
+among them), and per revocation. Events never carry a token, a secret or a forwarded header's value: only header
+names, a principal's identity, and error messages that the gateway composed itself (backend errors are scrubbed of
+configured secrets and redacted). A server's tool arguments and results are recorded only where it opts in
+(`audit: {arguments: true, results: true, redact: [...]}`), with the configured keys and every credential-looking
+key replaced.
+
+Requests hand events to `AuditLog.record`, which queues them; one background writer drains the queue in batches to
+every sink (the gateway's database, a JSON lines file), so a request never waits on a disk write unless the
+queue is full (then it waits: the trail is never silently incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from virtual_mcp.logs import redact
+
+logger = logging.getLogger(__name__)
+
+ALLOWED, DENIED, FAILED = "allowed", "denied", "failed"
+OUTCOMES = (ALLOWED, DENIED, FAILED)
+MAX_PENDING = 10_000
+BATCH = 500
+_SENSITIVE_KEY = re.compile(r"(?i)(authorization|token|secret|password|passwd|api[_-]?key|cookie|credential)")
+_MAX_TEXT = 512
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    ts: float  # Unix time, seconds
+    request_id: str
+    subject: str  # as in authorized_subjects: user:alice@x, virtualaccount:ci
+    kind: str
+    name: str
+    teams: tuple[str, ...]
+    endpoint: str
+    method: str
+    server: str | None = None
+    tool: str | None = None  # the backend's own tool name (the name as called is in `called` when it differs)
+    called: str | None = None
+    outcome: str = ALLOWED
+    error: str | None = None
+    latency_ms: float = 0.0
+    auth_mode: str | None = None  # none | header | passthrough | oauth2:client_credentials | ...
+    forwarded_headers: tuple[str, ...] = ()  # names only
+    detail: dict[str, Any] | None = field(default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["teams"] = list(self.teams)
+        out["forwarded_headers"] = list(self.forwarded_headers)
+        return out
+
+
+def revocation_event(operator: str, detail: dict[str, Any], ts: float) -> AuditEvent:
+    """A revocation by an operator (`virtual-mcp revoke`, `token revoke`), recorded like a call."""
+    return AuditEvent(
+        ts=ts,
+        request_id="cli",
+        subject=f"operator:{operator}",
+        kind="operator",
+        name=operator,
+        teams=(),
+        endpoint="cli",
+        method="revoke",
+        detail=detail,
+    )
+
+
+def safe_text(text: str) -> str:
+    """An error message fit for the trail: redacted and bounded."""
+    text = redact(text)
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
+def redact_payload(value: Any, keys: frozenset[str], scrub: Callable[[str], str] = lambda text: text) -> Any:
+    """`value` with every key in `keys` (lower case) or that looks like a credential replaced, at any depth; strings
+    are scrubbed of configured secret values (`scrub`) and redacted like log lines."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): "[REDACTED]"
+            if str(k).lower() in keys or _SENSITIVE_KEY.search(str(k))
+            else redact_payload(v, keys, scrub)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_payload(v, keys, scrub) for v in value]
+    if isinstance(value, str):
+        return redact(scrub(value))
+    return value
+
+
+class AuditSink(Protocol):
+    async def write(self, events: Sequence[AuditEvent]) -> None: ...
+
+
+class JsonLinesSink:
+    """Appends one JSON object per event to a file (created 0600), for log shippers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        lines = "".join(json.dumps(e.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n" for e in events)
+        await anyio.to_thread.run_sync(self._append, lines)
+
+    def _append(self, lines: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(mode=0o600, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+
+
+class AuditLog:
+    """The queue between requests and the sinks, and its writer (run it in the app's task group)."""
+
+    def __init__(self, sinks: Sequence[AuditSink], max_pending: int = MAX_PENDING) -> None:
+        self._sinks = tuple(sinks)
+        # Events, and flush markers: the writer sets a marker once everything queued before it is written.
+        self._send: MemoryObjectSendStream[AuditEvent | anyio.Event]
+        self._receive: MemoryObjectReceiveStream[AuditEvent | anyio.Event]
+        self._send, self._receive = anyio.create_memory_object_stream[AuditEvent | anyio.Event](max_pending)
+        self._drained = anyio.Event()
+
+    async def record(self, event: AuditEvent) -> None:
+        try:
+            self._send.send_nowait(event)
+        except anyio.WouldBlock:
+            await self._send.send(event)  # the writer is behind: wait rather than lose the record
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            logger.warning("audit event after shutdown, written directly: %s %s", event.method, event.outcome)
+            await self._write([event])
+
+    async def flush(self) -> None:
+        """Wait until every event recorded before this call is written."""
+        marker = anyio.Event()
+        await self._send.send(marker)
+        await marker.wait()
+
+    async def run(self) -> None:
+        """Drain the queue until `close()`; everything queued before it is written."""
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    items = [first]
+                    while len(items) < BATCH:
+                        try:
+                            items.append(self._receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    events = [item for item in items if isinstance(item, AuditEvent)]
+                    if events:
+                        await self._write(events)
+                    for item in items:
+                        if isinstance(item, anyio.Event):
+                            item.set()  # everything queued before the marker was in this batch or an earlier one
+        finally:
+            self._drained.set()
+
+    async def close(self) -> None:
+        """Stop taking events and wait (bounded) until the writer has written what was queued."""
+        await self._send.aclose()
+        with anyio.move_on_after(10):
+            await self._drained.wait()
+
+    async def _write(self, batch: list[AuditEvent]) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.write(batch)
+            except Exception:  # a broken sink must not stop the others, nor the writer
+                logger.exception("audit sink %s failed to write %d event(s)", type(sink).__name__, len(batch))

@@ -1,0 +1,152 @@
+"""What the gateway knows about a request, turned into audit events (see `virtual_mcp/audit.py`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp.shared.exceptions import MCPError
+
+from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, redact_payload, safe_text
+from virtual_mcp.config.models import AuthData, HeaderAuthData, OAuth2AuthData, PassthroughAuthData
+from virtual_mcp.errors import GatewayError, ToolNotFound, UpstreamRpcError
+from virtual_mcp.outbound.consent import ConsentRequired
+from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.registry import Registry
+from virtual_mcp.types import Principal, ServerRef
+
+# Recorded detail (arguments, results) is bounded: the trail is for answering questions, not for replaying calls.
+MAX_DETAIL_CHARS = 16_384
+
+
+def auth_mode(auth: AuthData | None) -> str:
+    if auth is None:
+        return "none"
+    if isinstance(auth, OAuth2AuthData):
+        return f"oauth2:{auth.grant_type}"
+    if isinstance(auth, HeaderAuthData | PassthroughAuthData):
+        return auth.type
+    return "unknown"
+
+
+@dataclass(slots=True)
+class CallNote:
+    """Filled in by a `tools/call` handler as it learns where the call goes and how it ended."""
+
+    server: ServerRef | None = None
+    tool: str | None = None
+    denial: str | None = None
+    result: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class Auditor:
+    def __init__(
+        self,
+        log: AuditLog | None,
+        registry: Registry,
+        scrub: Callable[[str], str] = lambda text: text,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._log = log
+        self._registry = registry
+        self._scrub = scrub
+        self._clock = clock
+
+    async def refused(
+        self, request_id: str, principal: Principal, endpoint: str, server: str | None, method: str, reason: str
+    ) -> None:
+        """A request the front door refused for an authenticated caller (e.g. a `tools/list` on a server they may
+        not use); `server` is the one the endpoint serves, if it serves one."""
+        if self._log is None:
+            return
+        event = self._event(request_id, principal, endpoint, method, None)
+        event.server, event.outcome, event.error = server, DENIED, safe_text(reason)
+        await self._record(event)
+
+    @asynccontextmanager
+    async def tool_call(
+        self, request_id: str, caller: Caller, endpoint: str, called: str, arguments: dict[str, Any]
+    ) -> AsyncIterator[CallNote]:
+        """Wrap one `tools/call`: the event is recorded when the block ends, however it ends."""
+        note = CallNote()
+        if self._log is None:
+            yield note
+            return
+        started = time.perf_counter()
+        event = self._event(request_id, caller.principal, endpoint, "tools/call", called)
+        try:
+            yield note
+            if note.result is not None and note.result.get("isError") is True:
+                event.error = "the tool reported an error (isError)"
+        except ToolNotFound:
+            event.outcome, event.error = DENIED, note.denial or "unknown tool"
+            raise
+        except ConsentRequired as exc:
+            event.outcome, event.error = FAILED, safe_text(exc.message)
+            raise
+        except UpstreamRpcError as exc:
+            event.outcome, event.error = FAILED, safe_text(f"backend error {exc.code}: {self._scrub(exc.message)}")
+            raise
+        except GatewayError as exc:
+            event.outcome, event.error = FAILED, safe_text(self._scrub(exc.message))
+            raise
+        except MCPError as exc:
+            event.outcome, event.error = FAILED, safe_text(f"error {exc.error.code}: {self._scrub(exc.error.message)}")
+            raise
+        except anyio.get_cancelled_exc_class():
+            event.outcome, event.error = FAILED, "cancelled"
+            raise
+        except Exception:
+            event.outcome, event.error = FAILED, "internal error"
+            raise
+        finally:
+            event.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            self._complete(event, note, caller, arguments)
+            with anyio.CancelScope(shield=True):
+                await self._record(event)
+
+    def _event(
+        self, request_id: str, principal: Principal, endpoint: str, method: str, called: str | None
+    ) -> AuditEvent:
+        return AuditEvent(
+            ts=self._clock(),
+            request_id=request_id,
+            subject=principal.subject,
+            kind=principal.kind.value,
+            name=principal.name,
+            teams=tuple(sorted(principal.teams)),
+            endpoint=endpoint,
+            method=method,
+            called=called,
+        )
+
+    def _complete(self, event: AuditEvent, note: CallNote, caller: Caller, arguments: dict[str, Any]) -> None:
+        if note.server is None:
+            return
+        event.server, event.tool = note.server.key, note.tool
+        if event.called == note.tool:
+            event.called = None
+        remote = self._registry.remotes.get(note.server)
+        event.auth_mode = auth_mode(remote.auth if remote else None)
+        event.forwarded_headers = tuple(sorted(caller.overrides.get(note.server, {})))
+        payloads = remote.audit if remote else None
+        if payloads is None or event.outcome == DENIED:
+            return
+        keys = frozenset(k.lower() for k in payloads.redact)
+        detail: dict[str, Any] = {}
+        if payloads.arguments:
+            detail["arguments"] = redact_payload(arguments, keys, self._scrub)
+        if payloads.results and note.result is not None:
+            detail["result"] = redact_payload(note.result, keys, self._scrub)
+        if detail:
+            text = json.dumps(detail, default=str)
+            event.detail = detail if len(text) <= MAX_DETAIL_CHARS else {"truncated": text[:MAX_DETAIL_CHARS]}
+
+    async def _record(self, event: AuditEvent) -> None:
+        if self._log is not None:
+            await self._log.record(event)

@@ -1,0 +1,125 @@
+"""Per request on the MCP endpoints: an id and a phase timing, bound wherever the request's work runs.
+
+The id is answered in `x-request-id`, stamped on every log line logged for the request (`logs.REQUEST_ID`) and
+recorded in its audit events; the timing is answered in `Server-Timing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from virtual_mcp.logs import REQUEST_ID
+from virtual_mcp.registry import AGGREGATE_PATH
+from virtual_mcp.timing import Timings, use
+
+logger = logging.getLogger(__name__)
+# Where the request's Timings and id travel, for MCP handlers the SDK may run in another task than the HTTP request's.
+TIMINGS_STATE_KEY = "timings"
+REQUEST_ID_STATE_KEY = "request_id"
+SERVER_TIMING = b"server-timing"
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def is_endpoint_path(path: str) -> bool:
+    """`/mcp` and everything under `/mcp-server/`, configured or not (an unknown server must look like a known one)."""
+    return path == AGGREGATE_PATH or path.startswith("/mcp-server/")
+
+
+class RequestScope:
+    """Outermost layer for the endpoint routes: gives the request its id (`x-request-id` on the answer, in its log
+    lines and audit records) and its `Timings`, and writes the `Server-Timing` header.
+
+    Every answer of those routes carries it, refusals included (a 401 carries `auth` and `total`; a 403 or a 400
+    about overrides also `policy`). The header holds what was measured when the response starts, which depends on
+    how the SDK answers:
+
+    - A JSON answer (2025-11-25 notifications and DELETE, 2026-07-28 requests whose handler finishes silently
+      within the SDK's 15 s window, every refusal) starts once the work is done: the header has every phase.
+    - A POST answered with an event stream (every 2025-11-25 request, as the gateway does not use the SDK's
+      JSON-response mode; 2026-07-28 requests whose handler sent a notification or ran past the window) would
+      start before the handler runs. Its start is held back until the stream's first event, which is then sent at
+      once: no event is delayed or buffered. A call whose only event is its result so reports its full timing;
+      one whose first event is a progress or log notification, an elicitation or a keepalive ping (sse-starlette
+      pings every 15 s) reports what was known at that moment, a running phase counted up to it.
+    - A GET stream (2025-11-25 standalone stream) starts at once and carries only the front door's phases.
+
+    The complete timing of every request, whatever its header held, is logged at debug level when it ends.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_endpoint_path(scope.get("path", "")):
+            await self._app(scope, receive, send)
+            return
+        timings = Timings()
+        request_id = secrets.token_hex(8)
+        state = scope.setdefault("state", {})
+        state[TIMINGS_STATE_KEY] = timings
+        state[REQUEST_ID_STATE_KEY] = request_id
+        stamp = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]
+        defer = scope.get("method") == "POST"
+        held: Message | None = None
+        lock = anyio.Lock()
+        status = 0
+
+        async def timed_send(message: Message) -> None:
+            nonlocal held, status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message.get("status", 0))
+                if defer:
+                    held = message
+                    return
+                message = _stamped(message, timings, stamp)
+            elif kind == "http.response.body" and held is not None:
+                async with lock:  # an SSE ping and the first event may race for the start
+                    if held is not None:
+                        await send(_stamped(held, timings, stamp))
+                        held = None
+            await send(message)
+
+        reset = REQUEST_ID.set(request_id)
+        try:
+            with use(timings):
+                await self._app(scope, receive, timed_send)
+        finally:
+            REQUEST_ID.reset(reset)
+        if held is not None:  # the app ended without a body: the start goes out as it would have
+            await send(_stamped(held, timings, stamp))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s %d timing: %s", scope.get("method"), scope.get("path"), status, timings.server_timing())
+
+
+def _stamped(start: Message, timings: Timings, stamp: list[tuple[bytes, bytes]]) -> Message:
+    headers = [*start.get("headers", []), *stamp, (SERVER_TIMING, timings.server_timing().encode("ascii"))]
+    return {**start, "headers": headers}
+
+
+def request_id_of(ctx: ServerRequestContext[Any, Any]) -> str:
+    request = ctx.request
+    value = request.scope.get("state", {}).get(REQUEST_ID_STATE_KEY) if request is not None else None
+    return value if isinstance(value, str) else "-"
+
+
+async def bind_request(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Server middleware: the handler measures into its HTTP request's Timings and logs with its id, whichever task
+    the SDK runs it in (a 2025-11-25 session's own task, or a sibling of the request's)."""
+    request = ctx.request
+    state = request.scope.get("state", {}) if request is not None else {}
+    timings = state.get(TIMINGS_STATE_KEY)
+    if not isinstance(timings, Timings):
+        return await call_next(ctx)
+    reset = REQUEST_ID.set(state.get(REQUEST_ID_STATE_KEY))
+    try:
+        with use(timings):
+            return await call_next(ctx)
+    finally:
+        REQUEST_ID.reset(reset)

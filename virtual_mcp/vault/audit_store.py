@@ -1,0 +1,160 @@
+"""The audit trail in the gateway's database: the sink the gateway writes to, and the queries `virtual-mcp audit`
+answers from. Every filter is an index range (time, subject, server, tool, outcome, team), so a question about a
+million records is answered in well under a second."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from virtual_mcp.audit import AuditEvent
+from virtual_mcp.vault.db import Database
+
+_COLUMNS = (
+    "ts, request_id, subject, kind, name, teams, endpoint, method, server, tool, called, outcome, error, "
+    "latency_ms, auth_mode, forwarded_headers, detail"
+)
+# Every query is built from these fixed column names and `?` placeholders only; values are always parameters.
+_INSERT = f"INSERT INTO audit (id, {_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608
+_SELECT = f"SELECT {_COLUMNS} FROM audit"  # noqa: S608
+_SELECT_BY_TEAM = (
+    f"SELECT {', '.join('a.' + c for c in _COLUMNS.split(', '))} FROM audit_teams t JOIN audit a ON a.id = t.audit_id"  # noqa: S608
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """What to look for; every field narrows the answer. Times are Unix seconds, `until` exclusive."""
+
+    user: str | None = None
+    team: str | None = None
+    virtual_account: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    outcome: str | None = None
+    method: str | None = None
+    request_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+
+
+class AuditStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Append `events` in one transaction (ids assigned here, under the write lock)."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone("SELECT COALESCE(MAX(id), 0) FROM audit")
+            first = int(row[0]) + 1 if row is not None else 1
+            rows: list[tuple[Any, ...]] = []
+            teams: list[tuple[Any, ...]] = []
+            for offset, e in enumerate(events):
+                rows.append((first + offset, *_values(e)))
+                teams.extend((team, e.ts, first + offset) for team in e.teams)
+            await tx.executemany(_INSERT, rows)
+            if teams:
+                await tx.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
+
+    async def query(self, q: AuditQuery) -> list[AuditEvent]:
+        """The newest events matching `q`, newest first, at most `q.limit`."""
+        where: list[str] = []
+        params: list[Any] = []
+        subject = _subject(q)
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
+        for column, value in (
+            ("server", q.server),
+            ("tool", q.tool),
+            ("outcome", q.outcome),
+            ("method", q.method),
+            ("request_id", q.request_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q.since is not None:
+            where.append("ts >= ?")
+            params.append(q.since)
+        if q.until is not None:
+            where.append("ts < ?")
+            params.append(q.until)
+        if q.team is None:
+            sql = f"{_SELECT} {_where(where)} ORDER BY ts DESC, id DESC LIMIT ?"
+        else:
+            # Driven by the team's index range, newest first: no sort of everything the team ever did.
+            where = [f"a.{w}" for w in where]
+            where.insert(0, "t.team = ?")
+            params.insert(0, q.team)
+            if q.since is not None:
+                where.append("t.ts >= ?")
+                params.append(q.since)
+            if q.until is not None:
+                where.append("t.ts < ?")
+                params.append(q.until)
+            sql = f"{_SELECT_BY_TEAM} {_where(where)} ORDER BY t.ts DESC, t.audit_id DESC LIMIT ?"
+        params.append(max(q.limit, 0))
+        return [_event(row) for row in await self._db.fetchall(sql, params)]
+
+
+def _where(conditions: list[str]) -> str:
+    return "WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _subject(q: AuditQuery) -> str | None:
+    if q.user is not None and q.virtual_account is not None:
+        raise ValueError("filter by a user or by a virtual account, not both")
+    if q.user is not None:
+        return f"user:{q.user}"
+    if q.virtual_account is not None:
+        return f"virtualaccount:{q.virtual_account}"
+    return None
+
+
+def _values(e: AuditEvent) -> tuple[Any, ...]:
+    return (
+        e.ts,
+        e.request_id,
+        e.subject,
+        e.kind,
+        e.name,
+        json.dumps(list(e.teams)),
+        e.endpoint,
+        e.method,
+        e.server,
+        e.tool,
+        e.called,
+        e.outcome,
+        e.error,
+        e.latency_ms,
+        e.auth_mode,
+        json.dumps(list(e.forwarded_headers)),
+        json.dumps(e.detail) if e.detail is not None else None,
+    )
+
+
+def _event(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        ts=row["ts"],
+        request_id=row["request_id"],
+        subject=row["subject"],
+        kind=row["kind"],
+        name=row["name"],
+        teams=tuple(json.loads(row["teams"])),
+        endpoint=row["endpoint"],
+        method=row["method"],
+        server=row["server"],
+        tool=row["tool"],
+        called=row["called"],
+        outcome=row["outcome"],
+        error=row["error"],
+        latency_ms=row["latency_ms"],
+        auth_mode=row["auth_mode"],
+        forwarded_headers=tuple(json.loads(row["forwarded_headers"])),
+        detail=json.loads(row["detail"]) if row["detail"] is not None else None,
+    )
