@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.revocations import RevocationList
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
@@ -35,6 +37,7 @@ from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
+from virtual_mcp.vault.check import health as vault_health
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
 
@@ -73,6 +76,7 @@ class SecureGateway:
     audit_log: AuditLog
     data_dir: Path
     runtime: Runtime
+    metrics: Metrics
 
     def leaks(self) -> list[str]:
         """Every registered token, secret or forwarded value found in the database files or the audit file."""
@@ -134,7 +138,10 @@ async def secure_gateway(
         tokens = TokenStore(db)
         revocations = RevocationList(RevocationStore(db))
         # Upstream OAuth tokens: the vault-backed cache and the token manager, with a clock the test may move.
-        token_manager = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock)
+        metrics = Metrics()
+        token_manager = TokenManager(
+            VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock, metrics=metrics
+        )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
         timeout = GatewaySettings(**options).token_timeout_seconds
         audit_log = AuditLog([AuditStore(db), JsonLinesSink(data_dir / "audit.jsonl")])
@@ -144,7 +151,8 @@ async def secure_gateway(
             ResourceMetadata(authorization_servers=(ISSUER,)),
             audit_log,
             revocations,
+            health=partial(vault_health, db, data_dir),
         )
-        app = create_app(registry, GatewaySettings(**options), security)
+        app = create_app(registry, GatewaySettings(**options), security, metrics)
         async with serve(app, sock) as served:
-            yield SecureGateway(served, registry, tokens, store, db, audit_log, data_dir, app.state.runtime)
+            yield SecureGateway(served, registry, tokens, store, db, audit_log, data_dir, app.state.runtime, metrics)

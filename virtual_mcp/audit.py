@@ -134,6 +134,10 @@ class AuditLog:
         self._send, self._receive = anyio.create_memory_object_stream[AuditEvent | anyio.Event](max_pending)
         self._drained = anyio.Event()
 
+    @property
+    def pending(self) -> int:
+        return self._send.statistics().current_buffer_used
+
     async def record(self, event: AuditEvent) -> None:
         try:
             self._send.send_nowait(event)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,10 @@ async def test_provider_failures_are_retried_or_reported(tmp_path: Path) -> None
         assert down.value.code == -32006 and "HTTP 500" in down.value.message
         await s.auth.behave(token_fail_status=None, omit_expires_in=True)
         assert await s.bearer_seen(s.alice)
+        # Each renewal is one outcome, whatever it took in retries: three went through, one gave up.
+        refreshes = partial(s.gw.metrics.registry.get_sample_value, "vmcp_token_refreshes_total")
+        assert refreshes({"kind": "2lo", "outcome": "transient"}) == 1
+        assert (refreshes({"kind": "2lo", "outcome": "ok"}) or 0) >= 3
 
 
 async def test_a_wrong_client_secret_is_a_clear_error(tmp_path: Path) -> None:
@@ -150,6 +155,10 @@ async def test_a_wrong_client_secret_is_a_clear_error(tmp_path: Path) -> None:
             await s.bearer_seen(s.alice)
         assert refused.value.code == -32005 and "invalid_client" in refused.value.message
         assert "not-the-secret" not in refused.value.message
+        sample = s.gw.metrics.registry.get_sample_value
+        # Every refused request the provider saw (listing the tools, then the call) is counted as such.
+        refused_count = sample("vmcp_token_refreshes_total", {"kind": "2lo", "outcome": "refused"})
+        assert refused_count == await s.auth.token_requests("client_credentials") >= 1
 
 
 async def test_a_token_endpoint_timeout_is_retried_then_reported(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,8 @@ from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
 from virtual_mcp.inbound.revocations import RevocationList
+from virtual_mcp.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import AGGREGATE_PATH, ENDPOINT_PATH, Registry
 from virtual_mcp.timing import phase
@@ -52,6 +54,8 @@ class Security:
     audit: AuditLog | None = None
     # Identities revoked by `virtual-mcp revoke` (the same list the authenticator checks JWTs against).
     revocations: RevocationList | None = None
+    # For /readyz: each check's problem (None: fine), e.g. {"database": None, "vault": "master key ..."}.
+    health: Callable[[], Awaitable[dict[str, str | None]]] | None = None
 
     @classmethod
     def local(
@@ -69,12 +73,15 @@ class Security:
         return cls(Authenticator(registry, local=local), OutboundCredentials(registry, resolve))
 
 
-def create_app(registry: Registry, settings: GatewaySettings, security: Security | None = None) -> Starlette:
+def create_app(
+    registry: Registry, settings: GatewaySettings, security: Security | None = None, metrics: Metrics | None = None
+) -> Starlette:
     """Build the gateway for one configuration snapshot. Background work starts only in the app's lifespan."""
     if settings.local_user is not None and not is_loopback_host(settings.host):
         raise BadRequest("--local-user is only allowed on a loopback listener (127.0.0.1, ::1, localhost)")
     security = security or Security.local(registry, settings)
-    runtime = Runtime(registry, settings, security.credentials, security.audit, security.revocations)
+    metrics = metrics or Metrics()
+    runtime = Runtime(registry, settings, security.credentials, security.audit, security.revocations, metrics)
     public = security.metadata.public_url
     public_host = urlsplit(public).hostname if public else None
     origins = OriginPolicy(
@@ -113,9 +120,19 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        """Ready once started and while the configuration, the database and the vault are usable."""
         if not runtime.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready", "endpoints": len(registry.endpoints)})
+        checks = {"config": f"{len(registry.endpoints)} endpoint(s)"}
+        if security.health is not None:
+            problems = await security.health()
+            checks.update({name: problem or "ok" for name, problem in problems.items()})
+            if any(problems.values()):
+                return JSONResponse({"status": "not ready", "checks": checks}, status_code=503)
+        return JSONResponse({"status": "ready", "checks": checks})
+
+    async def metrics_page(_: Request) -> Response:
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def resource_metadata(request: Request) -> Response:
         path = "/" + request.path_params.get("path", "")
@@ -163,6 +180,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     routes += [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_page),
         Route(WELL_KNOWN, resource_metadata),
         Route(WELL_KNOWN + "/{path:path}", resource_metadata),
         Route("/admin/groups/{group}", admin_group),
@@ -185,5 +203,7 @@ def create_app(registry: Registry, settings: GatewaySettings, security: Security
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
     app.add_middleware(FrontGuard, origins=origins)
-    app.add_middleware(RequestScope)  # outermost: the endpoint routes' refusals for Host or Origin are timed too
+    app.add_middleware(
+        RequestScope, metrics=metrics, endpoints=frozenset(registry.endpoints)
+    )  # outermost: the endpoint routes' refusals for Host or Origin are timed too
     return app

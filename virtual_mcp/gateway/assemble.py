@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from starlette.applications import Starlette
@@ -19,6 +20,7 @@ from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.revocations import RevocationList
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
@@ -26,6 +28,7 @@ from virtual_mcp.registry import Registry
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditStore
 from virtual_mcp.vault.check import check_master_key, sealed_records
+from virtual_mcp.vault.check import health as vault_health
 from virtual_mcp.vault.lock import serving
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
@@ -88,10 +91,13 @@ async def _assemble(registry: Registry, settings: GatewaySettings, db: Database,
     metadata = ResourceMetadata(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
     )
-    tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks())
+    metrics = Metrics()
+    tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), metrics=metrics)
     credentials = OutboundCredentials(
         registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
     )
     audit = AuditLog([AuditStore(db), JsonLinesSink(settings.audit_jsonl_path)])
-    security = Security(authenticator, credentials, metadata, audit, revocations)
-    return create_app(registry, settings, security)
+    security = Security(
+        authenticator, credentials, metadata, audit, revocations, health=partial(vault_health, db, settings.data_dir)
+    )
+    return create_app(registry, settings, security, metrics)

@@ -15,6 +15,7 @@ from mcp.shared.exceptions import MCPError
 from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, redact_payload, safe_text
 from virtual_mcp.config.models import AuthData, HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.errors import GatewayError, ToolNotFound, UpstreamRpcError
+from virtual_mcp.metrics import UNKNOWN, Metrics
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Registry
@@ -50,11 +51,15 @@ class Auditor:
         log: AuditLog | None,
         registry: Registry,
         scrub: Callable[[str], str] = lambda text: text,
+        metrics: Metrics | None = None,
+        known_tool: Callable[[ServerRef, str], bool] = lambda ref, name: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._log = log
         self._registry = registry
         self._scrub = scrub
+        self._metrics = metrics
+        self._known_tool = known_tool
         self._clock = clock
 
     async def refused(
@@ -72,12 +77,13 @@ class Auditor:
     async def tool_call(
         self, request_id: str, caller: Caller, endpoint: str, called: str, arguments: dict[str, Any]
     ) -> AsyncIterator[CallNote]:
-        """Wrap one `tools/call`: the event is recorded when the block ends, however it ends."""
+        """Wrap one `tools/call`: the event is recorded (and counted) when the block ends, however it ends."""
         note = CallNote()
-        if self._log is None:
+        if self._log is None and self._metrics is None:
             yield note
             return
         started = time.perf_counter()
+        failure: BaseException | None = None
         event = self._event(request_id, caller.principal, endpoint, "tools/call", called)
         try:
             yield note
@@ -93,7 +99,7 @@ class Auditor:
             event.outcome, event.error = FAILED, safe_text(f"backend error {exc.code}: {self._scrub(exc.message)}")
             raise
         except GatewayError as exc:
-            event.outcome, event.error = FAILED, safe_text(self._scrub(exc.message))
+            event.outcome, event.error, failure = FAILED, safe_text(self._scrub(exc.message)), exc
             raise
         except MCPError as exc:
             event.outcome, event.error = FAILED, safe_text(f"error {exc.error.code}: {self._scrub(exc.error.message)}")
@@ -105,10 +111,24 @@ class Auditor:
             event.outcome, event.error = FAILED, "internal error"
             raise
         finally:
-            event.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            elapsed = time.perf_counter() - started
+            event.latency_ms = round(elapsed * 1000, 3)
             self._complete(event, note, caller, arguments)
+            if self._metrics is not None:
+                self._count(event, note, elapsed, failure)
             with anyio.CancelScope(shield=True):
                 await self._record(event)
+
+    def _count(self, event: AuditEvent, note: CallNote, elapsed: float, failure: BaseException | None) -> None:
+        assert self._metrics is not None
+        server = event.server or UNKNOWN
+        # Label values only from the configuration and the backends' own tool lists, never from the caller.
+        tool = note.tool if note.server is not None and note.tool and self._known_tool(note.server, note.tool) else None
+        self._metrics.tool_calls.labels(event.endpoint, server, tool or UNKNOWN, event.outcome).inc()
+        if event.outcome != DENIED:
+            self._metrics.tool_call_seconds.labels(server).observe(elapsed)
+        if failure is not None and note.server is not None:
+            self._metrics.upstream_errors.labels(server, type(failure).__name__).inc()
 
     def _event(
         self, request_id: str, principal: Principal, endpoint: str, method: str, called: str | None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtual_mcp.logs import REQUEST_ID
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.registry import AGGREGATE_PATH
 from virtual_mcp.timing import Timings, use
 
@@ -52,8 +54,10 @@ class RequestScope:
     The complete timing of every request, whatever its header held, is logged at debug level when it ends.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, endpoints: frozenset[str] = frozenset()) -> None:
         self._app = app
+        self._metrics = metrics
+        self._endpoints = endpoints  # metric labels: configured paths only, never what a caller made up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_endpoint_path(scope.get("path", "")):
@@ -90,12 +94,18 @@ class RequestScope:
         try:
             with use(timings):
                 await self._app(scope, receive, timed_send)
+            if held is not None:  # the app ended without a body: the start goes out as it would have
+                await send(_stamped(held, timings, stamp))
+            if logger.isEnabledFor(logging.DEBUG):
+                path = scope.get("path")
+                logger.debug("%s %s %d timing: %s", scope.get("method"), path, status, timings.server_timing())
         finally:
             REQUEST_ID.reset(reset)
-        if held is not None:  # the app ended without a body: the start goes out as it would have
-            await send(_stamped(held, timings, stamp))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s %d timing: %s", scope.get("method"), scope.get("path"), status, timings.server_timing())
+            if self._metrics is not None:
+                path = scope.get("path", "")
+                endpoint = path if path in self._endpoints else "(unconfigured)"
+                self._metrics.http_requests.labels(endpoint, str(status)).inc()
+                self._metrics.observe_phases(timings.phases, time.perf_counter() - timings.started)
 
 
 def _stamped(start: Message, timings: Timings, stamp: list[tuple[bytes, bytes]]) -> Message:

@@ -17,6 +17,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.views import EndpointView
 from virtual_mcp.inbound.revocations import RevocationList
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import PrincipalKind, ServerRef
@@ -34,6 +35,7 @@ class Runtime:
         credentials: OutboundCredentials,
         audit_log: AuditLog | None = None,
         revocations: RevocationList | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -41,7 +43,15 @@ class Runtime:
         self._audit_log = audit_log
         self._revocations = revocations
         self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
-        self.auditor = Auditor(audit_log, registry, credentials.scrub)
+        self.metrics = metrics or Metrics()
+        self.auditor = Auditor(audit_log, registry, credentials.scrub, self.metrics, self._known_tool)
+        self.metrics.gauge(
+            "vmcp_upstream_sessions", "open MCP sessions to backends", lambda: {(): float(self.open_sessions)}
+        )
+        if audit_log is not None:
+            self.metrics.gauge(
+                "vmcp_audit_queue", "audit records waiting to be written", lambda: {(): float(audit_log.pending)}
+            )
         self._pool: UpstreamPool | None = None
         self._catalog: ToolCatalog | None = None
         self._tg: TaskGroup | None = None
@@ -63,6 +73,13 @@ class Runtime:
             raise RuntimeError("gateway runtime is not started")
         return self._catalog
 
+    @property
+    def open_sessions(self) -> int:
+        return self._pool.open_sessions if self._pool is not None else 0
+
+    def _known_tool(self, ref: ServerRef, name: str) -> bool:
+        return self._catalog is not None and self._catalog.cached_tool(ref, name) is not None
+
     def view(self, path: str) -> EndpointView:
         return self._views[path]
 
@@ -82,7 +99,9 @@ class Runtime:
                 await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
                 tg.start_soon(self._watch_revocations, self._revocations)
             self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
-            self._catalog = ToolCatalog(self._pool, self.settings, tg, on_change=self._catalog_changed)
+            self._catalog = ToolCatalog(
+                self._pool, self.settings, tg, on_change=self._catalog_changed, metrics=self.metrics
+            )
             self._views = {
                 path: EndpointView(
                     ep, self.registry, self._catalog, self.credentials, self.settings.max_tool_name_length

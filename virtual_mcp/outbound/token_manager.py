@@ -35,7 +35,14 @@ from typing import Any, Protocol
 import anyio
 
 from virtual_mcp.errors import GatewayError
-from virtual_mcp.outbound.oauth_client import RefreshInDoubt, TokenSet, TransientTokenError
+from virtual_mcp.metrics import Metrics
+from virtual_mcp.outbound.oauth_client import (
+    RefreshInDoubt,
+    TerminalGrantError,
+    TokenEndpointError,
+    TokenSet,
+    TransientTokenError,
+)
 from virtual_mcp.timing import phase
 
 logger = logging.getLogger(__name__)
@@ -112,8 +119,10 @@ class TokenManager:
         backoff_seconds: float = 0.2,
         hot_seconds: float = 900.0,
         retry_seconds: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._cache = cache
+        self._metrics = metrics
         self._locks = locks
         self._spawn: Spawn | None = None
         self._clock = clock
@@ -144,6 +153,9 @@ class TokenManager:
         with phase("token_lookup"):
             current = await self._read(key)
         now = self._clock()
+        usable = current is not None and now < current.expires_at(self._default_lifetime)
+        if self._metrics is not None:
+            self._metrics.cache_lookups.labels("token", "hit" if usable else "miss").inc()
         if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
             self._touch(key, obtain, now, current)
             return current
@@ -270,6 +282,28 @@ class TokenManager:
             await lock.__aexit__(None, None, None)
 
     async def _obtain_and_store(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
+        outcome = "error"
+        try:
+            token = await self._obtain_and_store_once(key, obtain, current)
+            outcome = "ok"
+            return token
+        except TerminalGrantError:
+            outcome = "terminal"
+            raise
+        except RefreshInDoubt:
+            outcome = "in_doubt"
+            raise
+        except TransientTokenError:
+            outcome = "transient"
+            raise
+        except TokenEndpointError:
+            outcome = "refused"
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.token_refreshes.labels(key.partition("|")[0], outcome).inc()
+
+    async def _obtain_and_store_once(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
         marked = None
         if current is not None and current.refresh_token:
             marked = replace(current, refreshing_by=self.instance)

@@ -19,6 +19,7 @@ from mcp.shared.inbound import find_invalid_x_mcp_header, x_mcp_header_map
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.timing import phase
 from virtual_mcp.types import ServerRef
@@ -51,8 +52,14 @@ class ToolCatalog:
         task_group: TaskGroup,
         on_change: Callable[[ServerRef], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._lookups = (
+            (metrics.cache_lookups.labels("catalog", "hit"), metrics.cache_lookups.labels("catalog", "miss"))
+            if metrics is not None
+            else None
+        )
         self._settings = settings
         self._tg = task_group
         self._on_change = on_change
@@ -101,6 +108,8 @@ class ToolCatalog:
             return await self._tools_for_caller(ref, entry, deadline, credential, now)
         entry.credential = credential
         fresh = not entry.stale and now - entry.fetched_at < self._settings.catalog_ttl_seconds
+        if self._lookups is not None:
+            self._lookups[0 if entry.tools is not None and fresh else 1].inc()
         if entry.tools is not None and fresh:
             return entry.tools
         if entry.failed_at is not None and now - entry.failed_at < self._settings.backend_retry_seconds:

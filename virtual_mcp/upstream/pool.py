@@ -47,6 +47,10 @@ class UpstreamPool:
         self._max_sessions = max_sessions
         self._idle_seconds = idle_seconds
 
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
     def session(self, ref: ServerRef, credential: Credential) -> UpstreamSession:
         """The session for `ref` with this credential: one per distinct credential, so a backend session is never
         shared across credentials (backends bind a session to the credential that opened it)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from virtual_mcp.vault.crypto import Envelope, KeyProvider
 from virtual_mcp.vault.db import Database
-from virtual_mcp.vault.errors import MasterKeyError
+from virtual_mcp.vault.errors import MasterKeyError, VaultError
+from virtual_mcp.vault.keys import LocalKeyProvider
 
 _TABLES = ("secrets", "oauth_tokens")
 
@@ -30,3 +33,19 @@ async def check_master_key(db: Database, keys: KeyProvider) -> None:
             f"stored records were sealed with master key(s) {', '.join(missing)}, which the configured master key "
             "does not hold; wrong master key?"
         )
+
+
+async def health(db: Database, data_dir: Path) -> dict[str, str | None]:
+    """For readiness: the database answers, and the master key (as it is on disk now) opens what is stored.
+    Each check's problem, or None."""
+    problems: dict[str, str | None] = {"database": None, "vault": None}
+    try:
+        await db.fetchone("SELECT 1")
+    except VaultError as exc:
+        problems["database"] = exc.message
+        return problems
+    try:
+        await check_master_key(db, LocalKeyProvider.load(data_dir, create=False))
+    except VaultError as exc:
+        problems["vault"] = exc.message
+    return problems
