@@ -126,7 +126,7 @@ async def secure_gateway(
     (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
     registry = build_registry(load_config_dir(config_dir))
     keys = LocalKeyProvider.load(data_dir)
-    async with Database.open(data_dir) as db, httpx.AsyncClient() as http:
+    async with Database.open(data_dir) as db, Database.open(data_dir) as audit_db, httpx.AsyncClient() as http:
         store = SecretStore(db, keys)
         await store.set(SecretRef.parse("tfy-secret://gw:jwt:hmac"), HMAC_KEY)
         for uri, value in (secrets or {}).items():
@@ -144,7 +144,7 @@ async def secure_gateway(
         )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
         timeout = GatewaySettings(**options).token_timeout_seconds
-        audit_log = AuditLog([AuditStore(db), JsonLinesSink(data_dir / "audit.jsonl")])
+        audit_log = AuditLog([AuditStore(audit_db), JsonLinesSink(data_dir / "audit.jsonl")])
         security = Security(
             Authenticator(registry, tokens=tokens, jwt=verifier, revocations=revocations),
             OutboundCredentials(registry, values.__getitem__, token_manager, http, token_timeout=timeout),

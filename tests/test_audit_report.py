@@ -135,6 +135,7 @@ def test_formats(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--since", "yesterday"], "invalid time 'yesterday': use ISO 8601"),
         (["--until", "0m"], "invalid duration '0m'"),
         (["--limit", "0"], "--limit must be a positive number"),
+        (["--since", "2026"], "invalid time '2026': use ISO 8601"),  # a year-like number is not 2026 seconds
         (["--user", "a@x.example", "--virtual-account", "ci"], "not both"),
     ],
 )
@@ -149,3 +150,11 @@ def test_parse_time_forms() -> None:
     assert parse_time("2026-11-30", 0, None) == 1795996800.0
     assert parse_time("2026-11-30T01:00+01:00", 0, None) == 1795996800.0
     assert parse_time("7d", 1_000_000.0, 7 * 86400) == 1_000_000.0 - 7 * 86400
+
+
+def test_a_directory_without_a_gateway_database_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    code, out, err = audit(missing, capsys)
+    assert code == 2 and out == ""
+    assert f"no gateway database in {missing} (is --data-dir the directory serve uses?)" in err
+    assert not missing.exists()  # nothing was created there

@@ -33,7 +33,9 @@ ALLOWED, DENIED, FAILED = "allowed", "denied", "failed"
 OUTCOMES = (ALLOWED, DENIED, FAILED)
 MAX_PENDING = 10_000
 BATCH = 500
-_SENSITIVE_KEY = re.compile(r"(?i)(authorization|token|secret|password|passwd|api[_-]?key|cookie|credential)")
+_SENSITIVE_KEY = re.compile(
+    r"(?i)(auth|token|secret|password|passwd|passphrase|api[_-]?key|private[_-]?key|bearer|cookie|credential|session)"
+)
 _MAX_TEXT = 512
 
 
@@ -140,9 +142,10 @@ class AuditLog:
 
     async def record(self, event: AuditEvent) -> None:
         try:
-            self._send.send_nowait(event)
-        except anyio.WouldBlock:
-            await self._send.send(event)  # the writer is behind: wait rather than lose the record
+            try:
+                self._send.send_nowait(event)
+            except anyio.WouldBlock:
+                await self._send.send(event)  # the writer is behind: wait rather than lose the record
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             logger.warning("audit event after shutdown, written directly: %s %s", event.method, event.outcome)
             await self._write([event])
@@ -173,11 +176,14 @@ class AuditLog:
         finally:
             self._drained.set()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
         """Stop taking events and wait (bounded) until the writer has written what was queued."""
+        left = self.pending
         await self._send.aclose()
-        with anyio.move_on_after(10):
+        with anyio.move_on_after(timeout):
             await self._drained.wait()
+        if not self._drained.is_set():
+            logger.error("audit writer did not finish within %gs; up to %d record(s) may be lost", timeout, left)
 
     async def _write(self, batch: list[AuditEvent]) -> None:
         for sink in self._sinks:

@@ -7,19 +7,23 @@ import getpass
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import anyio
 import httpx
 
 from virtual_mcp.audit import JsonLinesSink, revocation_event
 from virtual_mcp.audit_report import parse_time, render
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
+from virtual_mcp.registry import Registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.check import check_master_key
+from virtual_mcp.vault.db import DB_FILE_NAME
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
 
@@ -36,8 +40,10 @@ def parse_duration(text: str) -> float:
 
 
 def when(text: str, now: float) -> float:
-    """A `--since`/`--until` value: a duration ago (`15m`, `7d`) or an ISO 8601 time."""
-    return parse_time(text, now, parse_duration(text) if _DURATION.match(text.strip()) else None)
+    """A `--since`/`--until` value: a duration ago with its unit (`90s`, `15m`, `7d`) or an ISO 8601 time (so
+    `2026` is the year, not 2026 seconds)."""
+    match = _DURATION.match(text.strip())
+    return parse_time(text, now, parse_duration(text) if match and match.group(2) else None)
 
 
 def _when(ts: float | None) -> str:
@@ -85,44 +91,75 @@ async def token_revoke(data_dir: Path, token_id: str) -> bool:
 async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dict[str, Any]:
     """Cut a user off everywhere: every gateway token revoked, every stored upstream token deleted (revoked at the
     provider first where the server's configuration has a `revocation_url`), running gateways told (they drop what
-    they hold in memory within a poll and refuse the user's IdP JWTs issued before now). Audited."""
+    they hold in memory within a poll and refuse the user's IdP JWTs issued before now). Audited, with whatever part
+    was done if a step fails.
+
+    Everything that can be wrong with the input (the data directory, the configuration, the master key, a secret)
+    is found before anything is changed."""
     user = user.lower()
-    now = time.time()
-    async with Database.open(data_dir) as db:
-        gateway_tokens = await TokenStore(db).revoke_subject(PrincipalKind.USER, user)
-        await RevocationStore(db).add(f"user:{user}", now)
-        upstream = await _forget_upstream(db, data_dir, config_dir, user)
-        detail = {"user": user, "gateway_tokens_revoked": gateway_tokens, "upstream": upstream}
-        await _audit_revocation(db, data_dir, detail)
-    return detail
-
-
-async def _forget_upstream(db: Database, data_dir: Path, config_dir: Path | None, user: str) -> dict[str, str]:
-    store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
-    held = await store.accounts(f"user:{user}")
-    if not held:
-        return {}
-    outcomes: dict[str, str] = {}
+    require_database(data_dir)
+    registry = None
     if config_dir is not None:
         from virtual_mcp.config.loader import load_config_dir
-        from virtual_mcp.gateway.assemble import resolve_secrets
-        from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
-        from virtual_mcp.outbound.token_cache import VaultTokenCache
-        from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
         from virtual_mcp.registry import build_registry
 
         registry = build_registry(load_config_dir(config_dir))
-        secrets = SecretStore(db, LocalKeyProvider.load(data_dir, create=False))
-        values = await resolve_secrets(secrets, [(ref, f"server {srv.key!r}") for ref, srv in secret_refs(registry)])
-        tokens = TokenManager(VaultTokenCache(store), InProcessLocks())
+    keys = LocalKeyProvider.load(data_dir, create=False)
+    async with Database.open(data_dir) as db:
+        store = OAuthTokenStore(db, keys)
+        credentials = await _provider_credentials(db, keys, registry, store) if registry is not None else None
+        detail: dict[str, Any] = {"user": user}
+        try:
+            revoked_at = time.time()
+            detail["gateway_tokens_revoked"] = await TokenStore(db).revoke_subject(PrincipalKind.USER, user)
+            detail["upstream"] = await _forget_upstream(store, credentials, user)
+            # Last: running gateways then drop what they hold in memory, once the stored tokens are gone.
+            await RevocationStore(db).add(f"user:{user}", revoked_at)
+        except BaseException as exc:
+            detail["failed"] = type(exc).__name__
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _audit_revocation(db, data_dir, detail)
+    return detail
+
+
+async def _provider_credentials(
+    db: Database, keys: LocalKeyProvider, registry: Registry, store: OAuthTokenStore
+) -> Callable[[str], Awaitable[dict[str, str]]]:
+    """How to revoke a user's tokens at their providers, with every secret the configuration needs resolved now."""
+    from virtual_mcp.gateway.assemble import resolve_secrets
+    from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+    from virtual_mcp.outbound.token_cache import VaultTokenCache
+    from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
+
+    needed = [(ref, f"server {srv.key!r}") for ref, srv in secret_refs(registry)]
+    values = await resolve_secrets(SecretStore(db, keys), needed)
+    tokens = TokenManager(VaultTokenCache(store), InProcessLocks())
+
+    async def disconnect_all(user: str) -> dict[str, str]:
         async with httpx.AsyncClient(timeout=10) as http:
-            credentials = OutboundCredentials(registry, values.__getitem__, tokens, http)
-            outcomes = await credentials.disconnect_all(user)
+            return await OutboundCredentials(registry, values.__getitem__, tokens, http).disconnect_all(user)
+
+    return disconnect_all
+
+
+async def _forget_upstream(
+    store: OAuthTokenStore, disconnect_all: Callable[[str], Awaitable[dict[str, str]]] | None, user: str
+) -> dict[str, str]:
+    held = await store.accounts(f"user:{user}")
+    outcomes = await disconnect_all(user) if held and disconnect_all is not None else {}
     for server in held:
         if server not in outcomes:
             await store.delete(server, f"user:{user}")
             outcomes[server] = "deleted (no configuration given or the server is no longer configured)"
     return outcomes
+
+
+def require_database(data_dir: Path) -> None:
+    """Management commands that read what a gateway wrote refuse a directory without its database."""
+    if not (data_dir / DB_FILE_NAME).is_file():
+        raise BadRequest(f"no gateway database in {data_dir} (is --data-dir the directory serve uses?)")
 
 
 async def _audit_revocation(db: Database, data_dir: Path, detail: dict[str, Any]) -> None:
@@ -209,6 +246,7 @@ async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
         until=when(args.until, now) if args.until else None,
         limit=args.limit,
     )
+    require_database(args.data_dir)
     async with Database.open(args.data_dir) as db:
         events = await AuditStore(db).query(query)
     render(events, args.format, out)

@@ -139,3 +139,21 @@ async def test_revoking_without_the_configuration_still_deletes_upstream_tokens(
         assert (await s.auth.stats())["revocation"]["total"] == revocations_before  # no provider call without config
         store = OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data"))
         assert await store.get("g/github", f"user:{ALICE}") is None
+
+
+async def test_a_bad_configuration_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every input problem is found before anything is revoked: the user keeps working."""
+    async with setup(tmp_path) as s:
+        alice = await s.gw.token(PrincipalKind.USER, ALICE)
+        broken = tmp_path / "broken.d"
+        broken.mkdir()
+        (broken / "g.yaml").write_text("name: g\ntype: provider-account/mcp-server-group\ncolour: blue\n")
+        code, _, err = await cli(
+            capsys, "revoke", "--user", ALICE, "--config", str(broken), "--data-dir", str(tmp_path / "data")
+        )
+        assert code == 2 and "colour: unknown key" in err
+        assert await status_of(f"{s.gw.url}{GITHUB}", alice) == 200
+        assert await s.gw.audit(method="revoke") == []
+        code, _, err = await cli(capsys, "revoke", "--user", ALICE, "--data-dir", str(tmp_path / "elsewhere"))
+        assert code == 2 and "no gateway database in" in err
+        assert await status_of(f"{s.gw.url}{GITHUB}", alice) == 200

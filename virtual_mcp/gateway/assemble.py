@@ -64,11 +64,18 @@ async def resolve_secrets(store: SecretStore, refs: list[tuple[SecretRef, str]])
 async def production_app(registry: Registry, settings: GatewaySettings) -> AsyncIterator[Starlette]:
     """The gateway with its stores open for as long as the block runs."""
     with serving(settings.data_dir):
-        async with Database.open(settings.data_dir) as db, httpx.AsyncClient(timeout=10) as http:
-            yield await _assemble(registry, settings, db, http)
+        # The audit writer has a connection of its own: its batches never hold up a request's token check.
+        async with (
+            Database.open(settings.data_dir) as db,
+            Database.open(settings.data_dir) as audit_db,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            yield await _assemble(registry, settings, db, audit_db, http)
 
 
-async def _assemble(registry: Registry, settings: GatewaySettings, db: Database, http: httpx.AsyncClient) -> Starlette:
+async def _assemble(
+    registry: Registry, settings: GatewaySettings, db: Database, audit_db: Database, http: httpx.AsyncClient
+) -> Starlette:
     # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
     keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
     await check_master_key(db, keys)
@@ -96,7 +103,7 @@ async def _assemble(registry: Registry, settings: GatewaySettings, db: Database,
     credentials = OutboundCredentials(
         registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
     )
-    audit = AuditLog([AuditStore(db), JsonLinesSink(settings.audit_jsonl_path)])
+    audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
     security = Security(
         authenticator, credentials, metadata, audit, revocations, health=partial(vault_health, db, settings.data_dir)
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -43,6 +44,8 @@ class CallNote:
     tool: str | None = None
     denial: str | None = None
     result: dict[str, Any] | None = field(default=None, repr=False)
+    # The header values the call presented upstream (an OAuth token, a forwarded value): a backend may echo them.
+    sent: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 class Auditor:
@@ -69,8 +72,9 @@ class Auditor:
         not use); `server` is the one the endpoint serves, if it serves one."""
         if self._log is None:
             return
-        event = self._event(request_id, principal, endpoint, method, None)
-        event.server, event.outcome, event.error = server, DENIED, safe_text(reason)
+        event = self._event(request_id, principal, safe_text(endpoint), method, None)
+        event.server = safe_text(server) if server is not None else None  # may come from the URL the caller chose
+        event.outcome, event.error = DENIED, safe_text(reason)
         await self._record(event)
 
     @asynccontextmanager
@@ -96,13 +100,15 @@ class Auditor:
             event.outcome, event.error = FAILED, safe_text(exc.message)
             raise
         except UpstreamRpcError as exc:
-            event.outcome, event.error = FAILED, safe_text(f"backend error {exc.code}: {self._scrub(exc.message)}")
+            message = f"backend error {exc.code}: {exc.message}"
+            event.outcome, event.error, failure = FAILED, safe_text(self._scrubbed(message, note)), exc
             raise
         except GatewayError as exc:
-            event.outcome, event.error, failure = FAILED, safe_text(self._scrub(exc.message)), exc
+            event.outcome, event.error, failure = FAILED, safe_text(self._scrubbed(exc.message, note)), exc
             raise
         except MCPError as exc:
-            event.outcome, event.error = FAILED, safe_text(f"error {exc.error.code}: {self._scrub(exc.error.message)}")
+            message = f"error {exc.error.code}: {exc.error.message}"
+            event.outcome, event.error, failure = FAILED, safe_text(self._scrubbed(message, note)), exc
             raise
         except anyio.get_cancelled_exc_class():
             event.outcome, event.error = FAILED, "cancelled"
@@ -118,6 +124,16 @@ class Auditor:
                 self._count(event, note, elapsed, failure)
             with anyio.CancelScope(shield=True):
                 await self._record(event)
+
+    def _scrubbed(self, text: str, note: CallNote) -> str:
+        """`text` without configured secrets nor any credential this call presented upstream."""
+        text = self._scrub(text)
+        for value in note.sent.values():
+            _, _, token = value.partition(" ")
+            for secret in (value, token):
+                if len(secret) >= 8:
+                    text = text.replace(secret, "[REDACTED]")
+        return text
 
     def _count(self, event: AuditEvent, note: CallNote, elapsed: float, failure: BaseException | None) -> None:
         assert self._metrics is not None
@@ -159,10 +175,11 @@ class Auditor:
             return
         keys = frozenset(k.lower() for k in payloads.redact)
         detail: dict[str, Any] = {}
+        scrub = partial(self._scrubbed, note=note)
         if payloads.arguments:
-            detail["arguments"] = redact_payload(arguments, keys, self._scrub)
+            detail["arguments"] = redact_payload(arguments, keys, scrub)
         if payloads.results and note.result is not None:
-            detail["result"] = redact_payload(note.result, keys, self._scrub)
+            detail["result"] = redact_payload(note.result, keys, scrub)
         if detail:
             text = json.dumps(detail, default=str)
             event.detail = detail if len(text) <= MAX_DETAIL_CHARS else {"truncated": text[:MAX_DETAIL_CHARS]}

@@ -184,9 +184,11 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
             header_map = runtime.catalog.param_header_map(source, route.original)
             headers = mcp_param_headers(header_map, arguments) if header_map else None
             upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
+            credential = await runtime.credentials.credential_for(source, caller)
+            note.sent = credential.headers  # what this call presented upstream, scrubbed from what is recorded
             result = await forward(
                 ctx,
-                runtime.pool.session(source, await runtime.credentials.credential_for(source, caller)),
+                runtime.pool.session(source, credential),
                 "tools/call",
                 upstream_params,
                 timeout=settings.call_timeout_seconds,

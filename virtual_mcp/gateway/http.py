@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
 from virtual_mcp.errors import BadRequest, GatewayError
+from virtual_mcp.logs import redact
 
 
 def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -43,7 +44,7 @@ async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str,
     of a POST (read up to `limit`), else the HTTP method."""
     named = headers.get("mcp-method")
     if named:
-        return named[:64]
+        return redact(named[:64])
     if scope.get("method") == "POST":
         body = await read_body(scope, receive, limit)
         if isinstance(body, bytes):
@@ -52,7 +53,7 @@ async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str,
             except (ValueError, RecursionError):
                 message = None
             if isinstance(message, dict) and isinstance(message.get("method"), str):
-                return str(message["method"])[:64]
+                return redact(str(message["method"])[:64])
     return f"HTTP {scope.get('method', '?')}"
 
 

@@ -71,7 +71,7 @@ class RequestScope:
         stamp = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]
         defer = scope.get("method") == "POST"
         held: Message | None = None
-        lock = anyio.Lock()
+        lock = anyio.Lock() if defer else None
         status = 0
 
         async def timed_send(message: Message) -> None:
@@ -83,7 +83,7 @@ class RequestScope:
                     held = message
                     return
                 message = _stamped(message, timings, stamp)
-            elif kind == "http.response.body" and held is not None:
+            elif kind == "http.response.body" and held is not None and lock is not None:
                 async with lock:  # an SSE ping and the first event may race for the start
                     if held is not None:
                         await send(_stamped(held, timings, stamp))

@@ -113,10 +113,13 @@ class Runtime:
                 yield
             finally:
                 self.ready = False
-                await self._pool.aclose()
-                if self._audit_log is not None:
-                    await self._audit_log.close()  # everything recorded so far is written before the writer stops
-                tg.cancel_scope.cancel()
+                try:
+                    await self._pool.aclose()
+                finally:
+                    if self._audit_log is not None:
+                        with anyio.CancelScope(shield=True):
+                            await self._audit_log.close()  # what was recorded is written before the writer stops
+                    tg.cancel_scope.cancel()
 
     async def _watch_revocations(self, revocations: RevocationList) -> None:
         """Identities revoked by any process: what this one holds in memory for them goes within a poll."""
@@ -124,13 +127,17 @@ class Runtime:
             await anyio.sleep(self.settings.revocation_poll_seconds)
             try:
                 subjects = await revocations.refresh()
-                for subject in subjects:
-                    kind, _, name = subject.partition(":")
+            except Exception:  # the top of a background task: log, keep watching
+                logger.exception("could not read revocations")
+                subjects = []
+            for subject in subjects:
+                kind, _, name = subject.partition(":")
+                try:
                     if kind == PrincipalKind.USER.value:
                         await self.credentials.forget_user(name)
                     logger.info("revoked %s: tokens held for it dropped", subject)
-            except Exception:  # the top of a background task: log, keep watching
-                logger.exception("could not read revocations")
+                except Exception:  # one subject's failure must not skip the others
+                    logger.exception("could not drop what is held for revoked %s", subject)
             done, self._revocation_round = self._revocation_round, anyio.Event()
             done.set()
 

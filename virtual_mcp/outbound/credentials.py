@@ -223,7 +223,8 @@ class OutboundCredentials:
         key = user_token_key(ref, user)
         token = await self._tokens.peek(key) if self._tokens is not None else None
         outcome = await self._revoke_at_provider(ref, token) if token is not None else "nothing stored"
-        await self._tokens_forget(key)
+        if self._tokens is not None:
+            await self._tokens.drop(key)
         return outcome
 
     async def disconnect_all(self, user: str) -> dict[str, str]:
@@ -251,9 +252,11 @@ class OutboundCredentials:
         return "deleted (the provider does not revoke these tokens)"
 
     async def forget_user(self, user: str) -> None:
-        """Drop every per-user token of `user` this process holds (after a revocation elsewhere deleted them)."""
-        for ref in self._per_user:
-            await self._tokens_forget(user_token_key(ref, user))
+        """Forget every per-user token of `user` this process holds in memory (a revocation elsewhere deleted them
+        from the vault, revoking them at the provider first)."""
+        if self._tokens is not None:
+            for ref in self._per_user:
+                await self._tokens.evict(user_token_key(ref, user))
 
     async def connected(self, user: str) -> list[str]:
         """The per-user OAuth servers `user` has a token for."""

@@ -72,3 +72,6 @@ class VaultTokenCache:
     async def delete(self, key: str) -> None:
         self._memory.pop(key, None)
         await self._store.delete(*_split(key))
+
+    def evict(self, key: str) -> None:
+        self._memory.pop(key, None)

@@ -55,6 +55,8 @@ class TokenCache(Protocol):
     async def get(self, key: str) -> TokenSet | None: ...
     async def set(self, key: str, token: TokenSet) -> None: ...
     async def delete(self, key: str) -> None: ...
+    def evict(self, key: str) -> None:
+        """Forget what this process holds for `key`, leaving the shared store as it is."""
 
 
 class KeyedLocks(Protocol):
@@ -72,6 +74,9 @@ class MemoryTokenCache:
         self._tokens[key] = token
 
     async def delete(self, key: str) -> None:
+        self._tokens.pop(key, None)
+
+    def evict(self, key: str) -> None:
         self._tokens.pop(key, None)
 
 
@@ -173,8 +178,20 @@ class TokenManager:
         return await self._cache.get(key)
 
     async def forget(self, key: str) -> None:
+        """Drop `key`'s token; for a caller that holds the key's lock (inside `obtain`)."""
         self._hot.pop(key, None)
         await self._cache.delete(key)
+
+    async def drop(self, key: str) -> None:
+        """`forget` under the key's lock, so a refresh under way cannot store a token after it."""
+        async with self._locks.lock(key):
+            await self.forget(key)
+
+    async def evict(self, key: str) -> None:
+        """Forget what this process holds for `key` (another process deleted it from the store), under its lock."""
+        async with self._locks.lock(key):
+            self._hot.pop(key, None)
+            self._cache.evict(key)
 
     async def store(self, key: str, token: TokenSet) -> None:
         """A token obtained outside a refresh (an authorization-code exchange)."""

@@ -62,13 +62,14 @@ class AuditStore:
 
     async def query(self, q: AuditQuery) -> list[AuditEvent]:
         """The newest events matching `q`, newest first, at most `q.limit`."""
-        where: list[str] = []
-        params: list[Any] = []
-        subject = _subject(q)
-        if subject is not None:
-            where.append("subject = ?")
-            params.append(subject)
+        # With a team, the team's index range drives the query newest first (no sort of all the team ever did);
+        # its rows carry the event's time, so the time range is applied there.
+        by_team = q.team is not None
+        row, moment = ("a.", "t.") if by_team else ("", "")
+        conditions: list[str] = ["t.team = ?"] if by_team else []
+        params: list[Any] = [q.team] if by_team else []
         for column, value in (
+            ("subject", _subject(q)),
             ("server", q.server),
             ("tool", q.tool),
             ("outcome", q.outcome),
@@ -76,34 +77,19 @@ class AuditStore:
             ("request_id", q.request_id),
         ):
             if value is not None:
-                where.append(f"{column} = ?")
+                conditions.append(f"{row}{column} = ?")
                 params.append(value)
-        if q.since is not None:
-            where.append("ts >= ?")
-            params.append(q.since)
-        if q.until is not None:
-            where.append("ts < ?")
-            params.append(q.until)
-        if q.team is None:
-            sql = f"{_SELECT} {_where(where)} ORDER BY ts DESC, id DESC LIMIT ?"
+        for operator, bound in ((">=", q.since), ("<", q.until)):
+            if bound is not None:
+                conditions.append(f"{moment}ts {operator} ?")
+                params.append(bound)
+        where = "WHERE " + " AND ".join(conditions) if conditions else ""
+        if by_team:
+            sql = f"{_SELECT_BY_TEAM} {where} ORDER BY t.ts DESC, t.audit_id DESC LIMIT ?"
         else:
-            # Driven by the team's index range, newest first: no sort of everything the team ever did.
-            where = [f"a.{w}" for w in where]
-            where.insert(0, "t.team = ?")
-            params.insert(0, q.team)
-            if q.since is not None:
-                where.append("t.ts >= ?")
-                params.append(q.since)
-            if q.until is not None:
-                where.append("t.ts < ?")
-                params.append(q.until)
-            sql = f"{_SELECT_BY_TEAM} {_where(where)} ORDER BY t.ts DESC, t.audit_id DESC LIMIT ?"
+            sql = f"{_SELECT} {where} ORDER BY ts DESC, id DESC LIMIT ?"
         params.append(max(q.limit, 0))
-        return [_event(row) for row in await self._db.fetchall(sql, params)]
-
-
-def _where(conditions: list[str]) -> str:
-    return "WHERE " + " AND ".join(conditions) if conditions else ""
+        return [_event(r) for r in await self._db.fetchall(sql, params)]
 
 
 def _subject(q: AuditQuery) -> str | None:
