@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 LOCAL_USER = "alice@northwind.example"
 GROUP, SERVER = "bench", "echo"
+BACKEND_SECRET_REF = "tfy-secret://bench:echo:token"  # noqa: S105 - a reference, not a secret
 
 TARGETS = {
     DIRECT: "direct (backend)",
@@ -50,6 +51,7 @@ class Target:
     label: str
     url: str
     child: Child
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (virtual-mcp: its token)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +91,7 @@ def choose_cores(server_core: int, client_core: int) -> tuple[int | None, int | 
 
 
 def write_gateway_config(directory: Path, backend_url: str) -> Path:
+    """One group with the echo server behind a static secret header (the gateway resolves it from its vault)."""
     servers = directory / "servers.d"
     servers.mkdir(parents=True)
     (servers / f"{GROUP}.yaml").write_text(
@@ -99,6 +102,9 @@ def write_gateway_config(directory: Path, backend_url: str) -> Path:
         "    type: integration/mcp-server/remote\n"
         f"    url: {backend_url}\n"
         "    authorized_subjects: [team:bench]\n"
+        "    auth_data:\n"
+        "      type: header\n"
+        f'      headers: {{Authorization: "Bearer {BACKEND_SECRET_REF}"}}\n'
     )
     (servers / "identities.yaml").write_text(
         f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
@@ -106,11 +112,36 @@ def write_gateway_config(directory: Path, backend_url: str) -> Path:
     return servers
 
 
-def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:
+def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("virtual-mcp")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "virtual_mcp.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "virtual_mcp.cli"]
+
+
+def gateway_credentials(data_dir: Path) -> str:
+    """Store the backend's secret in the gateway's vault and create a gateway token for the bench user, as an
+    operator would; returns the token (sent by every benchmark request, as a client would)."""
+    base = [*cli_command(), "--log-level", "warning"]
+    reference = BACKEND_SECRET_REF.removeprefix("tfy-secret://")
+    subprocess.run(
+        [*base, "secrets", "set", reference, "--data-dir", str(data_dir)],
+        input=b"bench-backend-secret",
+        check=True,
+        capture_output=True,
+    )
+    created = subprocess.run(
+        [*base, "token", "create", "--user", LOCAL_USER, "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip()
+
+
+def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:
     return [
-        *base,
+        *cli_command(),
+        "--log-level",
+        "warning",
         "serve",
         "--config",
         str(config),
@@ -120,8 +151,6 @@ def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--local-user",
-        LOCAL_USER,
     ]
 
 
@@ -161,9 +190,12 @@ def start_targets(
             url = f"http://127.0.0.1:{port}/mcp"
         elif key == "virtual-mcp":
             config = write_gateway_config(tmp / "gateway", upstream_url)
+            token = gateway_credentials(tmp / "gateway" / "data")
             argv = gateway_command(config, tmp / "gateway" / "data", port)
             child = procs.start("virtual-mcp", argv, server_core, port)
             url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
+            targets.append(Target(key, TARGETS[key], url, child, {"Authorization": f"Bearer {token}"}))
+            continue
         else:
             session = "shared" if key == "fastmcp-shared" else "per-call"
             argv = [
@@ -194,7 +226,7 @@ def bench_target(
 ) -> Outcome:
     outcome = Outcome(target.key, target.label, era)
     sessions: list[protocol.Session] = []
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers=target.headers) as client:
         try:
             if era == protocol.LEGACY:
                 # One session per wrk connection, each initialized once and reused for all of its calls.
@@ -209,7 +241,7 @@ def bench_target(
             return outcome
         try:
             body = protocol.call_body(era)
-            headers = protocol.call_headers(era)
+            headers = {**protocol.call_headers(era), **target.headers}
             ids = [s.id or "" for s in sessions]
             one = tmp / f"{target.key}-{era}-c1.lua"
             many = tmp / f"{target.key}-{era}-cN.lua"

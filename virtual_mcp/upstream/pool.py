@@ -16,6 +16,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.http1 import Http1Pool
 from virtual_mcp.upstream.session import UpstreamSession
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class UpstreamPool:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60),
             follow_redirects=False,
         )
+        self._fast = Http1Pool(settings.connect_timeout_seconds)
         # Least recently used first; per-caller credentials (passthrough, overrides) make this grow, so it is bounded.
         self._sessions: OrderedDict[tuple[ServerRef, str], UpstreamSession] = OrderedDict()
         self._max_sessions = max_sessions
@@ -70,6 +72,7 @@ class UpstreamPool:
             spawn=self._spawn,
             on_list_changed=partial(self._changed, ref),
             listen=credential.shared,
+            fast=self._fast,
         )
         self._sessions[key] = session
         return session
@@ -104,4 +107,5 @@ class UpstreamPool:
                 for session in self._sessions.values():
                     tg.start_soon(session.aclose)
             await self._http.aclose()
+            await self._fast.aclose()
         self._sessions.clear()

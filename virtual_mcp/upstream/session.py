@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,7 @@ from virtual_mcp.errors import (
     UpstreamUnavailable,
 )
 from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.wire import (
     ACCEPT,
     CLIENT_INFO,
@@ -72,10 +73,14 @@ class UpstreamSession:
         spawn: Spawn | None = None,
         on_list_changed: Callable[[], None] | None = None,
         listen: bool = True,
+        fast: Http1Pool | None = None,
     ) -> None:
         self.ref = ref
         self.url = url
         self._http = http
+        # Requests go over the lean HTTP/1.1 pool unless the environment routes this URL through a proxy.
+        self._fast = fast if fast is not None and not proxied(url) else None
+        self._target = target(url) if self._fast is not None else None
         self._base_headers = dict(headers or {})
         self._spawn = spawn
         self._on_list_changed = on_list_changed
@@ -224,7 +229,7 @@ class UpstreamSession:
         generation = await self._ensure_connected()
         try:
             return await self._send(method, params, on_notification, headers, meta)
-        except (_SessionExpired, httpx.ConnectError):
+        except (_SessionExpired, httpx.ConnectError, ConnectFailed):
             # Nothing was executed: the backend restarted or forgot us. Renegotiate once and resend.
             logger.info("backend %s: session lost, reconnecting", self.ref)
         except _ConnectionDropped:
@@ -265,6 +270,8 @@ class UpstreamSession:
         if wire_params:
             body["params"] = wire_params
         headers["content-type"] = "application/json"
+        if self._fast is not None:
+            return await self._send_fast(method, body, headers, era, session_id, version, on_notification)
         received = False
         try:
             async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
@@ -291,13 +298,59 @@ class UpstreamSession:
                 self.ref.key, f"connection failed during {method}: {type(exc).__name__}"
             ) from None
 
+    async def _send_fast(
+        self,
+        method: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        era: Era | None,
+        session_id: str | None,
+        version: str | None,
+        on_notification: NotificationHandler | None,
+    ) -> dict[str, Any]:
+        """`_send` over the lean HTTP/1.1 pool, with the same outcomes as over httpx."""
+        assert self._fast is not None and self._target is not None
+        try:
+            async with self._fast.post(self._target, json.dumps(body).encode(), headers) as response:
+                if response.status == 404 and era is Era.LEGACY and session_id:
+                    await response.read()  # the connection stays usable
+                    raise _SessionExpired
+                ctype = response.headers.get("content-type", "")
+                return await self._answer(
+                    response.status, ctype, response.lines, response.read, body["id"], on_notification
+                )
+        except anyio.get_cancelled_exc_class():
+            if era is Era.LEGACY:
+                with anyio.move_on_after(2, shield=True):
+                    await self._notify_cancelled(body["id"], session_id, version)
+            raise
+        except Dropped:
+            raise _ConnectionDropped from None
+        except Broken as exc:
+            raise UpstreamUnavailable(self.ref.key, f"connection failed during {method}: {exc}") from None
+
     async def _read_response(
         self, response: httpx.Response, request_id: Any, on_notification: NotificationHandler | None
     ) -> dict[str, Any]:
+        async def read() -> bytes:
+            return await response.aread()
+
         ctype = response.headers.get("content-type", "")
-        if ctype.startswith("text/event-stream") and response.status_code < 400:
+        return await self._answer(response.status_code, ctype, response.aiter_lines, read, request_id, on_notification)
+
+    async def _answer(
+        self,
+        status: int,
+        ctype: str,
+        lines: Callable[[], AsyncIterator[str]],
+        read: Callable[[], Awaitable[bytes]],
+        request_id: Any,
+        on_notification: NotificationHandler | None,
+    ) -> dict[str, Any]:
+        """The result of `request_id` from an answer's body: an SSE stream (relaying what comes before it) or JSON."""
+        if ctype.startswith("text/event-stream") and status < 400:
             try:
-                async for message in iter_sse_messages(response):
+                async for message in iter_sse_messages(lines()):
                     if "method" in message:
                         await self._on_inbound(message, on_notification)
                     elif message.get("id") == request_id:
@@ -305,16 +358,16 @@ class UpstreamSession:
             except ValueError as exc:
                 raise UpstreamProtocolError(self.ref.key, str(exc)) from None
             raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
-        await response.aread()
+        content = await read()
         try:
-            message = json.loads(response.content)
+            message = json.loads(content)
         except ValueError:
             raise UpstreamProtocolError(
-                self.ref.key, f"HTTP {response.status_code} with a body that is not JSON-RPC ({ctype or 'no type'})"
+                self.ref.key, f"HTTP {status} with a body that is not JSON-RPC ({ctype or 'no type'})"
             ) from None
         if isinstance(message, dict) and ("result" in message or "error" in message):
             return self._unwrap(message)
-        raise UpstreamProtocolError(self.ref.key, f"HTTP {response.status_code} without a JSON-RPC response")
+        raise UpstreamProtocolError(self.ref.key, f"HTTP {status} without a JSON-RPC response")
 
     def _unwrap(self, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:
@@ -408,7 +461,7 @@ class UpstreamSession:
             async with self._http.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)) as resp:
                 if resp.status_code != 200:
                     return
-                async for message in iter_sse_messages(resp):
+                async for message in iter_sse_messages(resp.aiter_lines()):
                     if message.get("method") == "notifications/tools/list_changed":
                         self._list_changed()
                     elif "id" in message and "method" in message:

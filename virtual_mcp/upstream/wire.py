@@ -6,7 +6,6 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
@@ -40,11 +39,11 @@ def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-async def iter_sse_messages(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Yield each JSON-RPC message carried by an SSE response body (events named `message` or unnamed)."""
+async def iter_sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed)."""
     event = "message"
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in lines:
         if line == "":
             if data and event == "message":
                 payload = "\n".join(data)
