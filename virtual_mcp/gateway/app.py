@@ -100,7 +100,7 @@ def create_app(
         runtime.client_sessions[path] = tracker.sessions
         listen = ListenHandler(runtime.buses[path])
         listeners.append(listen)
-        server = build_server(endpoint, runtime, tracker, listen)
+        server, fast = build_server(endpoint, runtime, tracker, listen)
         manager = StreamableHTTPSessionManager(
             app=server, security_settings=transport_security, max_request_body_size=settings.max_request_body_bytes
         )
@@ -113,6 +113,7 @@ def create_app(
             security.metadata,
             settings.max_request_body_bytes,
             runtime.auditor,
+            fast,
         )
         routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
 

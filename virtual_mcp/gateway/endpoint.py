@@ -26,6 +26,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
+from virtual_mcp.gateway.fast_call import FastToolCalls
 from virtual_mcp.gateway.forward import forward
 from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
 from virtual_mcp.gateway.request_scope import bind_request, request_id_of
@@ -95,20 +96,26 @@ class ErrorRendering:
     def __init__(self, scrub: Callable[[str], str]) -> None:
         self._scrub = scrub
 
-    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
-        try:
-            return await call_next(ctx)
-        except UpstreamRpcError as exc:
+    def render(self, exc: Exception) -> MCPError:
+        """A gateway error as the JSON-RPC error the caller gets (anything else is a generic internal error)."""
+        if isinstance(exc, UpstreamRpcError):
             data = self._scrub(exc.data) if isinstance(exc.data, str) else exc.data
-            raise MCPError(exc.code, self._scrub(exc.message), data) from None
-        except ConsentRequired as exc:
+            return MCPError(exc.code, self._scrub(exc.message), data)
+        if isinstance(exc, ConsentRequired):
             # The MCP way to send a user somewhere: a URL elicitation the client can open for them.
             elicitation = types.ElicitRequestURLParams(
                 message=exc.message, url=exc.url, elicitation_id=exc.elicitation_id
             )
-            raise UrlElicitationRequiredError([elicitation], message=exc.message) from None
+            return UrlElicitationRequiredError([elicitation], message=exc.message)
+        if isinstance(exc, GatewayError):
+            return MCPError(exc.jsonrpc_code, exc.message, exc.data)
+        return MCPError(INTERNAL_ERROR, "Internal error")
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        try:
+            return await call_next(ctx)
         except GatewayError as exc:
-            raise MCPError(exc.jsonrpc_code, exc.message, exc.data) from None
+            raise self.render(exc) from None
         except (MCPError, ValidationError, anyio.get_cancelled_exc_class()):
             raise  # the SDK renders these itself (protocol errors, invalid params, cancellation)
         except Exception:
@@ -149,7 +156,10 @@ def _session_id(ctx: Ctx) -> str | None:
     return ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
 
 
-def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, listen: ListenHandler) -> Server[Any]:
+def build_server(
+    endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, listen: ListenHandler
+) -> tuple[Server[Any], FastToolCalls]:
+    """The endpoint's MCP server, and its fast path for plain 2026-07-28 `tools/call` requests."""
     settings = runtime.settings
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
@@ -218,8 +228,9 @@ def build_server(endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, 
         # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = _build(endpoint, view_of, handlers)
-    server.middleware = [*server.middleware, bind_request, ErrorRendering(runtime.credentials.scrub), tracker]
-    return server
+    rendering = ErrorRendering(runtime.credentials.scrub)
+    server.middleware = [*server.middleware, bind_request, rendering, tracker]
+    return server, FastToolCalls(endpoint, runtime, server, rendering.render)
 
 
 def _build(endpoint: Endpoint, view_of: Callable[[str], Any], handlers: dict[str, Any]) -> Server[Any]:

@@ -26,6 +26,12 @@ def caller_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
+def passthrough_meta(inbound_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's `_meta` entries that travel upstream: all but the protocol's reserved ones (the gateway's to
+    set for its own connection) and the progress token (the gateway uses its own)."""
+    return {k: v for k, v in inbound_meta.items() if k != "progressToken" and not k.startswith(_RESERVED_PREFIX)}
+
+
 async def forward(
     ctx: ServerRequestContext[Any, Any],
     session: UpstreamSession,
@@ -44,9 +50,7 @@ async def forward(
     """
     inbound_meta = caller_meta(ctx)
     wants_progress = inbound_meta.get("progressToken") is not None
-    upstream_meta: dict[str, Any] = {
-        k: v for k, v in inbound_meta.items() if k != "progressToken" and not k.startswith(_RESERVED_PREFIX)
-    }
+    upstream_meta = passthrough_meta(inbound_meta)
     if wants_progress:
         # A token of our own: the caller's token is meaningless to the backend and may collide across callers.
         upstream_meta["progressToken"] = f"vmcp-{uuid.uuid4().hex}"

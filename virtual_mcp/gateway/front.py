@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
+from typing import Any, Protocol
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -23,9 +24,9 @@ from virtual_mcp.errors import (
 )
 from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.http import (
-    envelope_problem,
     error_response,
     gateway_error_response,
+    parse_envelope,
     read_body,
     replay_body,
     requested_method,
@@ -48,6 +49,14 @@ CALLER_STATE_KEY = "caller"
 CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("virtual_mcp_caller", default=None)
 
 
+class FastPath(Protocol):
+    """Answers a request without the SDK's transport if it can (True), or does nothing (False)."""
+
+    async def __call__(
+        self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
+    ) -> bool: ...
+
+
 class EndpointApp:
     def __init__(
         self,
@@ -58,9 +67,11 @@ class EndpointApp:
         metadata: ResourceMetadata,
         max_body: int,
         auditor: Auditor,
+        fast: FastPath | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._auditor = auditor
+        self._fast = fast
         self._manager = manager
         self._registry = registry
         self._authenticator = authenticator
@@ -105,11 +116,17 @@ class EndpointApp:
             if not isinstance(body, bytes):
                 await body(scope, receive, send)
                 return
-            problem = envelope_problem(body)
+            message, problem = parse_envelope(body)
             if problem is not None:
                 await error_response(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
                 return
             receive = replay_body(body, receive)
+            if (
+                message is not None
+                and self._fast is not None
+                and await self._fast(message, caller, scope, receive, send)
+            ):
+                return
         reset = CURRENT_CALLER.set(caller)
         try:
             await self._manager.handle_request(scope, receive, send)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
@@ -57,21 +58,22 @@ async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str,
     return f"HTTP {scope.get('method', '?')}"
 
 
-def envelope_problem(body: bytes) -> str | None:
-    """What makes valid JSON not a JSON-RPC message; malformed JSON is left to the transport (-32700)."""
+def parse_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The body as one JSON-RPC message, and what makes valid JSON not one (malformed JSON is neither: it is left
+    to the transport, which answers -32700)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
-        return None
+        return None, None
     if isinstance(message, list):
-        return "batches are not supported; send one JSON-RPC message per request"
+        return None, "batches are not supported; send one JSON-RPC message per request"
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-        return 'body must be one JSON-RPC 2.0 object with "jsonrpc": "2.0"'
+        return None, 'body must be one JSON-RPC 2.0 object with "jsonrpc": "2.0"'
     if not isinstance(message.get("method"), str) and not (
         "id" in message and ("result" in message or "error" in message)
     ):
-        return 'a JSON-RPC request needs a string "method"'
-    return None
+        return None, 'a JSON-RPC request needs a string "method"'
+    return message, None
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:
