@@ -40,6 +40,23 @@ async def test_two_connections_see_each_others_writes(tmp_path: Path) -> None:
         assert await cli.fetchall("SELECT * FROM secrets") == []
 
 
+async def test_reads_on_the_loop_see_other_connections_commits_and_write_nothing(tmp_path: Path) -> None:
+    async with Database.open(tmp_path) as cli, Database.open(tmp_path) as server:
+        query = "SELECT key FROM secrets WHERE key = ?"
+        assert server.read_now(query, ("k",)) is None
+        async with cli.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO secrets (tenant, grp, key, envelope, updated_at) VALUES ('t', 'g', 'k', x'00', 1)"
+            )
+        row = server.read_now(query, ("k",))
+        assert row is not None and row["key"] == "k"
+        async with cli.transaction() as tx:
+            await tx.execute("DELETE FROM secrets")
+        assert server.read_now(query, ("k",)) is None  # the next read after a commit elsewhere sees it
+        with pytest.raises(DatabaseError, match="cannot read"):
+            server.read_now("DELETE FROM secrets")  # the reader is read-only
+
+
 async def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     async with Database.open(tmp_path) as db:
         with pytest.raises(RuntimeError):

@@ -95,6 +95,7 @@ def create_app(
     managers: list[StreamableHTTPSessionManager] = []
     listeners: list[ListenHandler] = []
     routes: list[Route] = []
+    endpoint_apps: dict[str, EndpointApp] = {}
     for path, endpoint in registry.endpoints.items():
         tracker = SessionTracker()
         runtime.client_sessions[path] = tracker.sessions
@@ -116,6 +117,7 @@ def create_app(
             fast,
         )
         routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
+        endpoint_apps[path] = front
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -203,7 +205,7 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
-    app.add_middleware(FrontGuard, origins=origins)
+    app.add_middleware(FrontGuard, origins=origins, endpoints=endpoint_apps)
     app.add_middleware(
         RequestScope, metrics=metrics, endpoints=frozenset(registry.endpoints)
     )  # outermost: the endpoint routes' refusals for Host or Origin are timed too

@@ -159,9 +159,12 @@ def unauthorized(
 class FrontGuard:
     """Outermost ASGI layer: DNS-rebinding protection (Host, then Origin) for every route but /healthz."""
 
-    def __init__(self, app: ASGIApp, origins: OriginPolicy) -> None:
+    def __init__(self, app: ASGIApp, origins: OriginPolicy, endpoints: Mapping[str, ASGIApp] | None = None) -> None:
         self._app = app
         self._origins = origins
+        # The MCP endpoints, reached directly (no routing table walk, no exception middlewares) for the methods
+        # they serve; anything else goes through the application's router.
+        self._endpoints = dict(endpoints or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") != "/healthz":
@@ -179,4 +182,11 @@ class FrontGuard:
             if not self._origins.allows(origin, host):
                 await error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")(scope, receive, send)
                 return
+            endpoint = self._endpoints.get(scope.get("path", ""))
+            if endpoint is not None and scope.get("method") in _ENDPOINT_METHODS:
+                await endpoint(scope, receive, send)
+                return
         await self._app(scope, receive, send)
+
+
+_ENDPOINT_METHODS = frozenset({"GET", "POST", "DELETE"})

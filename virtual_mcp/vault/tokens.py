@@ -105,7 +105,7 @@ class TokenStore:
         if m is None:
             return None
         token_id, secret = m.group(1), m.group(2)
-        row = await self._db.fetchone(_SELECT + " WHERE id = ?", (token_id,))
+        row = self._db.read_now(_SELECT + " WHERE id = ?", (token_id,))  # every request: on the loop, no thread hop
         if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
             return None
         info = _info(row)
