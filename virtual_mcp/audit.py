@@ -142,6 +142,14 @@ class AuditLog:
     def pending(self) -> int:
         return self._send.statistics().current_buffer_used
 
+    def record_nowait(self, event: AuditEvent) -> bool:
+        """Queue `event` if there is room (the usual case); False if `record` must wait for some."""
+        try:
+            self._send.send_nowait(event)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
     async def record(self, event: AuditEvent) -> None:
         try:
             try:

@@ -8,6 +8,7 @@ value ever holds a credential.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -85,6 +86,8 @@ class Metrics:
         )
         self._gauges = _Gauges()
         r.register(self._gauges)
+        # Label sets come from the configuration and fixed vocabularies (see the module's docstring): bounded.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def gauge(
         self, name: str, doc: str, read: Callable[[], Mapping[tuple[str, ...], float]], labels: tuple[str, ...] = ()
@@ -92,10 +95,18 @@ class Metrics:
         """A gauge whose values `read()` gives at scrape time, keyed by label values."""
         self._gauges.sources[name] = (doc, read, labels)
 
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: the hot path then costs a dict lookup, not a label walk."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_phases(self, phases: Mapping[str, float], total: float) -> None:
         for name, seconds in phases.items():
-            self.phase_seconds.labels(name).observe(seconds)
-        self.phase_seconds.labels("total").observe(total)
+            self.child(self.phase_seconds, name).observe(seconds)
+        self.child(self.phase_seconds, "total").observe(total)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -122,8 +122,9 @@ class Auditor:
             self._complete(event, note, caller, arguments)
             if self._metrics is not None:
                 self._count(event, note, elapsed, failure)
-            with anyio.CancelScope(shield=True):
-                await self._record(event)
+            if self._log is not None and not self._log.record_nowait(event):
+                with anyio.CancelScope(shield=True):  # the queue is full: wait for room, even if cancelled
+                    await self._log.record(event)
 
     def _scrubbed(self, text: str, note: CallNote) -> str:
         """`text` without configured secrets nor any credential this call presented upstream."""
@@ -137,14 +138,15 @@ class Auditor:
 
     def _count(self, event: AuditEvent, note: CallNote, elapsed: float, failure: BaseException | None) -> None:
         assert self._metrics is not None
+        metrics = self._metrics
         server = event.server or UNKNOWN
         # Label values only from the configuration and the backends' own tool lists, never from the caller.
         tool = note.tool if note.server is not None and note.tool and self._known_tool(note.server, note.tool) else None
-        self._metrics.tool_calls.labels(event.endpoint, server, tool or UNKNOWN, event.outcome).inc()
+        metrics.child(metrics.tool_calls, event.endpoint, server, tool or UNKNOWN, event.outcome).inc()
         if event.outcome != DENIED:
-            self._metrics.tool_call_seconds.labels(server).observe(elapsed)
+            metrics.child(metrics.tool_call_seconds, server).observe(elapsed)
         if failure is not None and note.server is not None:
-            self._metrics.upstream_errors.labels(server, type(failure).__name__).inc()
+            metrics.child(metrics.upstream_errors, server, type(failure).__name__).inc()
 
     def _event(
         self, request_id: str, principal: Principal, endpoint: str, method: str, called: str | None

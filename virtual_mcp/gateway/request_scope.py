@@ -104,7 +104,7 @@ class RequestScope:
             if self._metrics is not None:
                 path = scope.get("path", "")
                 endpoint = path if path in self._endpoints else "(unconfigured)"
-                self._metrics.http_requests.labels(endpoint, str(status)).inc()
+                self._metrics.child(self._metrics.http_requests, endpoint, str(status)).inc()
                 self._metrics.observe_phases(timings.phases, time.perf_counter() - timings.started)
 
 

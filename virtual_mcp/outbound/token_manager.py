@@ -160,7 +160,7 @@ class TokenManager:
         now = self._clock()
         usable = current is not None and now < current.expires_at(self._default_lifetime)
         if self._metrics is not None:
-            self._metrics.cache_lookups.labels("token", "hit" if usable else "miss").inc()
+            self._metrics.child(self._metrics.cache_lookups, "token", "hit" if usable else "miss").inc()
         if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
             self._touch(key, obtain, now, current)
             return current
@@ -318,7 +318,7 @@ class TokenManager:
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.token_refreshes.labels(key.partition("|")[0], outcome).inc()
+                self._metrics.child(self._metrics.token_refreshes, key.partition("|")[0], outcome).inc()
 
     async def _obtain_and_store_once(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
         marked = None
