@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,16 +25,14 @@ from typing import Any
 
 import httpx
 
-from bench import protocol
+from bench import protocol, scenarios
+from bench.gateway import GROUP, SERVER, gateway_command, gateway_credentials, wait_until, write_gateway_config
 from bench.procs import Child, Processes, ProcessFailed, Terminated, exit_on_signals, free_port
 from bench.report import DIRECT, Outcome, markdown, outcome_json
 from bench.wrk import WrkError, ensure_wrk, lua_script, run_wrk, wrk_version
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-LOCAL_USER = "alice@northwind.example"
-GROUP, SERVER = "bench", "echo"
-BACKEND_SECRET_REF = "tfy-secret://bench:echo:token"  # noqa: S105 - a reference, not a secret
 
 TARGETS = {
     DIRECT: "direct (backend)",
@@ -65,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-core", type=int, default=1, help="core of the server under test (default 1)")
     parser.add_argument("--client-core", type=int, default=0, help="core of wrk and the upstream backend (default 0)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="JSON results file")
+    parser.add_argument(
+        "--skip-scenarios", action="store_true", help="only tools/call: no tools/list or start-up scenarios"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 1, 1
@@ -88,84 +88,6 @@ def choose_cores(server_core: int, client_core: int) -> tuple[int | None, int | 
     if server_core in cpus and client_core in cpus and server_core != client_core:
         return server_core, client_core, f"server under test on core {server_core}, wrk + backend on {client_core}"
     return None, None, f"NOT pinned: need two distinct usable cores ({server_core}, {client_core}), have {cpus}"
-
-
-def write_gateway_config(directory: Path, backend_url: str) -> Path:
-    """One group with the echo server behind a static secret header (the gateway resolves it from its vault)."""
-    servers = directory / "servers.d"
-    servers.mkdir(parents=True)
-    (servers / f"{GROUP}.yaml").write_text(
-        f"name: {GROUP}\n"
-        "type: provider-account/mcp-server-group\n"
-        "integrations:\n"
-        f"  - name: {SERVER}\n"
-        "    type: integration/mcp-server/remote\n"
-        f"    url: {backend_url}\n"
-        "    authorized_subjects: [team:bench]\n"
-        "    auth_data:\n"
-        "      type: header\n"
-        f'      headers: {{Authorization: "Bearer {BACKEND_SECRET_REF}"}}\n'
-    )
-    (servers / "identities.yaml").write_text(
-        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
-    )
-    return servers
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("virtual-mcp")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "virtual_mcp.cli"]
-
-
-def gateway_credentials(data_dir: Path) -> str:
-    """Store the backend's secret in the gateway's vault and create a gateway token for the bench user, as an
-    operator would; returns the token (sent by every benchmark request, as a client would)."""
-    base = [*cli_command(), "--log-level", "warning"]
-    reference = BACKEND_SECRET_REF.removeprefix("tfy-secret://")
-    subprocess.run(
-        [*base, "secrets", "set", reference, "--data-dir", str(data_dir)],
-        input=b"bench-backend-secret",
-        check=True,
-        capture_output=True,
-    )
-    created = subprocess.run(
-        [*base, "token", "create", "--user", LOCAL_USER, "--data-dir", str(data_dir)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return created.stdout.strip()
-
-
-def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:
-    return [
-        *cli_command(),
-        "--log-level",
-        "warning",
-        "serve",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-
-
-def wait_until(check: Callable[[], bool], child: Child, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise child.fail(f"exited while waiting until {what}")
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise child.fail(f"not {what} after {timeout:.0f} s")
 
 
 def start_targets(
@@ -312,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench: {pinning}; {args.duration} s runs, c=1 and c={args.concurrency}", flush=True)
 
     outcomes: list[Outcome] = []
+    scenario_results: dict[str, Any] = {}
+    scenario_error: str | None = None
     log_dir = RESULTS / "logs"
     with exit_on_signals(), tempfile.TemporaryDirectory(prefix="vmcp-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -328,8 +252,14 @@ def run(args: argparse.Namespace) -> int:
                     if outcome.error:
                         print(f"bench:   error: {outcome.error}", flush=True)
                     outcomes.append(outcome)
+            if not args.skip_scenarios:
+                for target in targets:  # the scenarios' gateways get the server core to themselves
+                    target.child.popen.terminate()
+                scenario_results, scenario_error = run_scenarios(procs, wrk, server_core, client_core, tmp, args)
 
     table = markdown(outcomes, args.concurrency)
+    if scenario_results:
+        table += "\n\n" + scenarios.markdown(scenario_results)
     result = {
         "schema": 1,
         "started_at": started_at,
@@ -348,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "environment": environment(wrk, cpus),
         "results": [outcome_json(o, outcomes) for o in outcomes],
+        "scenarios": scenario_results,
+        "scenario_error": scenario_error,
         "markdown": table,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +287,29 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     print(f"\nbench: {result['elapsed_s']} s; results in {args.output}; server logs in {log_dir}")
-    return 1 if any(o.error or o.errors for o in outcomes) else 0
+    failed = scenario_error is not None or any(
+        r["warm"]["errors"] for k, r in scenario_results.items() if k.startswith("tools_list")
+    )
+    return 1 if failed or any(o.error or o.errors for o in outcomes) else 0
+
+
+def run_scenarios(
+    procs: Processes, wrk: str, server_core: int | None, client_core: int | None, tmp: Path, args: argparse.Namespace
+) -> tuple[dict[str, Any], str | None]:
+    results: dict[str, Any] = {}
+    try:
+        print("bench: tools/list over many backends ...", flush=True)
+        results["tools_list"] = scenarios.tools_list(procs, wrk, server_core, client_core, tmp, args.duration, False)
+        print("bench: tools/list with a backend that never answers ...", flush=True)
+        results["tools_list_hung"] = scenarios.tools_list(
+            procs, wrk, server_core, client_core, tmp, args.duration, True
+        )
+        print("bench: serve start-up ...", flush=True)
+        results["startup"] = scenarios.startup(server_core, tmp)
+    except (ProcessFailed, WrkError, RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+        print(f"bench:   scenario error: {type(exc).__name__}: {exc}", flush=True)
+        return results, f"{type(exc).__name__}: {exc}"
+    return results, None
 
 
 if __name__ == "__main__":

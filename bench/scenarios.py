@@ -1,0 +1,196 @@
+"""The benchmark's other scenarios, each against a gateway of its own (pinned like the tools/call targets):
+
+- `tools/list` on `/mcp` over 20 backends x 50 tools, warm: latency at concurrency 1 (wrk, answers checked);
+- the same with one more backend that accepts requests and never answers: the first list (which waits the
+  backend's deadline once) and the lists after it;
+- `serve` start-up with 50 servers configured: seconds from the process start until `/readyz` answers 200.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import protocol
+from bench.gateway import LOCAL_USER, cli_command, gateway_command, wait_until
+from bench.procs import Processes, free_port
+from bench.wrk import lua_script, run_wrk
+
+BACKENDS, TOOLS = 20, 50
+LIST_DEADLINE_S = 3.0  # the gateway's default list_deadline_seconds
+STARTUP_SERVERS = 50
+
+
+def list_config(directory: Path, base_port: int, hung_port: int | None) -> Path:
+    servers = directory / "servers.d"
+    servers.mkdir(parents=True)
+    lines = ["name: wide", "type: provider-account/mcp-server-group", "integrations:"]
+    urls = [f"http://127.0.0.1:{base_port + i}/mcp" for i in range(BACKENDS)]
+    if hung_port is not None:
+        urls.append(f"http://127.0.0.1:{hung_port}/mcp")
+    for i, url in enumerate(urls):
+        lines += [f"  - name: b{i}", "    type: integration/mcp-server/remote", f"    url: {url}"]
+        lines.append("    authorized_subjects: [team:bench]")
+    (servers / "wide.yaml").write_text("\n".join(lines) + "\n")
+    (servers / "identities.yaml").write_text(
+        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
+    )
+    return servers
+
+
+def list_body() -> str:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": protocol.MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}})
+
+
+def list_headers(token: str) -> dict[str, str]:
+    return {
+        **protocol.BASE_HEADERS,
+        "Mcp-Protocol-Version": protocol.MODERN,
+        "Mcp-Method": "tools/list",
+        "Authorization": f"Bearer {token}",
+    }
+
+
+def tools_list(
+    procs: Processes, wrk: str, server_core: int | None, client_core: int | None, tmp: Path, duration: int, hung: bool
+) -> dict[str, Any]:
+    """Warm tools/list latency on /mcp over BACKENDS x TOOLS tools (plus a backend that never answers, if `hung`)."""
+    base = free_port()
+    while any(_busy(base + i) for i in range(BACKENDS)):
+        base = free_port()
+    hung_port = free_port() if hung else None
+    argv = [sys.executable, "-m", "bench.wide_backend", "--base-port", str(base), "--count", str(BACKENDS)]
+    argv += ["--tools", str(TOOLS)]
+    if hung_port is not None:
+        argv += ["--hung-port", str(hung_port)]
+    name = "wide-backends-hung" if hung else "wide-backends"
+    backends = procs.start(name, argv, client_core, base + BACKENDS - 1)
+    procs.wait_listening(backends)
+    directory = tmp / name
+    config = list_config(directory, base, hung_port)
+    token = _token(directory / "data")
+    port = free_port()
+    gateway = procs.start(f"virtual-mcp-{name}", gateway_command(config, directory / "data", port), server_core, port)
+    procs.wait_listening(gateway)
+    url = f"http://127.0.0.1:{port}/mcp"
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, gateway, "ready")
+    with httpx.Client(timeout=30, headers=list_headers(token)) as client:
+        started = time.perf_counter()
+        first = client.post(url, content=list_body())
+        first_ms = (time.perf_counter() - started) * 1000
+        listed = first.json()["result"]["tools"]
+        again = client.post(url, content=list_body()).json()["result"]["tools"]
+    expected = BACKENDS * TOOLS
+    if len(listed) != expected or len(again) != expected:
+        raise RuntimeError(f"tools/list gave {len(listed)} then {len(again)} tools, expected {expected}")
+    last_tool = f"wide__b{BACKENDS - 1}__tool_{TOOLS - 1}"
+    script = tmp / f"{name}.lua"
+    script.write_text(lua_script(list_body(), list_headers(token), [], last_tool))
+    result = run_wrk(wrk, url, script, 1, duration, client_core)
+    return {
+        "backends": BACKENDS,
+        "tools_per_backend": TOOLS,
+        "hung_backend": hung,
+        "first_list_ms": round(first_ms, 1),
+        "warm": result.as_dict(),
+    }
+
+
+def startup(server_core: int | None, tmp: Path, runs: int = 3) -> dict[str, Any]:
+    """Seconds from `serve` starting until /readyz is 200, with STARTUP_SERVERS servers configured (median)."""
+    servers = tmp / "startup" / "servers.d"
+    servers.mkdir(parents=True)
+    lines = ["name: many", "type: provider-account/mcp-server-group", "integrations:"]
+    for i in range(STARTUP_SERVERS):
+        lines += [f"  - name: s{i}", "    type: integration/mcp-server/remote", f"    url: http://127.0.0.1:9/s{i}/mcp"]
+        lines.append("    authorized_subjects: [team:bench]")
+    (servers / "many.yaml").write_text("\n".join(lines) + "\n")
+    (servers / "identities.yaml").write_text(
+        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
+    )
+    times = []
+    for run in range(runs):
+        port = free_port()
+        argv = gateway_command(servers, tmp / "startup" / f"data{run}", port)
+        pin = ["taskset", "-c", str(server_core)] if server_core is not None else []
+        started = time.perf_counter()
+        process = subprocess.Popen([*pin, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = started + 30
+            while time.perf_counter() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.01)
+            else:
+                raise RuntimeError("serve did not become ready within 30 s")
+            times.append(time.perf_counter() - started)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    return {
+        "servers": STARTUP_SERVERS,
+        "ready_s": [round(t, 3) for t in times],
+        "median_s": round(statistics.median(times), 3),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = ["| scenario | measured | target |", "|---|---|---|"]
+    warm = results.get("tools_list")
+    if warm:
+        w = warm["warm"]
+        rows.append(
+            f"| tools/list on /mcp, {warm['backends']} backends x {warm['tools_per_backend']} tools, warm, c=1 | "
+            f"p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms ({w['errors']} errors) | p50 <= 5 ms |"
+        )
+    hung = results.get("tools_list_hung")
+    if hung:
+        w = hung["warm"]
+        rows.append(
+            f"| the same plus a backend that never answers | first list {hung['first_list_ms']} ms "
+            f"(deadline {LIST_DEADLINE_S:g} s), then p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms | the deadline once |"
+        )
+    start = results.get("startup")
+    if start:
+        measured = f"median {start['median_s']} s of {start['ready_s']}"
+        rows.append(f"| `serve` ready with {start['servers']} servers | {measured} | < 2 s |")
+    return "\n".join(rows)
+
+
+def _token(data_dir: Path) -> str:
+    created = subprocess.run(
+        [
+            *cli_command(),
+            "--log-level",
+            "warning",
+            "token",
+            "create",
+            "--user",
+            LOCAL_USER,
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip()
+
+
+def _busy(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
