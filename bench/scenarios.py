@@ -78,6 +78,8 @@ def tools_list(
     name = "wide-backends-hung" if hung else "wide-backends"
     backends = procs.start(name, argv, client_core, base + BACKENDS - 1)
     procs.wait_listening(backends)
+    # Every backend must answer before the gateway's first list, or it would be left out of the warm runs.
+    wait_until(lambda: not any(not _busy(base + i) for i in range(BACKENDS)), backends, "listening on every port")
     directory = tmp / name
     config = list_config(directory, base, hung_port)
     token = _token(directory / "data")

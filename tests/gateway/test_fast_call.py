@@ -191,3 +191,41 @@ async def test_a_call_past_the_keepalive_window_becomes_a_stream_with_pings(
         [final] = [json.loads(line.removeprefix("data:")) for line in events]
         assert final["id"] == 9 and final["result"]["structuredContent"] == {"result": "released"}
         assert t.taken[-1] is True
+
+
+async def test_a_tool_list_takes_the_fast_path_and_is_the_sdks_answer_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+        headers = {
+            "accept": ACCEPT,
+            "content-type": "application/json",
+            "authorization": f"Bearer {t.alice}",
+            "mcp-protocol-version": MODERN,
+            "mcp-method": "tools/list",
+        }
+
+        async def listed(path: str, extra_meta: dict[str, Any]) -> httpx2.Response:
+            body = {
+                "jsonrpc": "2.0",
+                "id": "list-1",
+                "method": "tools/list",
+                "params": {"_meta": {**meta, **extra_meta}},
+            }
+            return await http.post(f"{t.gw.url}{path}", content=json.dumps(body), headers=headers)
+
+        for path in (SINGLE, "/mcp"):
+            t.taken.clear()
+            first, again = await listed(path, {}), await listed(path, {})  # the second from the serialised cache
+            through_sdk = await listed(path, {"progressToken": "p"})
+            assert t.taken == [True, True, False]
+            assert first.content == again.content == through_sdk.content
+            assert first.headers["content-type"] == through_sdk.headers["content-type"] == "application/json"
+            names = {tool["name"] for tool in rpc(first)["result"]["tools"]}
+            assert ("echo" if path == SINGLE else "lab__tools__echo") in names
+        # A cursor (this gateway returns one page) is the SDK path's to refuse.
+        t.taken.clear()
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"cursor": "x", "_meta": meta}}
+        refused = await http.post(f"{t.gw.url}{SINGLE}", content=json.dumps(body), headers=headers)
+        assert t.taken == [False] and "error" in rpc(refused)

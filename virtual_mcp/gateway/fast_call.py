@@ -1,4 +1,4 @@
-"""The `tools/call` fast path for 2026-07-28 requests.
+"""The `tools/call` and `tools/list` fast path for 2026-07-28 requests.
 
 A 2026-07-28 request is self-contained (no session), so the gateway can answer a plain `tools/call` without the
 SDK's per-request server machinery (a dispatch context, a runner, a middleware chain and two tasks per request,
@@ -15,7 +15,8 @@ then the answer becomes an event stream with pings, and a client that goes away 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,13 +34,15 @@ from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY, JSONRPCError, JS
 from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.gateway.forward import passthrough_meta
 from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY
+from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
-from virtual_mcp.registry import Endpoint
+from virtual_mcp.registry import Endpoint, EndpointKind
 from virtual_mcp.timing import phase
 
 if TYPE_CHECKING:
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from virtual_mcp.gateway.runtime import Runtime
 
 _PARAM_HEADER_PREFIX = b"mcp-param-"
+_LIST_ENTRIES = 256
 
 
 class FastToolCalls:
@@ -62,38 +66,23 @@ class FastToolCalls:
         self._runtime = runtime
         self._server = server
         self._render = render  # a gateway error as the JSON-RPC error the SDK path would send
+        self._lists: dict[tuple[str, Hashable], bytes] = {}  # serialised tools/list results
 
     async def __call__(
         self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
     ) -> bool:
         """Answer the request and return True, or return False having done nothing (the SDK path takes it)."""
-        if message.get("method") != "tools/call":
+        method = message.get("method")
+        if method == "tools/list":
+            return await self._list(message, caller, scope, receive, send)
+        if method != "tools/call":
             return False
-        request = Request(scope)
-        headers = request.headers
-        version = headers.get("mcp-protocol-version")
-        request_id = message.get("id")
-        params = message.get("params")
-        if (
-            version not in MODERN_PROTOCOL_VERSIONS
-            or isinstance(request_id, bool)
-            or not isinstance(request_id, int | str)
-            or not isinstance(params, dict)
-            or not headers.get("content-type", "").lower().startswith("application/json")
-            or check_accept_headers(request) != (True, True)
-        ):
+        plain = self._plain_request(message, scope)
+        if plain is None:
             return False
-        raw_headers = scope["headers"]
-        if any(name.startswith(_PARAM_HEADER_PREFIX) for name, _ in raw_headers):
-            return False
-        if find_duplicated_routing_header((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers):
-            return False
-        if isinstance(classify_inbound_request(message, headers=dict(headers)), InboundLadderRejection):
-            return False
-        name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
-        if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict):
-            return False
-        if meta.get("progressToken") is not None or LOG_LEVEL_META_KEY in meta:
+        version, request_id, params = plain
+        name, arguments, meta = params.get("name"), params.get("arguments", {}), params["_meta"]
+        if not isinstance(name, str) or not isinstance(arguments, dict):
             return False
 
         runtime = self._runtime
@@ -133,6 +122,66 @@ class FastToolCalls:
         await self._answer(request_id, call, scope, receive, send)
         return True
 
+    def _plain_request(self, message: Mapping[str, Any], scope: Scope) -> tuple[str, int | str, dict[str, Any]] | None:
+        """(version, id, params) of a 2026-07-28 request the SDK's ladder accepts and that wants no notifications;
+        None for anything else."""
+        request = Request(scope)
+        headers = request.headers
+        version = headers.get("mcp-protocol-version")
+        request_id = message.get("id")
+        params = message.get("params")
+        if (
+            version not in MODERN_PROTOCOL_VERSIONS
+            or isinstance(request_id, bool)
+            or not isinstance(request_id, int | str)
+            or not isinstance(params, dict)
+            or not headers.get("content-type", "").lower().startswith("application/json")
+            or check_accept_headers(request) != (True, True)
+        ):
+            return None
+        raw_headers = scope["headers"]
+        if any(name.startswith(_PARAM_HEADER_PREFIX) for name, _ in raw_headers):
+            return None
+        if find_duplicated_routing_header((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers):
+            return None
+        if isinstance(classify_inbound_request(message, headers=dict(headers)), InboundLadderRejection):
+            return None
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or meta.get("progressToken") is not None or LOG_LEVEL_META_KEY in meta:
+            return None
+        return version, request_id, params
+
+    async def _list(
+        self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """`tools/list`: the answer for one set of subjects and one state of the backends' lists is serialised once
+        (a list of 1,000 tools costs milliseconds to validate and encode) and then only framed with the id."""
+        plain = self._plain_request(message, scope)
+        if plain is None or plain[2].get("cursor") is not None:
+            return False
+        version, request_id, _ = plain
+        runtime = self._runtime
+        if self._endpoint.kind is EndpointKind.REMOTE:
+            try:  # a per-user server the caller has not connected: the SDK path tells them how to
+                await runtime.credentials.credential_for(self._endpoint.members[0].source, caller)
+            except ConsentRequired:
+                return False
+            except GatewayError:
+                pass
+        with phase("upstream"):
+            key, tools = await runtime.view(self._endpoint.path).listing(caller, runtime.settings.list_deadline_seconds)
+        cache_key = (version, key)
+        body = self._lists.get(cache_key)
+        if body is None:
+            result = {"ttlMs": 0, "cacheScope": "private", "tools": tools, "resultType": "complete"}
+            body = json.dumps(self._wire("tools/list", version, result), separators=(",", ":")).encode()
+            if len(self._lists) >= _LIST_ENTRIES:
+                self._lists.pop(next(iter(self._lists)))
+            self._lists[cache_key] = body
+        framed = b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"result":' + body + b"}"
+        await Response(framed, media_type="application/json")(scope, receive, send)
+        return True
+
     def _wire_result(self, version: str, result: dict[str, Any]) -> dict[str, Any]:
         """The backend's result as the SDK path would send it: the backend's own `serverInfo` stamp removed, sieved
         by the spec surface, and stamped with the gateway's."""
@@ -144,7 +193,11 @@ class FastToolCalls:
             else:
                 del result["_meta"]
         result.setdefault("resultType", "complete")
-        dumped = spec_methods.serialize_server_result("tools/call", version, result)
+        return self._wire("tools/call", version, result)
+
+    def _wire(self, method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A result sieved by the spec surface and stamped with the gateway's `serverInfo`, as the SDK does."""
+        dumped = spec_methods.serialize_server_result(method, version, result)
         dumped.setdefault("resultType", "complete")
         stamp = dumped.get("_meta")
         if stamp is None:

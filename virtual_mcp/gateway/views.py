@@ -7,7 +7,7 @@ other backends come and go. The routing table is rebuilt only when a backend's c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from virtual_mcp.upstream.catalog import ToolCatalog
 
 logger = logging.getLogger(__name__)
 SOURCE_META_KEY = "virtual-mcp/source"
+_LISTED_ENTRIES = 256  # distinct subject sets whose filtered tool lists are kept per endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class EndpointView:
         self._catalog = catalog
         self._budget = name_budget
         self._table: _Table | None = None
+        self._listed: dict[tuple[tuple[int, ...], frozenset[str]], list[dict[str, Any]]] = {}
         # Fast path for names that are exactly prefix + "__" + original (no shortening), needing no catalog.
         self._prefixes = {SEPARATOR.join(m.prefix) + SEPARATOR: m for m in endpoint.members if m.prefix}
 
@@ -66,11 +68,24 @@ class EndpointView:
 
     async def list_tools(self, caller: Caller, deadline: float) -> list[dict[str, Any]]:
         """Fan out to every backend the caller may use, concurrently; a backend past `deadline` is left out."""
+        return list((await self.listing(caller, deadline))[1])
+
+    async def listing(self, caller: Caller, deadline: float) -> tuple[Hashable, list[dict[str, Any]]]:
+        """`list_tools`, and a key that is equal for equal answers (not to be modified: it is shared)."""
         principal = caller.principal
         members = self.visible_members(principal)
         await self._refresh(members, deadline, caller)
         table = self._current_table()
-        return [tool for name, tool in table.tools.items() if self._allowed(principal, table.routes[name])]
+        # What one set of subjects may see of one table is computed once (a list of 1,000 tools is 1,000 policy
+        # decisions).
+        key = (table.versions, principal.subjects())
+        listed = self._listed.get(key)
+        if listed is None:
+            listed = [tool for name, tool in table.tools.items() if self._allowed(principal, table.routes[name])]
+            if len(self._listed) >= _LISTED_ENTRIES:
+                self._listed.pop(next(iter(self._listed)))
+            self._listed[key] = listed
+        return key, listed
 
     def _allowed(self, principal: Principal, route: Route) -> bool:
         return decide(principal, self._registry.gates[route.member.gate], route.original).allowed
@@ -120,7 +135,9 @@ class EndpointView:
         return None
 
     async def _refresh(self, members: Iterable[Member], deadline: float, caller: Caller) -> None:
-        sources = {m.source for m in members}
+        sources = {m.source for m in members if not self._catalog.fresh(m.source)}
+        if not sources:
+            return  # every list is in the cache: no credential, no task
 
         async def fetch(ref: ServerRef) -> None:
             try:

@@ -72,6 +72,20 @@ class ToolCatalog:
             entry = self._entries[ref] = _Entry()
         return entry
 
+    def fresh(self, ref: ServerRef) -> bool:
+        """Whether `tools()` would answer from the cache without asking the backend (no I/O). A lookup: counted as
+        a cache hit when it is one."""
+        entry = self._entries.get(ref)
+        hit = (
+            entry is not None
+            and entry.tools is not None
+            and not entry.stale
+            and self._clock() - entry.fetched_at < self._settings.catalog_ttl_seconds
+        )
+        if hit and self._lookups is not None:
+            self._lookups[0].inc()
+        return hit
+
     def version(self, ref: ServerRef) -> int:
         return self._entry(ref).version
 
