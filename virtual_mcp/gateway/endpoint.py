@@ -21,13 +21,11 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
 from mcp.shared.inbound import mcp_param_headers
-from mcp_types import SERVER_INFO_META_KEY
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
 from virtual_mcp.gateway.fast_call import FastToolCalls
-from virtual_mcp.gateway.forward import forward
+from virtual_mcp.gateway.forward import for_version, forward
 from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
 from virtual_mcp.gateway.request_scope import bind_request, request_id_of
 from virtual_mcp.outbound.consent import ConsentRequired
@@ -72,21 +70,8 @@ def caller_of(ctx: Ctx) -> Caller:
 
 
 def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
-    """Make a result (ours, or a backend's of either era) right for the caller's era; the SDK sieves the rest.
-
-    The caller talks to the gateway, so a backend's own `serverInfo` stamp is removed; the SDK stamps the
-    gateway's on 2026-07-28 results and none on 2025-11-25 ones.
-    """
-    meta = result.get("_meta")
-    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
-        rest = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
-        if rest:
-            result["_meta"] = rest
-        else:
-            del result["_meta"]
-    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
-        result["resultType"] = "complete"
-    return result
+    """`for_version` for the caller of `ctx`."""
+    return for_version(result, ctx.protocol_version)
 
 
 class ErrorRendering:

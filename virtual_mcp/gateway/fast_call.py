@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.errors import GatewayError
-from virtual_mcp.gateway.forward import passthrough_meta
+from virtual_mcp.gateway.forward import for_version, passthrough_meta
 from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
@@ -185,15 +185,7 @@ class FastToolCalls:
     def _wire_result(self, version: str, result: dict[str, Any]) -> dict[str, Any]:
         """The backend's result as the SDK path would send it: the backend's own `serverInfo` stamp removed, sieved
         by the spec surface, and stamped with the gateway's."""
-        meta = result.get("_meta")
-        if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
-            rest = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
-            if rest:
-                result["_meta"] = rest
-            else:
-                del result["_meta"]
-        result.setdefault("resultType", "complete")
-        return self._wire("tools/call", version, result)
+        return self._wire("tools/call", version, for_version(result, version))
 
     def _wire(self, method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
         """A result sieved by the spec surface and stamped with the gateway's `serverInfo`, as the SDK does."""

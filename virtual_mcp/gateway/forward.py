@@ -9,7 +9,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.connection import allowed_log_levels
 from mcp.server.context import ServerRequestContext
-from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.timing import phase
@@ -24,6 +24,22 @@ def caller_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
     raw = ctx.params or {}
     meta = raw.get("_meta") if isinstance(raw, Mapping) else None
     return meta if isinstance(meta, Mapping) else {}
+
+
+def for_version(result: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """Make a result (ours, or a backend's of either era) right for a caller speaking `version`; the SDK sieves the
+    rest. The caller talks to the gateway, so a backend's own `serverInfo` stamp is removed (the gateway's is added
+    to 2026-07-28 results on the way out), and a 2026-07-28 result says it is complete."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+        rest = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
+        if rest:
+            result["_meta"] = rest
+        else:
+            del result["_meta"]
+    if version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+        result["resultType"] = "complete"
+    return result
 
 
 def passthrough_meta(inbound_meta: Mapping[str, Any]) -> dict[str, Any]:
