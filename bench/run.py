@@ -304,6 +304,8 @@ def run_scenarios(
         results["tools_list_hung"] = scenarios.tools_list(
             procs, wrk, server_core, client_core, tmp, args.duration, True
         )
+        print("bench: idle sessions ...", flush=True)
+        results["idle_sessions"] = scenarios.idle_sessions(procs, server_core, client_core, tmp)
         print("bench: serve start-up ...", flush=True)
         results["startup"] = scenarios.startup(server_core, tmp)
     except (ProcessFailed, WrkError, RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:

@@ -3,6 +3,7 @@
 - `tools/list` on `/mcp` over 20 backends x 50 tools, warm: latency at concurrency 1 (wrk, answers checked);
 - the same with one more backend that accepts requests and never answers: the first list (which waits the
   backend's deadline once) and the lists after it;
+- the gateway's resident memory with 1,000 idle 2025-11-25 client sessions;
 - `serve` start-up with 50 servers configured: seconds from the process start until `/readyz` answers 200.
 """
 
@@ -20,13 +21,23 @@ from typing import Any
 import httpx
 
 from bench import protocol
-from bench.gateway import LOCAL_USER, cli_command, gateway_command, wait_until
+from bench.gateway import (
+    GROUP,
+    LOCAL_USER,
+    SERVER,
+    cli_command,
+    gateway_command,
+    gateway_credentials,
+    wait_until,
+    write_gateway_config,
+)
 from bench.procs import Processes, free_port
 from bench.wrk import lua_script, run_wrk
 
 BACKENDS, TOOLS = 20, 50
 LIST_DEADLINE_S = 3.0  # the gateway's default list_deadline_seconds
 STARTUP_SERVERS = 50
+IDLE_SESSIONS = 1000
 
 
 def list_config(directory: Path, base_port: int, hung_port: int | None) -> Path:
@@ -110,6 +121,51 @@ def tools_list(
     }
 
 
+def idle_sessions(
+    procs: Processes, server_core: int | None, client_core: int | None, tmp: Path, count: int = IDLE_SESSIONS
+) -> dict[str, Any]:
+    """The gateway's resident memory with `count` open, idle 2025-11-25 client sessions (each initialized and then
+    left alone), against its memory after one warm call."""
+    up_port = free_port()
+    upstream = procs.start(
+        "idle-backend", [sys.executable, "-m", "bench.echo_backend", "--port", str(up_port)], client_core, up_port
+    )
+    procs.wait_listening(upstream)
+    directory = tmp / "idle"
+    config = write_gateway_config(directory, f"http://127.0.0.1:{up_port}/mcp")
+    token = gateway_credentials(directory / "data")
+    port = free_port()
+    gateway = procs.start("virtual-mcp-idle", gateway_command(config, directory / "data", port), server_core, port)
+    procs.wait_listening(gateway)
+    url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+        first = protocol.open_session(client, url)
+        protocol.check_call(client, url, protocol.LEGACY, first)
+        before = _rss_mb(gateway.pid)
+        started = time.perf_counter()
+        sessions = [protocol.open_session(client, url) for _ in range(count - 1)]
+        opened_s = time.perf_counter() - started
+        if not all(s.id for s in sessions):
+            raise RuntimeError("the gateway opened a session without an id")
+        protocol.check_call(client, url, protocol.LEGACY, sessions[-1])  # the last one works, the first still too
+        protocol.check_call(client, url, protocol.LEGACY, first)
+        after = _rss_mb(gateway.pid)
+    return {
+        "sessions": count,
+        "rss_mb_warm": round(before, 1),
+        "rss_mb_with_sessions": round(after, 1),
+        "per_session_kb": round((after - before) * 1024 / count, 1),
+        "open_s": round(opened_s, 1),
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def startup(server_core: int | None, tmp: Path, runs: int = 3) -> dict[str, Any]:
     """Seconds from `serve` starting until /readyz is 200, with STARTUP_SERVERS servers configured (median)."""
     servers = tmp / "startup" / "servers.d"
@@ -166,6 +222,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| the same plus a backend that never answers | first list {hung['first_list_ms']} ms "
             f"(deadline {LIST_DEADLINE_S:g} s), then p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms | the deadline once |"
         )
+    idle = results.get("idle_sessions")
+    if idle:
+        measured = f"{idle['rss_mb_with_sessions']} MB ({idle['rss_mb_warm']} MB warm before them; "
+        measured += f"{idle['per_session_kb']} KB per session)"
+        rows.append(f"| gateway RSS with {idle['sessions']} idle 2025-11-25 client sessions | {measured} | <= 150 MB |")
     start = results.get("startup")
     if start:
         measured = f"median {start['median_s']} s of {start['ready_s']}"
