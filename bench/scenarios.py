@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,11 @@ STARTUP_SERVERS = 50
 IDLE_SESSIONS = 1000
 
 
-def list_config(directory: Path, base_port: int, hung_port: int | None) -> Path:
+def list_config(directory: Path, ports: list[int], hung_port: int | None) -> Path:
     servers = directory / "servers.d"
     servers.mkdir(parents=True)
     lines = ["name: wide", "type: provider-account/mcp-server-group", "integrations:"]
-    urls = [f"http://127.0.0.1:{base_port + i}/mcp" for i in range(BACKENDS)]
+    urls = [f"http://127.0.0.1:{port}/mcp" for port in ports]
     if hung_port is not None:
         urls.append(f"http://127.0.0.1:{hung_port}/mcp")
     for i, url in enumerate(urls):
@@ -78,21 +77,17 @@ def tools_list(
     procs: Processes, wrk: str, server_core: int | None, client_core: int | None, tmp: Path, duration: int, hung: bool
 ) -> dict[str, Any]:
     """Warm tools/list latency on /mcp over BACKENDS x TOOLS tools (plus a backend that never answers, if `hung`)."""
-    base = free_port()
-    while any(_busy(base + i) for i in range(BACKENDS)):
-        base = free_port()
-    hung_port = free_port() if hung else None
-    argv = [sys.executable, "-m", "bench.wide_backend", "--base-port", str(base), "--count", str(BACKENDS)]
-    argv += ["--tools", str(TOOLS)]
-    if hung_port is not None:
-        argv += ["--hung-port", str(hung_port)]
     name = "wide-backends-hung" if hung else "wide-backends"
-    backends = procs.start(name, argv, client_core, base + BACKENDS - 1)
-    procs.wait_listening(backends)
-    # Every backend must answer before the gateway's first list, or it would be left out of the warm runs.
-    wait_until(lambda: not any(not _busy(base + i) for i in range(BACKENDS)), backends, "listening on every port")
+    ports_file = tmp / f"{name}.ports"
+    argv = [sys.executable, "-m", "bench.wide_backend", "--ports-file", str(ports_file), "--count", str(BACKENDS)]
+    argv += ["--tools", str(TOOLS), *(["--hung"] if hung else [])]
+    backends = procs.start(name, argv, client_core)
+    # Every backend listens before the gateway's first list, or it would be left out of the warm runs.
+    wait_until(ports_file.exists, backends, "listening on every port")
+    ports = [int(line) for line in ports_file.read_text().split()]
+    hung_port = ports.pop() if hung else None
     directory = tmp / name
-    config = list_config(directory, base, hung_port)
+    config = list_config(directory, ports, hung_port)
     token = _token(directory / "data")
     port = free_port()
     gateway = procs.start(f"virtual-mcp-{name}", gateway_command(config, directory / "data", port), server_core, port)
@@ -252,8 +247,3 @@ def _token(data_dir: Path) -> str:
         text=True,
     )
     return created.stdout.strip()
-
-
-def _busy(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -1,12 +1,17 @@
-"""Many benchmark backends in one process: `--count` low-level SDK servers with `--tools` tools each, one per port
-from `--base-port`, plus (with `--hung-port`) a server that accepts every request and never answers.
+"""Many benchmark backends in one process: `--count` low-level SDK servers with `--tools` tools each, each on a port
+of its own, plus (with `--hung`) a server that accepts every request and never answers.
 
-Run as `python -m bench.wide_backend --base-port P --count 20 --tools 50 [--hung-port H]`.
+Run as `python -m bench.wide_backend --ports-file F --count 20 --tools 50 [--hung]`. The ports are chosen by the
+system (port 0), so they can never collide with another process's; once every server listens, their numbers are
+written to F, one a line (the hung server's last).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -52,38 +57,41 @@ def hung_app() -> Starlette:
     return Starlette(routes=[Route("/mcp", never, methods=["GET", "POST", "DELETE"])])
 
 
-async def serve_all(host: str, base_port: int, count: int, tools: int, hung_port: int | None) -> None:
-    servers = [
-        uvicorn.Server(
-            uvicorn.Config(
-                tool_server(i, tools).streamable_http_app(stateless_http=True, json_response=True, host=host),
-                host=host,
-                port=base_port + i,
-                log_level="warning",
-                lifespan="on",
-                access_log=False,
-            )
-        )
+async def serve_all(host: str, ports_file: Path, count: int, tools: int, hung: bool) -> None:
+    apps: list[Any] = [
+        tool_server(i, tools).streamable_http_app(stateless_http=True, json_response=True, host=host)
         for i in range(count)
     ]
-    if hung_port is not None:
-        servers.append(
-            uvicorn.Server(uvicorn.Config(hung_app(), host=host, port=hung_port, log_level="warning", access_log=False))
-        )
+    if hung:
+        apps.append(hung_app())
+    sockets = []
+    for _ in apps:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        sockets.append(sock)
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False)) for app in apps
+    ]
     async with anyio.create_task_group() as tg:
-        for server in servers:
-            tg.start_soon(server.serve)
+        for server, sock in zip(servers, sockets, strict=True):
+            tg.start_soon(partial(server.serve, sockets=[sock]))
+        while not all(server.started for server in servers):  # noqa: ASYNC110 - uvicorn offers only this flag
+            await anyio.sleep(0.01)
+        written = anyio.Path(f"{ports_file}.part")
+        await written.write_text("".join(f"{sock.getsockname()[1]}\n" for sock in sockets))
+        await written.rename(ports_file)  # whole or not at all, for the harness that waits for it
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--base-port", type=int, required=True)
+    parser.add_argument("--ports-file", type=Path, required=True)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--tools", type=int, default=50)
-    parser.add_argument("--hung-port", type=int)
+    parser.add_argument("--hung", action="store_true")
     args = parser.parse_args()
-    anyio.run(serve_all, args.host, args.base_port, args.count, args.tools, args.hung_port)
+    anyio.run(serve_all, args.host, args.ports_file, args.count, args.tools, args.hung)
 
 
 if __name__ == "__main__":
