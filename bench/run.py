@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import protocol, scenarios
+from bench import chart, protocol, scenarios
 from bench.gateway import GROUP, SERVER, gateway_command, gateway_credentials, wait_until, write_gateway_config
 from bench.procs import Child, Processes, ProcessFailed, Terminated, exit_on_signals, free_port
 from bench.report import DIRECT, Outcome, markdown, outcome_json
@@ -284,9 +284,13 @@ def run(args: argparse.Namespace) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        chart.render(result, args.output.with_suffix(".png"))
+    except ImportError:
+        print("bench: matplotlib is not installed (make bench installs it): no chart drawn", file=sys.stderr)
     print()
     print(table)
-    print(f"\nbench: {result['elapsed_s']} s; results in {args.output}; server logs in {log_dir}")
+    print(f"\nbench: {result['elapsed_s']} s; results in {args.output} (chart beside it); server logs in {log_dir}")
     failed = scenario_error is not None or any(
         r["warm"]["errors"] for k, r in scenario_results.items() if k.startswith("tools_list")
     )
