@@ -308,6 +308,8 @@ def run_scenarios(
         results["tools_list_hung"] = scenarios.tools_list(
             procs, wrk, server_core, client_core, tmp, args.duration, True
         )
+        print("bench: credential path ...", flush=True)
+        results["credential_path"] = scenarios.credential_path(procs, wrk, server_core, client_core, tmp, args.duration)
         print("bench: idle sessions ...", flush=True)
         results["idle_sessions"] = scenarios.idle_sessions(procs, server_core, client_core, tmp)
         print("bench: serve start-up ...", flush=True)

@@ -3,6 +3,8 @@
 - `tools/list` on `/mcp` over 20 backends x 50 tools, warm: latency at concurrency 1 (wrk, answers checked);
 - the same with one more backend that accepts requests and never answers: the first list (which waits the
   backend's deadline once) and the lists after it;
+- tools/call to one backend behind a static secret header and behind OAuth client credentials (a cached token from
+  a real authorization server): the latency the credential path adds;
 - the gateway's resident memory with 1,000 idle 2025-11-25 client sessions;
 - `serve` start-up with 50 servers configured: seconds from the process start until `/readyz` answers 200.
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,7 @@ BACKENDS, TOOLS = 20, 50
 LIST_DEADLINE_S = 3.0  # the gateway's default list_deadline_seconds
 STARTUP_SERVERS = 50
 IDLE_SESSIONS = 1000
+OAUTH_SECRET_REF = "tfy-secret://bench:oauth:client_secret"  # noqa: S105 - a reference, not a secret
 
 
 def list_config(directory: Path, ports: list[int], hung_port: int | None) -> Path:
@@ -154,6 +158,83 @@ def idle_sessions(
     }
 
 
+def credential_path(
+    procs: Processes, wrk: str, server_core: int | None, client_core: int | None, tmp: Path, duration: int
+) -> dict[str, Any]:
+    """tools/call latency (c=1, 2026-07-28) to the same echo backend behind a static secret header and behind
+    OAuth client credentials with a cached token, from a real authorization server (the tests' oidc-provider)."""
+    from tests.oauth_server import CC_CLIENT_ID, CLIENT_SECRETS, SERVER_SCRIPT, ensure_installed, server_config
+
+    node = ensure_installed()
+    auth = procs.start(
+        "oauth-server", [str(node), str(SERVER_SCRIPT), json.dumps(server_config(access_token_ttl=3600))], client_core
+    )
+    ready = re.compile(r"^READY (\d+)$", re.MULTILINE)
+    wait_until(lambda: ready.search(auth.log.read_text(errors="replace")) is not None, auth, "ready")
+    match = ready.search(auth.log.read_text(errors="replace"))
+    assert match is not None
+    token_url = httpx.get(f"http://127.0.0.1:{match[1]}/.well-known/openid-configuration", timeout=10).json()[
+        "token_endpoint"
+    ]
+    up_port = free_port()
+    upstream = procs.start(
+        "cred-backend", [sys.executable, "-m", "bench.echo_backend", "--port", str(up_port)], client_core, up_port
+    )
+    procs.wait_listening(upstream)
+    directory = tmp / "credentials"
+    config = write_gateway_config(directory, f"http://127.0.0.1:{up_port}/mcp")
+    with (config / f"{GROUP}.yaml").open("a") as f:
+        f.write(
+            "  - name: echo-2lo\n"
+            "    type: integration/mcp-server/remote\n"
+            f"    url: http://127.0.0.1:{up_port}/mcp\n"
+            "    authorized_subjects: [team:bench]\n"
+            "    auth_data:\n"
+            "      type: oauth2\n"
+            "      grant_type: client_credentials\n"
+            f"      token_url: {token_url}\n"
+            f"      client_id: {CC_CLIENT_ID}\n"
+            f"      client_secret: {OAUTH_SECRET_REF}\n"
+            "      scopes: [mcp:read]\n"
+        )
+    token = gateway_credentials(directory / "data")
+    subprocess.run(
+        [
+            *cli_command(),
+            "--log-level",
+            "warning",
+            "secrets",
+            "set",
+            OAUTH_SECRET_REF.removeprefix("tfy-secret://"),
+            "--data-dir",
+            str(directory / "data"),
+        ],
+        input=CLIENT_SECRETS[CC_CLIENT_ID].encode(),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    gateway = procs.start(
+        "virtual-mcp-credentials", gateway_command(config, directory / "data", port), server_core, port
+    )
+    procs.wait_listening(gateway)
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, gateway, "ready")
+    headers = {**protocol.call_headers(protocol.MODERN), "Authorization": f"Bearer {token}"}
+    out: dict[str, Any] = {}
+    for server in (SERVER, "echo-2lo"):
+        url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{server}/server"
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+            protocol.check_call(client, url, protocol.MODERN)  # the first call obtains the token
+        script = tmp / f"cred-{server}.lua"
+        script.write_text(lua_script(protocol.call_body(protocol.MODERN), headers, [], protocol.ECHO_TEXT))
+        out["static" if server == SERVER else "client_credentials"] = run_wrk(
+            wrk, url, script, 1, duration, client_core
+        ).as_dict()
+    static, oauth = out["static"]["p50_ms"], out["client_credentials"]["p50_ms"]
+    out["added_p50_ms"] = round(oauth - static, 3) if static is not None and oauth is not None else None
+    return out
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -216,6 +297,13 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append(
             f"| the same plus a backend that never answers | first list {hung['first_list_ms']} ms "
             f"(deadline {LIST_DEADLINE_S:g} s), then p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms | the deadline once |"
+        )
+    cred = results.get("credential_path")
+    if cred:
+        rows.append(
+            f"| tools/call, OAuth client credentials (cached token) vs static header, c=1 | p50 "
+            f"{cred['client_credentials']['p50_ms']} ms vs {cred['static']['p50_ms']} ms "
+            f"({cred['added_p50_ms']:+} ms) | within 0.2 ms |"
         )
     idle = results.get("idle_sessions")
     if idle:
