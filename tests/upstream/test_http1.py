@@ -215,3 +215,45 @@ def test_proxied_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert proxied("http://backend.internal/mcp")
     assert not proxied("http://127.0.0.1:9000/mcp")
     assert not proxied("https://backend.internal/mcp")  # no https proxy configured
+
+
+async def test_bytes_sent_on_an_idle_connection_are_never_taken_for_the_next_answer() -> None:
+    """A backend that says something unasked (e.g. a 408 before it hangs up) spoils that connection."""
+    said = anyio.Event()
+
+    async def chatty(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections > 1:
+            await keep_alive_json(server, reader, writer)
+            return
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")  # unasked
+        await writer.drain()
+        said.set()
+        await keep_alive_json(server, reader, writer)
+
+    async with running(chatty) as server:
+        pool = Http1Pool(connect_timeout=5)
+        async with pool.post(target(url(server)), b"1", {}) as response:
+            assert await response.read() == b"{}"
+        with anyio.fail_after(5):
+            await said.wait()
+        async with pool.post(target(url(server)), b"2", {}) as response:
+            assert (response.status, await response.read()) == (200, b'{"echo":2}')
+        assert server.connections == 2
+
+
+async def test_an_answer_without_a_body_is_complete_at_once() -> None:
+    async def no_content(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.request(reader)
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # no length: still no body
+            await writer.drain()
+
+    async with running(no_content) as server:
+        pool = Http1Pool(connect_timeout=5)
+        for _ in range(2):
+            with anyio.fail_after(5):
+                async with pool.post(target(url(server)), b"{}", {}) as response:
+                    assert (response.status, await response.read()) == (204, b"")
+        assert server.connections == 1

@@ -8,14 +8,16 @@ functions, so the wire is what the SDK would have written.
 
 It takes only the plain case and leaves everything else to the SDK path, before anything happens that cannot be
 done twice: a request the ladder would reject, one that asks for progress or log messages (those need the event
-stream), `Mcp-Param` headers, a tool whose schema declares them, a name the caller may not use, a credential that
-cannot be had (consent, refusal). Like the SDK, it answers with JSON unless the call outlasts the keepalive window;
+stream), `Mcp-Param` headers, a tool whose schema declares them, a name the caller may not use. (A credential that
+cannot be had is this path's to report, as the SDK path would: obtaining one may already have talked to a
+provider.) Like the SDK, it answers with JSON unless the call outlasts the keepalive window;
 then the answer becomes an event stream with pings, and a client that goes away cancels the call.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +30,21 @@ from mcp.server._streamable_http_modern import (  # the SDK's own wire, so both 
     _write,
 )
 from mcp.server.lowlevel.server import Server
+from mcp.server.runner import modern_error_data
 from mcp.server.streamable_http import check_accept_headers
+from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
-from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY, JSONRPCError, JSONRPCResponse
+from mcp_types import (
+    CORE_RESULT_TYPES,
+    INTERNAL_ERROR,
+    LOG_LEVEL_META_KEY,
+    SERVER_INFO_META_KEY,
+    JSONRPCError,
+    JSONRPCResponse,
+)
 from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -48,10 +60,9 @@ from virtual_mcp.timing import phase
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from mcp.shared.exceptions import MCPError
-
     from virtual_mcp.gateway.runtime import Runtime
 
+logger = logging.getLogger(__name__)
 _PARAM_HEADER_PREFIX = b"mcp-param-"
 _LIST_ENTRIES = 256
 
@@ -93,12 +104,9 @@ class FastToolCalls:
         if route is None or runtime.catalog.param_header_map(route.member.source, route.original):
             return False
         source = route.member.source
-        try:
-            credential = await runtime.credentials.credential_for(source, caller)
-        except GatewayError:
-            return False
 
-        # From here on the call is this path's: it may reach the backend.
+        # From here on the call is this path's: obtaining the credential may already talk to a provider (a token
+        # refresh, a consent ticket), which must not happen twice.
         request_id_text = str(scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
 
         async def call() -> dict[str, Any]:
@@ -106,7 +114,9 @@ class FastToolCalls:
                 async with runtime.auditor.tool_call(
                     request_id_text, caller, self._endpoint.path, name, arguments
                 ) as note:
-                    note.server, note.tool, note.sent = source, route.original, credential.headers
+                    note.server, note.tool = source, route.original
+                    credential = await runtime.credentials.credential_for(source, caller)
+                    note.sent = credential.headers
                     with phase("upstream"):
                         result = await runtime.pool.session(source, credential).request(
                             "tools/call",
@@ -160,14 +170,29 @@ class FastToolCalls:
         if plain is None or plain[2].get("cursor") is not None:
             return False
         version, request_id, _ = plain
+        try:
+            body = await self._listed(version, caller)
+        except Exception as exc:  # the top of this request: rendered as the SDK path would, never a bare 500
+            if not isinstance(exc, GatewayError | MCPError):
+                logger.exception("internal error serving tools/list")
+            error = self._render(exc) if isinstance(exc, GatewayError) else exc
+            await _write(
+                JSONRPCError(jsonrpc="2.0", id=request_id, error=modern_error_data(error)), scope, receive, send
+            )
+            return True
+        framed = b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"result":' + body + b"}"
+        await Response(framed, media_type="application/json")(scope, receive, send)
+        return True
+
+    async def _listed(self, version: str, caller: Caller) -> bytes:
         runtime = self._runtime
         if self._endpoint.kind is EndpointKind.REMOTE:
-            try:  # a per-user server the caller has not connected: the SDK path tells them how to
+            try:  # a per-user server the caller has not connected: they are told how to (URL elicitation)
                 await runtime.credentials.credential_for(self._endpoint.members[0].source, caller)
             except ConsentRequired:
-                return False
+                raise
             except GatewayError:
-                pass
+                pass  # other credential problems leave the list empty; calls say why
         with phase("upstream"):
             key, tools = await runtime.view(self._endpoint.path).listing(caller, runtime.settings.list_deadline_seconds)
         cache_key = (version, key)
@@ -178,9 +203,7 @@ class FastToolCalls:
             if len(self._lists) >= _LIST_ENTRIES:
                 self._lists.pop(next(iter(self._lists)))
             self._lists[cache_key] = body
-        framed = b'{"jsonrpc":"2.0","id":' + json.dumps(request_id).encode() + b',"result":' + body + b"}"
-        await Response(framed, media_type="application/json")(scope, receive, send)
-        return True
+        return body
 
     def _wire_result(self, version: str, result: dict[str, Any]) -> dict[str, Any]:
         """The backend's result as the SDK path would send it: the backend's own `serverInfo` stamp removed, sieved
@@ -188,8 +211,16 @@ class FastToolCalls:
         return self._wire("tools/call", version, for_version(result, version))
 
     def _wire(self, method: str, version: str, result: dict[str, Any]) -> dict[str, Any]:
-        """A result sieved by the spec surface and stamped with the gateway's `serverInfo`, as the SDK does."""
-        dumped = spec_methods.serialize_server_result(method, version, result)
+        """A result sieved by the spec surface and stamped with the gateway's `serverInfo`, as the SDK does (an
+        extension's own `resultType` is left to it; an invalid result is the SDK's internal error)."""
+        result_type = result.get("resultType")
+        dumped = result
+        if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+            try:
+                dumped = spec_methods.serialize_server_result(method, version, result)
+            except ValidationError:
+                logger.exception("the result for %r is invalid", method)
+                raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
         dumped.setdefault("resultType", "complete")
         stamp = dumped.get("_meta")
         if stamp is None:

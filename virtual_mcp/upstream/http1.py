@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line (one JSON-RPC message) at most
@@ -84,7 +85,14 @@ class _Connection:
         self.idle_since = 0.0
 
     def usable(self, now: float, idle_seconds: float) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing() and now - self.idle_since < idle_seconds
+        """Open, quiet (anything the backend sent while idle, e.g. a 408 before closing, would be taken for the
+        next answer), and not idle for too long."""
+        return (
+            not self.reader.at_eof()
+            and not _buffered(self.reader)
+            and not self.writer.is_closing()
+            and now - self.idle_since < idle_seconds
+        )
 
     def close(self) -> None:
         self.writer.close()
@@ -93,14 +101,17 @@ class _Connection:
 class Response:
     """An answer whose head has been read; the body is read with `read()` or `lines()`, once."""
 
-    def __init__(self, status: int, headers: dict[str, str], conn: _Connection) -> None:
+    def __init__(self, status: int, headers: dict[str, str], conn: _Connection, version: str = "HTTP/1.1") -> None:
         self.status = status
         self.headers = headers
         self._conn = conn
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         self._remaining = int(length) if length is not None and length.isdigit() and not self._chunked else None
-        self._to_close = headers.get("connection", "").lower() == "close"
+        if status in (204, 304) or 100 <= status < 200:
+            self._chunked, self._remaining = False, 0  # no body, whatever the headers say (RFC 9112 6.3)
+        tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+        self._to_close = "close" in tokens or version == "HTTP/1.0"
         self.complete = False  # the whole body was read: the connection may serve another request
 
     @property
@@ -214,7 +225,7 @@ class Http1Pool:
 
     def _release(self, to: Target, conn: _Connection) -> None:
         idle = self._idle.setdefault(to.origin, deque())
-        if len(idle) >= self._max_idle:
+        if len(idle) >= self._max_idle or _buffered(conn.reader):  # bytes past the answer: not a clean connection
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -222,8 +233,14 @@ class Http1Pool:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            # The same trust as the gateway's httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
+            self._ssl = httpx.create_ssl_context()
         return self._ssl
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether bytes wait unread in `reader` (asyncio offers no public accessor for its buffer)."""
+    return bool(getattr(reader, "_buffer", b""))
 
 
 def _request_head(to: Target, length: int, headers: Mapping[str, str]) -> bytes:
@@ -268,4 +285,4 @@ async def _read_head(conn: _Connection) -> Response:
             key = name.strip().lower()
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return Response(int(code), headers, conn)
+        return Response(int(code), headers, conn, version)

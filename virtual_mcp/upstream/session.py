@@ -245,6 +245,8 @@ class UpstreamSession:
             raise UpstreamUnavailable(self.ref.key, "session expired again right after reconnecting") from None
         except _ConnectionDropped:
             raise UpstreamUnavailable(self.ref.key, f"connection dropped during {method}") from None
+        except (httpx.ConnectError, ConnectFailed) as exc:
+            raise UpstreamUnavailable(self.ref.key, f"cannot reach backend: {type(exc).__name__}") from None
 
     async def _send(
         self,

@@ -193,7 +193,8 @@ class Database:
         where handing the query to aiosqlite's thread costs more than the query. Under WAL a reader never waits for
         a writer, and the pages of such a lookup are in memory; it sees everything committed, by any process."""
         if self._reader is None:
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # A short busy wait: the loop must not stall; a busy database is read through aiosqlite instead.
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0.05)
             reader.row_factory = sqlite3.Row
             reader.execute("PRAGMA query_only = ON")
             self._reader = reader

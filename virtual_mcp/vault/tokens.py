@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault.db import Database
+from virtual_mcp.vault.errors import DatabaseError
 
 TOKEN_PREFIX = "vmcp_"  # noqa: S105 - a prefix, not a token
 # The secret is base64 with "-" and "." for "+" and "/": URL- and header-safe, and free of "_", the separator.
@@ -105,7 +106,10 @@ class TokenStore:
         if m is None:
             return None
         token_id, secret = m.group(1), m.group(2)
-        row = self._db.read_now(_SELECT + " WHERE id = ?", (token_id,))  # every request: on the loop, no thread hop
+        try:
+            row = self._db.read_now(_SELECT + " WHERE id = ?", (token_id,))  # every request: on the loop, no thread hop
+        except DatabaseError:  # busy (a checkpoint, a recovery): wait for it off the loop
+            row = await self._db.fetchone(_SELECT + " WHERE id = ?", (token_id,))
         if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
             return None
         info = _info(row)
