@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-scenarios", action="store_true", help="only tools/call: no tools/list or start-up scenarios"
     )
+    parser.add_argument(
+        "--soak-seconds", type=int, default=600, help="length of the steady-load soak scenario (0: none; default 600)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 1, 1
@@ -291,8 +294,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     print(f"\nbench: {result['elapsed_s']} s; results in {args.output} (chart beside it); server logs in {log_dir}")
-    failed = scenario_error is not None or any(
-        r["warm"]["errors"] for k, r in scenario_results.items() if k.startswith("tools_list")
+    failed = (
+        scenario_error is not None
+        or any(r["warm"]["errors"] for k, r in scenario_results.items() if k.startswith("tools_list"))
+        or bool(scenario_results.get("soak", {}).get("run", {}).get("errors"))
     )
     return 1 if failed or any(o.error or o.errors for o in outcomes) else 0
 
@@ -312,6 +317,9 @@ def run_scenarios(
         results["credential_path"] = scenarios.credential_path(procs, wrk, server_core, client_core, tmp, args.duration)
         print("bench: idle sessions ...", flush=True)
         results["idle_sessions"] = scenarios.idle_sessions(procs, server_core, client_core, tmp)
+        if args.soak_seconds > 0:
+            print(f"bench: soak, {args.soak_seconds} s ...", flush=True)
+            results["soak"] = scenarios.soak(procs, wrk, server_core, client_core, tmp, args.soak_seconds)
         print("bench: serve start-up ...", flush=True)
         results["startup"] = scenarios.startup(server_core, tmp)
     except (ProcessFailed, WrkError, RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:

@@ -6,6 +6,7 @@
 - tools/call to one backend behind a static secret header and behind OAuth client credentials (a cached token from
   a real authorization server): the latency the credential path adds;
 - the gateway's resident memory with 1,000 idle 2025-11-25 client sessions;
+- a soak: `--soak-seconds` (600) of tools/call at about 500 requests/s: errors and resident memory over time;
 - `serve` start-up with 50 servers configured: seconds from the process start until `/readyz` answers 200.
 """
 
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,14 @@ from bench.gateway import (
     wait_until,
     write_gateway_config,
 )
-from bench.procs import Processes, free_port
+from bench.procs import Child, Processes, free_port
 from bench.wrk import lua_script, run_wrk
 
 BACKENDS, TOOLS = 20, 50
 LIST_DEADLINE_S = 3.0  # the gateway's default list_deadline_seconds
 STARTUP_SERVERS = 50
 IDLE_SESSIONS = 1000
+SOAK_RATE, SOAK_CONNECTIONS, SOAK_SAMPLE_S = 500, 8, 5.0
 OAUTH_SECRET_REF = "tfy-secret://bench:oauth:client_secret"  # noqa: S105 - a reference, not a secret
 
 
@@ -120,23 +123,66 @@ def tools_list(
     }
 
 
+def echo_gateway(
+    procs: Processes, name: str, server_core: int | None, client_core: int | None, tmp: Path
+) -> tuple[Child, str, str]:
+    """An echo backend and a gateway in front of it (static secret header); the gateway, its URL and a token."""
+    up_port = free_port()
+    argv = [sys.executable, "-m", "bench.echo_backend", "--port", str(up_port)]
+    upstream = procs.start(f"{name}-backend", argv, client_core, up_port)
+    procs.wait_listening(upstream)
+    directory = tmp / name
+    config = write_gateway_config(directory, f"http://127.0.0.1:{up_port}/mcp")
+    token = gateway_credentials(directory / "data")
+    port = free_port()
+    gateway = procs.start(f"virtual-mcp-{name}", gateway_command(config, directory / "data", port), server_core, port)
+    procs.wait_listening(gateway)
+    return gateway, f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server", token
+
+
+def soak(
+    procs: Processes, wrk: str, server_core: int | None, client_core: int | None, tmp: Path, seconds: int
+) -> dict[str, Any]:
+    """`seconds` of steady tools/call load (2026-07-28) at about SOAK_RATE requests/s: errors, and the gateway's
+    resident memory sampled every few seconds; growth is measured from the end of the first minute (warm-up)."""
+    gateway, url, token = echo_gateway(procs, "soak", server_core, client_core, tmp)
+    headers = {**protocol.call_headers(protocol.MODERN), "Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+        protocol.check_call(client, url, protocol.MODERN)
+    # wrk has no rate option: each connection waits between its calls so that together they make about SOAK_RATE.
+    pause_ms = max(int(1000 * SOAK_CONNECTIONS / SOAK_RATE) - 2, 0)  # minus what a call itself takes
+    script = tmp / "soak.lua"
+    script.write_text(
+        lua_script(protocol.call_body(protocol.MODERN), headers, [], protocol.ECHO_TEXT)
+        + f"\nfunction delay()\n  return {pause_ms}\nend\n"
+    )
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_wrk, wrk, url, script, SOAK_CONNECTIONS, seconds, client_core)
+        while not running.done():
+            samples.append((round(time.monotonic() - started, 1), round(_rss_mb(gateway.pid), 1)))
+            time.sleep(SOAK_SAMPLE_S)
+        result = running.result()
+    warm = [rss for at, rss in samples if at >= min(60.0, seconds / 2)]
+    base = warm[0] if warm else samples[-1][1]
+    return {
+        "seconds": seconds,
+        "target_rate": SOAK_RATE,
+        "run": result.as_dict(),
+        "rss_mb_after_warmup": base,
+        "rss_mb_max_after_warmup": max(warm) if warm else base,
+        "rss_growth_pct": round((max(warm) - base) * 100 / base, 2) if warm else 0.0,
+        "rss_samples": samples,
+    }
+
+
 def idle_sessions(
     procs: Processes, server_core: int | None, client_core: int | None, tmp: Path, count: int = IDLE_SESSIONS
 ) -> dict[str, Any]:
     """The gateway's resident memory with `count` open, idle 2025-11-25 client sessions (each initialized and then
     left alone), against its memory after one warm call."""
-    up_port = free_port()
-    upstream = procs.start(
-        "idle-backend", [sys.executable, "-m", "bench.echo_backend", "--port", str(up_port)], client_core, up_port
-    )
-    procs.wait_listening(upstream)
-    directory = tmp / "idle"
-    config = write_gateway_config(directory, f"http://127.0.0.1:{up_port}/mcp")
-    token = gateway_credentials(directory / "data")
-    port = free_port()
-    gateway = procs.start("virtual-mcp-idle", gateway_command(config, directory / "data", port), server_core, port)
-    procs.wait_listening(gateway)
-    url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
+    gateway, url, token = echo_gateway(procs, "idle", server_core, client_core, tmp)
     with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
         first = protocol.open_session(client, url)
         protocol.check_call(client, url, protocol.LEGACY, first)
@@ -305,6 +351,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"{cred['client_credentials']['p50_ms']} ms vs {cred['static']['p50_ms']} ms "
             f"({cred['added_p50_ms']:+} ms) | within 0.2 ms |"
         )
+    soaked = results.get("soak")
+    if soaked:
+        run = soaked["run"]
+        measured = f"{run['rps']} req/s for {soaked['seconds']} s, {run['errors']} errors, RSS "
+        measured += f"{soaked['rss_mb_after_warmup']} MB after warm-up, at most {soaked['rss_mb_max_after_warmup']} MB "
+        measured += f"({soaked['rss_growth_pct']:+}%)"
+        rows.append(f"| steady tools/call load at ~{soaked['target_rate']} req/s | {measured} | no error, <= 5% |")
     idle = results.get("idle_sessions")
     if idle:
         measured = f"{idle['rss_mb_with_sessions']} MB ({idle['rss_mb_warm']} MB warm before them; "
