@@ -45,24 +45,65 @@ def cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "virtual_mcp.cli"]
 
 
-def gateway_credentials(data_dir: Path) -> str:
-    """Store the backend's secret in the gateway's vault and create a gateway token for the bench user, as an
-    operator would; returns the token (sent by every benchmark request, as a client would)."""
-    base = [*cli_command(), "--log-level", "warning"]
-    reference = BACKEND_SECRET_REF.removeprefix("tfy-secret://")
+def store_secret(data_dir: Path, reference: str, value: str) -> None:
+    """`virtual-mcp secrets set`, as an operator stores a secret the configuration references."""
     subprocess.run(
-        [*base, "secrets", "set", reference, "--data-dir", str(data_dir)],
-        input=b"bench-backend-secret",
+        [
+            *cli_command(),
+            "--log-level",
+            "warning",
+            "secrets",
+            "set",
+            reference.removeprefix("tfy-secret://"),
+            "--data-dir",
+            str(data_dir),
+        ],
+        input=value.encode(),
         check=True,
         capture_output=True,
     )
+
+
+def create_token(data_dir: Path) -> str:
+    """`virtual-mcp token create` for the bench user; the token every benchmark request sends, as a client would."""
     created = subprocess.run(
-        [*base, "token", "create", "--user", LOCAL_USER, "--data-dir", str(data_dir)],
+        [
+            *cli_command(),
+            "--log-level",
+            "warning",
+            "token",
+            "create",
+            "--user",
+            LOCAL_USER,
+            "--data-dir",
+            str(data_dir),
+        ],
         check=True,
         capture_output=True,
         text=True,
     )
     return created.stdout.strip()
+
+
+def gateway_credentials(data_dir: Path) -> str:
+    """Store the backend's secret in the gateway's vault and create a gateway token for the bench user."""
+    store_secret(data_dir, BACKEND_SECRET_REF, "bench-backend-secret")
+    return create_token(data_dir)
+
+
+def servers_config(directory: Path, group: str, prefix: str, urls: list[str]) -> Path:
+    """A servers.d with one group of plain remote servers (`{prefix}{i}`, one per URL) for the bench team."""
+    servers = directory / "servers.d"
+    servers.mkdir(parents=True)
+    lines = [f"name: {group}", "type: provider-account/mcp-server-group", "integrations:"]
+    for i, url in enumerate(urls):
+        lines += [f"  - name: {prefix}{i}", "    type: integration/mcp-server/remote", f"    url: {url}"]
+        lines.append("    authorized_subjects: [team:bench]")
+    (servers / f"{group}.yaml").write_text("\n".join(lines) + "\n")
+    (servers / "identities.yaml").write_text(
+        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
+    )
+    return servers
 
 
 def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:

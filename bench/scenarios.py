@@ -27,11 +27,12 @@ import httpx
 from bench import protocol
 from bench.gateway import (
     GROUP,
-    LOCAL_USER,
     SERVER,
-    cli_command,
+    create_token,
     gateway_command,
     gateway_credentials,
+    servers_config,
+    store_secret,
     wait_until,
     write_gateway_config,
 )
@@ -47,20 +48,8 @@ OAUTH_SECRET_REF = "tfy-secret://bench:oauth:client_secret"  # noqa: S105 - a re
 
 
 def list_config(directory: Path, ports: list[int], hung_port: int | None) -> Path:
-    servers = directory / "servers.d"
-    servers.mkdir(parents=True)
-    lines = ["name: wide", "type: provider-account/mcp-server-group", "integrations:"]
-    urls = [f"http://127.0.0.1:{port}/mcp" for port in ports]
-    if hung_port is not None:
-        urls.append(f"http://127.0.0.1:{hung_port}/mcp")
-    for i, url in enumerate(urls):
-        lines += [f"  - name: b{i}", "    type: integration/mcp-server/remote", f"    url: {url}"]
-        lines.append("    authorized_subjects: [team:bench]")
-    (servers / "wide.yaml").write_text("\n".join(lines) + "\n")
-    (servers / "identities.yaml").write_text(
-        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
-    )
-    return servers
+    urls = [f"http://127.0.0.1:{port}/mcp" for port in [*ports, *([hung_port] if hung_port is not None else [])]]
+    return servers_config(directory, "wide", "b", urls)
 
 
 def list_body() -> str:
@@ -95,7 +84,7 @@ def tools_list(
     hung_port = ports.pop() if hung else None
     directory = tmp / name
     config = list_config(directory, ports, hung_port)
-    token = _token(directory / "data")
+    token = create_token(directory / "data")
     port = free_port()
     gateway = procs.start(f"virtual-mcp-{name}", gateway_command(config, directory / "data", port), server_core, port)
     procs.wait_listening(gateway)
@@ -244,21 +233,7 @@ def credential_path(
             "      scopes: [mcp:read]\n"
         )
     token = gateway_credentials(directory / "data")
-    subprocess.run(
-        [
-            *cli_command(),
-            "--log-level",
-            "warning",
-            "secrets",
-            "set",
-            OAUTH_SECRET_REF.removeprefix("tfy-secret://"),
-            "--data-dir",
-            str(directory / "data"),
-        ],
-        input=CLIENT_SECRETS[CC_CLIENT_ID].encode(),
-        check=True,
-        capture_output=True,
-    )
+    store_secret(directory / "data", OAUTH_SECRET_REF, CLIENT_SECRETS[CC_CLIENT_ID])
     port = free_port()
     gateway = procs.start(
         "virtual-mcp-credentials", gateway_command(config, directory / "data", port), server_core, port
@@ -290,16 +265,8 @@ def _rss_mb(pid: int) -> float:
 
 def startup(server_core: int | None, tmp: Path, runs: int = 3) -> dict[str, Any]:
     """Seconds from `serve` starting until /readyz is 200, with STARTUP_SERVERS servers configured (median)."""
-    servers = tmp / "startup" / "servers.d"
-    servers.mkdir(parents=True)
-    lines = ["name: many", "type: provider-account/mcp-server-group", "integrations:"]
-    for i in range(STARTUP_SERVERS):
-        lines += [f"  - name: s{i}", "    type: integration/mcp-server/remote", f"    url: http://127.0.0.1:9/s{i}/mcp"]
-        lines.append("    authorized_subjects: [team:bench]")
-    (servers / "many.yaml").write_text("\n".join(lines) + "\n")
-    (servers / "identities.yaml").write_text(
-        f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
-    )
+    urls = [f"http://127.0.0.1:9/s{i}/mcp" for i in range(STARTUP_SERVERS)]
+    servers = servers_config(tmp / "startup", "many", "s", urls)
     times = []
     for run in range(runs):
         port = free_port()
@@ -368,23 +335,3 @@ def markdown(results: dict[str, Any]) -> str:
         measured = f"median {start['median_s']} s of {start['ready_s']}"
         rows.append(f"| `serve` ready with {start['servers']} servers | {measured} | < 2 s |")
     return "\n".join(rows)
-
-
-def _token(data_dir: Path) -> str:
-    created = subprocess.run(
-        [
-            *cli_command(),
-            "--log-level",
-            "warning",
-            "token",
-            "create",
-            "--user",
-            LOCAL_USER,
-            "--data-dir",
-            str(data_dir),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return created.stdout.strip()
