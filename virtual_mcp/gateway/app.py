@@ -26,7 +26,7 @@ from virtual_mcp.gateway.endpoint import SessionTracker, build_server
 from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response, requested_method
 from virtual_mcp.gateway.oauth_routes import oauth_routes
-from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY, RequestScope
+from virtual_mcp.gateway.request_scope import RequestScope, request_id_in
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
@@ -176,8 +176,9 @@ def create_app(
         method = await requested_method(
             request.scope, request.receive, request.headers, settings.max_request_body_bytes
         )
-        request_id = str(request.scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
-        await runtime.auditor.refused(request_id, auth.principal, request.url.path, name, method, refusal.message)
+        await runtime.auditor.refused(
+            request_id_in(request.scope), auth.principal, request.url.path, name, method, refusal.message
+        )
         return gateway_error_response(refusal)
 
     routes += [

@@ -51,7 +51,7 @@ from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.gateway.forward import for_version, passthrough_meta
-from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY
+from virtual_mcp.gateway.request_scope import request_id_in
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -107,7 +107,7 @@ class FastToolCalls:
 
         # From here on the call is this path's: obtaining the credential may already talk to a provider (a token
         # refresh, a consent ticket), which must not happen twice.
-        request_id_text = str(scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
+        request_id_text = request_id_in(scope)
 
         async def call() -> dict[str, Any]:
             try:

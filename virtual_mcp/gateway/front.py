@@ -31,7 +31,7 @@ from virtual_mcp.gateway.http import (
     replay_body,
     requested_method,
 )
-from virtual_mcp.gateway.request_scope import REQUEST_ID_STATE_KEY
+from virtual_mcp.gateway.request_scope import request_id_in
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy
@@ -97,10 +97,14 @@ class EndpointApp:
         except GatewayError as exc:
             if isinstance(exc, Forbidden):
                 method = await requested_method(scope, receive, headers, self._max_body)
-                request_id = str(scope.get("state", {}).get(REQUEST_ID_STATE_KEY, "-"))
                 ref = self._endpoint.ref
                 await self._auditor.refused(
-                    request_id, auth.principal, self._endpoint.path, ref.key if ref else None, method, exc.message
+                    request_id_in(scope),
+                    auth.principal,
+                    self._endpoint.path,
+                    ref.key if ref else None,
+                    method,
+                    exc.message,
                 )
             await gateway_error_response(exc)(scope, receive, send)
             return

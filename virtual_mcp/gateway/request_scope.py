@@ -113,10 +113,14 @@ def _stamped(start: Message, timings: Timings, stamp: list[tuple[bytes, bytes]])
     return {**start, "headers": headers}
 
 
-def request_id_of(ctx: ServerRequestContext[Any, Any]) -> str:
-    request = ctx.request
-    value = request.scope.get("state", {}).get(REQUEST_ID_STATE_KEY) if request is not None else None
+def request_id_in(scope: Scope) -> str:
+    """The id `RequestScope` gave this request ("-" outside one)."""
+    value = scope.get("state", {}).get(REQUEST_ID_STATE_KEY)
     return value if isinstance(value, str) else "-"
+
+
+def request_id_of(ctx: ServerRequestContext[Any, Any]) -> str:
+    return request_id_in(ctx.request.scope) if ctx.request is not None else "-"
 
 
 async def bind_request(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
