@@ -122,15 +122,6 @@ async def test_everything_else_is_left_to_the_sdk_path(
         assert answer.status_code in (200, 400), answer.text  # the SDK's own answer, whatever it is
 
 
-async def test_a_legacy_session_call_is_the_sdk_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", "2025-11-25", t.alice)
-        await raw.open()
-        answer = await raw.call("tools/call", {"name": "echo", "arguments": {"text": "old"}})
-        assert rpc(answer)["result"]["structuredContent"] == {"result": "old"}
-        assert set(t.taken) <= {False}
-
-
 async def test_a_backend_that_is_gone_is_the_same_error_on_both_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

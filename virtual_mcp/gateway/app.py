@@ -23,11 +23,13 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, Forbidden, GatewayError, Unauthorized
 from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
+from virtual_mcp.gateway.fast_call import FastPaths, FastToolCalls
 from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response, requested_method
 from virtual_mcp.gateway.oauth_routes import oauth_routes
 from virtual_mcp.gateway.request_scope import RequestScope, request_id_in
 from virtual_mcp.gateway.runtime import Runtime
+from virtual_mcp.gateway.session_call import SessionRegistry, SessionToolCalls
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
@@ -101,9 +103,13 @@ def create_app(
         runtime.client_sessions[path] = tracker.sessions
         listen = ListenHandler(runtime.buses[path])
         listeners.append(listen)
-        server, fast = build_server(endpoint, runtime, tracker, listen)
+        server, plain = build_server(endpoint, runtime, tracker, listen)
         manager = StreamableHTTPSessionManager(
             app=server, security_settings=transport_security, max_request_body_size=settings.max_request_body_bytes
+        )
+        fast = FastPaths(
+            FastToolCalls(plain, server),
+            SessionToolCalls(plain, SessionRegistry(manager, tracker.sessions, tracker.log_levels)),
         )
         managers.append(manager)
         front = EndpointApp(

@@ -24,9 +24,9 @@ from mcp.shared.inbound import mcp_param_headers
 from pydantic import ValidationError
 
 from virtual_mcp.errors import INTERNAL_ERROR, GatewayError, InvalidParams, ToolNotFound, UpstreamRpcError
-from virtual_mcp.gateway.fast_call import FastToolCalls
 from virtual_mcp.gateway.forward import for_version, forward
 from virtual_mcp.gateway.front import CALLER_STATE_KEY, CURRENT_CALLER
+from virtual_mcp.gateway.plain_call import PlainCalls
 from virtual_mcp.gateway.request_scope import bind_request, request_id_of
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
@@ -143,8 +143,8 @@ def _session_id(ctx: Ctx) -> str | None:
 
 def build_server(
     endpoint: Endpoint, runtime: Runtime, tracker: SessionTracker, listen: ListenHandler
-) -> tuple[Server[Any], FastToolCalls]:
-    """The endpoint's MCP server, and its fast path for plain 2026-07-28 `tools/call` requests."""
+) -> tuple[Server[Any], PlainCalls]:
+    """The endpoint's MCP server, and what its fast paths for plain `tools/call` requests share with it."""
     settings = runtime.settings
 
     async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> HandlerResult:
@@ -215,7 +215,7 @@ def build_server(
         server = _build(endpoint, view_of, handlers)
     rendering = ErrorRendering(runtime.credentials.scrub)
     server.middleware = [*server.middleware, bind_request, rendering, tracker]
-    return server, FastToolCalls(endpoint, runtime, server, rendering.render)
+    return server, PlainCalls(endpoint, runtime, rendering.render)
 
 
 def _build(endpoint: Endpoint, view_of: Callable[[str], Any], handlers: dict[str, Any]) -> Server[Any]:

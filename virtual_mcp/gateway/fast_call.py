@@ -51,32 +51,49 @@ from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.gateway.forward import for_version, passthrough_meta
-from virtual_mcp.gateway.request_scope import request_id_in
+from virtual_mcp.gateway.front import FastPath
+from virtual_mcp.gateway.plain_call import PlainCalls
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
-from virtual_mcp.registry import Endpoint, EndpointKind
+from virtual_mcp.registry import EndpointKind
 from virtual_mcp.timing import phase
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from virtual_mcp.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 _PARAM_HEADER_PREFIX = b"mcp-param-"
 _LIST_ENTRIES = 256
 
 
+class FastPaths:
+    """The fast path for a request's era: 2026-07-28 requests carry their version in a header; anything else is a
+    handshake-era session's (or the SDK path's to refuse)."""
+
+    def __init__(self, modern: FastPath, session: FastPath) -> None:
+        self._modern = modern
+        self._session = session
+
+    async def __call__(
+        self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"mcp-protocol-version":
+                if value.decode("latin-1") in MODERN_PROTOCOL_VERSIONS:
+                    return await self._modern(message, caller, scope, receive, send)
+                break
+        return await self._session(message, caller, scope, receive, send)
+
+
 class FastToolCalls:
     """`tools/call` on one endpoint, for 2026-07-28 requests that need nothing but the call."""
 
-    def __init__(
-        self, endpoint: Endpoint, runtime: Runtime, server: Server[Any], render: Callable[[Exception], MCPError]
-    ) -> None:
-        self._endpoint = endpoint
-        self._runtime = runtime
+    def __init__(self, plain: PlainCalls, server: Server[Any]) -> None:
+        self._plain = plain
+        self._endpoint = plain.endpoint
+        self._runtime = plain.runtime
         self._server = server
-        self._render = render  # a gateway error as the JSON-RPC error the SDK path would send
+        self._render = plain.render
         self._lists: dict[tuple[str, Hashable], bytes] = {}  # serialised tools/list results
 
     async def __call__(
@@ -96,37 +113,14 @@ class FastToolCalls:
         if not isinstance(name, str) or not isinstance(arguments, dict):
             return False
 
-        runtime = self._runtime
-        with phase("policy"):
-            route = await runtime.view(self._endpoint.path).resolve(
-                caller, name, runtime.settings.list_deadline_seconds
-            )
-        if route is None or runtime.catalog.param_header_map(route.member.source, route.original):
+        route = await self._plain.route(caller, name)
+        if route is None:
             return False
-        source = route.member.source
 
         # From here on the call is this path's: obtaining the credential may already talk to a provider (a token
         # refresh, a consent ticket), which must not happen twice.
-        request_id_text = request_id_in(scope)
-
         async def call() -> dict[str, Any]:
-            try:
-                async with runtime.auditor.tool_call(
-                    request_id_text, caller, self._endpoint.path, name, arguments
-                ) as note:
-                    note.server, note.tool = source, route.original
-                    credential = await runtime.credentials.credential_for(source, caller)
-                    note.sent = credential.headers
-                    with phase("upstream"):
-                        result = await runtime.pool.session(source, credential).request(
-                            "tools/call",
-                            {"name": route.original, "arguments": arguments},
-                            timeout=runtime.settings.call_timeout_seconds,
-                            meta=passthrough_meta(meta) or None,
-                        )
-                    note.result = result
-            except GatewayError as exc:
-                raise self._render(exc) from None
+            result = await self._plain.call(scope, caller, name, route, arguments, passthrough_meta(meta))
             return self._wire_result(version, result)
 
         await self._answer(request_id, call, scope, receive, send)

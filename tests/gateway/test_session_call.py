@@ -1,0 +1,282 @@
+"""The 2025-11-25 `tools/call` fast path: which session requests it takes and which it leaves to the SDK path
+(observed with a spy on its answer), that both write the same event stream byte for byte, that log messages and the
+session's `logging/setLevel` choice reach the caller as on the SDK path, that `notifications/cancelled` cancels a
+call at the backend, and that a call holds its session's idle countdown. Real backends and the production gateway
+on loopback, raw HTTP from the test."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+from tests.backends import Probe, build_lab
+from tests.gateway.test_timing import ACCEPT, ALICE, CONFIG, IDENTITIES, LEGACY, SINGLE, Raw, rpc
+from tests.security_support import SecureGateway, secure_gateway
+from tests.support import Served, serve
+from virtual_mcp.gateway.session_call import SessionToolCalls
+from virtual_mcp.types import PrincipalKind
+
+BOB = "bob@northwind.example"
+# Per response, not per path: when and for which request it was answered.
+PER_RESPONSE = {"date", "server", "x-request-id", "server-timing", "transfer-encoding", "content-length"}
+
+
+@dataclass
+class Lab:
+    gw: SecureGateway
+    backend: Served
+    probe: Probe
+    alice: str
+    taken: list[bool]  # what the fast path answered for each request it was offered
+    transports: list[StreamableHTTPServerTransport]
+    sdk_only: list[bool] = field(default_factory=list)  # [True]: the fast path is switched off
+
+
+@asynccontextmanager
+async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Lab]:
+    taken: list[bool] = []
+    sdk_only: list[bool] = []
+    original = SessionToolCalls.__call__
+
+    async def spy(self: SessionToolCalls, message: Any, *args: Any) -> bool:
+        if sdk_only and message.get("method") == "tools/call":
+            return False
+        answered = await original(self, message, *args)
+        if message.get("method") == "tools/call":
+            taken.append(answered)
+        return answered
+
+    monkeypatch.setattr(SessionToolCalls, "__call__", spy)
+    transports: list[StreamableHTTPServerTransport] = []
+    original_init = StreamableHTTPServerTransport.__init__
+
+    def recorded(self: StreamableHTTPServerTransport, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        transports.append(self)
+
+    monkeypatch.setattr(StreamableHTTPServerTransport, "__init__", recorded)
+    probe = Probe()
+    async with serve(build_lab(probe).http_app(path="/mcp")) as backend:
+        config = tmp_path / "servers.d"
+        config.mkdir()
+        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "ids.yaml").write_text(IDENTITIES)
+        async with secure_gateway(config, tmp_path / "data") as gw:
+            alice = await gw.token(PrincipalKind.USER, ALICE)
+            yield Lab(gw, backend, probe, alice, taken, transports, sdk_only)
+
+
+def comparable(response: httpx2.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in PER_RESPONSE]
+    return response.status_code, headers, response.content
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("echo", {"text": "quick"}),
+        ("echo", {"text": 'naïve ✓ \u2028 "quoted"\nnew line'}),
+        ("point", {"x": 1, "y": 2}),
+        ("image", {}),
+        ("embedded", {}),
+        ("fail", {"reason": "on purpose"}),
+        ("chatty", {}),
+    ],
+)
+async def test_a_plain_call_takes_the_fast_path_and_writes_the_sdks_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, arguments: dict[str, Any]
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        await raw.call("tools/list")
+        fast = await raw.post(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        )
+        assert t.taken == [True]
+        t.sdk_only.append(True)
+        slow = await raw.post(
+            {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        )
+        assert t.taken == [True]  # the spy answered False before the fast path saw it
+        assert comparable(fast) == comparable(slow)
+        assert fast.headers["content-type"] == "text/event-stream"
+        assert fast.headers["mcp-session-id"] == raw.session
+        if tool == "chatty":
+            logged = [json.loads(line[5:]) for line in fast.text.splitlines() if line.startswith("data:")]
+            assert [m["params"]["data"]["msg"] for m in logged if m.get("method")] == [
+                "debug line",
+                "info line",
+                "warning line",
+            ]
+        calls = await t.gw.audit(method="tools/call")
+        assert [(c.server, c.tool) for c in calls] == [("lab/tools", tool)] * 2
+        assert calls[0].outcome == calls[1].outcome
+
+
+async def test_the_sessions_log_level_filters_what_is_relayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        assert rpc(await raw.call("logging/setLevel", {"level": "info"}))["result"] == {}
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "chatty", "arguments": {}}}
+        fast = await raw.post(body)
+        t.sdk_only.append(True)
+        slow = await raw.post(body)
+        assert t.taken == [True]
+        assert comparable(fast) == comparable(slow)
+        assert "debug line" not in fast.text and "info line" in fast.text and "warning line" in fast.text
+
+
+async def test_everything_else_is_left_to_the_sdk_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        url = f"{t.gw.url}{SINGLE}"
+        raw = Raw(http, url, LEGACY, t.alice)
+        await raw.open()
+
+        def call(params: dict[str, Any]) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": params}
+
+        plain = {"name": "echo", "arguments": {"text": "x"}}
+        base = {"accept": ACCEPT, "content-type": "application/json", "authorization": f"Bearer {t.alice}"}
+        session = {"mcp-session-id": str(raw.session), "mcp-protocol-version": LEGACY}
+        bob = await t.gw.token(PrincipalKind.USER, BOB)
+        cases: list[tuple[str, dict[str, Any], dict[str, str], set[int]]] = [
+            ("wants progress", call({**plain, "_meta": {"progressToken": "p"}}), {**base, **session}, {200}),
+            ("unknown tool", call({"name": "no_such_tool", "arguments": {}}), {**base, **session}, {200}),
+            ("malformed arguments", call({"name": "echo", "arguments": "text"}), {**base, **session}, {200}),
+            ("no name", call({"arguments": {}}), {**base, **session}, {200}),
+            ("no session", call(plain), base, {400}),
+            ("unknown session", call(plain), {**base, **session, "mcp-session-id": "f" * 32}, {404}),
+            ("someone else's session", call(plain), {**base, **session, "authorization": f"Bearer {bob}"}, {403, 404}),
+            ("JSON only", call(plain), {**base, **session, "accept": "application/json"}, {406}),
+            ("not JSON", call(plain), {**base, **session, "content-type": "text/plain"}, {400, 415}),
+            ("bad id", {**call(plain), "id": True}, {**base, **session}, {202, 400}),
+        ]
+        for why, body, headers, statuses in cases:
+            answer = await http.post(url, content=json.dumps(body), headers=headers)
+            assert t.taken[-1:] == [False], why
+            assert answer.status_code in statuses, (why, answer.status_code, answer.text)
+        # And the same session's plain call is still the fast path's.
+        answer = await raw.call("tools/call", plain)
+        assert t.taken[-1] is True and rpc(answer)["result"]["structuredContent"] == {"result": "x"}
+
+
+async def test_notifications_cancelled_cancels_the_call_at_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        await raw.call("tools/list")
+        streams: list[bytes] = []
+
+        async def held(request_id: int) -> None:
+            probe_started = anyio.Event()
+            t.probe.slow_started = probe_started
+            t.probe.slow_cancelled = anyio.Event()
+            body = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "tools/call",
+                "params": {"name": "slow", "arguments": {}},
+            }
+            headers = {
+                "accept": ACCEPT,
+                "content-type": "application/json",
+                "authorization": f"Bearer {t.alice}",
+                "mcp-session-id": str(raw.session),
+                "mcp-protocol-version": LEGACY,
+            }
+            async with anyio.create_task_group() as tg:
+
+                async def read() -> None:
+                    async with http.stream("POST", raw.url, content=json.dumps(body), headers=headers) as answer:
+                        assert answer.status_code == 200
+                        streams.append(b"".join([chunk async for chunk in answer.aiter_bytes()]))
+
+                tg.start_soon(read)
+                with anyio.fail_after(10):
+                    await probe_started.wait()
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+                assert (await raw.post(cancel)).status_code == 202
+                with anyio.fail_after(10):
+                    await t.probe.slow_cancelled.wait()
+
+        await held(21)
+        assert t.taken == [True]
+        t.sdk_only.append(True)
+        await held(21)
+        fast, slow = streams
+        assert fast == slow
+        [event] = [json.loads(line[5:]) for line in fast.decode().splitlines() if line.startswith("data:")]
+        assert event == {"jsonrpc": "2.0", "id": 21, "error": {"code": -32800, "message": "Request cancelled"}}
+        # The session goes on.
+        t.sdk_only.clear()
+        answer = await raw.call("tools/call", {"name": "echo", "arguments": {"text": "after"}})
+        assert t.taken[-1] is True and rpc(answer)["result"]["structuredContent"] == {"result": "after"}
+
+
+async def test_a_cancel_from_another_session_or_for_another_id_cancels_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw, other = (Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice) for _ in range(2))
+        await raw.open()
+        await other.open()
+        await raw.call("tools/list")
+        t.probe.slow_started = anyio.Event()
+        answers: list[httpx2.Response] = []
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+                answers.append(await raw.post(body))
+
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await t.probe.slow_started.wait()
+            for sender, request_id in ((other, 5), (raw, 6)):
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+                assert (await sender.post(cancel)).status_code == 202
+            assert not t.probe.slow_cancelled.is_set()
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "5"}}
+            assert (await raw.post(cancel)).status_code == 202  # "5" and 5 are one id, as in the SDK's dispatcher
+        assert t.probe.slow_cancelled.is_set()
+        assert rpc(answers[0])["error"]["code"] == -32800
+
+
+async def test_a_call_holds_the_sessions_idle_countdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        await raw.call("tools/list")
+        [transport] = [tr for tr in t.transports if tr.mcp_session_id == raw.session]
+        idle = transport.idle_scope
+        assert idle is not None and math.isfinite(idle.deadline)
+        before = idle.deadline
+        t.probe.slow_started = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await raw.post(
+                    {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+                )
+
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await t.probe.slow_started.wait()
+            assert idle.deadline == math.inf  # no expiry while the call runs
+            await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}})
+        assert t.taken == [True]
+        assert math.isfinite(idle.deadline) and idle.deadline > before  # the countdown restarted when it ended

@@ -1,0 +1,75 @@
+"""What both `tools/call` fast paths share with the SDK path's handler: the policy decision and the forwarded call
+with its audit record, the credential obtained once and errors rendered as the SDK path renders them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mcp.shared.exceptions import MCPError
+from starlette.types import Scope
+
+from virtual_mcp.errors import GatewayError
+from virtual_mcp.gateway.request_scope import request_id_in
+from virtual_mcp.gateway.views import Route
+from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.registry import Endpoint
+from virtual_mcp.timing import phase
+from virtual_mcp.upstream.session import NotificationHandler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from virtual_mcp.gateway.runtime import Runtime
+
+
+class PlainCalls:
+    """`tools/call` on one endpoint for a request that needs nothing but the call (no Mcp-Param headers)."""
+
+    def __init__(self, endpoint: Endpoint, runtime: Runtime, render: Callable[[Exception], MCPError]) -> None:
+        self.endpoint = endpoint
+        self.runtime = runtime
+        self.render = render  # a gateway error as the JSON-RPC error the SDK path would send
+
+    async def route(self, caller: Caller, name: str) -> Route | None:
+        """Where the call goes; None when the SDK path must take it (a refusal, which it audits and answers, or a
+        tool whose schema declares Mcp-Param headers). Nothing has happened that cannot be done twice."""
+        runtime = self.runtime
+        with phase("policy"):
+            route = await runtime.view(self.endpoint.path).resolve(caller, name, runtime.settings.list_deadline_seconds)
+        if route is None or runtime.catalog.param_header_map(route.member.source, route.original):
+            return None
+        return route
+
+    async def call(
+        self,
+        scope: Scope,
+        caller: Caller,
+        name: str,
+        route: Route,
+        arguments: dict[str, Any],
+        meta: Mapping[str, Any] | None,
+        on_notification: NotificationHandler | None = None,
+    ) -> dict[str, Any]:
+        """The backend's raw result, audited; a gateway error is raised as the MCPError the caller gets."""
+        runtime = self.runtime
+        source = route.member.source
+        try:
+            async with runtime.auditor.tool_call(
+                request_id_in(scope), caller, self.endpoint.path, name, arguments
+            ) as note:
+                note.server, note.tool = source, route.original
+                credential = await runtime.credentials.credential_for(source, caller)
+                note.sent = credential.headers
+                with phase("upstream"):
+                    result = await runtime.pool.session(source, credential).request(
+                        "tools/call",
+                        {"name": route.original, "arguments": arguments},
+                        timeout=runtime.settings.call_timeout_seconds,
+                        on_notification=on_notification,
+                        meta=meta or None,
+                    )
+                note.result = result
+        except GatewayError as exc:
+            raise self.render(exc) from None
+        return result
