@@ -322,7 +322,15 @@ def run_scenarios(
             results["soak"] = scenarios.soak(procs, wrk, server_core, client_core, tmp, args.soak_seconds)
         print("bench: serve start-up ...", flush=True)
         results["startup"] = scenarios.startup(server_core, tmp)
-    except (ProcessFailed, WrkError, RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+    except (
+        ProcessFailed,
+        WrkError,
+        RuntimeError,
+        httpx.HTTPError,
+        KeyError,
+        ValueError,
+        protocol.ProtocolError,
+    ) as exc:
         print(f"bench:   scenario error: {type(exc).__name__}: {exc}", flush=True)
         return results, f"{type(exc).__name__}: {exc}"
     return results, None
