@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -197,6 +198,11 @@ async def _serve(registry: Registry, settings: GatewaySettings) -> None:
             app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None
         )
         logger.info("listening on http://%s:%d", settings.host, settings.port)
+        # What start-up built (modules, configuration, the application) lives as long as the process: it is moved
+        # out of the cycle collector's view, so a full collection scans what serving creates, not 100,000 start-up
+        # objects (about 30 ms, a pause every caller in flight would feel).
+        gc.collect()
+        gc.freeze()
         await uvicorn.Server(config).serve()
 
 
