@@ -82,14 +82,14 @@ def markdown(outcomes: list[Outcome], concurrency: int) -> str:
     c = concurrency
     header = (
         f"| era | target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c={c} req/s | c={c} p50 ms | c={c} p99 ms "
-        f"| c={c} req/s vs direct | c=1 p50 vs direct | c=1 added p50 ms | errors |"
+        f"| c={c} req/s vs direct | c=1 p50 vs direct | c=1 added p50 ms | c=1 added p99 ms | errors |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = [header, "|" + "---|" * 13]
     footnotes: list[str] = []
     for outcome in outcomes:
         if outcome.error:
             footnotes.append(f"{outcome.label} ({outcome.era}): {outcome.error}")
-            lines.append(f"| {outcome.era} | {outcome.label} | error [{len(footnotes)}] |" + " |" * 9)
+            lines.append(f"| {outcome.era} | {outcome.label} | error [{len(footnotes)}] |" + " |" * 10)
             continue
         lat, thr = outcome.latency, outcome.throughput
         ratios = vs_direct(outcome, direct_of(outcomes, outcome.era))
@@ -106,7 +106,7 @@ def markdown(outcomes: list[Outcome], concurrency: int) -> str:
                 errors += f" [{len(footnotes)}]"
         rps_ratio = ratios["throughput_rps_ratio"]
         p50_ratio = ratios["latency_p50_ratio"]
-        added = ratios["added_p50_ms"]
+        added, added_p99 = ratios["added_p50_ms"], ratios["added_p99_ms"]
         cells = [
             outcome.era,
             outcome.label,
@@ -119,10 +119,55 @@ def markdown(outcomes: list[Outcome], concurrency: int) -> str:
             "-" if rps_ratio is None else f"{rps_ratio:.2f}x",
             "-" if p50_ratio is None else f"{p50_ratio:.2f}x",
             "-" if added is None else f"{added:+.2f}",
+            "-" if added_p99 is None else f"{added_p99:+.2f}",
             errors,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
+    compared = "\n".join(line for line in (peer_comparison(outcomes), era_comparison(outcomes)) if line)
+    if compared:
+        text += "\n\n" + compared
     if footnotes:
         text += "\n\n" + "\n".join(f"[{i}] {note}" for i, note in enumerate(footnotes, 1))
     return text
+
+
+def era_comparison(outcomes: list[Outcome]) -> str:
+    """Per target measured in two eras: how much slower the slower era is (throughput, and c=1 p50)."""
+    lines = []
+    for target in dict.fromkeys(o.target for o in outcomes if o.target != DIRECT):
+        runs = [o for o in outcomes if o.target == target and o.error is None and o.throughput and o.latency]
+        if len(runs) != 2:
+            continue
+        a, b = runs
+        assert a.throughput and b.throughput and a.latency and b.latency
+        if not (a.throughput.rps and b.throughput.rps and a.latency.p50_ms and b.latency.p50_ms):
+            continue
+        rps = max(a.throughput.rps, b.throughput.rps) / min(a.throughput.rps, b.throughput.rps)
+        p50 = max(a.latency.p50_ms, b.latency.p50_ms) / min(a.latency.p50_ms, b.latency.p50_ms)
+        slower = a if a.throughput.rps < b.throughput.rps else b
+        lines.append(
+            f"{a.label}: {slower.era} is the slower era, {rps:.2f}x in throughput, {p50:.2f}x in c=1 p50 latency"
+        )
+    return "\n".join(lines)
+
+
+def peer_comparison(outcomes: list[Outcome], ours: str = "virtual-mcp") -> str:
+    """Per era: our throughput (the c=N run) as a multiple of each peer's, measured in the same run."""
+    lines = []
+    for era in dict.fromkeys(o.era for o in outcomes):
+        mine = next((o for o in outcomes if o.target == ours and o.era == era and o.error is None), None)
+        if mine is None or mine.throughput is None:
+            continue
+        ratios = [
+            f"{mine.throughput.rps / peer.throughput.rps:.1f}x {peer.label}"
+            for peer in outcomes
+            if peer.era == era
+            and peer.target not in (ours, DIRECT)
+            and peer.error is None
+            and peer.throughput is not None
+            and peer.throughput.rps > 0
+        ]
+        if ratios:
+            lines.append(f"{era}: {mine.label} throughput is " + ", ".join(ratios))
+    return "\n".join(lines)
