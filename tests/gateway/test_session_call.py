@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,12 +18,14 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from fastmcp import FastMCP
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 from tests.backends import Probe, build_lab
 from tests.gateway.test_timing import ACCEPT, ALICE, CONFIG, IDENTITIES, LEGACY, SINGLE, Raw, rpc
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
+from virtual_mcp.gateway import keepalive
 from virtual_mcp.gateway.session_call import SessionToolCalls
 from virtual_mcp.types import PrincipalKind
 
@@ -43,7 +46,9 @@ class Lab:
 
 
 @asynccontextmanager
-async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Lab]:
+async def lab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_app: FastMCP | None = None
+) -> AsyncIterator[Lab]:
     taken: list[bool] = []
     sdk_only: list[bool] = []
     original = SessionToolCalls.__call__
@@ -66,7 +71,7 @@ async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 
     monkeypatch.setattr(StreamableHTTPServerTransport, "__init__", recorded)
     probe = Probe()
-    async with serve(build_lab(probe).http_app(path="/mcp")) as backend:
+    async with serve((backend_app or build_lab(probe)).http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
@@ -280,3 +285,45 @@ async def test_a_call_holds_the_sessions_idle_countdown(tmp_path: Path, monkeypa
             await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}})
         assert t.taken == [True]
         assert math.isfinite(idle.deadline) and idle.deadline > before  # the countdown restarted when it ended
+
+
+async def test_a_long_call_gets_keepalive_comments_until_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keepalive, "INTERVAL", 0.05)
+    monkeypatch.setattr(keepalive, "TICK", 0.01)
+    release = anyio.Event()
+    backend_app = build_lab()
+
+    @backend_app.tool
+    async def held() -> str:
+        """Answers once the test lets it."""
+        await release.wait()
+        return "released"
+
+    async with lab(tmp_path, monkeypatch, backend_app) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        await raw.call("tools/list")
+        body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
+        headers = {
+            "accept": ACCEPT,
+            "content-type": "application/json",
+            "authorization": f"Bearer {t.alice}",
+            "mcp-session-id": str(raw.session),
+            "mcp-protocol-version": LEGACY,
+        }
+        received = b""
+        with anyio.fail_after(10):
+            async with http.stream("POST", raw.url, content=json.dumps(body), headers=headers) as answer:
+                assert answer.headers["content-type"] == "text/event-stream"
+                async for chunk in answer.aiter_bytes():
+                    received += chunk
+                    if received.count(b": ping - ") >= 2:
+                        release.set()
+        assert t.taken == [True]
+        assert re.match(
+            rb"(: ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+00:00\r\n\r\n){2,}event: message\r\n", received
+        )
+        [final] = [json.loads(line[5:]) for line in received.decode().splitlines() if line.startswith("data:")]
+        assert final["id"] == 4 and final["result"]["structuredContent"] == {"result": "released"}

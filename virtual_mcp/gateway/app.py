@@ -109,7 +109,7 @@ def create_app(
         )
         fast = FastPaths(
             FastToolCalls(plain, server),
-            SessionToolCalls(plain, SessionRegistry(manager, tracker.sessions, tracker.log_levels)),
+            SessionToolCalls(plain, SessionRegistry(manager, tracker.sessions, tracker.log_levels), runtime.keepalive),
         )
         managers.append(manager)
         front = EndpointApp(

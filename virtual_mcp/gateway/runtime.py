@@ -15,6 +15,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.auditing import Auditor
+from virtual_mcp.gateway.keepalive import Keepalive
 from virtual_mcp.gateway.views import EndpointView
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
@@ -59,6 +60,7 @@ class Runtime:
         self.client_sessions: dict[str, dict[str, ServerSession]] = {}
         # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.
         self.buses: dict[str, InMemorySubscriptionBus] = {p: InMemorySubscriptionBus() for p in registry.endpoints}
+        self.keepalive = Keepalive()  # for long event-stream answers
         self.ready = False
 
     @property
@@ -93,6 +95,7 @@ class Runtime:
                 tg.start_soon(fn)
 
             self.credentials.attach(spawn)
+            tg.start_soon(self.keepalive.run)
             if self._audit_log is not None:
                 tg.start_soon(self._audit_log.run)
             if self._revocations is not None:

@@ -5,7 +5,9 @@ session's stream, a dispatcher task runs it through the server's middlewares, an
 from a task group of its own (about 1.8 ms of CPU per call, more than everything else the gateway does). For a
 plain `tools/call` on a live, initialised session this path writes the same event stream itself: the SDK's
 headers, each log message the backend sends as it comes (the session's `logging/setLevel` choice applies), then
-the answer, each serialised as the SDK serialises it; a keepalive comment every 15 s, as sse-starlette sends.
+the answer, each serialised as the SDK serialises it; a keepalive comment every 15 s, as sse-starlette sends
+(all calls' from one task, `Keepalive`: a call that ends sooner costs no task of its own, nor the garbage cycles a
+cancelled task leaves behind for the collector).
 
 What the session needs is kept: the call holds the session's idle countdown like any request the transport serves,
 and a `notifications/cancelled` for the call (posted on the same session by its owner) cancels it, which the
@@ -48,12 +50,12 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.gateway.forward import for_version, passthrough_meta
+from virtual_mcp.gateway.keepalive import Keepalive
 from virtual_mcp.gateway.plain_call import PlainCalls
 from virtual_mcp.outbound.credentials import Caller
 
 logger = logging.getLogger(__name__)
 
-_PING_INTERVAL = 15.0  # sse-starlette's default, which the SDK path uses
 _ORDERED_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _SESSION_HEADER = b"mcp-session-id"
 _CANCELLED = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
@@ -98,9 +100,10 @@ class SessionRegistry:
 class SessionToolCalls:
     """`tools/call` on one endpoint, for handshake-era session requests that need nothing but the call."""
 
-    def __init__(self, plain: PlainCalls, sessions: SessionRegistry) -> None:
+    def __init__(self, plain: PlainCalls, sessions: SessionRegistry, keepalive: Keepalive) -> None:
         self._plain = plain
         self._sessions = sessions
+        self._keepalive = keepalive
         self._in_flight: dict[tuple[str, types.RequestId], anyio.CancelScope] = {}
 
     async def __call__(
@@ -155,15 +158,13 @@ class SessionToolCalls:
         try:
             async with _holding(transport):
                 await stream.start()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream.keep_alive)
+                with self._keepalive.watching(stream):
                     answer = await self._answer(
                         cancel,
                         request_id,
                         version,
                         lambda: self._plain.call(scope, caller, name, route, arguments, upstream_meta, relay),
                     )
-                    tg.cancel_scope.cancel()  # the keepalive
                 await stream.event(answer, last=True)
         finally:
             if self._in_flight.get(key) is cancel:
@@ -205,6 +206,7 @@ class _EventStream:
         self._send = send
         self._session_id = session_id
         self._lock = anyio.Lock()
+        self._ended = False
 
     async def start(self) -> None:
         headers = [
@@ -222,13 +224,15 @@ class _EventStream:
         data = message.model_dump_json(by_alias=True, exclude_unset=True).encode()
         await self._write(b"event: message\r\ndata: " + data + b"\r\n\r\n", last)
 
-    async def keep_alive(self) -> None:
-        while True:
-            await anyio.sleep(_PING_INTERVAL)
-            await self._write(f": ping - {datetime.now(UTC)}\r\n\r\n".encode(), False)
+    async def ping(self) -> None:
+        """A keepalive comment, as sse-starlette writes it."""
+        await self._write(f": ping - {datetime.now(UTC)}\r\n\r\n".encode(), False)
 
     async def _write(self, body: bytes, last: bool) -> None:
         async with self._lock:
+            if self._ended:
+                return  # a keepalive that was due as the answer went out
+            self._ended = last
             await self._send({"type": "http.response.body", "body": body, "more_body": not last})
 
 

@@ -1,0 +1,58 @@
+"""Keepalive comments on long event-stream answers, written for every stream from one task.
+
+An answer that outlasts the interval gets a comment line (`: ping ...`) every `interval` seconds, so proxies and
+clients do not take a quiet stream for a dead one. One task looks at the streams being answered once a second and
+pings those due, each from a task of its own (a slow client delays only its own ping); a call that ends sooner
+costs a dictionary entry instead of a task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import anyio
+
+logger = logging.getLogger(__name__)
+
+INTERVAL = 15.0  # sse-starlette's default, which the SDK's event streams use
+TICK = 1.0  # how often due streams are looked for
+
+
+class Pingable(Protocol):
+    async def ping(self) -> None: ...
+
+
+class Keepalive:
+    def __init__(self, interval: float | None = None, tick: float | None = None) -> None:
+        self._interval = INTERVAL if interval is None else interval
+        self._tick = TICK if tick is None else tick
+        self._due: dict[Pingable, float] = {}
+
+    @contextmanager
+    def watching(self, stream: Pingable) -> Iterator[None]:
+        """Ping `stream` every interval while the block runs."""
+        self._due[stream] = anyio.current_time() + self._interval
+        try:
+            yield
+        finally:
+            del self._due[stream]
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                await anyio.sleep(self._tick)
+                now = anyio.current_time()
+                for stream, due in list(self._due.items()):
+                    if due <= now and stream in self._due:
+                        self._due[stream] = now + self._interval
+                        tg.start_soon(_ping, stream)
+
+
+async def _ping(stream: Pingable) -> None:
+    try:
+        await stream.ping()
+    except Exception:  # a keepalive that cannot be written is not worth more than a line in the log
+        logger.debug("keepalive comment not written", exc_info=True)
