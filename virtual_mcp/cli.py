@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -183,8 +184,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
     )
-    anyio.run(_serve, registry, settings)
+    anyio.run(_serve, registry, settings, backend_options=_event_loop())
     return 0
+
+
+def _event_loop() -> dict[str, Any]:
+    """libuv's event loop where uvloop is installed (not on Windows), asyncio's own otherwise."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 async def _serve(registry: Registry, settings: GatewaySettings) -> None:
