@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from fastmcp import FastMCP
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 from tests.backends import Probe, build_lab
@@ -42,13 +41,27 @@ class Lab:
     alice: str
     taken: list[bool]  # what the fast path answered for each request it was offered
     transports: list[StreamableHTTPServerTransport]
+    release: anyio.Event  # lets the backend's `held` tool answer
     sdk_only: list[bool] = field(default_factory=list)  # [True]: the fast path is switched off
+
+    async def stream(self, raw: Raw, body: dict[str, Any], session: str | None = None) -> AsyncIterator[bytes]:
+        """POST `body` on `raw`'s session (or `session`) and yield the answer's body as it arrives."""
+        headers = {
+            "accept": ACCEPT,
+            "content-type": "application/json",
+            "authorization": f"Bearer {raw.bearer}",
+            "mcp-session-id": session or str(raw.session),
+            "mcp-protocol-version": LEGACY,
+        }
+        async with raw.http.stream("POST", raw.url, content=json.dumps(body), headers=headers) as answer:
+            assert answer.status_code == 200, answer.status_code
+            assert answer.headers["content-type"] == "text/event-stream"
+            async for chunk in answer.aiter_bytes():
+                yield chunk
 
 
 @asynccontextmanager
-async def lab(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_app: FastMCP | None = None
-) -> AsyncIterator[Lab]:
+async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Lab]:
     taken: list[bool] = []
     sdk_only: list[bool] = []
     original = SessionToolCalls.__call__
@@ -71,14 +84,28 @@ async def lab(
 
     monkeypatch.setattr(StreamableHTTPServerTransport, "__init__", recorded)
     probe = Probe()
-    async with serve((backend_app or build_lab(probe)).http_app(path="/mcp")) as backend:
+    release = anyio.Event()
+    backend_app = build_lab(probe)
+
+    @backend_app.tool
+    async def held() -> str:
+        """Answers once the test lets it (or is cancelled)."""
+        probe.slow_started.set()
+        try:
+            await release.wait()
+        except anyio.get_cancelled_exc_class():
+            probe.slow_cancelled.set()
+            raise
+        return "released"
+
+    async with serve(backend_app.http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES)
+        (config / "ids.yaml").write_text(IDENTITIES.replace(f"[{ALICE}]", f"[{ALICE}, {BOB}]"))
         async with secure_gateway(config, tmp_path / "data") as gw:
             alice = await gw.token(PrincipalKind.USER, ALICE)
-            yield Lab(gw, backend, probe, alice, taken, transports, sdk_only)
+            yield Lab(gw, backend, probe, alice, taken, transports, release, sdk_only)
 
 
 def comparable(response: httpx2.Response) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -148,33 +175,107 @@ async def test_everything_else_is_left_to_the_sdk_path(tmp_path: Path, monkeypat
         url = f"{t.gw.url}{SINGLE}"
         raw = Raw(http, url, LEGACY, t.alice)
         await raw.open()
+        bob = await t.gw.token(PrincipalKind.USER, BOB)
+        bobs = Raw(http, url, LEGACY, bob)
+        await bobs.open()
 
         def call(params: dict[str, Any]) -> dict[str, Any]:
             return {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": params}
 
         plain = {"name": "echo", "arguments": {"text": "x"}}
-        base = {"accept": ACCEPT, "content-type": "application/json", "authorization": f"Bearer {t.alice}"}
-        session = {"mcp-session-id": str(raw.session), "mcp-protocol-version": LEGACY}
-        bob = await t.gw.token(PrincipalKind.USER, BOB)
-        cases: list[tuple[str, dict[str, Any], dict[str, str], set[int]]] = [
-            ("wants progress", call({**plain, "_meta": {"progressToken": "p"}}), {**base, **session}, {200}),
-            ("unknown tool", call({"name": "no_such_tool", "arguments": {}}), {**base, **session}, {200}),
-            ("malformed arguments", call({"name": "echo", "arguments": "text"}), {**base, **session}, {200}),
-            ("no name", call({"arguments": {}}), {**base, **session}, {200}),
+        base = [("accept", ACCEPT), ("content-type", "application/json"), ("authorization", f"Bearer {t.alice}")]
+        session = [("mcp-session-id", str(raw.session)), ("mcp-protocol-version", LEGACY)]
+
+        def replaced(name: str, value: str) -> list[tuple[str, str]]:
+            return [(k, value if k == name else v) for k, v in base + session]
+
+        cases: list[tuple[str, dict[str, Any], list[tuple[str, str]], set[int]]] = [
+            ("wants progress", call({**plain, "_meta": {"progressToken": "p"}}), base + session, {200}),
+            ("unknown tool", call({"name": "no_such_tool", "arguments": {}}), base + session, {200}),
+            ("malformed arguments", call({"name": "echo", "arguments": "text"}), base + session, {200}),
+            ("no name", call({"arguments": {}}), base + session, {200}),
             ("no session", call(plain), base, {400}),
-            ("unknown session", call(plain), {**base, **session, "mcp-session-id": "f" * 32}, {404}),
-            ("someone else's session", call(plain), {**base, **session, "authorization": f"Bearer {bob}"}, {403, 404}),
-            ("JSON only", call(plain), {**base, **session, "accept": "application/json"}, {406}),
-            ("not JSON", call(plain), {**base, **session, "content-type": "text/plain"}, {400, 415}),
-            ("bad id", {**call(plain), "id": True}, {**base, **session}, {202, 400}),
+            ("unknown session", call(plain), replaced("mcp-session-id", "f" * 32), {404}),
+            ("someone else's session", call(plain), replaced("mcp-session-id", str(bobs.session)), {404}),
+            ("JSON only", call(plain), replaced("accept", "application/json"), {406}),
+            ("not JSON", call(plain), replaced("content-type", "text/plain"), {400}),
+            ("JSON second", call(plain), replaced("content-type", "text/plain, application/json"), {400}),
+            ("session id twice", call(plain), [*base, *session, ("mcp-session-id", str(bobs.session))], {200}),
+            ("bad id", {**call(plain), "id": True}, base + session, {202, 400}),
         ]
         for why, body, headers, statuses in cases:
+            offered = len(t.taken)
             answer = await http.post(url, content=json.dumps(body), headers=headers)
-            assert t.taken[-1:] == [False], why
+            assert t.taken[offered:] == [False], why  # offered to the fast path, which left it alone
             assert answer.status_code in statuses, (why, answer.status_code, answer.text)
         # And the same session's plain call is still the fast path's.
         answer = await raw.call("tools/call", plain)
         assert t.taken[-1] is True and rpc(answer)["result"]["structuredContent"] == {"result": "x"}
+
+
+async def test_a_backend_that_is_gone_is_the_same_error_on_both_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+        await raw.open()
+        await raw.call("tools/call", {"name": "echo", "arguments": {"text": "warm"}})  # the catalog knows echo now
+        t.backend.stop()
+        await t.backend.server.shutdown()
+        body = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}},
+        }
+        fast = await raw.post(body)
+        t.sdk_only.append(True)
+        slow = await raw.post(body)
+        assert t.taken == [True, True]
+        assert comparable(fast) == comparable(slow)
+        assert rpc(fast)["error"]["code"] == -32010
+        down = await t.gw.audit(outcome="failed")
+        assert [(d.server, d.tool) for d in down] == [("lab/tools", "echo")] * 2
+
+
+async def test_a_session_that_ends_under_a_call_ends_its_stream_as_on_the_sdk_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
+        streams: list[bytes] = []
+        for sdk_only in (False, True):
+            if sdk_only:
+                t.sdk_only.append(True)
+            raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
+            await raw.open()
+            await raw.call("tools/list")
+            t.probe.slow_started, t.probe.slow_cancelled = anyio.Event(), anyio.Event()
+            body = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
+            received: list[bytes] = []
+            async with anyio.create_task_group() as tg:
+
+                async def read(raw: Raw, body: dict[str, Any], received: list[bytes]) -> None:
+                    async for chunk in t.stream(raw, body):
+                        received.append(chunk)
+
+                tg.start_soon(read, raw, body, received)
+                with anyio.fail_after(10):
+                    await t.probe.slow_started.wait()
+                ended = await http.delete(
+                    raw.url,
+                    headers={
+                        "authorization": f"Bearer {t.alice}",
+                        "mcp-session-id": str(raw.session),
+                        "mcp-protocol-version": LEGACY,
+                    },
+                )
+                assert ended.status_code == 200
+                with anyio.fail_after(10):
+                    await t.probe.slow_cancelled.wait()  # the backend was told
+            streams.append(b"".join(received))
+        assert t.taken == [True]
+        fast, slow = streams
+        assert fast == slow == b""  # the stream ends without an answer on both paths
 
 
 async def test_notifications_cancelled_cancels_the_call_at_the_backend(
@@ -240,25 +341,34 @@ async def test_a_cancel_from_another_session_or_for_another_id_cancels_nothing(
         await raw.open()
         await other.open()
         await raw.call("tools/list")
-        t.probe.slow_started = anyio.Event()
         answers: list[httpx2.Response] = []
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
         async with anyio.create_task_group() as tg:
 
             async def call() -> None:
-                body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
                 answers.append(await raw.post(body))
 
             tg.start_soon(call)
             with anyio.fail_after(10):
                 await t.probe.slow_started.wait()
+            # A cancel is applied before its 202 is sent: these would have cancelled the call by now.
             for sender, request_id in ((other, 5), (raw, 6)):
                 cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
                 assert (await sender.post(cancel)).status_code == 202
-            assert not t.probe.slow_cancelled.is_set()
+            t.release.set()
+        assert rpc(answers[0])["result"]["structuredContent"] == {"result": "released"}
+        assert not t.probe.slow_cancelled.is_set()
+
+        # "5" and 5 are one id, as in the SDK's dispatcher.
+        t.release, t.probe.slow_started = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await t.probe.slow_started.wait()
             cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "5"}}
-            assert (await raw.post(cancel)).status_code == 202  # "5" and 5 are one id, as in the SDK's dispatcher
-        assert t.probe.slow_cancelled.is_set()
-        assert rpc(answers[0])["error"]["code"] == -32800
+            assert (await raw.post(cancel)).status_code == 202
+        assert rpc(answers[1])["error"]["code"] == -32800
+        assert t.taken == [True, True]
 
 
 async def test_a_call_holds_the_sessions_idle_countdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,21 +380,20 @@ async def test_a_call_holds_the_sessions_idle_countdown(tmp_path: Path, monkeypa
         idle = transport.idle_scope
         assert idle is not None and math.isfinite(idle.deadline)
         before = idle.deadline
-        t.probe.slow_started = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def call() -> None:
-                await raw.post(
-                    {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
-                )
+                await raw.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "held"}})
 
             tg.start_soon(call)
             with anyio.fail_after(10):
                 await t.probe.slow_started.wait()
             assert idle.deadline == math.inf  # no expiry while the call runs
-            await raw.post({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}})
+            assert transport._requests_in_flight == 1
+            t.release.set()  # the call ends by itself: no other request touches the countdown
         assert t.taken == [True]
-        assert math.isfinite(idle.deadline) and idle.deadline > before  # the countdown restarted when it ended
+        assert transport._requests_in_flight == 0
+        assert math.isfinite(idle.deadline) and idle.deadline > before  # restarted when the call ended
 
 
 async def test_a_long_call_gets_keepalive_comments_until_its_answer(
@@ -292,38 +401,19 @@ async def test_a_long_call_gets_keepalive_comments_until_its_answer(
 ) -> None:
     monkeypatch.setattr(keepalive, "INTERVAL", 0.05)
     monkeypatch.setattr(keepalive, "TICK", 0.01)
-    release = anyio.Event()
-    backend_app = build_lab()
-
-    @backend_app.tool
-    async def held() -> str:
-        """Answers once the test lets it."""
-        await release.wait()
-        return "released"
-
-    async with lab(tmp_path, monkeypatch, backend_app) as t, httpx2.AsyncClient() as http:
+    async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
         raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
         await raw.open()
         await raw.call("tools/list")
         body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
-        headers = {
-            "accept": ACCEPT,
-            "content-type": "application/json",
-            "authorization": f"Bearer {t.alice}",
-            "mcp-session-id": str(raw.session),
-            "mcp-protocol-version": LEGACY,
-        }
         received = b""
         with anyio.fail_after(10):
-            async with http.stream("POST", raw.url, content=json.dumps(body), headers=headers) as answer:
-                assert answer.headers["content-type"] == "text/event-stream"
-                async for chunk in answer.aiter_bytes():
-                    received += chunk
-                    if received.count(b": ping - ") >= 2:
-                        release.set()
+            async for chunk in t.stream(raw, body):
+                received += chunk
+                if received.count(b": ping - ") >= 2:
+                    t.release.set()
         assert t.taken == [True]
-        assert re.match(
-            rb"(: ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+00:00\r\n\r\n){2,}event: message\r\n", received
-        )
+        ping = rb": ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+00:00\r\n\r\n"  # sse-starlette's
+        assert re.match(rb"(" + ping + rb"){2,}event: message\r\n", received)
         [final] = [json.loads(line[5:]) for line in received.decode().splitlines() if line.startswith("data:")]
         assert final["id"] == 4 and final["result"]["structuredContent"] == {"result": "released"}

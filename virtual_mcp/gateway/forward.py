@@ -95,7 +95,7 @@ async def forward(
                     float(total) if isinstance(total, int | float) else None,
                     note if isinstance(note, str) else None,
                 )
-        elif kind == "notifications/message" and p.get("level") in log_levels:
+        elif kind == "notifications/message" and isinstance(level := p.get("level"), str) and level in log_levels:
             notification = types.LoggingMessageNotification(
                 params=types.LoggingMessageNotificationParams.model_validate(p, by_name=False)
             )

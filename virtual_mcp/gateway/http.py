@@ -62,7 +62,8 @@ def parse_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The body as one JSON-RPC message, and what makes valid JSON not one (malformed JSON is neither: it is left
     to the transport, which answers -32700)."""
     try:
-        message = json.loads(body)
+        # As strict as the SDK's parser: UTF-8 only, no byte-order mark (json.loads would guess UTF-16 or skip a BOM).
+        message = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         return None, None
     if isinstance(message, list):

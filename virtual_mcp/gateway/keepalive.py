@@ -30,6 +30,7 @@ class Keepalive:
         self._interval = INTERVAL if interval is None else interval
         self._tick = TICK if tick is None else tick
         self._due: dict[Pingable, float] = {}
+        self._pinging: set[Pingable] = set()  # a ping under way (a slow client): the next waits for it
 
     @contextmanager
     def watching(self, stream: Pingable) -> Iterator[None]:
@@ -46,13 +47,15 @@ class Keepalive:
                 await anyio.sleep(self._tick)
                 now = anyio.current_time()
                 for stream, due in list(self._due.items()):
-                    if due <= now and stream in self._due:
+                    if due <= now and stream in self._due and stream not in self._pinging:
                         self._due[stream] = now + self._interval
-                        tg.start_soon(_ping, stream)
+                        self._pinging.add(stream)
+                        tg.start_soon(self._ping, stream)
 
-
-async def _ping(stream: Pingable) -> None:
-    try:
-        await stream.ping()
-    except Exception:  # a keepalive that cannot be written is not worth more than a line in the log
-        logger.debug("keepalive comment not written", exc_info=True)
+    async def _ping(self, stream: Pingable) -> None:
+        try:
+            await stream.ping()
+        except Exception:  # a keepalive that cannot be written is not worth more than a line in the log
+            logger.debug("keepalive comment not written", exc_info=True)
+        finally:
+            self._pinging.discard(stream)

@@ -9,19 +9,23 @@ the answer, each serialised as the SDK serialises it; a keepalive comment every 
 (all calls' from one task, `Keepalive`: a call that ends sooner costs no task of its own, nor the garbage cycles a
 cancelled task leaves behind for the collector).
 
-What the session needs is kept: the call holds the session's idle countdown like any request the transport serves,
-and a `notifications/cancelled` for the call (posted on the same session by its owner) cancels it, which the
-caller hears as the SDK's own "Request cancelled" error. Anything else (another method, a progress token, a
-request the SDK would refuse, a session that is unknown, someone else's, ending or not yet initialised, a name the
-caller may not use) is left to the SDK path before anything has happened.
+What the session needs is kept: the call holds the session's idle countdown from its arrival, like any request
+the transport serves; a `notifications/cancelled` for it (one the SDK would deliver: the same session, its owner,
+a well-formed notification) cancels it, which the caller hears as the SDK's own "Request cancelled" error; and
+when the session ends (DELETE, idle expiry, shutdown) its calls are cancelled and their streams end without an
+answer, as the SDK path's do. Anything else (another method, a progress token, a request the SDK would refuse, a
+session that is unknown, someone else's or ending, a name the caller may not use) is left to the SDK path before
+anything has happened that cannot happen twice. (Looking a name up may refresh the tool catalog, a cache both
+paths share; what it fetched is there for the SDK path too.)
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 from virtual_mcp.gateway.forward import for_version, passthrough_meta
 from virtual_mcp.gateway.keepalive import Keepalive
 from virtual_mcp.gateway.plain_call import PlainCalls
+from virtual_mcp.gateway.views import Route
 from virtual_mcp.outbound.credentials import Caller
 
 logger = logging.getLogger(__name__)
@@ -97,6 +102,24 @@ class SessionRegistry:
         return self._log_levels.get(session_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    scope: Scope
+    caller: Caller
+    session_id: str
+    version: str  # the session's negotiated protocol version
+    id: types.RequestId
+    meta: Mapping[str, Any]
+
+
+@dataclass(eq=False)
+class _Call:
+    """A call this path is answering: its cancel scope, and whether its session ended under it."""
+
+    cancel: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    session_ended: bool = False
+
+
 class SessionToolCalls:
     """`tools/call` on one endpoint, for handshake-era session requests that need nothing but the call."""
 
@@ -104,7 +127,8 @@ class SessionToolCalls:
         self._plain = plain
         self._sessions = sessions
         self._keepalive = keepalive
-        self._in_flight: dict[tuple[str, types.RequestId], anyio.CancelScope] = {}
+        # Per session (while it lasts): the calls in flight on this path, by request id as the SDK correlates ids.
+        self._in_flight: dict[str, dict[types.RequestId, _Call]] = {}
 
     async def __call__(
         self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
@@ -116,28 +140,60 @@ class SessionToolCalls:
             return False  # the SDK path answers it (202) and ignores an id it does not know
         if method != "tools/call":
             return False
-        session_id, version_header = _session_headers(scope)
-        if session_id is None or (version_header is not None and version_header not in HANDSHAKE_PROTOCOL_VERSIONS):
-            return False
-        live = self._sessions.live(session_id, scope.get("user"))
-        if live is None:
+        session_id = _session_of(scope)
+        live = self._sessions.live(session_id, scope.get("user")) if session_id is not None else None
+        if session_id is None or live is None:
             return False
         transport, connection = live
         plain = _plain_request(message, scope, connection.protocol_version)
         if plain is None:
             return False
         request_id, name, arguments, meta = plain
-        route = await self._plain.route(caller, name)
-        if route is None:
-            return False
+        call = self._register(session_id, connection, request_id)
+        if call is None:
+            return False  # that id is in flight already: the SDK path's to answer
+        stream: _EventStream | None = None
+        try:
+            # Held and cancellable from the start, as a request the transport serves is.
+            async with _holding(transport):
+                outcome: JSONRPCResponse | JSONRPCError | None = None
+                with call.cancel:
+                    route = await self._plain.route(caller, name)
+                    if route is None:
+                        return False  # a refusal: the SDK path answers and audits it
+                    # From here on the call is this path's: obtaining the credential may already talk to a provider.
+                    stream = _EventStream(send, session_id)
+                    await stream.start()
+                    with self._keepalive.watching(stream):
+                        request = _Request(scope, caller, session_id, connection.protocol_version, request_id, meta)
+                        outcome = await self._outcome(request, stream, name, arguments, route)
+                if call.session_ended:  # DELETE, idle expiry or shutdown: as on the SDK path, the stream just ends
+                    if stream is None:
+                        return False  # nothing happened yet: the SDK path answers for the ended session
+                    await stream.close()
+                    return True
+                if stream is None:  # cancelled while the tool was being looked up
+                    stream = _EventStream(send, session_id)
+                    await stream.start()
+                if outcome is None or call.cancel.cancel_called:
+                    # A cancelled request's answer on this era's wire, whatever the call made of its cancellation.
+                    outcome = JSONRPCError(jsonrpc="2.0", id=request_id, error=_CANCELLED)
+                await stream.event(outcome, last=True)
+        finally:
+            self._forget(session_id, request_id, call)
+            if stream is not None:
+                stream.abandon()  # no keepalive comment after the handler is done, however it ended
+        return True
 
-        # From here on the call is this path's: obtaining the credential may already talk to a provider.
-        version = connection.protocol_version
-        minimum = self._sessions.log_level(session_id)
+    async def _outcome(
+        self, request: _Request, stream: _EventStream, name: str, arguments: dict[str, Any], route: Route
+    ) -> JSONRPCResponse | JSONRPCError:
+        """The call's answer as the SDK's dispatcher writes it; the backend's log messages are relayed as the SDK
+        path relays them (all levels upstream, the session's `logging/setLevel` choice applied here)."""
+        minimum = self._sessions.log_level(request.session_id)
         levels = _ORDERED_LEVELS[_ORDERED_LEVELS.index(minimum) :] if minimum in _ORDERED_LEVELS else _ORDERED_LEVELS
-        upstream_meta = passthrough_meta(meta)
-        upstream_meta[LOG_LEVEL_META_KEY] = "debug"  # the gateway filters what it relays, as on the SDK path
-        stream = _EventStream(send, session_id)
+        upstream_meta = passthrough_meta(request.meta)
+        upstream_meta[LOG_LEVEL_META_KEY] = "debug"
 
         async def relay(notification: dict[str, Any]) -> None:
             params = notification.get("params")
@@ -152,51 +208,53 @@ class SessionToolCalls:
             relayed = types.JSONRPCNotification(jsonrpc="2.0", method=dumped["method"], params=dumped["params"])
             await stream.event(relayed)
 
-        key = (session_id, coerce_request_id(request_id))
-        cancel = anyio.CancelScope()
-        self._in_flight[key] = cancel
         try:
-            async with _holding(transport):
-                await stream.start()
-                with self._keepalive.watching(stream):
-                    answer = await self._answer(
-                        cancel,
-                        request_id,
-                        version,
-                        lambda: self._plain.call(scope, caller, name, route, arguments, upstream_meta, relay),
-                    )
-                await stream.event(answer, last=True)
-        finally:
-            if self._in_flight.get(key) is cancel:
-                del self._in_flight[key]
-        return True
+            result = await self._plain.call(request.scope, request.caller, name, route, arguments, upstream_meta, relay)
+            return JSONRPCResponse(jsonrpc="2.0", id=request.id, result=_wire(request.version, result))
+        except Exception as exc:  # noqa: BLE001 - rendered as the dispatcher renders a handler's exception
+            return JSONRPCError(jsonrpc="2.0", id=request.id, error=_error_data(exc))
 
-    @staticmethod
-    async def _answer(
-        cancel: anyio.CancelScope,
-        request_id: types.RequestId,
-        version: str,
-        call: Callable[[], Awaitable[dict[str, Any]]],
-    ) -> JSONRPCResponse | JSONRPCError:
-        """The call's answer as the SDK's dispatcher writes it, or its "Request cancelled" if the caller cancels."""
-        with cancel:
-            try:
-                result = await call()
-                return JSONRPCResponse(jsonrpc="2.0", id=request_id, result=_wire(version, result))
-            except Exception as exc:  # noqa: BLE001 - rendered as the dispatcher renders a handler's exception
-                return JSONRPCError(jsonrpc="2.0", id=request_id, error=_error_data(exc))
-        # A request that settles unanswered: the transport's answer for it on this era's wire.
-        return JSONRPCError(jsonrpc="2.0", id=request_id, error=_CANCELLED)
+    def _register(self, session_id: str, connection: Connection, request_id: types.RequestId) -> _Call | None:
+        calls = self._in_flight.get(session_id)
+        if calls is None:
+            calls = self._in_flight[session_id] = {}
+            # When the session ends (DELETE, idle expiry, shutdown), its calls end too, as the SDK path's do.
+            connection.exit_stack.callback(self._session_ended, session_id)
+        key = coerce_request_id(request_id)
+        if key in calls:
+            return None
+        call = calls[key] = _Call()
+        return call
+
+    def _forget(self, session_id: str, request_id: types.RequestId, call: _Call) -> None:
+        calls = self._in_flight.get(session_id)
+        key = coerce_request_id(request_id)
+        if calls is not None and calls.get(key) is call:
+            del calls[key]
+
+    def _session_ended(self, session_id: str) -> None:
+        for call in self._in_flight.pop(session_id, {}).values():
+            call.session_ended = True
+            call.cancel.cancel()
 
     def _cancel(self, message: Mapping[str, Any], scope: Scope) -> None:
-        session_id, _ = _session_headers(scope)
-        params = message.get("params")
-        request_id = cancelled_request_id_from_params(params if isinstance(params, Mapping) else None)
-        if session_id is None or request_id is None:
+        """Apply a `notifications/cancelled` to a call on this path if the SDK path would deliver it: on a live
+        session of the caller's, a well-formed notification the transport accepts."""
+        session_id = _session_of(scope)
+        if session_id is None or session_id not in self._in_flight or not _acceptable(scope):
             return
-        cancel = self._in_flight.get((session_id, coerce_request_id(request_id)))
-        if cancel is not None and self._sessions.live(session_id, scope.get("user")) is not None:
-            cancel.cancel()
+        if self._sessions.live(session_id, scope.get("user")) is None:
+            return
+        try:
+            notification = jsonrpc_message_adapter.validate_python(message, by_name=False)
+        except ValidationError:
+            return
+        if not isinstance(notification, types.JSONRPCNotification):
+            return
+        request_id = cancelled_request_id_from_params(notification.params)
+        call = self._in_flight[session_id].get(coerce_request_id(request_id)) if request_id is not None else None
+        if call is not None:
+            call.cancel.cancel()
 
 
 class _EventStream:
@@ -223,6 +281,13 @@ class _EventStream:
     ) -> None:
         data = message.model_dump_json(by_alias=True, exclude_unset=True).encode()
         await self._write(b"event: message\r\ndata: " + data + b"\r\n\r\n", last)
+
+    async def close(self) -> None:
+        """End the stream without an answer (the session ended under the call)."""
+        await self._write(b"", True)
+
+    def abandon(self) -> None:
+        self._ended = True
 
     async def ping(self) -> None:
         """A keepalive comment, as sse-starlette writes it."""
@@ -255,14 +320,32 @@ async def _holding(transport: StreamableHTTPServerTransport) -> AsyncIterator[No
             idle.deadline = anyio.current_time() + timeout
 
 
-def _session_headers(scope: Scope) -> tuple[str | None, str | None]:
+def _session_of(scope: Scope) -> str | None:
+    """The request's session id, if it is a handshake-era session request the SDK would route to that session
+    (`Mcp-Protocol-Version` absent or a handshake version); None for anything else, a repeated header included."""
     session_id = version = None
     for name, value in scope["headers"]:
         if name == _SESSION_HEADER:
+            if session_id is not None:
+                return None
             session_id = value.decode("latin-1")
         elif name == _VERSION_HEADER:
+            if version is not None:
+                return None
             version = value.decode("latin-1")
-    return session_id, version
+    if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return None
+    return session_id
+
+
+def _acceptable(scope: Scope) -> bool:
+    """The media types the SDK's transport requires of a POST (its security check, then its own)."""
+    content_type = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"content-type"), "")
+    if not content_type.lower().startswith("application/json"):
+        return False
+    if "application/json" not in (part.strip() for part in content_type.split(";")[0].split(",")):
+        return False
+    return check_accept_headers(Request(scope)) == (True, True)
 
 
 def _plain_request(
@@ -270,10 +353,7 @@ def _plain_request(
 ) -> tuple[types.RequestId, str, dict[str, Any], Mapping[str, Any]] | None:
     """(id, name, arguments, _meta) of a `tools/call` the SDK path would accept and that wants no progress; None
     for anything else (including what the transport would refuse: the media types)."""
-    content_type = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"content-type"), "")
-    if check_accept_headers(Request(scope)) != (True, True):
-        return None
-    if "application/json" not in (part.strip() for part in content_type.split(";")[0].split(",")):
+    if not _acceptable(scope):
         return None
     try:
         request = jsonrpc_message_adapter.validate_python(message, by_name=False)
