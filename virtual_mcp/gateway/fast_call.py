@@ -36,15 +36,12 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request, find_duplicated_routing_header
 from mcp_types import (
     CORE_RESULT_TYPES,
-    INTERNAL_ERROR,
     LOG_LEVEL_META_KEY,
     SERVER_INFO_META_KEY,
     JSONRPCError,
     JSONRPCResponse,
 )
-from mcp_types import methods as spec_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -52,7 +49,7 @@ from starlette.types import Receive, Scope, Send
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.gateway.forward import for_version, passthrough_meta
 from virtual_mcp.gateway.front import FastPath
-from virtual_mcp.gateway.plain_call import PlainCalls
+from virtual_mcp.gateway.plain_call import PlainCalls, sieve
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import EndpointKind
@@ -210,11 +207,7 @@ class FastToolCalls:
         result_type = result.get("resultType")
         dumped = result
         if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
-            try:
-                dumped = spec_methods.serialize_server_result(method, version, result)
-            except ValidationError:
-                logger.exception("the result for %r is invalid", method)
-                raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
+            dumped = sieve(method, version, result)
         dumped.setdefault("resultType", "complete")
         stamp = dumped.get("_meta")
         if stamp is None:

@@ -48,6 +48,23 @@ def passthrough_meta(inbound_meta: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in inbound_meta.items() if k != "progressToken" and not k.startswith(_RESERVED_PREFIX)}
 
 
+def at_or_above(min_log_level: str | None) -> frozenset[str]:
+    """The log levels a 2025-11-25 session's `logging/setLevel` choice lets through (all of them without one)."""
+    if min_log_level not in _LOG_LEVELS:
+        return _LOG_LEVELS
+    return frozenset(_ORDERED_LEVELS[_ORDERED_LEVELS.index(min_log_level) :])
+
+
+def log_message(params: Mapping[str, Any], levels: frozenset[str]) -> types.LoggingMessageNotification | None:
+    """A backend's log message to relay to the caller, if its level is one of `levels`."""
+    level = params.get("level")
+    if not isinstance(level, str) or level not in levels:
+        return None
+    return types.LoggingMessageNotification(
+        params=types.LoggingMessageNotificationParams.model_validate(params, by_name=False)
+    )
+
+
 async def forward(
     ctx: ServerRequestContext[Any, Any],
     session: UpstreamSession,
@@ -76,9 +93,7 @@ async def forward(
             upstream_meta[LOG_LEVEL_META_KEY] = level
     else:
         upstream_meta[LOG_LEVEL_META_KEY] = "debug"
-    log_levels = allowed_log_levels(ctx.protocol_version, inbound_meta)
-    if min_log_level in _ORDERED_LEVELS:
-        log_levels = log_levels & frozenset(_ORDERED_LEVELS[_ORDERED_LEVELS.index(min_log_level) :])
+    log_levels = allowed_log_levels(ctx.protocol_version, inbound_meta) & at_or_above(min_log_level)
 
     async def relay(message: dict[str, Any]) -> None:
         kind = message.get("method")
@@ -95,11 +110,8 @@ async def forward(
                     float(total) if isinstance(total, int | float) else None,
                     note if isinstance(note, str) else None,
                 )
-        elif kind == "notifications/message" and isinstance(level := p.get("level"), str) and level in log_levels:
-            notification = types.LoggingMessageNotification(
-                params=types.LoggingMessageNotificationParams.model_validate(p, by_name=False)
-            )
-            await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
+        elif kind == "notifications/message" and (logged := log_message(p, log_levels)) is not None:
+            await ctx.session.send_notification(logged, related_request_id=ctx.request_id)
 
     with phase("upstream"):
         return await session.request(

@@ -3,10 +3,14 @@ with its audit record, the credential obtained once and errors rendered as the S
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR
+from mcp_types import methods as spec_methods
+from pydantic import ValidationError
 from starlette.types import Scope
 
 from virtual_mcp.errors import GatewayError
@@ -21,6 +25,18 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from virtual_mcp.gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def sieve(method: str, version: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A result as the SDK puts it on the wire: validated against `version`'s surface for `method` and cut down to
+    it; an invalid one is the SDK's internal error (the details stay in the log: they echo the result)."""
+    try:
+        return spec_methods.serialize_server_result(method, version, result)
+    except ValidationError:
+        logger.exception("the result for %r is invalid", method)
+        raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
 
 
 class PlainCalls:

@@ -36,7 +36,6 @@ from mcp.server.connection import Connection
 from mcp.server.streamable_http import REQUEST_CANCELLED, StreamableHTTPServerTransport, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.dispatcher import coerce_request_id
-from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, handler_exception_to_error_data
 from mcp_types import (
     INTERNAL_ERROR,
@@ -53,15 +52,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from virtual_mcp.gateway.forward import for_version, passthrough_meta
+from virtual_mcp.gateway.forward import at_or_above, for_version, log_message, passthrough_meta
 from virtual_mcp.gateway.keepalive import Keepalive
-from virtual_mcp.gateway.plain_call import PlainCalls
+from virtual_mcp.gateway.plain_call import PlainCalls, sieve
 from virtual_mcp.gateway.views import Route
 from virtual_mcp.outbound.credentials import Caller
 
 logger = logging.getLogger(__name__)
 
-_ORDERED_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _SESSION_HEADER = b"mcp-session-id"
 _CANCELLED = ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
 _VERSION_HEADER = b"mcp-protocol-version"
@@ -190,8 +188,7 @@ class SessionToolCalls:
     ) -> JSONRPCResponse | JSONRPCError:
         """The call's answer as the SDK's dispatcher writes it; the backend's log messages are relayed as the SDK
         path relays them (all levels upstream, the session's `logging/setLevel` choice applied here)."""
-        minimum = self._sessions.log_level(request.session_id)
-        levels = _ORDERED_LEVELS[_ORDERED_LEVELS.index(minimum) :] if minimum in _ORDERED_LEVELS else _ORDERED_LEVELS
+        levels = at_or_above(self._sessions.log_level(request.session_id))
         upstream_meta = passthrough_meta(request.meta)
         upstream_meta[LOG_LEVEL_META_KEY] = "debug"
 
@@ -199,11 +196,9 @@ class SessionToolCalls:
             params = notification.get("params")
             if notification.get("method") != "notifications/message" or not isinstance(params, dict):
                 return
-            if params.get("level") not in levels:
+            logged = log_message(params, levels)
+            if logged is None:
                 return
-            logged = types.LoggingMessageNotification(
-                params=types.LoggingMessageNotificationParams.model_validate(params, by_name=False)
-            )
             dumped = logged.model_dump(by_alias=True, mode="json", exclude_none=True)
             relayed = types.JSONRPCNotification(jsonrpc="2.0", method=dumped["method"], params=dumped["params"])
             await stream.event(relayed)
@@ -373,11 +368,7 @@ def _plain_request(
 
 def _wire(version: str, result: dict[str, Any]) -> dict[str, Any]:
     """The backend's result as the SDK path sends it to a handshake-era session: sieved by that version's surface."""
-    try:
-        return spec_methods.serialize_server_result("tools/call", version, for_version(result, version))
-    except ValidationError:
-        logger.exception("the result for 'tools/call' is invalid")
-        raise MCPError(code=INTERNAL_ERROR, message="Handler returned an invalid result") from None
+    return sieve("tools/call", version, for_version(result, version))
 
 
 def _error_data(exc: Exception) -> ErrorData:
