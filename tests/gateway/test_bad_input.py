@@ -161,6 +161,15 @@ async def watched(gw: Served, http: httpx.AsyncClient, path: str, era: str) -> A
 # -- the body ------------------------------------------------------------------------------------------------------
 
 MALFORMED = [b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"', b"{'single': 'quotes'}", b"\xff\xfe\x00", b""]
+
+
+def not_utf8_json(tool: str) -> list[bytes]:
+    """A plain tools/call, but not JSON as a 2025-11-25 session's transport parses it (UTF-8 without a byte-order
+    mark): a parse error there, never a call (the SDK's 2026-07-28 entry reads both, so only that era is checked)."""
+    call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+    return [call.encode("utf-8-sig"), call.encode("utf-16")]
+
+
 NOT_A_REQUEST = [b'{"hello": "world"}', b'{"jsonrpc": "2.0", "id": 1}', b'"tools/list"', b"42", b"[1, 2]"]
 
 
@@ -177,7 +186,7 @@ async def test_malformed_json_is_a_parse_error(tmp_path: Path, era: str) -> None
                             "result": "x"
                         }
                 await raw.open()
-                for body in MALFORMED:
+                for body in MALFORMED + (not_utf8_json(ECHO[path]) if era == LEGACY else []):
                     assert_error(await raw.post(raw.request("tools/list"), raw=body), 400, PARSE_ERROR)
                     await raw.still_ok()
 
