@@ -44,6 +44,15 @@ class Lab:
     release: anyio.Event  # lets the backend's `held` tool answer
     sdk_only: list[bool] = field(default_factory=list)  # [True]: the fast path is switched off
 
+    async def session(self, http: httpx2.AsyncClient, listed: bool = True) -> Raw:
+        """A raw client with an open 2025-11-25 session of alice's on the single server; `listed`: its tools listed
+        once, so the catalog knows them."""
+        raw = Raw(http, f"{self.gw.url}{SINGLE}", LEGACY, self.alice)
+        await raw.open()
+        if listed:
+            await raw.call("tools/list")
+        return raw
+
     async def stream(self, raw: Raw, body: dict[str, Any], session: str | None = None) -> AsyncIterator[bytes]:
         """POST `body` on `raw`'s session (or `session`) and yield the answer's body as it arrives."""
         headers = {
@@ -129,9 +138,7 @@ async def test_a_plain_call_takes_the_fast_path_and_writes_the_sdks_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, arguments: dict[str, Any]
 ) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
-        await raw.call("tools/list")
+        raw = await t.session(http)
         fast = await raw.post(
             {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
         )
@@ -158,8 +165,7 @@ async def test_a_plain_call_takes_the_fast_path_and_writes_the_sdks_stream(
 
 async def test_the_sessions_log_level_filters_what_is_relayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
+        raw = await t.session(http, listed=False)
         assert rpc(await raw.call("logging/setLevel", {"level": "info"}))["result"] == {}
         body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "chatty", "arguments": {}}}
         fast = await raw.post(body)
@@ -172,9 +178,8 @@ async def test_the_sessions_log_level_filters_what_is_relayed(tmp_path: Path, mo
 
 async def test_everything_else_is_left_to_the_sdk_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        url = f"{t.gw.url}{SINGLE}"
-        raw = Raw(http, url, LEGACY, t.alice)
-        await raw.open()
+        raw = await t.session(http, listed=False)
+        url = raw.url
         bob = await t.gw.token(PrincipalKind.USER, BOB)
         bobs = Raw(http, url, LEGACY, bob)
         await bobs.open()
@@ -217,8 +222,7 @@ async def test_a_backend_that_is_gone_is_the_same_error_on_both_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
+        raw = await t.session(http, listed=False)
         await raw.call("tools/call", {"name": "echo", "arguments": {"text": "warm"}})  # the catalog knows echo now
         t.backend.stop()
         await t.backend.server.shutdown()
@@ -246,9 +250,7 @@ async def test_a_session_that_ends_under_a_call_ends_its_stream_as_on_the_sdk_pa
         for sdk_only in (False, True):
             if sdk_only:
                 t.sdk_only.append(True)
-            raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-            await raw.open()
-            await raw.call("tools/list")
+            raw = await t.session(http)
             t.probe.slow_started, t.probe.slow_cancelled = anyio.Event(), anyio.Event()
             body = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
             received: list[bytes] = []
@@ -282,9 +284,7 @@ async def test_notifications_cancelled_cancels_the_call_at_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
-        await raw.call("tools/list")
+        raw = await t.session(http)
         streams: list[bytes] = []
 
         async def held(request_id: int) -> None:
@@ -337,10 +337,7 @@ async def test_a_cancel_from_another_session_or_for_another_id_cancels_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw, other = (Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice) for _ in range(2))
-        await raw.open()
-        await other.open()
-        await raw.call("tools/list")
+        raw, other = await t.session(http), await t.session(http, listed=False)
         answers: list[httpx2.Response] = []
         body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
         async with anyio.create_task_group() as tg:
@@ -373,9 +370,7 @@ async def test_a_cancel_from_another_session_or_for_another_id_cancels_nothing(
 
 async def test_a_call_holds_the_sessions_idle_countdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
-        await raw.call("tools/list")
+        raw = await t.session(http)
         [transport] = [tr for tr in t.transports if tr.mcp_session_id == raw.session]
         idle = transport.idle_scope
         assert idle is not None and math.isfinite(idle.deadline)
@@ -402,9 +397,7 @@ async def test_a_long_call_gets_keepalive_comments_until_its_answer(
     monkeypatch.setattr(keepalive, "INTERVAL", 0.05)
     monkeypatch.setattr(keepalive, "TICK", 0.01)
     async with lab(tmp_path, monkeypatch) as t, httpx2.AsyncClient() as http:
-        raw = Raw(http, f"{t.gw.url}{SINGLE}", LEGACY, t.alice)
-        await raw.open()
-        await raw.call("tools/list")
+        raw = await t.session(http)
         body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
         received = b""
         with anyio.fail_after(10):
