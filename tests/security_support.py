@@ -16,6 +16,7 @@ import jwt
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
+from tests.processes import read_elsewhere
 from tests.sensitive import SENSITIVE, mark
 from tests.support import Served, serve
 from virtual_mcp.audit import AuditEvent, AuditLog, JsonLinesSink
@@ -81,7 +82,7 @@ class SecureGateway:
     def leaks(self) -> list[str]:
         """Every registered token, secret or forwarded value found in the database files or the audit file."""
         stored = "".join(
-            p.read_bytes().decode("latin-1")
+            read_elsewhere(p).decode("latin-1")
             for p in sorted(self.data_dir.iterdir())
             if p.name.startswith(("gateway.db", "audit"))
         )

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from tests.serve_child import announce_ready
 from virtual_mcp.cli import main
 from virtual_mcp.outbound.token_manager import TokenManager
 from virtual_mcp.vault import db
@@ -56,19 +57,6 @@ def arm(point: str) -> None:
 
     OAuthTokenStore.put = crashing_put  # type: ignore[method-assign]
     db.Transaction.execute = crashing_execute  # type: ignore[method-assign]
-
-
-def announce_ready() -> None:
-    """Print READY on stdout once uvicorn listens, so the test waits on that line rather than polling."""
-    import uvicorn
-
-    startup = uvicorn.Server.startup
-
-    async def startup_then_announce(self: uvicorn.Server, sockets: Any = None) -> None:
-        await startup(self, sockets)
-        print("READY", flush=True)
-
-    uvicorn.Server.startup = startup_then_announce  # type: ignore[method-assign]
 
 
 def offset_clock(seconds: float) -> None:

@@ -7,7 +7,6 @@ authorization server that rotates refresh tokens and revokes the grant on reuse,
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import Process
-from anyio.streams.text import TextReceiveStream
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
@@ -25,8 +23,9 @@ from mcp.shared.exceptions import MCPError
 from tests.backends import build_lab
 from tests.oauth.test_authorization_code import CONFIG, IDS, browse
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
+from tests.processes import gateway_process
 from tests.sensitive import mark
-from tests.support import REPO, Served, free_ports, serve
+from tests.support import Served, free_ports, serve
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
@@ -55,22 +54,9 @@ class Scene:
 
     @asynccontextmanager
     async def gateway(self, crash_at: str = "none", clock_offset: float = 0) -> AsyncIterator[Process]:
-        command = [sys.executable, "-m", "tests.oauth.crash_child", crash_at, str(clock_offset)]
-        command += ["serve", "--config", str(self.config)]
-        command += ["--port", str(self.port), "--data-dir", str(self.data)]
-        async with await anyio.open_process(command, cwd=REPO) as process:
-            try:
-                assert process.stdout is not None
-                with anyio.fail_after(30):
-                    async for line in TextReceiveStream(process.stdout):
-                        if "READY" in line:
-                            break
-                yield process
-            finally:
-                if process.returncode is None:
-                    process.terminate()
-                    with anyio.fail_after(10):
-                        await process.wait()
+        args = ["--config", str(self.config), "--port", str(self.port), "--data-dir", str(self.data)]
+        async with gateway_process(args, ("tests.oauth.crash_child", crash_at, str(clock_offset))) as process:
+            yield process
 
 
 def seen_token(answer: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import read_elsewhere
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import (
@@ -104,7 +105,7 @@ async def test_database_files_hold_no_plaintext_secret_or_token(tmp_path: Path) 
         secret_part = token.split("_")[2]
         files = [tmp_path / "gateway.db", tmp_path / "gateway.db-wal"]
         assert (tmp_path / "gateway.db-wal").stat().st_size > 0
-        data = b"".join(p.read_bytes() for p in files if p.exists())
+        data = b"".join(read_elsewhere(p) for p in files if p.exists())
         assert b"alice@x" in data  # the scan does see what is stored in the clear
         for needle in (VALUE_A, VALUE_B, token, secret_part):
             assert needle.encode() not in data

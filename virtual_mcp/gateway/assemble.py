@@ -104,7 +104,6 @@ async def _assemble(
         registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
     )
     audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
-    security = Security(
-        authenticator, credentials, metadata, audit, revocations, health=partial(vault_health, db, settings.data_dir)
-    )
+    health = partial(vault_health, db, settings.data_dir, audit_db)
+    security = Security(authenticator, credentials, metadata, audit, revocations, health=health)
     return create_app(registry, settings, security, metrics)

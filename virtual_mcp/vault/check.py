@@ -35,14 +35,17 @@ async def check_master_key(db: Database, keys: KeyProvider) -> None:
         )
 
 
-async def health(db: Database, data_dir: Path) -> dict[str, str | None]:
-    """For readiness: the database answers, and the master key (as it is on disk now) opens what is stored.
-    Each check's problem, or None."""
+async def health(db: Database, data_dir: Path, *others: Database) -> dict[str, str | None]:
+    """For readiness: the database answers and this process can still trust it (every connection of its own,
+    `others` too), and the master key (as it is on disk now) opens what is stored. Each check's problem, or None."""
     problems: dict[str, str | None] = {"database": None, "vault": None}
     try:
         await db.fetchone("SELECT 1")
     except VaultError as exc:
         problems["database"] = exc.message
+        return problems
+    problems["database"] = next(filter(None, (d.trust_problem() for d in (db, *others))), None)
+    if problems["database"] is not None:
         return problems
     try:
         await check_master_key(db, LocalKeyProvider.load(data_dir, create=False))

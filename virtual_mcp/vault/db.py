@@ -6,6 +6,7 @@ and waits up to `busy_timeout` for the other's write lock; readers are never blo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -103,13 +104,57 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 Params = Sequence[Any]
+_CORRUPT = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_PROC_LOCKS = Path("/proc/locks")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it does not exist yet (SQLite would use the umask's mode; its -wal and -shm
+    files copy the main file's).
+
+    Never open and close an existing database file outside SQLite: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, including those of its open SQLite connections. Another process would then
+    take itself for the file's last user and delete the -wal and -shm files under this one: lost writes, unseen
+    revocations, a corrupt database. A file that does not exist yet has no connection in this process.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _identities(path: Path) -> dict[Path, int]:
+    """The inodes of the database file and of the -wal and -shm files an open WAL connection keeps."""
+    files: dict[Path, int] = {}
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            files[file] = file.stat().st_ino
+    return files
+
+
+def _holds_lock(inode: int) -> bool:
+    """Whether this process holds a POSIX lock on the file (an open WAL connection holds a shared one for its whole
+    life). Where /proc/locks does not exist (not Linux), assumed so."""
+    try:
+        text = _PROC_LOCKS.read_text()
+    except OSError:
+        return True
+    pid = str(os.getpid())
+    for line in text.splitlines():
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 5354 fe:00:2146349 1073741826 1073742335"
+        if len(fields) >= 6 and fields[1] == "POSIX" and fields[4] == pid and fields[5].endswith(f":{inode}"):
+            return True
+    return False
 
 
 class Transaction:
     """Statements inside one `BEGIN IMMEDIATE ... COMMIT`."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn = db._conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement; returns the number of rows it changed."""
@@ -118,20 +163,20 @@ class Transaction:
             rowcount = cursor.rowcount
             await cursor.close()
         except sqlite3.Error as e:
-            raise DatabaseError(f"database write failed: {e}") from e
+            raise self._db.failed(e, "database write failed") from e
         return rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Params]) -> None:
         try:
             await self._conn.executemany(sql, rows)
         except sqlite3.Error as e:
-            raise DatabaseError(f"database write failed: {e}") from e
+            raise self._db.failed(e, "database write failed") from e
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         try:
             return list(await self._conn.execute_fetchall(sql, params))
         except sqlite3.Error as e:
-            raise DatabaseError(f"database read failed: {e}") from e
+            raise self._db.failed(e, "database read failed") from e
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
@@ -146,6 +191,10 @@ class Database:
         self._lock = anyio.Lock()  # one connection: transactions of concurrent tasks must not interleave
         self.path = path
         self._reader: sqlite3.Connection | None = None
+        # The identity (inode) of the database file and its -wal and -shm files while this connection has them
+        # open, and the first sign that the file can no longer be trusted (corruption): see `trust_problem`.
+        self._files: dict[Path, int] = {}
+        self._broken: str | None = None
 
     @classmethod
     @asynccontextmanager
@@ -163,8 +212,7 @@ class Database:
         path = data_dir / DB_FILE_NAME
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # SQLite would create the file with the umask's mode; its -wal and -shm files copy the main file's.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            _create_private(path)
             conn = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise DatabaseError(f"cannot open database {path}: {e}") from e
@@ -176,6 +224,7 @@ class Database:
             await conn.execute("PRAGMA synchronous = FULL")
             await conn.execute("PRAGMA foreign_keys = ON")
             await db._migrate()
+            db._files = _identities(path)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -201,7 +250,7 @@ class Database:
         try:
             row: sqlite3.Row | None = self._reader.execute(sql, params).fetchone()
         except sqlite3.Error as e:
-            raise DatabaseError(f"cannot read {self.path}: {e}") from e
+            raise self.failed(e, f"cannot read {self.path}") from e
         return row
 
     @asynccontextmanager
@@ -211,16 +260,16 @@ class Database:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
-                raise DatabaseError(f"cannot start a transaction on {self.path}: {e}") from e
+                raise self.failed(e, f"cannot start a transaction on {self.path}") from e
             try:
-                yield Transaction(self._conn)
+                yield Transaction(self)
                 await self._conn.execute("COMMIT")
             except BaseException as e:
                 with anyio.CancelScope(shield=True):
                     if self._conn.in_transaction:
                         await self._conn.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
-                    raise DatabaseError(f"cannot commit to {self.path}: {e}") from e
+                    raise self.failed(e, f"cannot commit to {self.path}") from e
                 raise
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
@@ -229,11 +278,43 @@ class Database:
             try:
                 return list(await self._conn.execute_fetchall(sql, params))
             except sqlite3.Error as e:
-                raise DatabaseError(f"cannot read {self.path}: {e}") from e
+                raise self.failed(e, f"cannot read {self.path}") from e
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    def failed(self, error: sqlite3.Error, what: str) -> DatabaseError:
+        """The gateway's error for a failed statement; corruption is remembered: the store is not trusted again."""
+        if getattr(error, "sqlite_errorcode", None) in _CORRUPT and self._broken is None:
+            self._broken = f"{what}: {error}"
+        return DatabaseError(f"{what}: {error}")
+
+    def trust_problem(self) -> str | None:
+        """Why this process can no longer trust what it reads from and writes to the database, or None.
+
+        The database file, its -wal or its -shm replaced or removed under an open connection (another process
+        deleted them: what this one writes from now on is lost to everyone else), this process's lock on the file
+        gone (it would let another process do that), or corruption met by a statement.
+        """
+        if self._broken is not None:
+            return f"database {self.path} is corrupt ({self._broken}); restore it or start from a backup"
+        for file, inode in self._files.items():
+            try:
+                now = file.stat().st_ino
+            except OSError:
+                now = None
+            if now != inode:
+                return (
+                    f"{file} was {'replaced' if now else 'removed'} while this gateway had it open; what it writes "
+                    "may be lost: restart the gateway"
+                )
+        if self._files and not _holds_lock(self._files[self.path]):
+            return (
+                f"this gateway lost its lock on {self.path} (a descriptor of the file was closed outside SQLite); "
+                "another process may delete its -wal under it: restart the gateway"
+            )
+        return None
 
     async def schema_version(self) -> int:
         row = await self.fetchone("SELECT MAX(version) FROM schema_version")
