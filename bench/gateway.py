@@ -37,7 +37,19 @@ def write_gateway_config(directory: Path, backend_url: str) -> Path:
     (servers / "identities.yaml").write_text(
         f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
     )
+    (servers / "gateway.yaml").write_text(BENCH_LIMITS)
     return servers
+
+
+# The benchmark drives one principal as hard as the gateway goes (and opens 1,000 sessions as that principal), so
+# the per-principal limits that keep one caller from crowding out the others are lifted for it.
+BENCH_LIMITS = (
+    "type: gateway\n"
+    "limits:\n"
+    "  sessions_per_principal: 10000\n"
+    "  requests_per_second_per_principal: 1000000\n"
+    "  request_burst_per_principal: 1000000\n"
+)
 
 
 def cli_command() -> list[str]:
@@ -103,6 +115,7 @@ def servers_config(directory: Path, group: str, prefix: str, urls: list[str]) ->
     (servers / "identities.yaml").write_text(
         f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
     )
+    (servers / "gateway.yaml").write_text(BENCH_LIMITS)
     return servers
 
 

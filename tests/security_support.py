@@ -29,6 +29,7 @@ from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.rate_limit import RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
@@ -144,16 +145,19 @@ async def secure_gateway(
             VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock, metrics=metrics
         )
         options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
-        timeout = GatewaySettings(**options).token_timeout_seconds
+        gateway_settings = GatewaySettings(**options)
+        timeout = gateway_settings.token_timeout_seconds
+        limits = gateway_settings.limits
+        limiter = RequestLimiter(limits.requests_per_second_per_principal, limits.request_burst_per_principal)
         audit_log = AuditLog([AuditStore(audit_db), JsonLinesSink(data_dir / "audit.jsonl")])
         security = Security(
-            Authenticator(registry, tokens=tokens, jwt=verifier, revocations=revocations),
+            Authenticator(registry, tokens=tokens, jwt=verifier, revocations=revocations, limiter=limiter),
             OutboundCredentials(registry, values.__getitem__, token_manager, http, token_timeout=timeout),
             ResourceMetadata(authorization_servers=(ISSUER,)),
             audit_log,
             revocations,
             health=partial(vault_health, db, data_dir),
         )
-        app = create_app(registry, GatewaySettings(**options), security, metrics)
+        app = create_app(registry, gateway_settings, security, metrics)
         async with serve(app, sock) as served:
             yield SecureGateway(served, registry, tokens, store, db, audit_log, data_dir, app.state.runtime, metrics)

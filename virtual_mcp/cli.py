@@ -183,6 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         local_user=args.local_user,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
+        limits=registry.limits,
     )
     anyio.run(_serve, registry, settings, backend_options=_event_loop())
     return 0

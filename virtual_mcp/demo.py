@@ -80,7 +80,7 @@ async def _demo(port: int, backend_base_port: int, data_dir: Path) -> None:
             [ConfigIssue("examples/northwind.py", "", "", "run the demo from the repository root")]
         ) from None
     registry = _rebase(build_registry(load_config_dir(ROOT / "examples" / "demo.d")), backend_base_port)
-    settings = GatewaySettings(port=port, data_dir=data_dir)
+    settings = GatewaySettings(port=port, data_dir=data_dir, limits=registry.limits)
     tokens: dict[str, str] = {}
     async with Database.open(settings.data_dir) as db:
         store = TokenStore(db)

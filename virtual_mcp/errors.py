@@ -6,6 +6,7 @@ the CLI as an exit code. Messages are written for the person who sees them and n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +33,11 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.data = data
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """Headers that belong to this error's HTTP answer (e.g. Retry-After)."""
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,29 @@ class MalformedCredentialRequest(Unauthorized):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid request: {reason}")
         self.reason = reason
+
+
+class TooManyRequests(GatewayError):
+    """One caller is over a per-principal limit (request rate, open sessions); everyone else is served. The
+    message says which limit and when to retry."""
+
+    jsonrpc_code = -32029
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class Overloaded(GatewayError):
+    """The gateway as a whole is at a capacity bound (e.g. its maximum of client sessions)."""
+
+    jsonrpc_code = -32030
+    http_status = 503
 
 
 class Forbidden(GatewayError):

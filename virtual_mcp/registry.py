@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from virtual_mcp.config.loader import LoadedConfig
 from virtual_mcp.config.models import AuditPayloads, AuthData, InboundSettings, RemoteServer, VirtualServer
+from virtual_mcp.config.settings import Limits
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.types import ServerRef
 
@@ -87,6 +88,7 @@ class Registry:
     collaborators: Mapping[str, tuple[tuple[str, str], ...]]  # group -> (subject, role_id)
     warnings: tuple[str, ...] = field(default=())
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    limits: Limits = field(default_factory=Limits)
 
     def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
         """The configured servers whose subjects may reach `source`: itself and each virtual server including it."""
@@ -192,6 +194,7 @@ def build_registry(config: LoadedConfig) -> Registry:
         collaborators=MappingProxyType(collaborators),
         warnings=tuple(warnings),
         inbound=config.gateway.doc.inbound if config.gateway else InboundSettings(),
+        limits=config.gateway.doc.limits if config.gateway else Limits(),
     )
 
 

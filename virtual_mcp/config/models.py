@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from virtual_mcp.config.secrets import SECRET_SCHEME, is_secret_ref, refs_in
+from virtual_mcp.config.settings import Limits
 
 # Group and server names become parts of namespaced tool names joined by "__", so they may not contain "__"
 # nor start or end with "_" or "-"; that keeps every prefix unambiguous.
@@ -271,6 +272,7 @@ class InboundSettings(_Strict):
 class GatewayFile(_Strict):
     type: Literal["gateway"]
     inbound: InboundSettings = Field(default_factory=InboundSettings)
+    limits: Limits = Field(default_factory=Limits)
 
 
 ConfigFile = Annotated[ServerGroupFile | IdentitiesFile | GatewayFile, Field(discriminator="type")]

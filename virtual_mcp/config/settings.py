@@ -7,6 +7,22 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Limits(BaseModel):
+    """What one caller may take of the gateway's shared capacity. Set in the gateway document (`limits:`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 2025-11-25 client sessions one principal may hold open at once, over all endpoints.
+    sessions_per_principal: int = Field(default=64, gt=0)
+    # Client sessions the gateway holds open at once, over all endpoints and principals.
+    max_sessions: int = Field(default=10_000, gt=0)
+    # A client session without a request for this long is ended (its client re-initialises).
+    session_idle_seconds: float = Field(default=1800.0, gt=0)
+    # Requests one principal may send per second, sustained, and in one burst (a token bucket), on every route.
+    requests_per_second_per_principal: float = Field(default=100.0, gt=0)
+    request_burst_per_principal: int = Field(default=500, gt=0)
+
+
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,6 +53,7 @@ class GatewaySettings(BaseModel):
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     # The audit trail's JSON lines copy (besides the database); None: `<data_dir>/audit.jsonl`.
     audit_jsonl: Path | None = None
+    limits: Limits = Field(default_factory=Limits)
 
     @property
     def audit_jsonl_path(self) -> Path:

@@ -20,7 +20,15 @@ from starlette.routing import Route
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, Forbidden, GatewayError, Unauthorized
+from virtual_mcp.errors import (
+    BadRequest,
+    ConfigError,
+    ConfigIssue,
+    Forbidden,
+    GatewayError,
+    TooManyRequests,
+    Unauthorized,
+)
 from virtual_mcp.gateway.admin import group_view
 from virtual_mcp.gateway.endpoint import SessionTracker, build_server
 from virtual_mcp.gateway.fast_call import FastPaths, FastToolCalls
@@ -30,6 +38,7 @@ from virtual_mcp.gateway.oauth_routes import oauth_routes
 from virtual_mcp.gateway.request_scope import RequestScope, request_id_in
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.gateway.session_call import SessionRegistry, SessionToolCalls
+from virtual_mcp.gateway.session_quota import SessionQuota
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
@@ -98,6 +107,7 @@ def create_app(
     listeners: list[ListenHandler] = []
     routes: list[Route] = []
     endpoint_apps: dict[str, EndpointApp] = {}
+    quota = SessionQuota(settings.limits)
     for path, endpoint in registry.endpoints.items():
         tracker = SessionTracker()
         runtime.client_sessions[path] = tracker.sessions
@@ -105,12 +115,15 @@ def create_app(
         listeners.append(listen)
         server, plain = build_server(endpoint, runtime, tracker, listen)
         manager = StreamableHTTPSessionManager(
-            app=server, security_settings=transport_security, max_request_body_size=settings.max_request_body_bytes
+            app=server,
+            security_settings=transport_security,
+            max_request_body_size=settings.max_request_body_bytes,
+            max_sessions=settings.limits.max_sessions,
+            session_idle_timeout=settings.limits.session_idle_seconds,
         )
-        fast = FastPaths(
-            FastToolCalls(plain, server),
-            SessionToolCalls(plain, SessionRegistry(manager, tracker.sessions, tracker.log_levels), runtime.keepalive),
-        )
+        sessions = SessionRegistry(manager, tracker.sessions, tracker.log_levels)
+        quota.watch(sessions)
+        fast = FastPaths(FastToolCalls(plain, server), SessionToolCalls(plain, sessions, runtime.keepalive))
         managers.append(manager)
         front = EndpointApp(
             endpoint,
@@ -120,6 +133,7 @@ def create_app(
             security.metadata,
             settings.max_request_body_bytes,
             runtime.auditor,
+            quota,
             fast,
         )
         routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
@@ -161,6 +175,8 @@ def create_app(
                 )
         except Unauthorized as exc:
             return unauthorized(exc, security.metadata, request.url.path, request.scope, request.headers)
+        except TooManyRequests as exc:
+            return gateway_error_response(exc)
 
     async def admin_group(request: Request) -> Response:
         auth = await authenticated(request)

@@ -19,6 +19,7 @@ from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.rate_limit import RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
@@ -93,7 +94,11 @@ async def _assemble(
         verifier = JwtVerifier(jwt_settings, http=http, hmac_secret=hmac_secret)
     local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
     revocations = RevocationList(RevocationStore(db))
-    authenticator = Authenticator(registry, tokens=TokenStore(db), jwt=verifier, local=local, revocations=revocations)
+    limits = settings.limits
+    limiter = RequestLimiter(limits.requests_per_second_per_principal, limits.request_burst_per_principal)
+    authenticator = Authenticator(
+        registry, tokens=TokenStore(db), jwt=verifier, local=local, revocations=revocations, limiter=limiter
+    )
     public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
     metadata = ResourceMetadata(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url

@@ -20,6 +20,7 @@ from virtual_mcp.errors import (
     GatewayError,
     InvalidToken,
     MalformedCredentialRequest,
+    TooManyRequests,
     Unauthorized,
 )
 from virtual_mcp.gateway.auditing import Auditor
@@ -32,6 +33,7 @@ from virtual_mcp.gateway.http import (
     requested_method,
 )
 from virtual_mcp.gateway.request_scope import request_id_in
+from virtual_mcp.gateway.session_quota import SessionQuota
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy
@@ -67,10 +69,12 @@ class EndpointApp:
         metadata: ResourceMetadata,
         max_body: int,
         auditor: Auditor,
+        quota: SessionQuota,
         fast: FastPath | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._auditor = auditor
+        self._quota = quota
         self._fast = fast
         self._manager = manager
         self._registry = registry
@@ -89,6 +93,9 @@ class EndpointApp:
                 )
         except Unauthorized as exc:
             await unauthorized(exc, self._metadata, self._endpoint.path, scope, headers)(scope, receive, send)
+            return
+        except TooManyRequests as exc:
+            await gateway_error_response(exc)(scope, receive, send)
             return
         try:
             with phase("policy"):
@@ -115,6 +122,7 @@ class EndpointApp:
         scope["user"] = AuthenticatedUser(
             AccessToken(token="", client_id=auth.principal.subject, scopes=[], subject=auth.principal.subject)
         )
+        message = None
         if scope.get("method") == "POST":
             body = await read_body(scope, receive, self._max_body)
             if not isinstance(body, bytes):
@@ -131,11 +139,20 @@ class EndpointApp:
                 and await self._fast(message, caller, scope, receive, send)
             ):
                 return
+        release = None
+        if message is not None and message.get("method") == "initialize" and "mcp-session-id" not in headers:
+            try:  # a request that opens a 2025-11-25 session
+                release = self._quota.reserve(auth.principal)
+            except GatewayError as exc:
+                await gateway_error_response(exc)(scope, receive, send)
+                return
         reset = CURRENT_CALLER.set(caller)
         try:
             await self._manager.handle_request(scope, receive, send)
         finally:
             CURRENT_CALLER.reset(reset)
+            if release is not None:
+                release()
 
     def _check_access(self, principal: Principal) -> None:
         """A single server or virtual server the caller may not use at all is 403; `/mcp` only filters."""

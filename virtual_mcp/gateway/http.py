@@ -92,4 +92,4 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 def gateway_error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    return error_response(exc.http_status, exc.jsonrpc_code, exc.message, headers)
+    return error_response(exc.http_status, exc.jsonrpc_code, exc.message, {**exc.http_headers, **(headers or {})})

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from virtual_mcp.errors import GatewayError, Unauthorized
+from virtual_mcp.errors import GatewayError, TooManyRequests, Unauthorized
 from virtual_mcp.gateway.http import gateway_error_response
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
@@ -60,7 +60,7 @@ def oauth_routes(
         client = request.client
         try:
             auth = await authenticator.authenticate(request.headers, request.url.query, client.host if client else None)
-        except Unauthorized as exc:
+        except (Unauthorized, TooManyRequests) as exc:
             return gateway_error_response(exc)
         return auth.principal.name
 

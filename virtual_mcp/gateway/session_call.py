@@ -99,6 +99,15 @@ class SessionRegistry:
     def log_level(self, session_id: str) -> str | None:
         return self._log_levels.get(session_id)
 
+    @property
+    def open(self) -> int:
+        """Sessions of this endpoint that are open (or being opened)."""
+        return len(self._manager._server_instances)
+
+    def owned_by(self, subject: str) -> int:
+        """How many of them the principal with this subject opened."""
+        return sum(1 for owner in self._manager._session_owners.values() if owner["subject"] == subject)
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:

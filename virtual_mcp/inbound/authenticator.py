@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from virtual_mcp.errors import InvalidToken, MalformedCredentialRequest, Unauthorized
 from virtual_mcp.inbound.local import LocalIdentity
+from virtual_mcp.inbound.rate_limit import RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKind
@@ -56,9 +57,17 @@ class Authenticator:
     jwt: JwtCheck | None = None
     local: LocalIdentity | None = None
     revocations: RevocationList | None = None
+    limiter: RequestLimiter | None = None
 
     async def authenticate(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
-        """Raises Unauthorized (no credential) or InvalidToken (a credential that was refused)."""
+        """Who is calling. Raises Unauthorized (no credential), InvalidToken (a credential that was refused) or
+        TooManyRequests (the caller is over its request rate)."""
+        auth = await self._identify(headers, query, client_host)
+        if self.limiter is not None:
+            self.limiter.admit(auth.principal)
+        return auth
+
+    async def _identify(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
         if query and any(k.lower() in _QUERY_CREDENTIALS for k, _ in parse_qsl(query, keep_blank_values=True)):
             raise MalformedCredentialRequest(
                 "credentials in the query string are never accepted; use the Authorization header"
