@@ -5,10 +5,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from virtual_mcp.config.secrets import SECRET_SCHEME, is_secret_ref, refs_in
 from virtual_mcp.config.settings import Limits
+
+
+def _no_controls_in_url(value: object) -> object:
+    """A URL parser drops CR, LF and tabs silently (WHATWG): the gateway would call another URL than the one written."""
+    if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("URL contains a control character (CR, LF, tab, ...)")
+    return value
+
+
+# Every URL of the configuration: http or https, nothing the parser would silently change.
+Url = Annotated[AnyHttpUrl, BeforeValidator(_no_controls_in_url)]
 
 # Group and server names become parts of namespaced tool names joined by "__", so they may not contain "__"
 # nor start or end with "_" or "-"; that keeps every prefix unambiguous.
@@ -64,10 +75,10 @@ class Collaborator(_Strict):
 class OAuth2AuthData(_Strict):
     type: Literal["oauth2"]
     grant_type: Literal["authorization_code", "client_credentials"]
-    authorization_url: AnyHttpUrl | None = None
-    token_url: AnyHttpUrl
+    authorization_url: Url | None = None
+    token_url: Url
     # RFC 7009: where `virtual-mcp revoke` and disconnecting an account revoke the provider's tokens.
-    revocation_url: AnyHttpUrl | None = None
+    revocation_url: Url | None = None
     client_id: str = Field(min_length=1)
     client_secret: str
     scopes: list[str] = Field(default_factory=list)
@@ -75,7 +86,7 @@ class OAuth2AuthData(_Strict):
     code_challenge_methods_supported: list[str] | None = None
     # The provider's issuer: its published metadata (RFC 8414 / OIDC discovery) must list PKCE S256 before a consent
     # flow starts. Without it, `code_challenge_methods_supported` above is the operator's word for it.
-    issuer: AnyHttpUrl | None = None
+    issuer: Url | None = None
 
     @field_validator("client_secret")
     @classmethod
@@ -156,7 +167,7 @@ class RemoteServer(_Strict):
     name: Name
     type: Literal["integration/mcp-server/remote"]
     description: str | None = None
-    url: AnyHttpUrl
+    url: Url
     transport: Literal["streamable-http"] = "streamable-http"
     authorized_subjects: list[Subject] = Field(default_factory=list)
     auth_data: AuthData | None = None
@@ -230,7 +241,7 @@ class JwtSettings(_Strict):
 
     issuer: str = Field(min_length=1)
     audience: str | list[str]
-    jwks_url: AnyHttpUrl | None = None
+    jwks_url: Url | None = None
     hs256_secret: str | None = None  # a tfy-secret:// reference to a shared HMAC secret
     algorithms: list[JwtAlgorithm] | None = None  # default: RS256+ES256 with jwks_url, HS256 with hs256_secret
     subject_claim: str = "sub"
@@ -266,7 +277,7 @@ class InboundSettings(_Strict):
     jwt: JwtSettings | None = None
     # The public base URL of the gateway (e.g. https://mcp.northwind.example), used in RFC 9728 metadata;
     # without it the URL the request arrived at is used.
-    public_url: AnyHttpUrl | None = None
+    public_url: Url | None = None
 
 
 class GatewayFile(_Strict):
