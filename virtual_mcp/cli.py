@@ -25,6 +25,12 @@ from virtual_mcp.types import PrincipalKind
 logger = logging.getLogger(__name__)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (0-65535)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtual-mcp", description="An MCP gateway: many MCP servers, one URL.")
     parser.add_argument("--version", action="version", version=f"virtual-mcp {__version__}")
@@ -35,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, default=Path("servers.d"), help="directory of *.yaml (servers.d)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080)
     serve.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"), help="gateway state (tokens, vault)")
     serve.add_argument(
         "--local-user", metavar="EMAIL", help="loopback-only local mode: treat every request as this user"
@@ -115,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=Path("servers.d"))
 
     demo = sub.add_parser("demo", help="run the Northwind example: three backends and the gateway")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--backend-base-port", type=int, default=9101)
+    demo.add_argument("--port", type=_port, default=8080)
+    demo.add_argument("--backend-base-port", type=_port, default=9101)
     demo.add_argument("--data-dir", type=Path, default=None, help="default: .virtual-mcp/demo in the repository")
     return parser
 

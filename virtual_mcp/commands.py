@@ -31,12 +31,39 @@ _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+MAX_DURATION_DAYS = 3650
+MAX_DESCRIPTION = 200
+MAX_AUDIT_LIMIT = 1_000_000
+_SERVER = re.compile(r"^[^/\s]+/[^/\s]+$")
+
+
 def parse_duration(text: str) -> float:
-    """`90`, `45m`, `12h`, `30d` -> seconds."""
+    """`90`, `45m`, `12h`, `30d` -> seconds (at most ten years)."""
     match = _DURATION.match(text.strip())
     if match is None or int(match.group(1)) <= 0:
         raise BadRequest(f"invalid duration {text!r}: use a positive number with s, m, h or d (e.g. 30d)")
-    return float(int(match.group(1)) * _UNIT[match.group(2)])
+    seconds = float(int(match.group(1)) * _UNIT[match.group(2)])
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise BadRequest(f"invalid duration {text[:40]!r}: at most {MAX_DURATION_DAYS}d")
+    return seconds
+
+
+def description(text: str | None) -> str | None:
+    """A token's description: shown by `token list`, so short and free of control characters."""
+    if text is None:
+        return None
+    if len(text) > MAX_DESCRIPTION:
+        raise BadRequest(f"--description is {len(text)} characters long; at most {MAX_DESCRIPTION}")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise BadRequest("--description may not contain control characters (newlines, escape sequences, ...)")
+    return text
+
+
+def server_key(text: str) -> str:
+    """A GROUP/SERVER argument."""
+    if not _SERVER.match(text):
+        raise BadRequest(f"expected GROUP/SERVER, got {text[:80]!r}")
+    return text
 
 
 def when(text: str, now: float) -> float:
@@ -51,11 +78,17 @@ def _when(ts: float | None) -> str:
 
 
 async def token_create(
-    data_dir: Path, kind: PrincipalKind, name: str, expires_in: str | None, description: str | None, out: TextIO
+    data_dir: Path, kind: PrincipalKind, name: str, expires_in: str | None, text: str | None, out: TextIO
 ) -> None:
+    description_text = description(text)
+    if expires_in:
+        parse_duration(expires_in)  # refused before anything is written
     async with Database.open(data_dir) as db:
         info, token = await TokenStore(db).create(
-            kind, name, expires_in=parse_duration(expires_in) if expires_in else None, description=description
+            kind,
+            name,
+            expires_in=parse_duration(expires_in) if expires_in else None,
+            description=description_text,
         )
     print(f"token id: {info.id}", file=sys.stderr)
     print(f"subject:  {info.subject}", file=sys.stderr)
@@ -65,6 +98,7 @@ async def token_create(
 
 
 async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None:
+    require_database(data_dir)
     async with Database.open(data_dir) as db:
         tokens = await TokenStore(db).list(include_revoked=include_revoked)
     now = time.time()
@@ -79,6 +113,7 @@ async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None
 
 
 async def token_revoke(data_dir: Path, token_id: str) -> bool:
+    require_database(data_dir)
     async with Database.open(data_dir) as db:
         store = TokenStore(db)
         info = await store.get(token_id)
@@ -181,16 +216,19 @@ async def secret_set(data_dir: Path, reference: str, value: str) -> SecretRef:
 
 
 async def secret_list(data_dir: Path, out: TextIO) -> None:
-    keys = LocalKeyProvider.load(data_dir)
+    require_database(data_dir)
+    keys = LocalKeyProvider.load(data_dir, create=False)
     async with Database.open(data_dir) as db:
         for ref in await SecretStore(db, keys).list_refs():
             print(ref.uri, file=out)
 
 
 async def secret_delete(data_dir: Path, reference: str) -> bool:
-    keys = LocalKeyProvider.load(data_dir)
+    ref = _ref(reference)
+    require_database(data_dir)
+    keys = LocalKeyProvider.load(data_dir, create=False)
     async with Database.open(data_dir) as db:
-        return await SecretStore(db, keys).delete(_ref(reference))
+        return await SecretStore(db, keys).delete(ref)
 
 
 def _ref(reference: str) -> SecretRef:
@@ -204,6 +242,7 @@ def _ref(reference: str) -> SecretRef:
 async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
     """A new current master key; every stored data key is re-wrapped under it (payloads untouched). A running
     gateway keeps working throughout: it re-reads the key file when it meets the new key id."""
+    require_database(data_dir)
     keys = LocalKeyProvider.load(data_dir, create=False)
     async with Database.open(data_dir) as db:
         await check_master_key(db, keys)
@@ -215,12 +254,15 @@ async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
 
 async def connections_list(data_dir: Path, user: str, out: TextIO) -> None:
     """The servers a user has connected (per-user OAuth tokens held in the vault); never the tokens."""
+    require_database(data_dir)
     async with Database.open(data_dir) as db:
         for server in await OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False)).accounts(f"user:{user}"):
             print(server, file=out)
 
 
 async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool:
+    server_key(server)
+    require_database(data_dir)
     async with Database.open(data_dir) as db:
         store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
         return await store.delete(server, f"user:{user}")
@@ -228,11 +270,17 @@ async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool
 
 async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
     """`virtual-mcp audit`: the newest matching records, read-only (a running gateway keeps writing meanwhile)."""
-    if args.limit <= 0:
-        raise BadRequest("--limit must be a positive number")
+    if not 0 < args.limit <= MAX_AUDIT_LIMIT:
+        raise BadRequest(f"--limit must be a positive number, at most {MAX_AUDIT_LIMIT}")
     if args.user and args.virtual_account:
         raise BadRequest("filter by --user or by --virtual-account, not both")
+    if args.server is not None:
+        server_key(args.server)
     now = time.time()
+    since = when(args.since, now) if args.since else None
+    until = when(args.until, now) if args.until else None
+    if since is not None and until is not None and until < since:
+        raise BadRequest("--until is before --since")
     query = AuditQuery(
         user=args.user.lower() if args.user else None,
         team=args.team,
@@ -242,8 +290,8 @@ async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
         outcome=args.outcome,
         method=args.method,
         request_id=args.request_id,
-        since=when(args.since, now) if args.since else None,
-        until=when(args.until, now) if args.until else None,
+        since=since,
+        until=until,
         limit=args.limit,
     )
     require_database(args.data_dir)

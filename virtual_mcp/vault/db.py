@@ -210,6 +210,8 @@ class Database:
         """Open (creating the directory 0700 and the file 0600 if needed) and migrate. Prefer `open`."""
         data_dir = Path(data_dir)
         path = data_dir / DB_FILE_NAME
+        if data_dir.exists() and not data_dir.is_dir():
+            raise DatabaseError(f"the data directory {data_dir} is not a directory")
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private(path)
