@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,8 +19,9 @@ GROUP, SERVER = "bench", "echo"
 BACKEND_SECRET_REF = "tfy-secret://bench:echo:token"  # noqa: S105 - a reference, not a secret
 
 
-def write_gateway_config(directory: Path, backend_url: str) -> Path:
-    """One group with the echo server behind a static secret header (the gateway resolves it from its vault)."""
+def write_gateway_config(directory: Path, backend_url: str, limits: bool = True) -> Path:
+    """One group with the echo server behind a static secret header (the gateway resolves it from its vault).
+    `limits`: lift the per-principal limits (False for a baseline commit from before they existed)."""
     servers = directory / "servers.d"
     servers.mkdir(parents=True)
     (servers / f"{GROUP}.yaml").write_text(
@@ -37,7 +39,8 @@ def write_gateway_config(directory: Path, backend_url: str) -> Path:
     (servers / "identities.yaml").write_text(
         f"type: identities\nteams:\n  - name: bench\n    members: [{LOCAL_USER}]\n"
     )
-    (servers / "gateway.yaml").write_text(BENCH_LIMITS)
+    if limits:
+        (servers / "gateway.yaml").write_text(BENCH_LIMITS)
     return servers
 
 
@@ -57,11 +60,22 @@ def cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "virtual_mcp.cli"]
 
 
-def store_secret(data_dir: Path, reference: str, value: str) -> None:
+@dataclass(frozen=True)
+class Checkout:
+    """Which code a gateway runs: this checkout (the installed `virtual-mcp`), or another one (a baseline commit's
+    worktree), run as `python -m virtual_mcp.cli` from its own directory so its own modules are imported."""
+
+    root: Path | None = None
+
+    def command(self) -> list[str]:
+        return cli_command() if self.root is None else [sys.executable, "-m", "virtual_mcp.cli"]
+
+
+def store_secret(data_dir: Path, reference: str, value: str, code: Checkout = Checkout()) -> None:
     """`virtual-mcp secrets set`, as an operator stores a secret the configuration references."""
     subprocess.run(
         [
-            *cli_command(),
+            *code.command(),
             "--log-level",
             "warning",
             "secrets",
@@ -73,14 +87,15 @@ def store_secret(data_dir: Path, reference: str, value: str) -> None:
         input=value.encode(),
         check=True,
         capture_output=True,
+        cwd=code.root,
     )
 
 
-def create_token(data_dir: Path) -> str:
+def create_token(data_dir: Path, code: Checkout = Checkout()) -> str:
     """`virtual-mcp token create` for the bench user; the token every benchmark request sends, as a client would."""
     created = subprocess.run(
         [
-            *cli_command(),
+            *code.command(),
             "--log-level",
             "warning",
             "token",
@@ -93,14 +108,15 @@ def create_token(data_dir: Path) -> str:
         check=True,
         capture_output=True,
         text=True,
+        cwd=code.root,
     )
     return created.stdout.strip()
 
 
-def gateway_credentials(data_dir: Path) -> str:
+def gateway_credentials(data_dir: Path, code: Checkout = Checkout()) -> str:
     """Store the backend's secret in the gateway's vault and create a gateway token for the bench user."""
-    store_secret(data_dir, BACKEND_SECRET_REF, "bench-backend-secret")
-    return create_token(data_dir)
+    store_secret(data_dir, BACKEND_SECRET_REF, "bench-backend-secret", code)
+    return create_token(data_dir, code)
 
 
 def servers_config(directory: Path, group: str, prefix: str, urls: list[str]) -> Path:
@@ -119,9 +135,9 @@ def servers_config(directory: Path, group: str, prefix: str, urls: list[str]) ->
     return servers
 
 
-def gateway_command(config: Path, data_dir: Path, port: int) -> list[str]:
+def gateway_command(config: Path, data_dir: Path, port: int, code: Checkout = Checkout()) -> list[str]:
     return [
-        *cli_command(),
+        *code.command(),
         "--log-level",
         "warning",
         "serve",

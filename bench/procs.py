@@ -79,6 +79,7 @@ class Processes:
         core: int | None,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
@@ -86,7 +87,7 @@ class Processes:
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [*pin_prefix(core), *argv],
-                cwd=self.cwd,
+                cwd=cwd or self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -124,7 +124,9 @@ def markdown(outcomes: list[Outcome], concurrency: int) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
-    compared = "\n".join(line for line in (peer_comparison(outcomes), era_comparison(outcomes)) if line)
+    compared = "\n".join(
+        line for line in (peer_comparison(outcomes), baseline_comparison(outcomes), era_comparison(outcomes)) if line
+    )
     if compared:
         text += "\n\n" + compared
     if footnotes:
@@ -152,6 +154,30 @@ def era_comparison(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def baseline_comparison(outcomes: list[Outcome], ours: str = "virtual-mcp", base: str = "virtual-mcp-baseline") -> str:
+    """Per era: this checkout against the baseline commit measured in the same run (throughput, c=1 p50 and p99)."""
+    lines = []
+    for era in dict.fromkeys(o.era for o in outcomes):
+        mine = next((o for o in outcomes if o.target == ours and o.era == era and o.error is None), None)
+        then = next((o for o in outcomes if o.target == base and o.era == era and o.error is None), None)
+        if mine is None or then is None:
+            continue
+        runs = (mine.throughput, then.throughput, mine.latency, then.latency)
+        if any(r is None for r in runs):
+            continue
+        assert mine.throughput and then.throughput and mine.latency and then.latency
+        if None in (mine.latency.p50_ms, then.latency.p50_ms, mine.latency.p99_ms, then.latency.p99_ms):
+            continue
+        assert mine.latency.p50_ms is not None and then.latency.p50_ms is not None
+        assert mine.latency.p99_ms is not None and then.latency.p99_ms is not None
+        lines.append(
+            f"{era}: {mine.label} against {then.label}: throughput {mine.throughput.rps / then.throughput.rps:.2f}x, "
+            f"c=1 p50 {mine.latency.p50_ms - then.latency.p50_ms:+.2f} ms, "
+            f"c=1 p99 {mine.latency.p99_ms - then.latency.p99_ms:+.2f} ms"
+        )
+    return "\n".join(lines)
+
+
 def peer_comparison(outcomes: list[Outcome], ours: str = "virtual-mcp") -> str:
     """Per era: our throughput (the c=N run) as a multiple of each peer's, measured in the same run."""
     lines = []
@@ -163,7 +189,7 @@ def peer_comparison(outcomes: list[Outcome], ours: str = "virtual-mcp") -> str:
             f"{mine.throughput.rps / peer.throughput.rps:.1f}x {peer.label}"
             for peer in outcomes
             if peer.era == era
-            and peer.target not in (ours, DIRECT)
+            and peer.target not in (ours, DIRECT, "virtual-mcp-baseline")
             and peer.error is None
             and peer.throughput is not None
             and peer.throughput.rps > 0

@@ -26,7 +26,15 @@ from typing import Any
 import httpx
 
 from bench import chart, protocol, scenarios
-from bench.gateway import GROUP, SERVER, gateway_command, gateway_credentials, wait_until, write_gateway_config
+from bench.gateway import (
+    GROUP,
+    SERVER,
+    Checkout,
+    gateway_command,
+    gateway_credentials,
+    wait_until,
+    write_gateway_config,
+)
 from bench.procs import Child, Processes, ProcessFailed, Terminated, exit_on_signals, free_port
 from bench.report import DIRECT, Outcome, markdown, outcome_json
 from bench.wrk import WrkError, ensure_wrk, lua_script, run_wrk, wrk_version
@@ -40,6 +48,7 @@ TARGETS = {
     "fastmcp-per-call": "fastmcp create_proxy (default)",
     "fastmcp-shared": "fastmcp proxy (shared session)",
 }
+BASELINE = "virtual-mcp-baseline"  # with --baseline REV: the gateway as of commit REV, beside this checkout's
 
 
 @dataclass
@@ -68,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--soak-seconds", type=int, default=600, help="length of the steady-load soak scenario (0: none; default 600)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the gateway as of this git commit (a temporary worktree), to compare in the same run",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 1, 1
@@ -79,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
     if DIRECT not in args.targets:
         print("bench: note: without the direct target there are no ratios", file=sys.stderr)
+    if args.baseline:
+        args.targets.insert(args.targets.index("virtual-mcp") + 1 if "virtual-mcp" in args.targets else 0, BASELINE)
     args.eras = [e.strip() for e in args.eras.split(",") if e.strip()]
     bad_eras = [e for e in args.eras if e not in protocol.ERAS]
     if bad_eras:
@@ -93,8 +109,27 @@ def choose_cores(server_core: int, client_core: int) -> tuple[int | None, int | 
     return None, None, f"NOT pinned: need two distinct usable cores ({server_core}, {client_core}), have {cpus}"
 
 
+def baseline_checkout(rev: str, tmp: Path) -> tuple[Checkout, str]:
+    """A detached worktree of `rev` under `tmp` (its files go with `tmp`; git forgets it at the next run's prune),
+    and the commit's short name."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False, capture_output=True)
+    path = tmp / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True
+    )
+    short = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return Checkout(path), short
+
+
 def start_targets(
-    procs: Processes, wanted: list[str], server_core: int | None, client_core: int | None, tmp: Path
+    procs: Processes,
+    wanted: list[str],
+    server_core: int | None,
+    client_core: int | None,
+    tmp: Path,
+    baseline: tuple[Checkout, str] | None = None,
 ) -> tuple[Child, list[Target]]:
     """Start the upstream backend and every wanted target; returns them once each is serving."""
     py = sys.executable
@@ -121,6 +156,19 @@ def start_targets(
             url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
             targets.append(Target(key, TARGETS[key], url, child, {"Authorization": f"Bearer {token}"}))
             continue
+        elif key == BASELINE and baseline is not None:
+            code, short = baseline
+            assert code.root is not None
+            # A commit from before the per-principal limits does not know the gateway document's `limits:`.
+            knows_limits = "sessions_per_principal" in (code.root / "virtual_mcp/config/settings.py").read_text()
+            config = write_gateway_config(tmp / "baseline-gateway", upstream_url, limits=knows_limits)
+            token = gateway_credentials(tmp / "baseline-gateway" / "data", code)
+            argv = gateway_command(config, tmp / "baseline-gateway" / "data", port, code)
+            child = procs.start("virtual-mcp-baseline", argv, server_core, port, cwd=code.root)
+            url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
+            label = f"virtual-mcp @ {short} (baseline)"
+            targets.append(Target(key, label, url, child, {"Authorization": f"Bearer {token}"}))
+            continue
         else:
             session = "shared" if key == "fastmcp-shared" else "per-call"
             argv = [
@@ -140,7 +188,7 @@ def start_targets(
 
     for target in targets:
         procs.wait_listening(target.child)
-        if target.key == "virtual-mcp":
+        if target.key in ("virtual-mcp", BASELINE):
             ready_url = target.url.split("/mcp-server/")[0] + "/readyz"
             wait_until(lambda u=ready_url: httpx.get(u, timeout=2).status_code == 200, target.child, "ready")
     return upstream, targets
@@ -244,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         with Processes(log_dir=log_dir, cwd=ROOT) as procs:
             try:
-                _, targets = start_targets(procs, args.targets, server_core, client_core, tmp)
+                baseline = baseline_checkout(args.baseline, tmp) if args.baseline else None
+                _, targets = start_targets(procs, args.targets, server_core, client_core, tmp, baseline)
             except ProcessFailed as exc:
                 print(f"bench: could not start the targets: {exc}", file=sys.stderr)
                 return 1
