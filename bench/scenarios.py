@@ -306,8 +306,11 @@ def _oauth_servers(backend: str, discovery: dict[str, Any]) -> str:
 
 def _connect(client: httpx.Client, url: str) -> None:
     """Connect the bench user's account for a per-user OAuth server: the gateway answers the first call with a URL
-    elicitation (its consent link); following it as a browser would ends on the gateway's "Connected" page (the
-    test authorization server logs its one account in without a form)."""
+    elicitation (its consent link); opening it, signing in to the gateway with the bench user's token and
+    confirming, as a browser would, ends on the gateway's "Connected" page (the test authorization server logs its
+    one account in without a form)."""
+    from tests.oauth.browser import consent_form
+
     response = client.post(
         url, content=protocol.call_body(protocol.MODERN, 3), headers=protocol.call_headers(protocol.MODERN)
     )
@@ -317,7 +320,12 @@ def _connect(client: httpx.Client, url: str) -> None:
     if error.get("code") != -32042 or not elicitations:
         raise protocol.ProtocolError(f"expected a consent link, got {json.dumps(message)[:300]}")
     with httpx.Client(follow_redirects=True, max_redirects=12, timeout=30) as browser:
+        # The link opens the gateway's sign-in page; the user signs in with their gateway token and confirms.
         page = browser.get(elicitations[0]["url"])
+        if page.status_code == 200 and "<form" in page.text:
+            form = consent_form(page.text, str(page.url))
+            credential = str(client.headers["authorization"]).removeprefix("Bearer ")
+            page = browser.post(form.action, data={**form.fields, "credential": credential})
     if page.status_code != 200 or "Connected" not in page.text:
         raise protocol.ProtocolError(f"connecting the account failed: HTTP {page.status_code}: {page.text[:300]}")
 

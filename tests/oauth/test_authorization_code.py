@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import anyio
 import httpx2
@@ -17,6 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
+from tests.oauth.browser import connect
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.sensitive import mark
@@ -45,7 +45,10 @@ integrations:
       scopes: [mcp:tools]
       code_challenge_methods_supported: [S256]
 """
-IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@northwind.example, bob@northwind.example]\n"
+IDS = (
+    "type: identities\nteams:\n  - name: platform\n"
+    "    members: [alice@northwind.example, bob@northwind.example, mallory@northwind.example]\n"
+)
 
 
 @dataclass
@@ -66,20 +69,6 @@ class Setup:
         [elicitation] = needed.value.data["elicitations"]
         assert elicitation["mode"] == "url" and "connect your account for g/github" in elicitation["message"]
         return str(elicitation["url"])
-
-
-async def browse(url: str, hops: int = 12) -> httpx2.Response:
-    """Play the user's browser: follow redirects (cookies kept) until a page is shown.
-
-    httpx2, not httpx: httpx is the gateway's upstream client, whose (debug) log lines the suite scans for secrets;
-    a browser's redirects legitimately carry codes and states."""
-    async with httpx2.AsyncClient(follow_redirects=False, timeout=10) as browser:
-        for _ in range(hops):
-            response = await browser.get(url)
-            if not response.is_redirect:
-                return response
-            url = urljoin(url, response.headers["location"])
-    raise AssertionError("too many redirects")
 
 
 @asynccontextmanager
@@ -116,7 +105,7 @@ async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:
         bob = await s.gw.token(PrincipalKind.USER, "bob@northwind.example")
         link = await s.consent_link(alice)
         assert link.startswith(f"{s.gw.url}/oauth/start?ticket=")
-        page = await browse(link)
+        page = await connect(link, alice)
         assert page.status_code == 200 and "Connected" in page.text
 
         seen = await s.call(alice)
@@ -124,10 +113,17 @@ async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:
         key = jwt.PyJWKClient(s.auth.jwks_uri).get_signing_key_from_jwt(access).key
         claims = jwt.decode(access, key, algorithms=["RS256"], audience=f"{s.backend.url}/mcp")
         assert claims["sub"] == "alice@northwind.example"
-        # The trail: first the call that needed consent, then the call with alice's own token; neither holds the
-        # token or the consent link's ticket.
+        # The trail: first the call that needed consent, then the connection, then the call with alice's own token;
+        # none holds the token or the consent link's ticket.
         mark(access, link.split("ticket=", 1)[1])
-        allowed, needed = await s.gw.audit(user="alice@northwind.example")
+        allowed, connected, needed = await s.gw.audit(user="alice@northwind.example")
+        assert (connected.endpoint, connected.method, connected.server, connected.outcome, connected.error) == (
+            "/oauth/callback",
+            "oauth/consent",
+            "g/github",
+            "allowed",
+            None,
+        )
         assert (needed.server, needed.tool, needed.auth_mode, needed.outcome) == (
             "g/github",
             "headers",
@@ -156,7 +152,7 @@ async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:
             assert await s.auth.token_requests("refresh_token") == round_
 
         # A used consent link does not work twice.
-        assert (await browse(link)).status_code == 400
+        assert (await connect(link, alice)).status_code == 400
 
         stored = await OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data")).get(
             "g/github", "user:alice@northwind.example"
@@ -198,14 +194,14 @@ async def test_a_provider_whose_metadata_lacks_s256_is_refused(tmp_path: Path, p
         alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
         link = await s.consent_link(alice)
         await s.auth.behave(metadata_pkce_methods=published)
-        refused = await browse(link)
+        refused = await connect(link, alice)
         assert refused.status_code == 502, refused.text
         assert "requires PKCE with S256 and does not start this flow" in refused.text
         listed = "plain" if published else "does not list code_challenge_methods_supported (no PKCE)"
         assert listed in refused.text
         assert (await s.auth.stats())["authorization"]["total"] == 0  # the browser was never sent there
         await s.auth.behave(metadata_pkce_methods=None)
-        connected = await browse(link)
+        connected = await connect(link, alice)
         assert connected.status_code == 200 and "Connected" in connected.text
         assert (await s.call(alice))["authorization"].startswith("Bearer ")
 
@@ -215,7 +211,7 @@ async def test_a_refused_consent_stores_nothing(tmp_path: Path) -> None:
         alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
         link = await s.consent_link(alice)
         await s.auth.behave(interaction_error="access_denied")
-        page = await browse(link)
+        page = await connect(link, alice)
         assert page.status_code == 400 and "access_denied" in page.text
         await s.consent_link(alice)  # still not connected
 
@@ -225,7 +221,7 @@ async def test_a_refresh_that_times_out_is_never_retried_with_the_same_refresh_t
     would be reuse, which revokes the grant. The gateway drops it and asks the user to connect again."""
     async with setup(tmp_path, token_timeout_seconds=0.5) as s:
         alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
-        assert (await browse(await s.consent_link(alice))).status_code == 200
+        assert (await connect(await s.consent_link(alice), alice)).status_code == 200
         await s.call(alice)
         s.clock.offset += 150  # expired: this call must refresh
         await s.auth.behave(token_delay_ms=1500, token_delay_count=1)
@@ -236,14 +232,14 @@ async def test_a_refresh_that_times_out_is_never_retried_with_the_same_refresh_t
         with pytest.raises(MCPError):
             await s.call(alice)
         assert await s.auth.token_requests("refresh_token") == 1
-        assert (await browse(str(needed.value.data["elicitations"][0]["url"]))).status_code == 200
+        assert (await connect(str(needed.value.data["elicitations"][0]["url"]), alice)).status_code == 200
         assert await s.call(alice)  # connected again
 
 
 async def test_an_invalid_grant_asks_the_user_to_connect_again(tmp_path: Path) -> None:
     async with setup(tmp_path) as s:
         alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
-        assert (await browse(await s.consent_link(alice))).status_code == 200
+        assert (await connect(await s.consent_link(alice), alice)).status_code == 200
         await s.call(alice)
         s.clock.offset += 150
         await s.auth.behave(token_fail_status=400, token_fail_error="invalid_grant", token_fail_count=1)
@@ -262,7 +258,7 @@ async def test_fifty_concurrent_calls_on_an_expired_token_refresh_once(tmp_path:
     refresh with the same refresh token would break every later call."""
     async with setup(tmp_path) as s:
         alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
-        assert (await browse(await s.consent_link(alice))).status_code == 200
+        assert (await connect(await s.consent_link(alice), alice)).status_code == 200
         first = str((await s.call(alice))["authorization"])
         s.clock.offset += 150
         if slow_provider:

@@ -21,7 +21,8 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
-from tests.oauth.test_authorization_code import CONFIG, IDS, browse
+from tests.oauth.browser import connect
+from tests.oauth.test_authorization_code import CONFIG, IDS
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.processes import gateway_process
 from tests.sensitive import mark
@@ -103,7 +104,7 @@ async def connect_and_wait_for_the_crash(s: Scene, point: str) -> str:
         with pytest.raises(MCPError) as needed:
             await s.call()
         assert needed.value.code == -32042
-        page = await browse(str(needed.value.data["elicitations"][0]["url"]))
+        page = await connect(str(needed.value.data["elicitations"][0]["url"]), s.alice)
         assert page.status_code == 200 and "Connected" in page.text
         first = seen_token(await s.call())
         with anyio.fail_after(TTL * 5):
@@ -130,7 +131,7 @@ async def test_killed_before_the_commit_the_next_process_never_reuses_the_spent_
             assert "could not be renewed safely" in needed.value.message
             assert await s.auth.token_requests("refresh_token") == 1  # never reused
             # Connecting again works.
-            page = await browse(str(needed.value.data["elicitations"][0]["url"]))
+            page = await connect(str(needed.value.data["elicitations"][0]["url"]), s.alice)
             assert page.status_code == 200
             assert seen_token(await s.call()) != first
 

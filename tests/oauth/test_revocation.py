@@ -14,7 +14,8 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.oauth.test_authorization_code import browse, setup
+from tests.oauth.browser import connect
+from tests.oauth.test_authorization_code import setup
 from tests.oauth_server import CODE_CLIENT_ID
 from tests.security_support import GATEWAY_AUDIENCE, idp_jwt
 from tests.test_cli import run
@@ -61,7 +62,7 @@ async def test_revoking_a_token_and_then_the_user(tmp_path: Path, capsys: pytest
         url = f"{s.gw.url}{GITHUB}"
         first = await s.gw.token(PrincipalKind.USER, ALICE)
         second = await s.gw.token(PrincipalKind.USER, ALICE)
-        assert (await browse(await s.consent_link(first))).status_code == 200
+        assert (await connect(await s.consent_link(first), first)).status_code == 200
         assert "authorization" in await s.call(first)
         store = OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data"))
         stored = await store.get("g/github", f"user:{ALICE}")
@@ -131,7 +132,7 @@ async def test_revoking_without_the_configuration_still_deletes_upstream_tokens(
 ) -> None:
     async with setup(tmp_path) as s:
         alice = await s.gw.token(PrincipalKind.USER, ALICE)
-        assert (await browse(await s.consent_link(alice))).status_code == 200
+        assert (await connect(await s.consent_link(alice), alice)).status_code == 200
         revocations_before = (await s.auth.stats())["revocation"]["total"]
         code, out, err = await cli(capsys, "revoke", "--user", ALICE, "--data-dir", str(tmp_path / "data"))
         assert code == 0, err

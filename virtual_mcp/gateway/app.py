@@ -211,7 +211,7 @@ def create_app(
         Route(WELL_KNOWN + "/{path:path}", resource_metadata),
         Route("/admin/groups/{group}", admin_group),
         Route("/mcp-server/{rest:path}", no_such_endpoint, methods=["GET", "POST", "DELETE"]),
-        *oauth_routes(registry, security.credentials, security.authenticator, security.metadata),
+        *oauth_routes(registry, security.credentials, security.authenticator, security.metadata, runtime.auditor),
     ]
 
     @asynccontextmanager

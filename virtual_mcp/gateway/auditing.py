@@ -77,6 +77,19 @@ class Auditor:
         event.outcome, event.error = DENIED, safe_text(reason)
         await self._record(event)
 
+    async def consent(
+        self, request_id: str, principal: Principal, endpoint: str, server: str, refusal: str | None
+    ) -> None:
+        """A per-user OAuth consent of `principal` for `server`: connected (`refusal` None), or refused (a link
+        used by another account, an answer arriving in another browser)."""
+        if self._log is None:
+            return
+        event = self._event(request_id, principal, endpoint, "oauth/consent", None)
+        event.server, event.auth_mode = server, "oauth2:authorization_code"
+        if refusal is not None:
+            event.outcome, event.error = DENIED, safe_text(refusal)
+        await self._record(event)
+
     @asynccontextmanager
     async def tool_call(
         self, request_id: str, caller: Caller, endpoint: str, called: str, arguments: dict[str, Any]

@@ -1,30 +1,51 @@
-"""Per-user OAuth consent (authorization code + PKCE S256): the gateway's own start URL, bound to the user.
+"""Per-user OAuth consent (authorization code + PKCE S256), bound to the gateway user who asked for it and to the
+browser in which that user proved who they are.
 
-1. A call needs a user's token that the vault does not hold: `ConsentRequired` carries a start URL with a
-   single-use ticket bound to (user, server), valid for a few minutes.
-2. The user opens it in a browser: the ticket becomes a `state` (random, single use) with a PKCE verifier kept
-   here, and the browser is sent to the provider with `state`, the S256 challenge and the backend's RFC 8707
-   `resource`.
-3. The provider redirects to the gateway's callback: `state` finds the flow, the code is exchanged with the
-   verifier, and the token set is stored for (user, server).
-Nothing here is ever written to a log: tickets, states, codes and verifiers are credentials while they live.
+1. A call needs a user's token that the vault does not hold: `ConsentRequired` carries a start URL with a ticket
+   bound to (user, server), valid for a few minutes. One ticket per (user, server) at a time: asking again gives the
+   same link (its lifetime renewed), so a link shown earlier still works.
+2. The user opens it in a browser: a gateway page (no side effects) names the server and asks the user to sign in
+   to the gateway. Its form carries a CSRF token bound to the ticket and to a random value in a cookie of that
+   browser (`browser`).
+3. The form is posted back: the CSRF token must match this browser's cookie, and the principal the gateway's
+   authenticator finds in the form's credential must be the ticket's user. Only then does the ticket become a
+   `state` (random, single use) bound to that browser, with a PKCE verifier kept here, and the browser is sent to
+   the provider. A link opened by anyone else connects nothing (the ticket is spent, so a leaked link dies).
+4. The provider redirects to the gateway's callback: `state` finds the flow, which must be completed in the same
+   browser (its cookie); the code is exchanged with the verifier, and the token set is stored for (user, server).
+
+Without steps 2 and 3, Mallory's link opened by Alice (logged in at the provider) stored Alice's provider tokens
+under Mallory's gateway account; without the browser binding in step 4, Alice completing at the provider a flow
+that Mallory started did the same. Nothing here is ever written to a log: tickets, states, codes, verifiers and
+browser values are credentials while they live.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from virtual_mcp.errors import BadRequest, GatewayError
-from virtual_mcp.types import ServerRef
+from virtual_mcp.errors import BadRequest, Forbidden, GatewayError
+from virtual_mcp.outbound.pending import PendingTable
+from virtual_mcp.types import Principal, PrincipalKind, ServerRef
 
 TICKET_SECONDS = 600.0
-_MAX_PENDING = 10_000
+# Bounds of what is pending, per user and in total (see PendingTable for who is evicted past them).
+TICKETS_PER_USER = 64  # a user has at most one per per-user OAuth server anyway
+FLOWS_PER_USER = 8  # authorization requests a user may have open at the provider at once
+MAX_PENDING = 10_000
+# Failed sign-ins on one consent page before its link is spent (gateway tokens cannot be guessed; this keeps a
+# leaked link from serving as an oracle for anything else).
+MAX_SIGN_IN_FAILURES = 5
+# Tickets, states, CSRF tokens and browser values: 32 random bytes (or an HMAC-SHA256), base64url, no padding.
+SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class ConsentRequired(GatewayError):
@@ -40,11 +61,57 @@ class ConsentRequired(GatewayError):
         self.elicitation_id = elicitation_id
 
 
-@dataclass(frozen=True, slots=True)
+class ConsentLinkInvalid(BadRequest):
+    def __init__(self) -> None:
+        super().__init__("this consent link is unknown, already used or expired; retry the call for a new one")
+
+
+class ConsentStateInvalid(BadRequest):
+    def __init__(self) -> None:
+        super().__init__("unknown, used or expired authorization state; start again from your client")
+
+
+class ConsentRefused(Forbidden):
+    """The browser or the person completing a consent is not the one it belongs to. Nothing is connected."""
+
+
+class FormNotFromThisBrowser(ConsentRefused):
+    def __init__(self) -> None:
+        super().__init__(
+            "this form was not opened in this browser or has expired (cookies must be enabled for this page); "
+            "open the consent link again"
+        )
+
+
+class NotTheLinksAccount(ConsentRefused):
+    """Signed in as someone other than the ticket's user. `owner` is for the audit trail, not for the page."""
+
+    def __init__(self, signed_in: str, owner: str) -> None:
+        super().__init__(
+            f"you are signed in to the gateway as {signed_in}, but this consent link was made for another gateway "
+            "account; nothing was connected. Use the link your own client gave you"
+        )
+        self.signed_in = signed_in
+        self.owner = owner
+
+
+class NotTheSigningInBrowser(ConsentRefused):
+    """The provider's answer arrived in a browser other than the one that signed in. `user`/`server`: whose flow."""
+
+    def __init__(self, user: str, server: ServerRef) -> None:
+        super().__init__(
+            "this authorization was not started in this browser; nothing was connected. Start again from your "
+            "client, in the browser where you sign in to the gateway"
+        )
+        self.user = user
+        self.server = server
+
+
+@dataclass(slots=True)
 class _Ticket:
     user: str
     server: ServerRef
-    expires_at: float
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +120,15 @@ class _Flow:
     server: ServerRef
     verifier: str = field(repr=False)
     redirect_uri: str
-    expires_at: float
+    browser: bytes = field(repr=False)  # HMAC of the browser value, compared in constant time
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentFor:
+    """Whose account for which server a ticket or a flow connects."""
+
+    user: str
+    server: ServerRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,36 +144,93 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
 
 
-class ConsentFlows:
-    """Pending consent tickets and flows, in memory, bounded, each single-use and short-lived."""
+def new_browser_value() -> str:
+    return secrets.token_urlsafe(32)
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+
+class ConsentFlows:
+    """Pending consent tickets and flows, in memory, bounded per user, each single-use and short-lived."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        tickets_per_user: int = TICKETS_PER_USER,
+        flows_per_user: int = FLOWS_PER_USER,
+        total: int = MAX_PENDING,
+    ) -> None:
         self._clock = clock
-        self._tickets: dict[str, _Ticket] = {}
-        self._flows: dict[str, _Flow] = {}
+        self._tickets: PendingTable[_Ticket] = PendingTable(tickets_per_user, total, clock)
+        self._flows: PendingTable[_Flow] = PendingTable(flows_per_user, total, clock)
+        # Keys the CSRF tokens and browser bindings; per process, like the tables it protects.
+        self._key = secrets.token_bytes(32)
 
     def ticket(self, user: str, server: ServerRef) -> str:
-        self._prune()
+        """The consent ticket of `user` for `server`: the live one, renewed, or a new one."""
+        for value, found in self._tickets.owned(user):
+            if found.server == server:
+                self._tickets.put(value, user, found, TICKET_SECONDS)
+                return value
         value = secrets.token_urlsafe(32)
-        self._tickets[value] = _Ticket(user, server, self._clock() + TICKET_SECONDS)
+        self._tickets.put(value, user, _Ticket(user, server), TICKET_SECONDS)
         return value
+
+    def pending(self, ticket: str) -> ConsentFor:
+        """What `ticket` is for, without using it. Raises ConsentLinkInvalid."""
+        found = self._tickets.get(ticket) if SECRET_SHAPE.fullmatch(ticket) else None
+        if found is None:
+            raise ConsentLinkInvalid()
+        return ConsentFor(found.user, found.server)
+
+    def csrf(self, ticket: str, browser: str) -> str:
+        """The CSRF token of the consent form for `ticket` shown in `browser`."""
+        return self._mac(b"csrf", ticket, browser)
+
+    def check_form(self, ticket: str, browser: str | None, csrf: str) -> ConsentFor:
+        """The posted form belongs to `ticket` and was shown in this browser. Raises ConsentLinkInvalid or
+        FormNotFromThisBrowser; uses nothing."""
+        pending = self.pending(ticket)
+        if browser is None or not SECRET_SHAPE.fullmatch(browser) or not SECRET_SHAPE.fullmatch(csrf):
+            raise FormNotFromThisBrowser()
+        if not hmac.compare_digest(csrf, self.csrf(ticket, browser)):
+            raise FormNotFromThisBrowser()
+        return pending
+
+    def sign_in_failed(self, ticket: str) -> None:
+        """Count a refused credential on this ticket's page; past the bound the link is spent."""
+        found = self._tickets.get(ticket)
+        if found is not None:
+            found.failures += 1
+            if found.failures >= MAX_SIGN_IN_FAILURES:
+                self._tickets.pop(ticket)
+
+    def claim(self, ticket: str, signed_in: Principal) -> ConsentFor:
+        """`signed_in` (whom the gateway authenticated in this browser) is the ticket's user. Otherwise the link is
+        spent (whoever it reached is not its owner: it has leaked) and NotTheLinksAccount is raised."""
+        pending = self.pending(ticket)
+        if signed_in.kind is not PrincipalKind.USER or signed_in.name != pending.user:
+            self._tickets.pop(ticket)
+            raise NotTheLinksAccount(signed_in.subject, pending.user)
+        return pending
 
     def begin(
         self,
         ticket: str,
+        browser: str,
+        signed_in: Principal,
         authorization_url: str,
         client_id: str,
         scopes: tuple[str, ...],
         resource: str,
         redirect_uri: str,
     ) -> str:
-        """The provider URL to send the browser to. Raises BadRequest for an unknown, used or expired ticket."""
-        found = self._tickets.pop(ticket, None)
-        if found is None or found.expires_at < self._clock():
-            raise BadRequest("this consent link is unknown, already used or expired; retry the call for a new one")
+        """Spend the ticket of `signed_in` and return the provider URL to send this browser to."""
+        pending = self.claim(ticket, signed_in)
+        self._tickets.pop(ticket)
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
-        self._flows[state] = _Flow(found.user, found.server, verifier, redirect_uri, self._clock() + TICKET_SECONDS)
+        flow = _Flow(pending.user, pending.server, verifier, redirect_uri, self._browser_mac(browser))
+        self._flows.put(state, pending.user, flow, TICKET_SECONDS)
         query = {
             "response_type": "code",
             "client_id": client_id,
@@ -113,20 +245,31 @@ class ConsentFlows:
         separator = "&" if "?" in authorization_url else "?"
         return f"{authorization_url}{separator}{urlencode(query)}"
 
-    def ticket_server(self, ticket: str) -> ServerRef | None:
-        found = self._tickets.get(ticket)
+    def server_of(self, state: str) -> ServerRef | None:
+        found = self._flows.get(state) if SECRET_SHAPE.fullmatch(state) else None
         return found.server if found is not None else None
 
-    def finish(self, state: str, code: str) -> Finished:
-        flow = self._flows.pop(state, None)
-        if flow is None or flow.expires_at < self._clock():
-            raise BadRequest("unknown or expired authorization state; start again from your client")
+    def abandon(self, state: str) -> None:
+        """The provider answered with an error: the flow is over, whichever browser brought the answer."""
+        if SECRET_SHAPE.fullmatch(state):
+            self._flows.pop(state)
+
+    def finish(self, state: str, browser: str | None, code: str) -> Finished:
+        """The flow of `state`, spent. Raises ConsentStateInvalid, or NotTheSigningInBrowser (the flow is spent too:
+        a state seen in another browser has leaked)."""
+        flow = self._flows.pop(state) if SECRET_SHAPE.fullmatch(state) else None
+        if flow is None:
+            raise ConsentStateInvalid()
+        if browser is None or not SECRET_SHAPE.fullmatch(browser):
+            raise NotTheSigningInBrowser(flow.user, flow.server)
+        if not hmac.compare_digest(flow.browser, self._browser_mac(browser)):
+            raise NotTheSigningInBrowser(flow.user, flow.server)
         return Finished(flow.user, flow.server, code, flow.verifier, flow.redirect_uri)
 
-    def _prune(self) -> None:
-        now = self._clock()
-        for table in (self._tickets, self._flows):
-            for key in [k for k, v in table.items() if v.expires_at < now]:
-                del table[key]
-            while len(table) >= _MAX_PENDING:
-                del table[next(iter(table))]
+    def _mac(self, purpose: bytes, *parts: str) -> str:
+        message = b"\0".join([purpose, *(part.encode() for part in parts)])
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def _browser_mac(self, browser: str) -> bytes:
+        return hmac.new(self._key, b"browser\0" + browser.encode(), hashlib.sha256).digest()

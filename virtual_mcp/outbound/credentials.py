@@ -19,7 +19,7 @@ import httpx
 from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.config.secrets import SECRET_REF_RE, SecretRef, refs_in
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue, GatewayError, NotSupportedYet
-from virtual_mcp.outbound.consent import ConsentFlows, ConsentRequired
+from virtual_mcp.outbound.consent import ConsentFlows, ConsentFor, ConsentLinkInvalid, ConsentRequired
 from virtual_mcp.outbound.oauth_client import OAuthClient, TerminalGrantError, TokenEndpointError, TokenSet
 from virtual_mcp.outbound.overrides import NO_OVERRIDES, Overrides
 from virtual_mcp.outbound.provider_metadata import ProviderMetadata
@@ -190,31 +190,45 @@ class OutboundCredentials:
         if self._tokens is not None:
             await self._tokens.forget(key)
 
-    async def finish_consent(self, state: str, code: str) -> ServerRef:
-        """Exchange the provider's code (with the flow's PKCE verifier) and store the user's token set."""
-        finished = self.consent.finish(state, code)
+    async def finish_consent(self, state: str, browser: str | None, code: str, issuer: str | None) -> ConsentFor:
+        """Exchange the provider's code (with the flow's PKCE verifier) and store the user's token set. The flow must
+        come back to the browser that began it (`browser`, its consent cookie); `issuer` is the callback's `iss`
+        (RFC 9207), which must name the server's configured issuer when both are known (mix-up defence)."""
+        finished = self.consent.finish(state, browser, code)
+        auth = self._registry.remotes[finished.server].auth
+        expected = str(auth.issuer) if isinstance(auth, OAuth2AuthData) and auth.issuer is not None else None
+        if issuer is not None and expected is not None and issuer.rstrip("/") != expected.rstrip("/"):
+            raise BadRequest("the authorization answer names another authorization server (iss); nothing was stored")
         if self._tokens is None or self._http is None:
             raise NotSupportedYet("outbound OAuth needs the token manager (serve sets it up)")
         client = self._clients[finished.server]
         token = await client.exchange_code(self._http, finished.code, finished.redirect_uri, finished.verifier)
         await self._tokens.store(user_token_key(finished.server, finished.user), token)
-        return finished.server
+        return ConsentFor(finished.user, finished.server)
 
-    async def consent_redirect(self, ticket: str, redirect_uri: str) -> str:
-        """Where the browser goes for a consent ticket: the provider's authorization endpoint, once the provider's
-        metadata (where its issuer is configured) confirms PKCE S256. A refused or unreadable provider leaves the
-        ticket unused, so the same link works once the provider is fixed."""
-        server = self.consent.ticket_server(ticket)
-        auth = self._registry.remotes[server].auth if server is not None else None
-        if server is None or not isinstance(auth, OAuth2AuthData) or auth.authorization_url is None:
-            raise BadRequest("this consent link is unknown, already used or expired; retry the call for a new one")
+    async def consent_redirect(self, ticket: str, browser: str, signed_in: Principal, redirect_uri: str) -> str:
+        """Where the browser goes once `signed_in` proved, in `browser`, to be the ticket's user: the provider's
+        authorization endpoint, once the provider's metadata (where its issuer is configured) confirms PKCE S256.
+        A refused or unreadable provider leaves the ticket unused, so the same link works once the provider is
+        fixed."""
+        server = self.consent.claim(ticket, signed_in).server
+        auth = self._registry.remotes[server].auth
+        if not isinstance(auth, OAuth2AuthData) or auth.authorization_url is None:
+            raise ConsentLinkInvalid()
         if auth.issuer is not None:
             if self._metadata is None:
                 raise NotSupportedYet("outbound OAuth needs the token manager (serve sets it up)")
             await self._metadata.require_s256(str(auth.issuer))
         client = self._clients[server]
         return self.consent.begin(
-            ticket, str(auth.authorization_url), client.client_id, client.scopes, client.resource or "", redirect_uri
+            ticket,
+            browser,
+            signed_in,
+            str(auth.authorization_url),
+            client.client_id,
+            client.scopes,
+            client.resource or "",
+            redirect_uri,
         )
 
     async def disconnect(self, user: str, ref: ServerRef) -> str:
