@@ -48,6 +48,7 @@ integrations:
 IDS = (
     "type: identities\nteams:\n  - name: platform\n"
     "    members: [alice@northwind.example, bob@northwind.example, mallory@northwind.example]\n"
+    "virtual_accounts:\n  - name: ci\n"
 )
 
 

@@ -10,12 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp.shared.exceptions import MCPError
 
 from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import Setup, setup
+from tests.oauth.test_crash_safety import Scene, scene
+from tests.processes import gateway_process
 from tests.sensitive import mark
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import LocalKeyProvider
+from virtual_mcp.vault import Database, LocalKeyProvider, TokenStore
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 ALICE = "alice@northwind.example"
@@ -26,12 +32,17 @@ async def stored(s: Setup, tmp_path: Path, user: str) -> dict[str, Any] | None:
     return await OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data")).get("g/github", f"user:{user}")
 
 
-def provider_subject(s: Setup, answer: dict[str, Any]) -> str:
+def provider_subject(s: Setup | Scene, answer: dict[str, Any]) -> str:
     """Whose provider account the backend saw: the `sub` of the access token the gateway presented."""
     access = str(answer["authorization"]).removeprefix("Bearer ")
     mark(access)
     key = jwt.PyJWKClient(s.auth.jwks_uri).get_signing_key_from_jwt(access).key
     return str(jwt.decode(access, key, algorithms=["RS256"], audience=f"{s.backend.url}/mcp")["sub"])
+
+
+def ticket_link(link: str) -> str:
+    ticket_of(link)
+    return link
 
 
 def ticket_of(link: str) -> str:
@@ -148,3 +159,39 @@ async def test_asking_again_gives_the_same_link_and_never_spends_another_users(t
         assert await s.consent_link(alice) == link
         assert "Connected" in (await connect(link, alice)).text
         assert provider_subject(s, await s.call(alice)) == ALICE
+
+
+async def test_in_local_mode_the_local_user_is_signed_in_and_only_their_links_connect(tmp_path: Path) -> None:
+    """`serve --local-user` (a real process): on loopback the browser is the local user without a credential, so
+    the page only asks to confirm; a link made for any other account (a token on the same data directory) still
+    connects nothing."""
+    async with scene(tmp_path) as s:
+        async with Database.open(s.data) as db:
+            _, mallory = await TokenStore(db).create(PrincipalKind.USER, MALLORY)
+            mark(mallory)
+        args = ["--config", str(s.config), "--port", str(s.port), "--data-dir", str(s.data), "--local-user", ALICE]
+        async with gateway_process(args):
+
+            async def call(token: str | None) -> dict[str, Any]:
+                transport = StreamableHttpTransport(f"{s.url}/mcp-server/g/github/server", auth=token)
+                async with Client(transport) as client:
+                    return (await client.call_tool("headers", {})).structured_content or {}
+
+            async def link(token: str | None) -> str:
+                with pytest.raises(MCPError) as needed:
+                    await call(token)
+                assert needed.value.code == -32042
+                return ticket_link(str(needed.value.data["elicitations"][0]["url"]))
+
+            async with Browser() as browser:
+                page = await browser.open(await link(mallory))
+                assert page.status_code == 200 and f"You are signed in as <b>{ALICE}</b> (local mode)" in page.text
+                refused = await browser.submit(page, None)
+                assert refused.status_code == 403 and "another gateway account" in refused.text
+                page = await browser.open(await link(None))
+                assert 'name="credential"' not in page.text
+                done = await browser.submit(page, None)
+            assert done.status_code == 200 and "Connected" in done.text, done.text
+            assert provider_subject(s, await call(None)) == ALICE
+            await link(mallory)
+        assert (await s.auth.stats())["authorization"]["total"] == 1

@@ -31,6 +31,7 @@ from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.consent import (
     ConsentFor,
+    ConsentLinkInvalid,
     ConsentRefused,
     NotTheLinksAccount,
     NotTheSigningInBrowser,
@@ -60,7 +61,6 @@ def oauth_routes(
     metadata: ResourceMetadata,
     auditor: Auditor,
 ) -> list[Route]:
-    flows = credentials.consent
 
     def base(request: Request) -> str:
         return metadata.base(request.url.scheme, request.headers.get("host", "localhost"))
@@ -88,7 +88,7 @@ def oauth_routes(
             remote.description,
             f"{base(request)}{START}",
             ticket,
-            flows.csrf(ticket, browser),
+            credentials.consent.csrf(ticket, browser),
             await implicit_user(request),
             origin_of(provider),
         )
@@ -106,9 +106,9 @@ def oauth_routes(
         """GET: the sign-in page of a consent link. Changes nothing on the gateway."""
         try:
             ticket = query_values(request.url.query, _START_QUERY).get("ticket", "")
-            pending = flows.pending(ticket)
+            pending = credentials.consent.pending(ticket)
         except GatewayError as exc:
-            return refused(exc, "Link expired")
+            return refused(exc, "Link expired" if isinstance(exc, ConsentLinkInvalid) else "Not connected")
         is_secure = secure(request)
         browser = browser_cookie(request, is_secure) or new_browser_value()
         response = sign_in_page(await sign_in(request, ticket, pending, browser))
@@ -125,7 +125,7 @@ def oauth_routes(
         try:
             form = form_values(request.headers.get("content-type"), body, _FORM)
             ticket = form.get("ticket", "")
-            pending = flows.check_form(ticket, browser, form.get("csrf", ""))
+            pending = credentials.consent.check_form(ticket, browser, form.get("csrf", ""))
         except GatewayError as exc:
             return refused(exc)
         assert browser is not None  # check_form refuses a form without this browser's cookie
@@ -134,7 +134,7 @@ def oauth_routes(
         try:
             auth: Authentication = await authenticator.authenticate(headers, request.url.query, client_host(request))
         except Unauthorized as exc:
-            flows.sign_in_failed(ticket)
+            credentials.consent.sign_in_failed(ticket)
             challenge = unauthorized(exc, metadata, _RESOURCE_PATH, request.scope, request.headers)
             page = await sign_in(request, ticket, pending, browser)
             return sign_in_page(
@@ -168,12 +168,12 @@ def oauth_routes(
             return refused(exc)
         state = params.get("state", "")
         if "error" in params:
-            flows.abandon(state)
+            credentials.consent.abandon(state)
             error = "".join(c if " " <= c <= "~" else "?" for c in params["error"][:64])
             return message_page("Not connected", f"The provider answered {error!r}; nothing was stored.", 400)
         code, issuer = params.get("code", ""), params.get("iss")
         if not code or len(code) > _MAX_CODE or (issuer is not None and len(issuer) > _MAX_ISSUER):
-            flows.abandon(state)
+            credentials.consent.abandon(state)
             return message_page("Not connected", "the provider's answer has no usable authorization code", 400)
         try:
             done = await credentials.finish_consent(state, browser_cookie(request, secure(request)), code, issuer)
