@@ -470,3 +470,25 @@ async def test_the_sign_in_page_cannot_be_framed_cached_or_leak_its_url(case: Ca
     assert to_provider.status_code == 303 and to_provider.headers["referrer-policy"] == "no-referrer"
     assert "set-cookie" not in to_provider.headers
     assert "Connected" in (await case.browser.follow(await case.browser.http.get(to_provider.headers["location"]))).text
+
+
+async def test_a_virtual_account_named_like_a_user_neither_sees_nor_disconnects_their_accounts(case: Case) -> None:
+    """Connected accounts are keyed by user name; a virtual account of the same name is another principal."""
+    assert "Connected" in (await case.browser.submit(case.page, case.lab.alice)).text
+    impostor = await case.s.gw.token(PrincipalKind.VIRTUAL_ACCOUNT, ALICE)
+    headers = {"authorization": f"Bearer {impostor}"}
+    async with httpx2.AsyncClient() as http:
+        listed = await http.get(f"{case.url}/oauth/connections", headers=headers)
+        assert listed.status_code == 403 and "only users have connected accounts" in listed.text
+        gone = await http.delete(f"{case.url}/oauth/connections/g/github", headers=headers)
+        assert gone.status_code == 403 and "only users have connected accounts" in gone.text
+        mine = await http.get(f"{case.url}/oauth/connections", headers={"authorization": f"Bearer {case.lab.alice}"})
+        assert mine.json() == {"user": ALICE, "connected": ["g/github"]}
+    assert provider_subject(case.s, await case.s.call(case.lab.alice)) == ALICE
+    # Nor can it sign in on Alice's consent link.
+    await case.s.gw.runtime.credentials.disconnect(ALICE, GITHUB)
+    async with Browser() as browser:
+        refused = await browser.connect(await case.s.consent_link(case.lab.alice), impostor)
+    assert refused.status_code == 403 and "another gateway account" in refused.text
+    assert await case.s.gw.runtime.credentials.connected(ALICE) == []
+    assert "Connected" in (await connect(await case.s.consent_link(case.lab.alice), case.lab.alice)).text

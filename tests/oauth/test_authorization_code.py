@@ -48,7 +48,8 @@ integrations:
 IDS = (
     "type: identities\nteams:\n  - name: platform\n"
     "    members: [alice@northwind.example, bob@northwind.example, mallory@northwind.example]\n"
-    "virtual_accounts:\n  - name: ci\n"
+    # A virtual account named like a user (a configuration mistake) is still not that user.
+    "virtual_accounts:\n  - name: ci\n  - name: alice@northwind.example\n"
 )
 
 

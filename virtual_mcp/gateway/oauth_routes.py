@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from virtual_mcp.config.models import OAuth2AuthData
-from virtual_mcp.errors import GatewayError, TooManyRequests, Unauthorized
+from virtual_mcp.errors import Forbidden, GatewayError, TooManyRequests, Unauthorized
 from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.consent_page import (
     MAX_FORM_BYTES,
@@ -32,7 +32,6 @@ from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.consent import (
     ConsentFor,
     ConsentLinkInvalid,
-    ConsentRefused,
     NotTheLinksAccount,
     NotTheSigningInBrowser,
     new_browser_value,
@@ -183,8 +182,6 @@ def oauth_routes(
             request_id = await audit_consent(user, CALLBACK, exc.server, reason)
             logger.warning("consent refused for %s on %s: %s (request %s)", exc.user, exc.server, reason, request_id)
             return message_page("Not connected", exc.message, exc.http_status, {"x-request-id": request_id})
-        except ConsentRefused as exc:
-            return refused(exc)
         except GatewayError as exc:
             logger.info("consent callback refused: %s", exc.message)
             return refused(exc)
@@ -200,6 +197,10 @@ def oauth_routes(
             return unauthorized(exc, metadata, _RESOURCE_PATH, request.scope, request.headers)
         except TooManyRequests as exc:
             return gateway_error_response(exc)
+        if auth.principal.kind is not PrincipalKind.USER:
+            # Connected accounts are keyed by user name: a virtual account that happens to share one must not see
+            # or disconnect that user's accounts.
+            return gateway_error_response(Forbidden("only users have connected accounts; this is a virtual account"))
         return auth.principal.name
 
     async def connections(request: Request) -> Response:
