@@ -14,7 +14,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.oauth.browser import connect
+from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import setup
 from tests.oauth_server import CODE_CLIENT_ID
 from tests.security_support import GATEWAY_AUDIENCE, idp_jwt
@@ -158,3 +158,30 @@ async def test_a_bad_configuration_changes_nothing(tmp_path: Path, capsys: pytes
         code, _, err = await cli(capsys, "revoke", "--user", ALICE, "--data-dir", str(tmp_path / "elsewhere"))
         assert code == 2 and "no gateway database in" in err
         assert await status_of(f"{s.gw.url}{GITHUB}", alice) == 200
+
+
+async def test_revoking_a_user_ends_their_consents_in_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A consent Alice signed in to before `revoke --user` must not store tokens for her when the provider answers
+    afterwards, and a link she was given before is dead."""
+    async with setup(tmp_path, revocation_poll_seconds=0.05) as s:
+        alice = await s.gw.token(PrincipalKind.USER, ALICE)
+        async with Browser() as browser:
+            to_provider = await browser.connect(
+                await s.consent_link(alice), alice, stop_at=s.auth.authorization_endpoint
+            )
+            assert to_provider.status_code == 303
+            later = await s.consent_link(await s.gw.token(PrincipalKind.USER, ALICE))
+            code, _, err = await cli(capsys, "revoke", "--user", ALICE, "--data-dir", str(tmp_path / "data"))
+            assert code == 0, err
+            await s.gw.runtime.revocations_applied()
+            answered = await browser.open(to_provider.headers["location"])
+            assert answered.status_code == 400 and "unknown, used or expired authorization state" in answered.text
+            assert (await browser.open(later)).status_code == 400
+        assert await s.auth.token_requests("authorization_code") == 0
+        store = OAuthTokenStore(s.gw.db, LocalKeyProvider.load(tmp_path / "data"))
+        assert await store.get("g/github", f"user:{ALICE}") is None
+        # Alice, given access again, connects afresh.
+        fresh = await s.gw.token(PrincipalKind.USER, ALICE)
+        assert "Connected" in (await connect(await s.consent_link(fresh), fresh)).text

@@ -249,6 +249,12 @@ class ConsentFlows:
         found = self._flows.get(state) if SECRET_SHAPE.fullmatch(state) else None
         return found.server if found is not None else None
 
+    def forget(self, user: str) -> None:
+        """Drop every pending ticket and flow of `user` (their access was revoked: no consent of theirs may finish
+        and store tokens afterwards)."""
+        self._tickets.drop_owner(user)
+        self._flows.drop_owner(user)
+
     def abandon(self, state: str) -> None:
         """The provider answered with an error: the flow is over, whichever browser brought the answer."""
         if SECRET_SHAPE.fullmatch(state):

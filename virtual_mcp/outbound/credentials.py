@@ -267,7 +267,8 @@ class OutboundCredentials:
 
     async def forget_user(self, user: str) -> None:
         """Forget every per-user token of `user` this process holds in memory (a revocation elsewhere deleted them
-        from the vault, revoking them at the provider first)."""
+        from the vault, revoking them at the provider first), and their consent links and flows in progress."""
+        self.consent.forget(user)
         if self._tokens is not None:
             for ref in self._per_user:
                 await self._tokens.evict(user_token_key(ref, user))

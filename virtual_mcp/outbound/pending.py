@@ -55,6 +55,10 @@ class PendingTable(Generic[T]):
         found = [(key, self.get(key)) for key in list(self._by_owner.get(owner, ()))]
         return [(key, value) for key, value in found if value is not None]
 
+    def drop_owner(self, owner: str) -> None:
+        for key in list(self._by_owner.get(owner, ())):
+            self._remove(key)
+
     def get(self, key: str) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
