@@ -157,6 +157,16 @@ async def test_asking_again_gives_the_same_link_and_never_spends_another_users(t
         mallorys = {await s.consent_link(mallory) for _ in range(20)}
         assert len(mallorys) == 1
         assert await s.consent_link(alice) == link
+        # The elicitation id is as stable as the link, and says nothing of its ticket.
+        ids = set()
+        for _ in range(2):
+            with pytest.raises(MCPError) as needed:
+                await s.call(alice)
+            [elicitation] = needed.value.data["elicitations"]
+            assert elicitation["url"] == link
+            ids.add(elicitation["elicitationId"])
+        [elicitation_id] = ids
+        assert len(elicitation_id) == 16 and elicitation_id not in ticket_of(link)
         assert "Connected" in (await connect(link, alice)).text
         assert provider_subject(s, await s.call(alice)) == ALICE
 

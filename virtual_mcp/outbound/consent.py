@@ -175,6 +175,10 @@ class ConsentFlows:
         self._tickets.put(value, user, _Ticket(user, server), TICKET_SECONDS)
         return value
 
+    def elicitation_id(self, ticket: str) -> str:
+        """A stable id for the elicitation of `ticket` that reveals nothing of it (clients log ids, not URLs)."""
+        return self._mac(b"elicitation", ticket)[:16]
+
     def pending(self, ticket: str) -> ConsentFor:
         """What `ticket` is for, without using it. Raises ConsentLinkInvalid."""
         found = self._tickets.get(ticket) if SECRET_SHAPE.fullmatch(ticket) else None

@@ -171,7 +171,9 @@ class OutboundCredentials:
 
         def consent(reason: str) -> ConsentRequired:
             ticket = self.consent.ticket(principal.name, ref)
-            return ConsentRequired(ref, f"{caller.base_url}/oauth/start?ticket={ticket}", ticket[:16], reason)
+            return ConsentRequired(
+                ref, f"{caller.base_url}/oauth/start?ticket={ticket}", self.consent.elicitation_id(ticket), reason
+            )
 
         async def obtain(current: TokenSet | None) -> TokenSet:
             if current is not None and current.refresh_lost:
