@@ -178,6 +178,15 @@ class UpstreamProtocolError(UpstreamError):
     http_status = 502
 
 
+class UnsendableHeader(GatewayError):
+    """A header the gateway was about to write upstream holds what cannot travel in one (CR, LF, a control
+    character: header injection, request smuggling on a pooled connection). Nothing was sent. The message names the
+    header, never its value."""
+
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+    http_status = 502
+
+
 class UpstreamRpcError(GatewayError):
     """The backend answered with a JSON-RPC error; it is passed to the caller as the backend said it."""
 

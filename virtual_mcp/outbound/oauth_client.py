@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from virtual_mcp.errors import GatewayError
+from virtual_mcp.fields import header_problem
 
 
 class TokenEndpointError(GatewayError):
@@ -162,6 +163,14 @@ class OAuthClient:
         access = payload.get("access_token")
         if not isinstance(access, str) or not access:
             raise TokenEndpointError("token endpoint answered without an access_token")
+        if header_problem("authorization", f"Bearer {access}") is not None:
+            # Written into `Authorization` as it is, a CR or LF would add headers (or a whole request) of the
+            # provider's choosing to what the gateway sends the backend. Refused here, and again where headers are
+            # written (a token stored before this check existed).
+            raise TokenEndpointError(
+                "token endpoint answered an access_token that cannot travel in an HTTP header "
+                "(CR, LF, another control character or non-ASCII); it is not used"
+            )
         expires = payload.get("expires_in")
         refresh = payload.get("refresh_token")
         return TokenSet(

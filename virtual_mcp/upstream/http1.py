@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from virtual_mcp.fields import check_headers
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line (one JSON-RPC message) at most
 
@@ -244,6 +246,7 @@ def _buffered(reader: asyncio.StreamReader) -> bool:
 
 
 def _request_head(to: Target, length: int, headers: Mapping[str, str]) -> bytes:
+    check_headers(headers)  # whatever their source: a CR or LF here would write a header or request of its own
     lines = [f"POST {to.path} HTTP/1.1", f"host: {to.host_header}", f"content-length: {length}"]
     lines.extend(f"{name}: {value}" for name, value in headers.items() if name.lower() not in _FRAMING)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

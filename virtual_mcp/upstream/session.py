@@ -25,6 +25,7 @@ from virtual_mcp.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from virtual_mcp.fields import check_headers
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.wire import (
@@ -82,6 +83,7 @@ class UpstreamSession:
         self._fast = fast if fast is not None and not proxied(url) else None
         self._target = target(url) if self._fast is not None else None
         self._base_headers = dict(headers or {})
+        check_headers(self._base_headers, ref.key)
         self._spawn = spawn
         self._on_list_changed = on_list_changed
         self._ids = itertools.count(1)
@@ -106,6 +108,7 @@ class UpstreamSession:
     def use_headers(self, headers: Mapping[str, str]) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""
         if headers != self._base_headers:
+            check_headers(headers, self.ref.key)
             self._base_headers = dict(headers)
 
     # -- public API -----------------------------------------------------------------------------------------
@@ -256,6 +259,8 @@ class UpstreamSession:
         extra_headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        if extra_headers:
+            check_headers(extra_headers, self.ref.key)
         request_id = next(self._ids)
         # One consistent snapshot: a concurrent renegotiation may replace the session while this request runs.
         era, session_id, version = self.era, self.session_id, self.protocol_version

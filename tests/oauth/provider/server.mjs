@@ -26,6 +26,8 @@
 //       token_fail_count   how many token requests fail that way (null: every one until switched off)
 //       token_fail_error   the OAuth error code in that body (default server_error; temporarily_unavailable for 429)
 //       omit_expires_in    strip expires_in from successful token responses
+//       access_token_suffix  append this text to the access_token of successful token responses (null: off), e.g.
+//                          "\r\nX-Injected: 1": a provider handing out a token that is not a valid header value
 //       access_token_ttl   change the access token lifetime for tokens issued from now on
 //       login_account      the account the headless login signs in (overrides account_id, not a login_hint)
 //       interaction_error  finish every interaction with this OAuth error (e.g. access_denied; null: off)
@@ -49,6 +51,7 @@ const DEFAULT_BEHAVIOUR = Object.freeze({
   token_fail_count: null,
   token_fail_error: null,
   omit_expires_in: false,
+  access_token_suffix: null,
   access_token_ttl: null,
   login_account: null,
   interaction_error: null,
@@ -329,6 +332,9 @@ function mountTestRoutes(provider) {
     if (behaviour.omit_expires_in && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
       const { expires_in: _omitted, ...rest } = ctx.body;
       ctx.body = rest;
+    }
+    if (behaviour.access_token_suffix && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      ctx.body = { ...ctx.body, access_token: ctx.body.access_token + behaviour.access_token_suffix };
     }
   });
 }
