@@ -124,8 +124,59 @@ async def test_key_headers_pointing_elsewhere_are_never_followed(verifier: JwtVe
     attacker = JwksEndpoint([public_jwk("evil", rsa_key("b"))])
     async with serve(attacker.app) as served:
         token = sign(claims(clock), rsa_key("b"), kid="evil", jku=f"{served.url}/jwks")
-        assert "no signing key matches kid 'evil'" in await refused(verifier, token)
+        assert (
+            await refused(verifier, token)
+            == "header parameter 'jku' is not accepted (keys come only from the configuration)"
+        )
     assert attacker.fetches == 0
+
+
+@pytest.mark.parametrize("name", ["jku", "x5u", "jwk", "x5c"])
+async def test_a_token_naming_or_carrying_a_key_is_refused_even_when_its_signature_is_good(
+    verifier: JwtVerifier, clock: Clock, name: str
+) -> None:
+    """Signed by the configured key, yet refused: the README promises a token that points at a key is never
+    accepted, not just that the pointer is not followed (a verifier elsewhere in the chain might follow it)."""
+    value: Any = {
+        "jku": "https://evil.example/jwks",
+        "x5u": "https://evil.example/cert.pem",
+        "jwk": public_jwk(None, rsa_key("b")),
+        "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"],
+    }[name]
+    token = sign(claims(clock), rsa_key("a"), **{name: value})
+    assert (
+        await refused(verifier, token)
+        == f"header parameter {name!r} is not accepted (keys come only from the configuration)"
+    )
+    assert (await verifier.verify(sign(claims(clock), rsa_key("a")))).subject == SUBJECT
+
+
+@pytest.mark.parametrize(
+    ("part", "text", "reason"),
+    [
+        ("header", '{"alg": "RS256", "kid": "k1", "x": ' + "[" * 5000 + "]" * 5000 + "}", "token header too large"),
+        (
+            "header",
+            '{"alg": "RS256", "x": ' + "[" * 400 + "]" * 400 + "}",
+            "malformed token header (nested deeper than 4 levels)",
+        ),
+        (
+            "payload",
+            '{"sub": "a", "x": ' + "[" * 3000 + "]" * 3000 + "}",
+            "malformed token payload (nested deeper than 16 levels)",
+        ),
+    ],
+)
+async def test_deeply_nested_header_or_payload_is_a_malformed_token_not_a_crash(
+    verifier: JwtVerifier, clock: Clock, part: str, text: str, reason: str
+) -> None:
+    """json.loads recursed into these until RecursionError (an unauthenticated 500 with a traceback)."""
+    header = text if part == "header" else '{"alg": "RS256", "kid": "k1"}'
+    payload = text if part == "payload" else '{"sub": "a"}'
+    signing_input = f"{b64(header.encode())}.{b64(payload.encode())}"
+    key = rsa_key("a")
+    signature = jwt.get_algorithm_by_name("RS256").sign(signing_input.encode(), key)
+    assert await refused(verifier, f"{signing_input}.{b64(signature)}") == reason
 
 
 # -- algorithms -----------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The token is parsed here rather than by pyjwt's decoder so that every step is explicit: the header's `alg` must be
 one of the configured algorithms *and* of the family of the configured key source (asymmetric with a JWKS, HMAC with
 a shared secret), and the key that checks the signature must be of the type that algorithm needs. pyjwt supplies the
-signature primitives. Header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are never followed.
+signature primitives. A token whose header points at or carries a key (`jku`, `x5u`, `jwk`, `x5c`) is refused, as is
+one with `crit` (no extension is understood), and header and payload are bounded in size and nesting depth before
+they are parsed.
 
 Time claims are checked against the injected clock with the configured leeway. Refusal reasons are short and never
 quote the token nor any part of it except the `alg` and `kid` header values.
@@ -29,8 +31,13 @@ from jwt.exceptions import InvalidKeyError
 from virtual_mcp.config.models import JwtSettings
 from virtual_mcp.errors import InvalidToken
 from virtual_mcp.inbound.jwks import JwksCache, PublicKey, show
+from virtual_mcp.json_depth import nests_deeper_than
 
 MAX_TOKEN_CHARS = 16 * 1024
+MAX_HEADER_CHARS = 2048  # base64url; a header names an algorithm and a key id, and a few more short values
+MAX_DEPTH = {"header": 4, "payload": 16}  # nesting levels of JSON (claims may hold small objects and lists)
+# Header parameters by which a token would point at (or carry) the key that checks it (RFC 7515 4.1).
+_KEY_POINTERS = ("jku", "jwk", "x5u", "x5c")
 MAX_KEYS_TRIED = 8  # without a kid, each compatible key is tried; a JWKS rarely holds more than a few
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _ALGORITHMS = get_default_algorithms()
@@ -183,6 +190,8 @@ def _split(token: str) -> tuple[dict[str, Any], str, bytes]:
     if not _COMPACT.fullmatch(token):
         raise InvalidToken("malformed token (expected three base64url segments)")
     header_segment, payload_segment, signature_segment = token.split(".")
+    if len(header_segment) > MAX_HEADER_CHARS:
+        raise InvalidToken("token header too large")
     header = _json_object(_b64decode(header_segment), "header")
     return header, payload_segment, _b64decode(signature_segment)
 
@@ -197,6 +206,10 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str | None]:
         raise InvalidToken("malformed token header (kid)")
     if "crit" in header or header.get("b64", True) is not True:
         raise InvalidToken("critical header parameters are not supported")
+    for name in _KEY_POINTERS:
+        if name in header:
+            # A token must not choose the key that checks it: keys come from the configured JWKS or secret only.
+            raise InvalidToken(f"header parameter {name!r} is not accepted (keys come only from the configuration)")
     return alg, kid
 
 
@@ -208,9 +221,12 @@ def _b64decode(segment: str) -> bytes:
 
 
 def _json_object(data: bytes, part: str) -> dict[str, Any]:
+    limit = MAX_DEPTH[part]
+    if nests_deeper_than(data, limit):
+        raise InvalidToken(f"malformed token {part} (nested deeper than {limit} levels)")
     try:
         value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidToken(f"malformed token {part}") from None
     if not isinstance(value, dict):
         raise InvalidToken(f"malformed token {part}")
