@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-host", action="append", default=[], metavar="NAME", help="a Host name the gateway is reached by"
     )
+    serve.add_argument(
+        "--request-head-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's head must arrive within this long (default 10)",
+    )
+    serve.add_argument(
+        "--request-body-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a request's body must arrive within this long of its head (default 60)",
+    )
 
     token = sub.add_parser("token", help="manage gateway tokens (personal and virtual-account)")
     token_sub = token.add_subparsers(dest="token_action", required=True)
@@ -190,6 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
         limits=registry.limits,
+        request_head_timeout_seconds=args.request_head_timeout,
+        request_body_timeout_seconds=args.request_body_timeout,
     )
     anyio.run(_serve, registry, settings, backend_options=_event_loop())
     return 0
@@ -208,12 +224,10 @@ async def _serve(registry: Registry, settings: GatewaySettings) -> None:
     import uvicorn
 
     from virtual_mcp.gateway.assemble import production_app
+    from virtual_mcp.gateway.listener import server_config
 
     async with production_app(registry, settings) as app:
-        # log_config=None: uvicorn's records go through our handler and its redaction filter, not uvicorn's own.
-        config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None
-        )
+        config = server_config(app, settings)
         logger.info("listening on http://%s:%d", settings.host, settings.port)
         # What start-up built (modules, configuration, the application) lives as long as the process: it is moved
         # out of the cycle collector's view, so a full collection scans what serving creates, not 100,000 start-up

@@ -68,6 +68,7 @@ async def _demo(port: int, backend_base_port: int, data_dir: Path) -> None:
     import uvicorn
 
     from virtual_mcp.gateway.assemble import production_app
+    from virtual_mcp.gateway.listener import server_config
     from virtual_mcp.vault import Database, TokenStore
 
     # The example backends live in the repository (examples/), not in the installed package.
@@ -96,7 +97,12 @@ async def _demo(port: int, backend_base_port: int, data_dir: Path) -> None:
         bound = [(app, bind_loopback(p)) for app, p in apps]
         async with anyio.create_task_group() as tg:
             for app, sock in bound:
-                server = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None))
+                config = (
+                    server_config(app, settings)
+                    if app is gateway
+                    else uvicorn.Config(app, log_level="warning", log_config=None)
+                )
+                server = uvicorn.Server(config)
                 tg.start_soon(partial(server.serve, sockets=[sock]))
             seen = {name: await _tools(f"http://127.0.0.1:{port}/mcp", tokens[name]) for _, name, _ in IDENTITIES}
             print(_banner(port, tokens, seen), flush=True)

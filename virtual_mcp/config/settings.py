@@ -47,6 +47,12 @@ class GatewaySettings(BaseModel):
     # After a backend failed, how long its tools stay left out before it is asked again.
     backend_retry_seconds: float = Field(default=10.0, gt=0)
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Reading a request (serve and demo; every route): its head must arrive within this long of the connection
+    # opening (or of the next request's first byte), and be at most this large; its body within this long of the
+    # head. Past them: 408 or 431 and the connection is closed (slowloris).
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_request_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    request_body_timeout_seconds: float = Field(default=60.0, gt=0)
     # Namespaced tool names are kept this short so clients can add their own prefix within 64 characters.
     max_tool_name_length: int = Field(default=48, ge=24, le=64)
     # How often a running gateway looks for identities revoked by `virtual-mcp revoke` (from any process).
