@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import re
 import sys
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import IO, Any
 
 # The id of the request being served (also in its audit records and its `x-request-id` response header).
 REQUEST_ID: ContextVar[str | None] = ContextVar("virtual_mcp_request_id", default=None)
@@ -33,8 +35,51 @@ def redact(text: str) -> str:
     return text
 
 
+# C0 and C1 controls (CR and LF among them), DEL, and the Unicode line and paragraph separators.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(text: str) -> str:
+    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class _Rendered:
+    """A log argument that is neither text nor a number, rendered (as %s or %r) with its controls escaped."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def __str__(self) -> str:
+        return _escaped(str(self._value))
+
+    def __repr__(self) -> str:
+        return _escaped(repr(self._value))
+
+
+def _safe(value: object) -> object:
+    if isinstance(value, str):
+        return _escaped(value)
+    if value is None or isinstance(value, numbers.Number):
+        return value
+    return _Rendered(value)
+
+
+def safe_args(args: tuple[object, ...] | Mapping[str, object]) -> tuple[object, ...] | dict[str, object]:
+    """A record's arguments with every control character escaped (`\\r`, `\\n`, `\\x1b`...). The values logged
+    for a request (a path, a header, a tool name) are the caller's: escaped, a CR/LF in one cannot start a forged
+    log line, nor a terminal escape sequence reach whoever reads the log. The message's own format string is the
+    gateway's and keeps its line breaks."""
+    if isinstance(args, Mapping):
+        return {key: _safe(value) for key, value in args.items()}
+    return tuple(_safe(value) for value in args)
+
+
 class RedactionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = safe_args(record.args)
         message = record.getMessage()
         redacted = redact(message)
         if redacted != message:
@@ -70,14 +115,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(level: str = "info", json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def line_handler(json_lines: bool = False, stream: IO[str] | None = None) -> logging.Handler:
+    """The gateway's handler: one line per record (JSON or text) on `stream` (standard error), through the
+    redaction and request-id filters."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactionFilter())
     handler.addFilter(RequestIdFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    return handler
+
+
+def configure(level: str = "info", json_lines: bool = False) -> None:
+    handler = line_handler(json_lines)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

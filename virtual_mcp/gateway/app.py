@@ -52,6 +52,7 @@ from virtual_mcp.timing import phase
 from virtual_mcp.types import Authentication
 
 logger = logging.getLogger(__name__)
+_LONGEST_NAME = 81  # group/server, each at most 40 characters (config.models.Name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,7 @@ def create_app(
                     request.headers, request.url.query, client.host if client else None
                 )
         except Unauthorized as exc:
-            return unauthorized(exc, security.metadata, request.url.path, request.scope, request.headers)
+            return unauthorized(exc, security.metadata, request.scope["path"], request.scope, request.headers)
         except TooManyRequests as exc:
             return gateway_error_response(exc)
 
@@ -193,13 +194,15 @@ def create_app(
         if isinstance(auth, Response):
             return auth
         with phase("policy"):  # the same phases, and so the same Server-Timing entries, as a configured server's 403
-            name = "/".join(request.url.path.split("/")[2:4])
+            name = "/".join(request.scope["path"].split("/")[2:4])
+            # Configured names are at most 81 characters: a longer one is cut, which tells nothing about what exists.
+            name = name if len(name) <= _LONGEST_NAME else name[:_LONGEST_NAME] + "..."
             refusal = Forbidden(f"Forbidden: you are not authorized for {name}")
         method = await requested_method(
             request.scope, request.receive, request.headers, settings.max_request_body_bytes
         )
         await runtime.auditor.refused(
-            request_id_in(request.scope), auth.principal, request.url.path, name, method, refusal.message
+            request_id_in(request.scope), auth.principal, request.scope["path"], name, method, refusal.message
         )
         return gateway_error_response(refusal)
 

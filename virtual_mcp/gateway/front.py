@@ -23,10 +23,12 @@ from virtual_mcp.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from virtual_mcp.fields import parse_authority
 from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.http import (
     error_response,
     gateway_error_response,
+    is_json_media_type,
     parse_envelope,
     read_body,
     replay_body,
@@ -99,8 +101,10 @@ class EndpointApp:
             return
         try:
             with phase("policy"):
-                overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
+                # Access first: a caller who may not use this server learns nothing else about it (an unconfigured
+                # server path answers this same 403 whatever else is wrong with the request).
                 self._check_access(auth.principal)
+                overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
         except GatewayError as exc:
             if isinstance(exc, Forbidden):
                 method = await requested_method(scope, receive, headers, self._max_body)
@@ -124,6 +128,11 @@ class EndpointApp:
         )
         message = None
         if scope.get("method") == "POST":
+            if not is_json_media_type(headers.get("content-type")):
+                await error_response(
+                    415, BadRequest.jsonrpc_code, "Unsupported Media Type: Content-Type must be application/json"
+                )(scope, receive, send)
+                return
             body = await read_body(scope, receive, self._max_body)
             if not isinstance(body, bytes):
                 await body(scope, receive, send)
@@ -177,8 +186,27 @@ def unauthorized(
     return gateway_error_response(exc, {"WWW-Authenticate": challenge})
 
 
+# Headers a request carries at most once. Two copies are refused before anything reads either: otherwise one part
+# of the gateway (or the SDK, or a proxy in front) may act on the first copy and another on the last.
+SINGLE_VALUED: Mapping[bytes, str] = {
+    b"host": "Host",
+    b"origin": "Origin",
+    b"authorization": "Authorization",
+    b"mcp-session-id": "Mcp-Session-Id",
+    b"mcp-protocol-version": "MCP-Protocol-Version",
+    b"mcp-method": "Mcp-Method",
+    b"mcp-name": "Mcp-Name",
+    b"last-event-id": "Last-Event-ID",
+    OVERRIDES_HEADER.encode(): OVERRIDES_HEADER,
+    b"content-type": "Content-Type",
+    b"content-length": "Content-Length",
+}
+
+
 class FrontGuard:
-    """Outermost ASGI layer: DNS-rebinding protection (Host, then Origin) for every route but /healthz."""
+    """Outermost ASGI layer of every route: a request naming a single-valued header twice is refused (400); then,
+    for every route but /healthz, DNS-rebinding protection: a well-formed Host the gateway answers to (400 when
+    missing or malformed, 421 when foreign), then a browser Origin it trusts (403)."""
 
     def __init__(self, app: ASGIApp, origins: OriginPolicy, endpoints: Mapping[str, ASGIApp] | None = None) -> None:
         self._app = app
@@ -188,26 +216,47 @@ class FrontGuard:
         self._endpoints = dict(endpoints or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") != "/healthz":
-            host = origin = None
-            for name, value in scope.get("headers", []):
-                if name == b"host":
-                    host = value.decode("latin-1")
-                elif name == b"origin":
-                    origin = value.decode("latin-1")
-            if not self._origins.allows_host(host):
-                await error_response(421, BadRequest.jsonrpc_code, "Misdirected Request: unknown Host")(
-                    scope, receive, send
-                )
-                return
-            if not self._origins.allows(origin, host):
-                await error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")(scope, receive, send)
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
             endpoint = self._endpoints.get(scope.get("path", ""))
             if endpoint is not None and scope.get("method") in _ENDPOINT_METHODS:
                 await endpoint(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        seen: set[bytes] = set()
+        host = origin = None
+        for name, value in scope.get("headers", []):
+            if name in SINGLE_VALUED:
+                if name in seen:
+                    return error_response(
+                        400,
+                        BadRequest.jsonrpc_code,
+                        f"Bad Request: repeated {SINGLE_VALUED[name]} header (send it once)",
+                    )
+                seen.add(name)
+                if name == b"host":
+                    host = value.decode("latin-1")
+                elif name == b"origin":
+                    origin = value.decode("latin-1")
+        if scope.get("path") == "/healthz":
+            return None  # load balancers probe it by address, under any Host
+        if host is None:
+            return error_response(400, BadRequest.jsonrpc_code, "Bad Request: missing Host header")
+        authority = parse_authority(host)
+        if authority is None:
+            return error_response(
+                400, BadRequest.jsonrpc_code, "Bad Request: malformed Host header (expected host[:port])"
+            )
+        if not self._origins.allows_authority(authority):
+            return error_response(421, BadRequest.jsonrpc_code, "Misdirected Request: unknown Host")
+        if not self._origins.allows(origin, host):
+            return error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")
+        return None
 
 
 _ENDPOINT_METHODS = frozenset({"GET", "POST", "DELETE"})

@@ -29,7 +29,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Respo
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            # The client went away (or the server cut a body that took too long): never act on part of a body.
+            return error_response(400, BadRequest.jsonrpc_code, "Bad Request: the request body was not complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -58,6 +59,11 @@ async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str,
     return f"HTTP {scope.get('method', '?')}"
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a request's Content-Type is `application/json` (any parameters), as the MCP transports require."""
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
+
+
 def parse_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The body as one JSON-RPC message, and what makes valid JSON not one (malformed JSON is neither: it is left
     to the transport, which answers -32700)."""
@@ -74,7 +80,15 @@ def parse_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         "id" in message and ("result" in message or "error" in message)
     ):
         return None, 'a JSON-RPC request needs a string "method"'
+    if "method" in message and "id" in message and not is_request_id(message["id"]):
+        # Not a notification either: a request whose id is wrong must be told so, not silently accepted (202).
+        return None, '"id" must be a string or an integer (MCP allows no null, fractional, boolean or structured id)'
     return message, None
+
+
+def is_request_id(value: object) -> bool:
+    """An MCP request id: a string or an integer, never null (MCP 2025-11-25 basic/index, "Requests")."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

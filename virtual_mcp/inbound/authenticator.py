@@ -7,6 +7,7 @@ because URLs end up in logs, browser history and proxies.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,8 @@ from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKi
 
 logger = logging.getLogger(__name__)
 GATEWAY_TOKEN_PREFIX = "vmcp_"  # noqa: S105 - a prefix, not a token
+MAX_BEARER_CHARS = 16 * 1024
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 2.1: one token, no spaces, quotes or controls
 _QUERY_CREDENTIALS = frozenset({"access_token", "token", "api_key", "apikey", "bearer"})
 
 
@@ -80,9 +83,13 @@ class Authenticator:
                     return Authentication(principal, AuthMethod.LOCAL)
             raise Unauthorized("missing bearer token (Authorization: Bearer ...)")
         scheme, _, token = header.partition(" ")
-        token = token.strip()
+        token = token.strip(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        if len(token) > MAX_BEARER_CHARS:
+            raise InvalidToken(f"token too large (over {MAX_BEARER_CHARS} characters)")
+        if not _B64TOKEN.fullmatch(token):
+            raise InvalidToken("malformed bearer token (one RFC 6750 b64token expected)")
         if token.startswith(GATEWAY_TOKEN_PREFIX):
             return await self._gateway_token(token)
         if self.jwt is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -20,7 +21,7 @@ class ResourceMetadata:
 
     def document(self, base: str, path: str) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "resource": base + path,
+            "resource": base + quote(path, safe=_PATH_SAFE),
             "bearer_methods_supported": ["header"],
             "resource_name": "virtual-mcp" + (f" {path}" if path and path != "/" else ""),
         }
@@ -29,12 +30,24 @@ class ResourceMetadata:
         return doc
 
     def challenge(self, base: str, path: str, error: str | None = None, description: str | None = None) -> str:
-        """The WWW-Authenticate value for a 401 on `path` (RFC 6750 + RFC 9728 resource_metadata)."""
-        parts = [f'resource_metadata="{base}{WELL_KNOWN}{path}"']
+        """The WWW-Authenticate value for a 401 on `path` (RFC 6750 + RFC 9728 resource_metadata). `path` is the
+        request's (decoded, caller-chosen) path: it enters the URL percent-encoded, and every auth-param value is a
+        well-formed quoted-string, so no request can add parameters to the challenge or break the header."""
+        parts = [f"resource_metadata={quoted(base + WELL_KNOWN + quote(path, safe=_PATH_SAFE))}"]
         if error:
-            parts.append(f'error="{error}"')
+            parts.append(f"error={quoted(error)}")
         if description:
-            # A quoted-string of printable ASCII only: the reason may quote token-supplied text.
-            safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in description)
-            parts.append(f'error_description="{safe}"')
+            parts.append(f"error_description={quoted(description)}")
         return "Bearer " + ", ".join(parts)
+
+
+# Unreserved characters and "/": everything else in the decoded path is percent-encoded, "%" itself and the
+# sub-delimiters included (a naive client splitting the challenge on "," or "=" meets none of them).
+_PATH_SAFE = "/-._~"
+
+
+def quoted(value: str) -> str:
+    """`value` as an RFC 9110 quoted-string: `"` and `\\` escaped as quoted-pairs; what no header may carry (controls,
+    non-ASCII) replaced by `?`."""
+    safe = "".join(c if " " <= c <= "~" or c == "\t" else "?" for c in value)
+    return '"' + safe.replace("\\", "\\\\").replace('"', '\\"') + '"'

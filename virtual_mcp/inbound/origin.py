@@ -1,11 +1,15 @@
 """DNS-rebinding protection for every route: the `Host` a request names must be one the gateway answers to, and a
-browser `Origin` must be loopback, configured, or the gateway itself (checked only once `Host` is known good)."""
+browser `Origin` must be loopback, configured, or the gateway itself (checked only once `Host` is known good).
+
+Both are parsed strictly (`virtual_mcp.fields`): `Host: evil.example@127.0.0.1` is not a loopback Host, it is not a
+Host at all."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+
+from virtual_mcp.fields import Authority, parse_authority, parse_origin
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
@@ -20,13 +24,6 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _hostname(authority: str) -> str | None:
-    try:
-        return urlsplit(f"//{authority}").hostname
-    except ValueError:
-        return None
-
-
 class OriginPolicy:
     """`allowed_hosts`: names the gateway is reached by besides loopback ones. When it is empty and the listener is
     not loopback-only, any Host is accepted (a gateway behind a load balancer); on a loopback listener, only loopback
@@ -35,37 +32,34 @@ class OriginPolicy:
     def __init__(
         self, allowed_origins: Iterable[str] = (), allowed_hosts: Iterable[str] = (), loopback_only: bool = True
     ):
-        self._origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
-        self._hosts = frozenset(h.lower() for h in allowed_hosts) | {
-            name for o in self._origins if (name := urlsplit(o).hostname)
-        }
+        origins = [o.rstrip("/") for o in allowed_origins]
+        parsed = [p for o in origins if (p := parse_origin(o)) is not None]
+        self._origins = frozenset(p.serialized() for p in parsed)
+        self._hosts = frozenset(h.lower() for h in allowed_hosts) | {p.authority.host for p in parsed}
         self._loopback_only = loopback_only
 
     def allows_host(self, host: str | None) -> bool:
-        if not host:
-            return False
-        name = _hostname(host)
-        if name is None or any(c in host for c in ' "\\,;\r\n'):
-            return False
-        if is_loopback_host(name) or name in self._hosts:
+        """Whether a well-formed `Host` names this gateway (a malformed one never does)."""
+        authority = parse_authority(host) if host else None
+        return authority is not None and self.allows_authority(authority)
+
+    def allows_authority(self, authority: Authority) -> bool:
+        if is_loopback_host(authority.host) or authority.host in self._hosts:
             return True
         return not self._loopback_only and not self._hosts
 
     def allows(self, origin: str | None, host: str | None) -> bool:
-        if not self.allows_host(host):
+        """Whether a request with this `Origin` (None: not sent) may reach the gateway under this `Host`."""
+        authority = parse_authority(host) if host else None
+        if authority is None or not self.allows_authority(authority):
             return False
         if origin is None:
             return True
-        origin = origin.rstrip("/").lower()
-        if origin in self._origins:
+        parsed = parse_origin(origin)
+        if parsed is None:
+            return False  # `null`, a path, userinfo, another scheme: never an origin the gateway trusts
+        if parsed.serialized() in self._origins or is_loopback_host(parsed.authority.host):
             return True
-        try:
-            parts = urlsplit(origin)
-        except ValueError:
-            return False
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return False
-        if is_loopback_host(parts.hostname):
-            return True
-        # Same-origin: the page was served by the gateway itself under a Host already known to be good.
-        return host is not None and parts.netloc == host.lower()
+        # Same-origin: the page was served by the gateway itself under a Host already known to be good. Compared as
+        # written (a TLS-terminating proxy in front means the request's own scheme says nothing about the page's).
+        return parsed.authority == authority

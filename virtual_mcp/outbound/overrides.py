@@ -13,8 +13,10 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from virtual_mcp.config.models import HEADER_NAME_RE, is_managed_header
+from virtual_mcp.config.models import is_managed_header
 from virtual_mcp.errors import BadRequest
+from virtual_mcp.fields import TOKEN, shown
+from virtual_mcp.json_depth import nests_deeper_than
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Principal, ServerRef
@@ -37,9 +39,11 @@ def parse_overrides(raw: str | None, registry: Registry, principal: Principal, o
         return NO_OVERRIDES
     if len(raw) > MAX_LENGTH:
         raise BadRequest(f"{HEADER}: longer than {MAX_LENGTH} bytes")
+    if nests_deeper_than(raw, 2):
+        raise BadRequest(f"{HEADER}: must be a JSON object of objects of strings (nested deeper)")
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(f"{HEADER}: not valid JSON") from None
     if not isinstance(document, dict):
         raise BadRequest(f"{HEADER}: must be a JSON object keyed 'group/server'")
@@ -47,27 +51,28 @@ def parse_overrides(raw: str | None, registry: Registry, principal: Principal, o
     for key, headers in document.items():
         ref = _server(key, registry, principal)
         if not isinstance(headers, dict):
-            raise BadRequest(f"{HEADER}: value for {key!r} must be an object of header names to string values")
+            raise BadRequest(f"{HEADER}: value for {shown(key)} must be an object of header names to string values")
         allowed = registry.remotes[ref].forwardable_headers
+        where = f"{HEADER}: {shown(key)}"
         chosen: dict[str, str] = {}
         for name, value in headers.items():
             lower = name.lower() if isinstance(name, str) else ""
-            if not HEADER_NAME_RE.match(lower):
-                raise BadRequest(f"{HEADER}: {key!r}: {name!r} is not a valid header name")
+            if not TOKEN.fullmatch(lower):
+                raise BadRequest(f"{where}: {shown(name)} is not a valid header name")
             if is_managed_header(lower):
-                raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is managed by the gateway and cannot be set")
+                raise BadRequest(f"{where}: header {shown(name)} is managed by the gateway and cannot be set")
             if lower not in allowed:
-                raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is not in the server's forwardable_headers")
+                raise BadRequest(f"{where}: header {shown(name)} is not in the server's forwardable_headers")
             if not isinstance(value, str):
-                raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} must be a string")
+                raise BadRequest(f"{where}: value of {shown(name)} must be a string")
             if _NOT_FIELD_TEXT.search(value):
                 raise BadRequest(
-                    f"{HEADER}: {key!r}: value of {name!r} contains CR, LF, another control character or non-ASCII"
+                    f"{where}: value of {shown(name)} contains CR, LF, another control character or non-ASCII"
                 )
             if (own_credential and own_credential in value) or _GATEWAY_TOKEN.search(value):
-                raise BadRequest(f"{HEADER}: {key!r}: value of {name!r} carries a gateway credential")
+                raise BadRequest(f"{where}: value of {shown(name)} carries a gateway credential")
             if lower in chosen:
-                raise BadRequest(f"{HEADER}: {key!r}: header {name!r} is given more than once")
+                raise BadRequest(f"{where}: header {shown(name)} is given more than once")
             chosen[lower] = value
         result[ref] = MappingProxyType(chosen)
     return MappingProxyType(result)
@@ -79,11 +84,11 @@ def _server(key: object, registry: Registry, principal: Principal) -> ServerRef:
     try:
         ref = ServerRef.parse(key)
     except ValueError:
-        raise BadRequest(f"{HEADER}: key {key!r} is not 'group/server'") from None
+        raise BadRequest(f"{HEADER}: key {shown(key)} is not 'group/server'") from None
     # Unknown and not-yours get the same answer: the header must not reveal which servers exist. A caller may
     # reach a server directly or through a virtual server that includes it.
     if ref not in registry.remotes or not any(
         decide(principal, registry.gates[g]).allowed for g in registry.gates_of(ref)
     ):
-        raise BadRequest(f"{HEADER}: no server {key!r} is available to you")
+        raise BadRequest(f"{HEADER}: no server {shown(key)} is available to you")
     return ref
