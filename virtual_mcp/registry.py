@@ -14,7 +14,14 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from virtual_mcp.config.loader import LoadedConfig
-from virtual_mcp.config.models import AuditPayloads, AuthData, InboundSettings, RemoteServer, VirtualServer
+from virtual_mcp.config.models import (
+    AuditPayloads,
+    AuthData,
+    InboundSettings,
+    MetricsSettings,
+    RemoteServer,
+    VirtualServer,
+)
 from virtual_mcp.config.settings import Limits
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.types import ServerRef
@@ -89,6 +96,7 @@ class Registry:
     warnings: tuple[str, ...] = field(default=())
     inbound: InboundSettings = field(default_factory=InboundSettings)
     limits: Limits = field(default_factory=Limits)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
         """The configured servers whose subjects may reach `source`: itself and each virtual server including it."""
@@ -195,6 +203,7 @@ def build_registry(config: LoadedConfig) -> Registry:
         warnings=tuple(warnings),
         inbound=config.gateway.doc.inbound if config.gateway else InboundSettings(),
         limits=config.gateway.doc.limits if config.gateway else Limits(),
+        metrics=config.gateway.doc.metrics if config.gateway else MetricsSettings(),
     )
 
 

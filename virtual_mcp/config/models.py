@@ -280,10 +280,24 @@ class InboundSettings(_Strict):
     public_url: Url | None = None
 
 
+class MetricsSettings(_Strict):
+    """Who may read `/metrics` (server, tool and principal-kind labels): without a token, loopback clients only."""
+
+    bearer_token: str | None = None  # a tfy-secret:// reference; when set, `Authorization: Bearer <it>` is required
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _a_reference(cls, value: str | None) -> str | None:
+        if value is not None and not is_secret_ref(value):
+            raise ValueError("bearer_token must be a secret reference tfy-secret://tenant:group:key")
+        return value
+
+
 class GatewayFile(_Strict):
     type: Literal["gateway"]
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     limits: Limits = Field(default_factory=Limits)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 ConfigFile = Annotated[ServerGroupFile | IdentitiesFile | GatewayFile, Field(discriminator="type")]

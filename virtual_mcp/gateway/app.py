@@ -42,6 +42,8 @@ from virtual_mcp.gateway.session_quota import SessionQuota
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
+from virtual_mcp.inbound.metrics_access import CHALLENGE as METRICS_CHALLENGE
+from virtual_mcp.inbound.metrics_access import MetricsAccess
 from virtual_mcp.inbound.origin import OriginPolicy, is_loopback_host
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -68,6 +70,8 @@ class Security:
     revocations: RevocationList | None = None
     # For /readyz: each check's problem (None: fine), e.g. {"database": None, "vault": "master key ..."}.
     health: Callable[[], Awaitable[dict[str, str | None]]] | None = None
+    # The value of the gateway document's `metrics.bearer_token`; None: /metrics is for loopback clients only.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def local(
@@ -82,7 +86,12 @@ class Security:
                 raise ConfigError([ConfigIssue("", "", "", f"unresolvable secret reference {ref.uri}")])
             return known[ref]
 
-        return cls(Authenticator(registry, local=local), OutboundCredentials(registry, resolve))
+        token = registry.metrics.bearer_token
+        return cls(
+            Authenticator(registry, local=local),
+            OutboundCredentials(registry, resolve),
+            metrics_token=resolve(SecretRef.parse(token)) if token else None,
+        )
 
 
 def create_app(
@@ -107,6 +116,7 @@ def create_app(
     managers: list[StreamableHTTPSessionManager] = []
     listeners: list[ListenHandler] = []
     routes: list[Route] = []
+    metrics_access = MetricsAccess(security.metrics_token)
     endpoint_apps: dict[str, EndpointApp] = {}
     quota = SessionQuota(settings.limits)
     for path, endpoint in registry.endpoints.items():
@@ -155,7 +165,12 @@ def create_app(
                 return JSONResponse({"status": "not ready", "checks": checks}, status_code=503)
         return JSONResponse({"status": "ready", "checks": checks})
 
-    async def metrics_page(_: Request) -> Response:
+    async def metrics_page(request: Request) -> Response:
+        client = request.client
+        refusal = metrics_access.refusal(client.host if client else None, request.headers.get("authorization"))
+        if refusal is not None:
+            challenge = {"WWW-Authenticate": METRICS_CHALLENGE} if isinstance(refusal, Unauthorized) else None
+            return gateway_error_response(refusal, challenge)
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def resource_metadata(request: Request) -> Response:

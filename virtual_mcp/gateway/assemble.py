@@ -85,6 +85,8 @@ async def _assemble(
     jwt_settings = registry.inbound.jwt
     if jwt_settings is not None and jwt_settings.hs256_secret is not None:
         needed.append((SecretRef.parse(jwt_settings.hs256_secret), "gateway: inbound.jwt.hs256_secret"))
+    if registry.metrics.bearer_token is not None:
+        needed.append((SecretRef.parse(registry.metrics.bearer_token), "gateway: metrics.bearer_token"))
     values = await resolve_secrets(store, needed)
     verifier = None
     if jwt_settings is not None:
@@ -110,5 +112,8 @@ async def _assemble(
     )
     audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
     health = partial(vault_health, db, settings.data_dir, audit_db)
-    security = Security(authenticator, credentials, metadata, audit, revocations, health=health)
+    metrics_token = values[SecretRef.parse(registry.metrics.bearer_token)] if registry.metrics.bearer_token else None
+    security = Security(
+        authenticator, credentials, metadata, audit, revocations, health=health, metrics_token=metrics_token
+    )
     return create_app(registry, settings, security, metrics)
