@@ -213,6 +213,23 @@ def test_local_mode_only_on_loopback(tmp_path: Path) -> None:
         create_app(registry, GatewaySettings(host="0.0.0.0", local_user="alice@northwind.example"))
 
 
+@pytest.mark.parametrize(
+    "origin", ["http://x.example/app", "null", "x.example", "http://u@x.example", "ftp://x.example", "http://x:99999"]
+)
+def test_an_allowed_origin_that_is_not_an_origin_is_refused_at_start(tmp_path: Path, origin: str) -> None:
+    """Browsers send `scheme://host[:port]` and nothing more; a value that can never match is a mistake to report,
+    not one to drop silently."""
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    (config / "ids.yaml").write_text(IDENTITIES)
+    from virtual_mcp.config.loader import load_config_dir
+
+    registry = build_registry(load_config_dir(config))
+    with pytest.raises(BadRequest, match="is not an origin"):
+        create_app(registry, GatewaySettings(allowed_origins=(origin,)))
+    create_app(registry, GatewaySettings(allowed_origins=("https://app.x.example/", "http://[::1]:3000")))
+
+
 async def test_dns_rebinding_is_refused_on_every_route(tmp_path: Path) -> None:
     async with front(tmp_path) as gw, httpx2.AsyncClient() as http:
         token = await gw.token(PrincipalKind.USER, "alice@northwind.example")

@@ -399,6 +399,59 @@ CASES: list[Case] = [
         for label, value in (("null", None), ("1.5", 1.5), ("false", False), ("[1]", [1]), ("{}", {}))
     ],
     ok("id string", modern(body=with_id("a-string-id"))),
+    # The same on the SDK's own path (methods no fast path takes), and for a request that would open a session.
+    Case(
+        "2025-11-25 tools/list id null",
+        legacy(body={"jsonrpc": "2.0", "id": None, "method": "tools/list"}),
+        400,
+        INVALID_REQUEST,
+        BAD_ID,
+    ),
+    Case(
+        "2025-11-25 ping id 1.5",
+        legacy(body={"jsonrpc": "2.0", "id": 1.5, "method": "ping"}),
+        400,
+        INVALID_REQUEST,
+        BAD_ID,
+    ),
+    Case(
+        "initialize id true",
+        legacy(
+            drop=("Mcp-Session-Id", "MCP-Protocol-Version"),
+            body={
+                "jsonrpc": "2.0",
+                "id": True,
+                "method": "initialize",
+                "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}},
+            },
+        ),
+        400,
+        INVALID_REQUEST,
+        BAD_ID,
+    ),
+    Case(
+        "tools/list id [1]",
+        modern(
+            body=body_of(
+                {
+                    **modern_call(),
+                    "id": [1],
+                    "method": "tools/list",
+                    "params": {"_meta": modern_call()["params"]["_meta"]},
+                }
+            ),
+            drop=("Mcp-Method", "Mcp-Name"),
+            add=[("Mcp-Method", "tools/list")],
+        ),
+        400,
+        INVALID_REQUEST,
+        BAD_ID,
+    ),
+    Case(
+        "2025-11-25 notification (no id) accepted",
+        legacy(body={"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        202,
+    ),
     Case(
         "method a number",
         modern(body=body_of({**modern_call(), "method": 5})),

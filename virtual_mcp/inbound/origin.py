@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from virtual_mcp.errors import BadRequest
 from virtual_mcp.fields import Authority, parse_authority, parse_origin
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
@@ -32,8 +33,12 @@ class OriginPolicy:
     def __init__(
         self, allowed_origins: Iterable[str] = (), allowed_hosts: Iterable[str] = (), loopback_only: bool = True
     ):
-        origins = [o.rstrip("/") for o in allowed_origins]
-        parsed = [p for o in origins if (p := parse_origin(o)) is not None]
+        parsed = []
+        for text in allowed_origins:
+            origin = parse_origin(text.rstrip("/"))
+            if origin is None:
+                raise BadRequest(f"allowed origin {text!r} is not an origin (http(s)://host[:port], nothing more)")
+            parsed.append(origin)
         self._origins = frozenset(p.serialized() for p in parsed)
         self._hosts = frozenset(h.lower() for h in allowed_hosts) | {p.authority.host for p in parsed}
         self._loopback_only = loopback_only
