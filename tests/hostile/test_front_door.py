@@ -256,6 +256,7 @@ CASES: list[Case] = [
     origin("http://127.0.0.1:99999", allowed=False),
     origin("http://[::1", allowed=False),
     origin("", allowed=False),
+    origin("http://caf\u00e9.example", allowed=False),
     origin("http://localhost:3000", allowed=True),
     origin("http://[::1]:8080", allowed=True),
     origin("HTTPS://LOCALHOST", allowed=True),
@@ -288,6 +289,8 @@ CASES: list[Case] = [
     ),
     authorization("JWT alg none", "Bearer " + jws('{"alg": "none"}'), 401, "unsigned tokens (alg none)"),
     ok("Authorization lower-case scheme", modern(drop=("Authorization",), add=[("Authorization", "bearer {alice}")])),
+    ok("Authorization upper-case scheme", modern(drop=("Authorization",), add=[("Authorization", "BEARER {alice}")])),
+    ok("an unrelated 40 KiB header", modern(add=[("X-Junk", "j" * 40_960)])),
     ok("Authorization two spaces", modern(drop=("Authorization",), add=[("Authorization", "Bearer  {alice}")])),
     # -- credentials in the query string ---------------------------------------------------------------------------
     *[

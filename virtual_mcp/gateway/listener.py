@@ -98,7 +98,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.parser.should_upgrade():  # an upgrade has no body
             self._body_timer = self.loop.call_later(self.LIMITS.body_timeout, self._body_too_slow)
 
     def on_message_complete(self) -> None:
