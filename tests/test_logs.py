@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
 
-from virtual_mcp.logs import RedactionFilter, redact
+from virtual_mcp.logs import RedactionFilter, line_handler, redact
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,25 @@ def test_filter_scrubs_formatted_records(caplog: pytest.LogCaptureFixture) -> No
         logger.info("calling %s with %s", "sentry", "Bearer s3cr3t-token-value")
     assert "s3cr3t-token-value" not in caplog.text
     assert "Bearer [REDACTED]" in caplog.text
+
+
+def test_control_characters_in_logged_values_are_escaped_not_the_format() -> None:
+    """A value a caller chose (a path, a header, a tool name) cannot start a new log line or send a terminal escape
+    sequence; the gateway's own format string keeps its line breaks; numbers still format as numbers."""
+    out = io.StringIO()
+    handler = line_handler(stream=out)
+    logger = logging.getLogger("virtual_mcp.test_escape")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("path %s status %d took %.1f ms", "/a\r\nFORGED\x1b[31m\u2028x", 404, 1.25)
+        logger.warning("object %r", {"k": "v\nw"})
+        logger.warning("mapping %(a)s", {"a": "b\rc"})
+        logger.warning("own\nlines %s", "fine")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "path /a\\r\\nFORGED\\x1b[31m\\u2028x status 404 took 1.2 ms" in text
+    assert "object {'k': 'v\\nw'}" in text and "mapping b\\rc" in text
+    assert "own\nlines fine" in text
+    assert not any(line.startswith("FORGED") for line in text.splitlines())

@@ -44,7 +44,7 @@ def _escaped(text: str) -> str:
 
 
 class _Rendered:
-    """A log argument that is neither text nor a number, rendered (as %s or %r) with its controls escaped."""
+    """A log argument that is not a number, rendered (as %s or %r) with its control characters escaped."""
 
     __slots__ = ("_value",)
 
@@ -59,11 +59,9 @@ class _Rendered:
 
 
 def _safe(value: object) -> object:
-    if isinstance(value, str):
-        return _escaped(value)
     if value is None or isinstance(value, numbers.Number):
         return value
-    return _Rendered(value)
+    return _Rendered(value)  # text too: escaped once whether formatted with %s or %r
 
 
 def safe_args(args: tuple[object, ...] | Mapping[str, object]) -> tuple[object, ...] | dict[str, object]:
