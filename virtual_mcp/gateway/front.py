@@ -214,6 +214,7 @@ class FrontGuard:
         # The MCP endpoints, reached directly (no routing table walk, no exception middlewares) for the methods
         # they serve; anything else goes through the application's router.
         self._endpoints = dict(endpoints or {})
+        self._verdicts: dict[bytes, tuple[int, str] | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -240,23 +241,37 @@ class FrontGuard:
                     )
                 seen.add(name)
                 if name == b"host":
-                    host = value.decode("latin-1")
+                    host = value
                 elif name == b"origin":
-                    origin = value.decode("latin-1")
+                    origin = value
         if scope.get("path") == "/healthz":
             return None  # load balancers probe it by address, under any Host
         if host is None:
             return error_response(400, BadRequest.jsonrpc_code, "Bad Request: missing Host header")
-        authority = parse_authority(host)
-        if authority is None:
-            return error_response(
-                400, BadRequest.jsonrpc_code, "Bad Request: malformed Host header (expected host[:port])"
-            )
-        if not self._origins.allows_authority(authority):
-            return error_response(421, BadRequest.jsonrpc_code, "Misdirected Request: unknown Host")
-        if not self._origins.allows(origin, host):
+        verdict = self._host_verdict(host)
+        if verdict is not None:
+            return error_response(verdict[0], BadRequest.jsonrpc_code, verdict[1])
+        if origin is not None and not self._origins.allows(origin.decode("latin-1"), host.decode("latin-1")):
             return error_response(403, BadRequest.jsonrpc_code, "Forbidden: foreign Origin")
         return None
 
+    def _host_verdict(self, host: bytes) -> tuple[int, str] | None:
+        """Why this Host is refused (status, message), or None; remembered per value (a few in practice, and
+        parsing one costs more than the rest of this layer), up to a bound that any number of made-up ones cannot
+        exceed."""
+        if host in self._verdicts:
+            return self._verdicts[host]
+        authority = parse_authority(host.decode("latin-1"))
+        verdict: tuple[int, str] | None = None
+        if authority is None:
+            verdict = (400, "Bad Request: malformed Host header (expected host[:port])")
+        elif not self._origins.allows_authority(authority):
+            verdict = (421, "Misdirected Request: unknown Host")
+        if len(self._verdicts) >= _MAX_VERDICTS:
+            self._verdicts.clear()
+        self._verdicts[host] = verdict
+        return verdict
 
+
+_MAX_VERDICTS = 1024
 _ENDPOINT_METHODS = frozenset({"GET", "POST", "DELETE"})
