@@ -7,6 +7,10 @@ configured secrets and redacted). A server's tool arguments and results are reco
 (`audit: {arguments: true, results: true, redact: [...]}`), with the configured keys and every credential-looking
 key replaced.
 
+Every field of an event is bounded before it is queued (`bound`, see `virtual_mcp/audit_bounds.py`): a record can be
+neither made huge nor made unwritable by what a caller or a backend sent, and its base (who, what, when, outcome) is
+always written.
+
 Requests hand events to `AuditLog.record`, which queues them; one background writer drains the queue in batches to
 every sink (the gateway's database, a JSON lines file), so a request never waits on a disk write unless the
 queue is full (then it waits: the trail is never silently incomplete).
@@ -16,8 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +28,18 @@ from typing import Any, Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from virtual_mcp.logs import redact
+from virtual_mcp.audit_bounds import (
+    FIELD_LIMITS,
+    MAX_FORWARDED_HEADERS,
+    MAX_HEADER_NAME_CHARS,
+    MAX_TEAM_CHARS,
+    MAX_TEAMS,
+    bounded_list,
+    clip,
+    detail_json,
+    redacted,
+    render_detail,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +48,7 @@ OUTCOMES = (ALLOWED, DENIED, FAILED)
 MAX_PENDING = 10_000
 BATCH = 500
 LINGER = 0.05  # seconds a batch may wait for company: at most ~20 transactions a second under load
-_SENSITIVE_KEY = re.compile(
-    r"(?i)(auth|token|secret|password|passwd|passphrase|api[_-]?key|private[_-]?key|bearer|cookie|credential|session)"
-)
-_MAX_TEXT = 512
+_FIELDS = tuple(FIELD_LIMITS.items())
 
 
 @dataclass(slots=True)
@@ -59,6 +70,7 @@ class AuditEvent:
     auth_mode: str | None = None  # none | header | passthrough | oauth2:client_credentials | ...
     forwarded_headers: tuple[str, ...] = ()  # names only
     detail: dict[str, Any] | None = field(default=None)
+    target: str | None = None  # the identity the event is about, when not its actor's: a revocation's subject
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,8 +79,9 @@ class AuditEvent:
         return out
 
 
-def revocation_event(operator: str, detail: dict[str, Any], ts: float) -> AuditEvent:
-    """A revocation by an operator (`virtual-mcp revoke`, `token revoke`), recorded like a call."""
+def revocation_event(operator: str, detail: dict[str, Any], ts: float, target: str | None = None) -> AuditEvent:
+    """A revocation by an operator (`virtual-mcp revoke`, `token revoke`) of `target` (`user:dave@x`), recorded
+    like a call, so `audit --user dave@x` finds it beside dave's own calls."""
     return AuditEvent(
         ts=ts,
         request_id="cli",
@@ -78,31 +91,40 @@ def revocation_event(operator: str, detail: dict[str, Any], ts: float) -> AuditE
         teams=(),
         endpoint="cli",
         method="revoke",
-        detail=detail,
+        detail=render_detail(detail),
+        target=target,
     )
 
 
 def safe_text(text: str) -> str:
-    """An error message fit for the trail: redacted and bounded."""
-    text = redact(text)
-    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+    """An error message fit for the trail: redacted and bounded (only the start of a huge one is looked at)."""
+    return redacted(text, FIELD_LIMITS["error"])
 
 
-def redact_payload(value: Any, keys: frozenset[str], scrub: Callable[[str], str] = lambda text: text) -> Any:
-    """`value` with every key in `keys` (lower case) or that looks like a credential replaced, at any depth; strings
-    are scrubbed of configured secret values (`scrub`) and redacted like log lines."""
-    if isinstance(value, Mapping):
-        return {
-            str(k): "[REDACTED]"
-            if str(k).lower() in keys or _SENSITIVE_KEY.search(str(k))
-            else redact_payload(v, keys, scrub)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact_payload(v, keys, scrub) for v in value]
-    if isinstance(value, str):
-        return redact(scrub(value))
-    return value
+def bound(event: AuditEvent) -> AuditEvent:
+    """`event` with every field within its limit and storable (see `virtual_mcp/audit_bounds.py`), in place. Every
+    event passes here on its way to the sinks, whoever made it."""
+    for name, limit in _FIELDS:
+        value = getattr(event, name)
+        if value is not None and (len(value) > limit or not value.isascii()):  # else clip would return it as is
+            setattr(event, name, clip(value, limit))
+    if event.teams:
+        event.teams = bounded_list(event.teams, MAX_TEAMS, MAX_TEAM_CHARS)
+    if event.forwarded_headers:
+        event.forwarded_headers = bounded_list(event.forwarded_headers, MAX_FORWARDED_HEADERS, MAX_HEADER_NAME_CHARS)
+    if event.detail is not None and detail_json(event.detail) is None:
+        rendered = render_detail(event.detail)
+        event.detail = rendered if isinstance(rendered, dict) else {"value": rendered}
+    return event
+
+
+def event_json(event: AuditEvent) -> str:
+    """One record as a JSON line: ASCII only (non-ASCII escaped), so no terminal that shows the file (`tail -f`)
+    meets a raw control, bidi override or escape sequence a caller chose; JSON's own escapes keep it exact."""
+    try:
+        return json.dumps(event.as_dict(), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):  # an event that did not pass `bound`: one record must not fail the batch
+        return json.dumps(bound(event).as_dict(), separators=(",", ":"), allow_nan=False)
 
 
 class AuditSink(Protocol):
@@ -116,7 +138,7 @@ class JsonLinesSink:
         self.path = path
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
-        lines = "".join(json.dumps(e.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n" for e in events)
+        lines = "".join(event_json(e) + "\n" for e in events)
         await anyio.to_thread.run_sync(self._append, lines)
 
     def _append(self, lines: str) -> None:
@@ -145,12 +167,13 @@ class AuditLog:
     def record_nowait(self, event: AuditEvent) -> bool:
         """Queue `event` if there is room (the usual case); False if `record` must wait for some."""
         try:
-            self._send.send_nowait(event)
+            self._send.send_nowait(bound(event))
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
         return True
 
     async def record(self, event: AuditEvent) -> None:
+        bound(event)
         try:
             try:
                 self._send.send_nowait(event)

@@ -213,9 +213,7 @@ def create_app(
             # Configured names are at most 81 characters: a longer one is cut, which tells nothing about what exists.
             name = name if len(name) <= _LONGEST_NAME else name[:_LONGEST_NAME] + "..."
             refusal = Forbidden(f"Forbidden: you are not authorized for {name}")
-        method = await requested_method(
-            request.scope, request.receive, request.headers, settings.max_request_body_bytes
-        )
+        method = await requested_method(request.scope, request.receive, settings.max_request_body_bytes)
         await runtime.auditor.refused(
             request_id_in(request.scope), auth.principal, request.scope["path"], name, method, refusal.message
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 from mcp.shared.exceptions import MCPError
 
-from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, redact_payload, safe_text
+from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, safe_text
+from virtual_mcp.audit_bounds import render_parts
 from virtual_mcp.config.models import AuthData, HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.errors import GatewayError, ToolNotFound, UpstreamRpcError
 from virtual_mcp.metrics import UNKNOWN, Metrics
@@ -22,8 +23,7 @@ from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Principal, ServerRef
 
-# Recorded detail (arguments, results) is bounded: the trail is for answering questions, not for replaying calls.
-MAX_DETAIL_CHARS = 16_384
+logger = logging.getLogger(__name__)
 
 
 def auth_mode(auth: AuthData | None) -> str:
@@ -132,7 +132,14 @@ class Auditor:
         finally:
             elapsed = time.perf_counter() - started
             event.latency_ms = round(elapsed * 1000, 3)
-            self._complete(event, note, caller, arguments)
+            self._complete(event, note, caller)
+            # The record and the metric never depend on the detail: whatever the arguments or the result hold,
+            # rendering them cannot raise (audit_bounds), and if it ever did, the record says so instead.
+            try:
+                self._details(event, note, arguments)
+            except Exception:
+                logger.exception("audit detail of a call to %s could not be rendered", event.server)
+                event.detail = {"unrendered": "the detail could not be rendered (see the gateway log)"}
             if self._metrics is not None:
                 self._count(event, note, elapsed, failure)
             if self._log is not None and not self._log.record_nowait(event):
@@ -176,7 +183,7 @@ class Auditor:
             called=called,
         )
 
-    def _complete(self, event: AuditEvent, note: CallNote, caller: Caller, arguments: dict[str, Any]) -> None:
+    def _complete(self, event: AuditEvent, note: CallNote, caller: Caller) -> None:
         if note.server is None:
             return
         event.server, event.tool = note.server.key, note.tool
@@ -185,19 +192,23 @@ class Auditor:
         remote = self._registry.remotes.get(note.server)
         event.auth_mode = auth_mode(remote.auth if remote else None)
         event.forwarded_headers = tuple(sorted(caller.overrides.get(note.server, {})))
+
+    def _details(self, event: AuditEvent, note: CallNote, arguments: dict[str, Any]) -> None:
+        """The arguments and result, for a server that opted in; bounded in depth and size (audit_bounds)."""
+        remote = self._registry.remotes.get(note.server) if note.server is not None else None
         payloads = remote.audit if remote else None
         if payloads is None or event.outcome == DENIED:
             return
         keys = frozenset(k.lower() for k in payloads.redact)
-        detail: dict[str, Any] = {}
         scrub = partial(self._scrubbed, note=note)
+        # One rendering of both, so their total is bounded, not each.
+        parts: dict[str, Any] = {}
         if payloads.arguments:
-            detail["arguments"] = redact_payload(arguments, keys, scrub)
+            parts["arguments"] = arguments
         if payloads.results and note.result is not None:
-            detail["result"] = redact_payload(note.result, keys, scrub)
-        if detail:
-            text = json.dumps(detail, default=str)
-            event.detail = detail if len(text) <= MAX_DETAIL_CHARS else {"truncated": text[:MAX_DETAIL_CHARS]}
+            parts["result"] = note.result
+        if parts:
+            event.detail = render_parts(parts, keys, scrub)
 
     async def _record(self, event: AuditEvent) -> None:
         if self._log is not None:

@@ -107,7 +107,7 @@ class EndpointApp:
                 overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
         except GatewayError as exc:
             if isinstance(exc, Forbidden):
-                method = await requested_method(scope, receive, headers, self._max_body)
+                method = await requested_method(scope, receive, self._max_body)
                 ref = self._endpoint.ref
                 await self._auditor.refused(
                     request_id_in(scope),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
+from virtual_mcp.audit_bounds import FIELD_LIMITS, redacted
 from virtual_mcp.errors import BadRequest, GatewayError
-from virtual_mcp.logs import redact
 
 
 def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -41,21 +40,17 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Respo
     return b"".join(chunks)
 
 
-async def requested_method(scope: Scope, receive: Receive, headers: Mapping[str, str], limit: int) -> str:
-    """The JSON-RPC method a request asked for, for the record of a refusal: the `Mcp-Method` header, else the body
-    of a POST (read up to `limit`), else the HTTP method."""
-    named = headers.get("mcp-method")
-    if named:
-        return redact(named[:64])
+async def requested_method(scope: Scope, receive: Receive, limit: int) -> str:
+    """The JSON-RPC method a request asked for, for the record of a refusal: the `method` of a POST's body (read up
+    to `limit`), else the HTTP method. Never the `Mcp-Method` header: the caller writes it, and it need not agree
+    with the body the gateway would have acted on."""
     if scope.get("method") == "POST":
         body = await read_body(scope, receive, limit)
         if isinstance(body, bytes):
-            try:
-                message = json.loads(body)
-            except (ValueError, RecursionError):
-                message = None
-            if isinstance(message, dict) and isinstance(message.get("method"), str):
-                return redact(str(message["method"])[:64])
+            message, _ = parse_envelope(body)
+            if message is not None and isinstance(message.get("method"), str):
+                return redacted(message["method"], FIELD_LIMITS["method"])
+            return "HTTP POST (no JSON-RPC method)"
     return f"HTTP {scope.get('method', '?')}"
 
 
