@@ -91,7 +91,7 @@ def revocation_event(operator: str, detail: dict[str, Any], ts: float, target: s
         teams=(),
         endpoint="cli",
         method="revoke",
-        detail=render_detail(detail),
+        detail=render_detail(detail, by_name=False),
         target=target,
     )
 
@@ -113,7 +113,7 @@ def bound(event: AuditEvent) -> AuditEvent:
     if event.forwarded_headers:
         event.forwarded_headers = bounded_list(event.forwarded_headers, MAX_FORWARDED_HEADERS, MAX_HEADER_NAME_CHARS)
     if event.detail is not None and detail_json(event.detail) is None:
-        rendered = render_detail(event.detail)
+        rendered = render_detail(event.detail, by_name=False)  # redacted by whoever composed it
         event.detail = rendered if isinstance(rendered, dict) else {"value": rendered}
     return event
 

@@ -95,25 +95,33 @@ def bounded_list(values: tuple[str, ...], count: int, chars: int) -> tuple[str, 
     return kept if len(values) <= count else (*kept, f"…[{len(values) - len(kept)} more]")
 
 
-def render_detail(value: Any, keys: frozenset[str] = frozenset(), scrub: Callable[[str], str] | None = None) -> Any:
-    """`value` as JSON-safe data within the detail limits: keys in `keys` (lower case) or that look like credentials
-    have their values replaced; strings are scrubbed of secrets (`scrub`) and redacted like log lines; deeper, longer
-    or larger parts are replaced by markers."""
-    return _Renderer(keys, scrub).render(value, 0)
+def render_detail(
+    value: Any,
+    keys: frozenset[str] = frozenset(),
+    scrub: Callable[[str], str] | None = None,
+    *,
+    by_name: bool = True,
+) -> Any:
+    """`value` as JSON-safe data within the detail limits: keys in `keys` (lower case) or, with `by_name`, that look
+    like credentials have their values replaced; strings are scrubbed of secrets (`scrub`) and redacted like log
+    lines; deeper, longer or larger parts are replaced by markers. Without `by_name` (a detail the gateway composed
+    itself, such as a revocation's `gateway_tokens_revoked` count) only configured `keys` are replaced."""
+    return _Renderer(keys, scrub, by_name).render(value, 0)
 
 
 def render_parts(
     parts: Mapping[str, Any], keys: frozenset[str] = frozenset(), scrub: Callable[[str], str] | None = None
 ) -> dict[str, Any]:
     """`render_detail` of each of `parts` (named by the gateway, so never redacted by name), within one budget."""
-    renderer = _Renderer(keys, scrub)
+    renderer = _Renderer(keys, scrub, by_name=True)
     return {name: renderer.render(value, 1) for name, value in parts.items()}
 
 
 class _Renderer:
-    def __init__(self, keys: frozenset[str], scrub: Callable[[str], str] | None) -> None:
+    def __init__(self, keys: frozenset[str], scrub: Callable[[str], str] | None, by_name: bool) -> None:
         self.keys = keys
         self.scrub = scrub
+        self.by_name = by_name
         # What the rendering may still take, counted as stored (compact JSON, non-ASCII escaped). Room is kept for the
         # one marker each open container may add once it is spent, so the whole stays within MAX_DETAIL_CHARS.
         self.left = MAX_DETAIL_CHARS - MAX_DETAIL_DEPTH * 48
@@ -160,7 +168,7 @@ class _Renderer:
             if key in out:  # 1 and "1" after the repr: keep both
                 key = clip(f"{key} ({index})", MAX_DETAIL_KEY)
             self.left -= _stored_len(key) + 2
-            sensitive = key.lower() in self.keys or _SENSITIVE_KEY.search(key) is not None
+            sensitive = key.lower() in self.keys or (self.by_name and _SENSITIVE_KEY.search(key) is not None)
             out[key] = self._take(REDACTED) if sensitive else self.render(item, depth + 1)
         return out
 

@@ -18,6 +18,7 @@ from virtual_mcp.audit_report import FORMATS
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError
+from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connections":
             from virtual_mcp import commands
 
-            user = args.user.lower()
+            user = identity(args.user, "user")
             if args.connections_action == "list":
                 anyio.run(commands.connections_list, args.data_dir, user, sys.stdout)
                 return 0
@@ -269,6 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for server, outcome in detail["upstream"].items():
                 print(f"  {server}: {outcome}")
             print("running gateways drop what they hold for this user within seconds")
+            if not detail["known"]:
+                where = "" if args.config else " (give --config to look there too)"
+                print(
+                    f"error: no token, connected account or audit record of {detail['user']}, and no team or "
+                    f"subject in the configuration names them{where}: check the spelling. The revocation is "
+                    "recorded anyway: IdP JWTs for this name issued before now are refused.",
+                    file=sys.stderr,
+                )
+                return 1
             return 0
         if args.command == "audit":
             from virtual_mcp import commands

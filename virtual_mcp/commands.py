@@ -14,10 +14,11 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from virtual_mcp.audit import JsonLinesSink, revocation_event
+from virtual_mcp.audit import JsonLinesSink, bound, revocation_event
 from virtual_mcp.audit_report import parse_time, render
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
+from virtual_mcp.identity import identity
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
@@ -119,7 +120,7 @@ async def token_revoke(data_dir: Path, token_id: str) -> bool:
         info = await store.get(token_id)
         revoked = await store.revoke(token_id)
         if revoked and info is not None:
-            await _audit_revocation(db, data_dir, {"token": token_id, "subject": info.subject})
+            await _audit_revocation(db, data_dir, {"token": token_id, "subject": info.subject}, info.subject)
     return revoked
 
 
@@ -129,9 +130,11 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
     they hold in memory within a poll and refuse the user's IdP JWTs issued before now). Audited, with whatever part
     was done if a step fails.
 
-    Everything that can be wrong with the input (the data directory, the configuration, the master key, a secret)
-    is found before anything is changed."""
-    user = user.lower()
+    Everything that can be wrong with the input (the identity, the data directory, the configuration, the master
+    key, a secret) is found before anything is changed. `detail["known"]` says whether the user was ever seen or
+    configured (`_known`): when not, the name is probably misspelt, and the CLI says so. The revocation
+    is recorded either way, so an IdP JWT issued before it is refused even for a user the gateway never saw."""
+    user = identity(user, "user")
     require_database(data_dir)
     registry = None
     if config_dir is not None:
@@ -144,6 +147,7 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
         store = OAuthTokenStore(db, keys)
         credentials = await _provider_credentials(db, keys, registry, store) if registry is not None else None
         detail: dict[str, Any] = {"user": user}
+        known = await _known(db, store, registry, user)
         try:
             revoked_at = time.time()
             detail["gateway_tokens_revoked"] = await TokenStore(db).revoke_subject(PrincipalKind.USER, user)
@@ -154,9 +158,26 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
             detail["failed"] = type(exc).__name__
             raise
         finally:
+            detail["known"] = known
             with anyio.CancelScope(shield=True):
-                await _audit_revocation(db, data_dir, detail)
+                await _audit_revocation(db, data_dir, detail, f"user:{user}")
     return detail
+
+
+async def _known(db: Database, store: OAuthTokenStore, registry: Registry | None, user: str) -> bool:
+    """Whether `user` was ever seen or configured: a token (any state), a connected account, a record of their own,
+    a team membership or a subject in the configuration. (Not an earlier revocation: a misspelt name revoked twice
+    is still misspelt.)"""
+    who = f"user:{user}"
+    if (
+        await TokenStore(db).count_subject(PrincipalKind.USER, user)
+        or await store.accounts(who)
+        or await AuditStore(db).acted(who)
+    ):
+        return True
+    return registry is not None and (
+        bool(registry.teams_of(user)) or any(who in gate for gate in registry.gates.values())
+    )
 
 
 async def _provider_credentials(
@@ -197,8 +218,8 @@ def require_database(data_dir: Path) -> None:
         raise BadRequest(f"no gateway database in {data_dir} (is --data-dir the directory serve uses?)")
 
 
-async def _audit_revocation(db: Database, data_dir: Path, detail: dict[str, Any]) -> None:
-    event = revocation_event(getpass.getuser(), detail, time.time())
+async def _audit_revocation(db: Database, data_dir: Path, detail: dict[str, Any], target: str) -> None:
+    event = bound(revocation_event(getpass.getuser(), detail, time.time(), target))
     await AuditStore(db).write([event])
     await JsonLinesSink(data_dir / "audit.jsonl").write([event])
 
@@ -254,6 +275,7 @@ async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
 
 async def connections_list(data_dir: Path, user: str, out: TextIO) -> None:
     """The servers a user has connected (per-user OAuth tokens held in the vault); never the tokens."""
+    user = identity(user, "user")
     require_database(data_dir)
     async with Database.open(data_dir) as db:
         for server in await OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False)).accounts(f"user:{user}"):
@@ -261,6 +283,7 @@ async def connections_list(data_dir: Path, user: str, out: TextIO) -> None:
 
 
 async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool:
+    user = identity(user, "user")
     server_key(server)
     require_database(data_dir)
     async with Database.open(data_dir) as db:
@@ -282,9 +305,9 @@ async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
     if since is not None and until is not None and until < since:
         raise BadRequest("--until is before --since")
     query = AuditQuery(
-        user=args.user.lower() if args.user else None,
-        team=args.team,
-        virtual_account=args.virtual_account,
+        user=identity(args.user, "user") if args.user is not None else None,
+        team=identity(args.team, "team") if args.team is not None else None,
+        virtual_account=identity(args.virtual_account, "virtual account") if args.virtual_account is not None else None,
         server=args.server,
         tool=args.tool,
         outcome=args.outcome,

@@ -76,6 +76,16 @@ class InvalidParams(BadRequest):
     jsonrpc_code = INVALID_PARAMS
 
 
+class InvalidIdentity(BadRequest):
+    """A user, team or virtual account name that cannot be an identity (see `virtual_mcp/identity.py`); `reason`
+    says why without quoting the name, for messages that must not repeat what the caller sent (a JWT's claims)."""
+
+    def __init__(self, what: str, reason: str, shown: str | None = None) -> None:
+        super().__init__(f"invalid {what} {shown}: {reason}" if shown else f"invalid {what}: {what} {reason}")
+        self.what = what
+        self.reason = reason
+
+
 class ToolNotFound(InvalidParams):
     """Unknown tool, or one the caller may not see: both are answered identically on purpose."""
 

@@ -24,6 +24,7 @@ from virtual_mcp.config.models import (
 )
 from virtual_mcp.config.settings import Limits
 from virtual_mcp.errors import ConfigError, ConfigIssue
+from virtual_mcp.identity import fold
 from virtual_mcp.types import ServerRef
 
 AGGREGATE_PATH = "/mcp"
@@ -104,7 +105,8 @@ class Registry:
         return (source, *virtual) if source in self.remotes else virtual
 
     def teams_of(self, user: str) -> frozenset[str]:
-        return self.team_members.get(user.lower(), frozenset())
+        """The teams the configuration declares for `user` (members are in canonical form; so is the lookup)."""
+        return self.team_members.get(fold(user), frozenset())
 
 
 def build_registry(config: LoadedConfig) -> Registry:
@@ -236,7 +238,7 @@ def _identities(
                 continue
             teams[team.name] = located.file
             for member in team.members:
-                members[member.lower()].add(team.name)
+                members[member].add(team.name)  # canonical already (config/models.py)
         for account in located.doc.virtual_accounts:
             if account.name in accounts:
                 issues.append(

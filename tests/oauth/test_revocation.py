@@ -123,6 +123,7 @@ async def test_revoking_a_token_and_then_the_user(tmp_path: Path, capsys: pytest
             "user": ALICE,
             "gateway_tokens_revoked": 1,
             "upstream": {"g/github": "revoked at the provider and deleted"},
+            "known": True,
         }
         assert s.gw.leaks() == []
 

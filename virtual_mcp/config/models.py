@@ -5,10 +5,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from virtual_mcp.config.secrets import SECRET_SCHEME, is_secret_ref, refs_in
 from virtual_mcp.config.settings import Limits
+from virtual_mcp.errors import InvalidIdentity
+from virtual_mcp.identity import identity, subject
 
 
 def _no_controls_in_url(value: object) -> object:
@@ -59,8 +70,28 @@ def is_managed_header(name: str) -> bool:
 
 _SENSITIVE_HEADER = re.compile(r"authorization|token|secret|key|cookie|password|credential", re.IGNORECASE)
 
+
+def _canonical_subject(text: str) -> str:
+    try:
+        return subject(text)
+    except InvalidIdentity as exc:
+        raise ValueError(exc.message) from None
+
+
+def _canonical(what: str) -> AfterValidator:
+    def check(name: str) -> str:
+        try:
+            return identity(name, what)
+        except InvalidIdentity as exc:
+            raise ValueError(exc.message) from None
+
+    return AfterValidator(check)
+
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=40)]
-Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN, max_length=320)]
+# Identities in the configuration are stored in canonical form (ASCII letters folded, see virtual_mcp/identity.py),
+# so `user:Alice@X.example` and a token or JWT for `alice@x.example` are the same identity.
+Subject = Annotated[str, Field(pattern=SUBJECT_PATTERN, max_length=320), AfterValidator(_canonical_subject)]
 
 
 class _Strict(BaseModel):
@@ -217,13 +248,13 @@ class ServerGroupFile(_Strict):
 
 
 class Team(_Strict):
-    name: Annotated[str, Field(pattern=r"^[^\s:]+$")]
+    name: Annotated[str, Field(pattern=r"^[^\s:]+$"), _canonical("team")]
     description: str | None = None
-    members: list[Annotated[str, Field(pattern=r"^[^\s@]+@[^\s@]+$")]] = Field(default_factory=list)
+    members: list[Annotated[str, Field(pattern=r"^[^\s@]+@[^\s@]+$"), _canonical("user")]] = Field(default_factory=list)
 
 
 class VirtualAccount(_Strict):
-    name: Annotated[str, Field(pattern=r"^[^\s:]+$")]
+    name: Annotated[str, Field(pattern=r"^[^\s:]+$"), _canonical("virtual account")]
     description: str | None = None
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-from virtual_mcp.errors import InvalidToken, MalformedCredentialRequest, Unauthorized
+from virtual_mcp.errors import InvalidIdentity, InvalidToken, MalformedCredentialRequest, Unauthorized
+from virtual_mcp.identity import identity
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.rate_limit import RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
@@ -100,23 +101,43 @@ class Authenticator:
         record = await self.tokens.verify(token) if self.tokens is not None else None
         if record is None:
             raise InvalidToken("unknown, revoked or expired gateway token")
+        try:
+            # Canonical when stored (TokenStore.create, the identity migration); checked again all the same.
+            name = identity(record.name, "token subject")
+        except InvalidIdentity as exc:
+            raise InvalidToken(f"{exc.message}; create a new token for a valid identity") from None
         if record.kind is PrincipalKind.VIRTUAL_ACCOUNT:
             # A service identity exists only while the configuration declares it: removing it cuts it off.
-            if record.name not in self.registry.virtual_accounts:
-                raise InvalidToken(f"virtual account {record.name!r} is not declared in the configuration")
-            principal = Principal(record.name, PrincipalKind.VIRTUAL_ACCOUNT)
+            if name not in self.registry.virtual_accounts:
+                raise InvalidToken(f"virtual account {name!r} is not declared in the configuration")
+            principal = Principal(name, PrincipalKind.VIRTUAL_ACCOUNT)
         else:
-            principal = Principal(record.name.lower(), PrincipalKind.USER, self.registry.teams_of(record.name))
+            principal = Principal(name, PrincipalKind.USER, self.registry.teams_of(name))
         return Authentication(principal, AuthMethod.TOKEN, bearer=token)
 
     async def _idp_jwt(self, token: str) -> Authentication:
         assert self.jwt is not None
         claims = await self.jwt.verify(token)
-        user = claims.subject.lower()
-        principal = Principal(user, PrincipalKind.USER, self.registry.teams_of(user) | claims.teams)
+        try:
+            user = identity(claims.subject, "subject")
+        except InvalidIdentity as exc:  # the reason only: refusals never quote the token's contents
+            raise InvalidToken(f"the subject claim is not a valid identity: it {exc.reason}") from None
+        principal = Principal(user, PrincipalKind.USER, self.registry.teams_of(user) | _teams(claims.teams))
         cutoff = self.revocations.revoked_at(principal.subject) if self.revocations is not None else None
         if cutoff is not None and (claims.issued_at is None or claims.issued_at <= cutoff):
             raise InvalidToken("this identity's access was revoked; a token issued before that is not accepted")
         return Authentication(
             principal, AuthMethod.JWT, verified_jwt=token, jwt_audiences=claims.audiences, bearer=token
         )
+
+
+def _teams(claimed: frozenset[str]) -> frozenset[str]:
+    """The IdP's teams in canonical form. A name that cannot be an identity (an AD group "Domain Users", with a space)
+    can match no configured subject, so it is left out rather than refusing the user's token."""
+    teams = set()
+    for team in claimed:
+        try:
+            teams.add(identity(team, "team"))
+        except InvalidIdentity as exc:
+            logger.info("a team in a JWT's teams claim was left out: it %s", exc.reason)
+    return frozenset(teams)

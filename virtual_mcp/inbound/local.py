@@ -6,6 +6,7 @@ refuses requests that do not come from a loopback address.
 
 from __future__ import annotations
 
+from virtual_mcp.identity import identity
 from virtual_mcp.inbound.origin import is_loopback_host
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Principal, PrincipalKind
@@ -13,7 +14,8 @@ from virtual_mcp.types import Principal, PrincipalKind
 
 class LocalIdentity:
     def __init__(self, registry: Registry, user: str) -> None:
-        self.principal = Principal(user.lower(), PrincipalKind.USER, registry.teams_of(user))
+        name = identity(user, "local user")  # InvalidIdentity: serve refuses to start, saying why
+        self.principal = Principal(name, PrincipalKind.USER, registry.teams_of(name))
 
     def authenticate(self, client_host: str | None) -> Principal | None:
         if client_host is None or not is_loopback_host(client_host):

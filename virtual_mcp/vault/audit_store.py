@@ -1,6 +1,6 @@
 """The audit trail in the gateway's database: the sink the gateway writes to, and the queries `virtual-mcp audit`
-answers from. Every filter is an index range (time, subject, server, tool, outcome, team), so a question about a
-million records is answered in well under a second."""
+answers from. Every filter is an index range (time, subject, target, server, tool, outcome, team), so a question about
+a million records is answered in well under a second."""
 
 from __future__ import annotations
 
@@ -11,17 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtual_mcp.audit import AuditEvent
+from virtual_mcp.audit_bounds import detail_json, render_detail
+from virtual_mcp.identity import identity
 from virtual_mcp.vault.db import Database
 
 _COLUMNS = (
     "ts, request_id, subject, kind, name, teams, endpoint, method, server, tool, called, outcome, error, "
-    "latency_ms, auth_mode, forwarded_headers, detail"
+    "latency_ms, auth_mode, forwarded_headers, detail, target"
 )
 # Every query is built from these fixed column names and `?` placeholders only; values are always parameters.
-_INSERT = f"INSERT INTO audit (id, {_COLUMNS}) VALUES ({', '.join('?' * 18)})"  # noqa: S608
-_SELECT = f"SELECT {_COLUMNS} FROM audit"  # noqa: S608
+_INSERT = f"INSERT INTO audit (id, {_COLUMNS}) VALUES ({', '.join('?' * 19)})"  # noqa: S608
+_SELECT = f"SELECT id, {_COLUMNS} FROM audit"  # noqa: S608
 _SELECT_BY_TEAM = (
-    f"SELECT {', '.join('a.' + c for c in _COLUMNS.split(', '))} FROM audit_teams t JOIN audit a ON a.id = t.audit_id"  # noqa: S608
+    f"SELECT a.id, {', '.join('a.' + c for c in _COLUMNS.split(', '))}"  # noqa: S608
+    " FROM audit_teams t JOIN audit a ON a.id = t.audit_id"
 )
 
 
@@ -61,23 +64,38 @@ class AuditStore:
                 await tx.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
 
     async def query(self, q: AuditQuery) -> list[AuditEvent]:
-        """The newest events matching `q`, newest first, at most `q.limit`."""
+        """The newest events matching `q`, newest first, at most `q.limit`. Filtering by a user or a virtual account
+        finds what they did and what was done to them (their revocations): two index ranges, merged."""
+        who = _subject(q)
+        if who is None:
+            rows = await self._rows(q, None, None)
+        else:
+            rows = await self._rows(q, "subject", who) + await self._rows(q, "target", who)
+            rows.sort(key=lambda r: (r["ts"], r["id"]), reverse=True)
+            rows = [r for i, r in enumerate(rows) if i == 0 or r["id"] != rows[i - 1]["id"]][: max(q.limit, 0)]
+        return [_event(r) for r in rows]
+
+    async def acted(self, subject: str) -> bool:
+        """Whether any record was made by `subject` (`user:alice@x`)."""
+        return await self._db.fetchone("SELECT 1 FROM audit WHERE subject = ? LIMIT 1", (subject,)) is not None
+
+    async def _rows(self, q: AuditQuery, column: str | None, who: str | None) -> list[sqlite3.Row]:
         # With a team, the team's index range drives the query newest first (no sort of all the team ever did);
         # its rows carry the event's time, so the time range is applied there.
         by_team = q.team is not None
         row, moment = ("a.", "t.") if by_team else ("", "")
         conditions: list[str] = ["t.team = ?"] if by_team else []
-        params: list[Any] = [q.team] if by_team else []
-        for column, value in (
-            ("subject", _subject(q)),
+        params: list[Any] = [identity(q.team, "team")] if q.team is not None else []
+        for name, value in (
+            (column, who),
             ("server", q.server),
             ("tool", q.tool),
             ("outcome", q.outcome),
             ("method", q.method),
             ("request_id", q.request_id),
         ):
-            if value is not None:
-                conditions.append(f"{row}{column} = ?")
+            if name is not None and value is not None:
+                conditions.append(f"{row}{name} = ?")
                 params.append(value)
         for operator, bound in ((">=", q.since), ("<", q.until)):
             if bound is not None:
@@ -89,16 +107,16 @@ class AuditStore:
         else:
             sql = f"{_SELECT} {where} ORDER BY ts DESC, id DESC LIMIT ?"
         params.append(max(q.limit, 0))
-        return [_event(r) for r in await self._db.fetchall(sql, params)]
+        return await self._db.fetchall(sql, params)
 
 
 def _subject(q: AuditQuery) -> str | None:
     if q.user is not None and q.virtual_account is not None:
         raise ValueError("filter by a user or by a virtual account, not both")
     if q.user is not None:
-        return f"user:{q.user}"
+        return f"user:{identity(q.user, 'user')}"
     if q.virtual_account is not None:
-        return f"virtualaccount:{q.virtual_account}"
+        return f"virtualaccount:{identity(q.virtual_account, 'virtual account')}"
     return None
 
 
@@ -120,8 +138,16 @@ def _values(e: AuditEvent) -> tuple[Any, ...]:
         e.latency_ms,
         e.auth_mode,
         json.dumps(list(e.forwarded_headers)),
-        json.dumps(e.detail) if e.detail is not None else None,
+        _detail(e.detail),
+        e.target,
     )
+
+
+def _detail(detail: dict[str, Any] | None) -> str | None:
+    """The detail as stored; one that is not JSON-safe (AuditLog.bound renders every event's) is rendered here."""
+    if detail is None:
+        return None
+    return detail_json(detail) or detail_json({"unrendered": render_detail(detail)})
 
 
 def _event(row: sqlite3.Row) -> AuditEvent:
@@ -143,4 +169,5 @@ def _event(row: sqlite3.Row) -> AuditEvent:
         auth_mode=row["auth_mode"],
         forwarded_headers=tuple(json.loads(row["forwarded_headers"])),
         detail=json.loads(row["detail"]) if row["detail"] is not None else None,
+        target=row["target"],
     )

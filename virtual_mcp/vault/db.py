@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import string
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +22,26 @@ import anyio
 from virtual_mcp.vault.errors import DatabaseError
 
 DB_FILE_NAME = "gateway.db"
+
+
+def _ascii_lower(expression: str) -> str:
+    """SQL folding the ASCII letters of `expression` only, as `identity.fold` does. SQLite's lower() does the same
+    unless it was built with ICU, where it would fold other scripts too (and KELVIN SIGN to `k`)."""
+    for upper in string.ascii_uppercase:
+        expression = f"replace({expression}, '{upper}', '{upper.lower()}')"
+    return expression
+
+
+# Built from constant column names and letters only: no value is ever formatted into SQL.
+_FOLD_TOKENS = f"UPDATE tokens SET subject_name = {_ascii_lower('subject_name')}"  # noqa: S608
+_FOLD_REVOCATIONS = f"UPDATE revocations SET subject = {_ascii_lower('subject')}"  # noqa: S608
+_USER, _SUBJECT = _ascii_lower("json_extract(detail, '$.user')"), _ascii_lower("json_extract(detail, '$.subject')")
+_REVOCATION_TARGETS = (
+    "UPDATE audit SET target = CASE"  # noqa: S608
+    f" WHEN json_type(detail, '$.user') = 'text' THEN 'user:' || {_USER}"
+    f" WHEN json_type(detail, '$.subject') = 'text' THEN {_SUBJECT} END"
+    " WHERE method = 'revoke' AND endpoint = 'cli' AND detail IS NOT NULL AND json_valid(detail)"
+)
 
 # Append only: a released migration is never edited. Each entry brings the schema to version index+1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -99,6 +120,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             subject TEXT NOT NULL,
             revoked_at REAL NOT NULL
         )""",
+    ),
+    (
+        # Identities in canonical form (virtual_mcp/identity.py: ASCII letters folded, nothing else changed). Tokens
+        # were stored as typed (`token create --user Dave@X.example`), so `revoke --user dave@x.example` missed them.
+        # Neither table has a unique key on the subject, so rows that become equal simply both belong to the one
+        # identity (two tokens of one user; two revocations, the later cut-off winning as before).
+        _FOLD_TOKENS,
+        _FOLD_REVOCATIONS,
+        # Not rewritten: `oauth_tokens.account`, always written from an authenticated principal, already folded, and
+        # bound into each envelope's encryption context (a rewritten account would no longer decrypt); `audit`, an
+        # append-only record of what was seen (its subjects came from authenticated principals too).
+        # The identity an event is about when it is not its actor's (a revocation's): `audit --user X` finds both.
+        "ALTER TABLE audit ADD COLUMN target TEXT",
+        "CREATE INDEX IF NOT EXISTS audit_target_ts ON audit (target, ts)",
+        _REVOCATION_TARGETS,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from virtual_mcp.errors import BadRequest
+from virtual_mcp.identity import identity
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault.db import Database
 from virtual_mcp.vault.errors import DatabaseError
@@ -82,16 +83,17 @@ class TokenStore:
         expires_in: float | None = None,
         description: str | None = None,
     ) -> tuple[TokenInfo, str]:
-        """Issue a token; the returned plaintext is the only copy there will ever be."""
-        if not name:
-            raise BadRequest("a token needs a subject name")
+        """Issue a token; the returned plaintext is the only copy there will ever be. `name` is stored in canonical
+        form (InvalidIdentity if it cannot be one), so `revoke --user` finds it however it was written."""
+        kind = PrincipalKind(kind)
+        name = identity(name, "user" if kind is PrincipalKind.USER else "virtual account")
         if expires_in is not None and expires_in <= 0:
             raise BadRequest("expires_in must be positive")
         token_id = secrets.token_hex(6)
         secret = base64.b64encode(secrets.token_bytes(32), altchars=_SECRET_ALTCHARS).decode("ascii").rstrip("=")
         now = self._clock()
         expires_at = now + expires_in if expires_in is not None else None
-        info = TokenInfo(token_id, PrincipalKind(kind), name, description, now, expires_at, None, None)
+        info = TokenInfo(token_id, kind, name, description, now, expires_at, None, None)
         async with self._db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO tokens (id, subject_kind, subject_name, description, created_at, expires_at, secret_hash)"
@@ -141,9 +143,18 @@ class TokenStore:
         return n > 0
 
     async def revoke_subject(self, kind: PrincipalKind, name: str) -> int:
-        """Revoke every live token of one subject; returns how many were revoked."""
+        """Revoke every live token of one subject (`name` in any case: it is compared in canonical form); returns how
+        many were revoked."""
         async with self._db.transaction() as tx:
             return await tx.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE subject_kind = ? AND subject_name = ? AND revoked_at IS NULL",
-                (self._clock(), PrincipalKind(kind).value, name),
+                (self._clock(), PrincipalKind(kind).value, identity(name)),
             )
+
+    async def count_subject(self, kind: PrincipalKind, name: str) -> int:
+        """How many tokens one subject has, in any state (revoked and expired ones included)."""
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) FROM tokens WHERE subject_kind = ? AND subject_name = ?",
+            (PrincipalKind(kind).value, identity(name)),
+        )
+        return int(row[0]) if row is not None else 0
