@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastmcp import FastMCP
 
-from tests.processes import read_elsewhere
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
 from virtual_mcp.audit import AuditEvent
@@ -79,19 +78,27 @@ class Lab:
     backend: Served
     http: httpx.AsyncClient
     alice: str
+    sessions: dict[str, RawSession] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return self.gw.url
 
     async def session(self, bearer: str | None = None, path: str = PLAIN) -> RawSession:
+        """A new session (alice's unless `bearer` says otherwise); close it when done, as sessions are counted."""
         session = RawSession(self.http, f"{self.url}{path}", bearer or self.alice)
         await session.open()
         return session
 
+    async def alices(self, path: str = PLAIN) -> RawSession:
+        """Alice's session on `path`, opened once and kept."""
+        if path not in self.sessions:
+            self.sessions[path] = await self.session(path=path)
+        return self.sessions[path]
+
     async def served_and_audited(self, text: str = "still served") -> AuditEvent:
         """A normal call by alice: answered, and its record in both sinks."""
-        session = await self.session()
+        session = await self.alices()
         answer, request_id = await session.call("echo", {"text": text})
         assert answer["result"]["structuredContent"] == {"result": text}, answer
         event = await in_both_sinks(self.gw, request_id)
@@ -152,6 +159,10 @@ class RawSession:
         """A tools/call: the JSON-RPC answer, and the request id the gateway gave it."""
         return await self.request({"method": "tools/call", "params": {"name": name, "arguments": arguments}})
 
+    async def close(self) -> None:
+        response = await self.http.delete(self.url, headers=self._headers())
+        assert response.status_code in (200, 204), response.text
+
     async def request(self, message: dict[str, Any], raw: bytes | None = None) -> tuple[dict[str, Any], str]:
         self._id += 1
         body = raw if raw is not None else json.dumps({"jsonrpc": "2.0", "id": self._id, **message}).encode()
@@ -189,7 +200,7 @@ async def in_both_sinks(gw: SecureGateway, request_id: str) -> AuditEvent:
     [event] = await gw.audit(request_id=request_id)
     lines = [
         json.loads(line)
-        for line in read_elsewhere(gw.data_dir / "audit.jsonl").decode("ascii").splitlines()
+        for line in (gw.data_dir / "audit.jsonl").read_bytes().decode("ascii").splitlines()  # ASCII, every byte
         if request_id in line
     ]
     assert [line for line in lines if line["request_id"] == request_id] == [event.as_dict()]
@@ -197,11 +208,11 @@ async def in_both_sinks(gw: SecureGateway, request_id: str) -> AuditEvent:
 
 
 @asynccontextmanager
-async def audit_lab(directory: Path) -> AsyncIterator[Lab]:
+async def audit_lab(directory: Path, **settings: Any) -> AsyncIterator[Lab]:
     async with serve(backend().http_app(path="/mcp")) as served, httpx.AsyncClient(timeout=60) as http:
         config = directory / "servers.d"
         config.mkdir(parents=True)
         (config / "lab.yaml").write_text(CONFIG.format(url=served.url))
         (config / "identities.yaml").write_text(IDENTITIES)
-        async with secure_gateway(config, directory / "data") as gw:
+        async with secure_gateway(config, directory / "data", **settings) as gw:
             yield Lab(gw, served, http, await gw.token(PrincipalKind.USER, ALICE))

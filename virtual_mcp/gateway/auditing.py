@@ -14,7 +14,7 @@ import anyio
 from mcp.shared.exceptions import MCPError
 
 from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, safe_text
-from virtual_mcp.audit_bounds import render_parts
+from virtual_mcp.audit_bounds import FIELD_LIMITS, redacted, render_parts
 from virtual_mcp.config.models import AuthData, HeaderAuthData, OAuth2AuthData, PassthroughAuthData
 from virtual_mcp.errors import GatewayError, ToolNotFound, UpstreamRpcError
 from virtual_mcp.metrics import UNKNOWN, Metrics
@@ -72,8 +72,9 @@ class Auditor:
         not use); `server` is the one the endpoint serves, if it serves one."""
         if self._log is None:
             return
-        event = self._event(request_id, principal, safe_text(endpoint), method, None)
-        event.server = safe_text(server) if server is not None else None  # may come from the URL the caller chose
+        # The endpoint and the server may come from the URL the caller chose: redacted, and bounded here already.
+        event = self._event(request_id, principal, redacted(endpoint, FIELD_LIMITS["endpoint"]), method, None)
+        event.server = redacted(server, FIELD_LIMITS["server"]) if server is not None else None
         event.outcome, event.error = DENIED, safe_text(reason)
         await self._record(event)
 

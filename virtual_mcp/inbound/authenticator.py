@@ -105,7 +105,8 @@ class Authenticator:
             # Canonical when stored (TokenStore.create, the identity migration); checked again all the same.
             name = identity(record.name, "token subject")
         except InvalidIdentity as exc:
-            raise InvalidToken(f"{exc.message}; create a new token for a valid identity") from None
+            # The reason only: the refusal is sent in a header (WWW-Authenticate), never the stored name.
+            raise InvalidToken(f"the token's subject is not a valid identity: it {exc.reason}") from None
         if record.kind is PrincipalKind.VIRTUAL_ACCOUNT:
             # A service identity exists only while the configuration declares it: removing it cuts it off.
             if name not in self.registry.virtual_accounts:
