@@ -14,7 +14,7 @@ import anyio
 
 from virtual_mcp import __version__
 from virtual_mcp.audit import OUTCOMES
-from virtual_mcp.audit_report import FORMATS
+from virtual_mcp.audit_report import FORMATS, visible
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             detail = anyio.run(commands.revoke_user, args.data_dir, args.config, args.user)
             print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
             for server, outcome in detail["upstream"].items():
-                print(f"  {server}: {outcome}")
+                print(f"  {server}: {visible(outcome)}")  # may quote a provider's error: shown, never obeyed
             print("running gateways drop what they hold for this user within seconds")
             if not detail["known"]:
                 where = "" if args.config else " (give --config to look there too)"

@@ -15,7 +15,7 @@ import anyio
 import httpx
 
 from virtual_mcp.audit import JsonLinesSink, bound, revocation_event
-from virtual_mcp.audit_report import parse_time, render
+from virtual_mcp.audit_report import parse_time, render, visible
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.identity import identity
@@ -107,7 +107,7 @@ async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None
     for t in tokens:
         state = "revoked" if t.revoked_at else ("expired" if t.expired(now) else "active")
         print(
-            f"{t.id:14} {t.subject:44} {_when(t.created_at):16} {_when(t.expires_at):16} "
+            f"{t.id:14} {visible(t.subject):44} {_when(t.created_at):16} {_when(t.expires_at):16} "
             f"{_when(t.last_used_at):16} {state}",
             file=out,
         )

@@ -113,6 +113,27 @@ async def test_token_for_what_cannot_be_an_identity_is_refused(lab: Lab, name: s
     await lab.served_and_audited()
 
 
+async def test_a_token_stored_before_identities_were_checked_is_refused_and_listed_inertly(
+    lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row written by an older gateway (`token create --user` took anything): refused with the reason, and shown
+    escaped by `token list` rather than clearing the operator's screen."""
+    token = await lab.gw.token(PrincipalKind.USER, "bob@x.example")
+    token_id = token.split("_")[1]
+    async with lab.gw.db.transaction() as tx:
+        await tx.execute("UPDATE tokens SET subject_name = ? WHERE id = ?", ("bob\x1b[2J@x.example", token_id))
+    refused = await modern_list(lab, token)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == (
+        "invalid token: the token's subject is not a valid identity: it contains a control character (U+001B) at "
+        "position 4; identities may not contain whitespace or control characters"
+    )
+    code, out, err = await cli(capsys, "token", "list", "--data-dir", str(lab.gw.data_dir))
+    assert code == 0, err
+    assert "user:bob\\x1b[2J@x.example" in out and "\x1b" not in out
+    await lab.served_and_audited()
+
+
 # --- identities in the configuration -----------------------------------------------------------------------------
 
 GROUP = """\
@@ -242,6 +263,19 @@ async def test_jwt_identities_are_canonical(
         event = await in_both_sinks(lab.gw, request_id)
         assert (event.subject, event.teams, event.outcome) == (subject, teams, "allowed")
         await session.close()
+    await lab.served_and_audited()
+
+
+async def test_a_jwt_with_hundreds_of_teams_is_recorded_with_a_bounded_list(lab: Lab) -> None:
+    groups = ["Platform", *(f"group-{i:03}" for i in range(300))]
+    session = await lab.session(idp_jwt("carol@x.example", GATEWAY_AUDIENCE, time.time(), groups=groups))
+    _, request_id = await session.call("echo", {"text": "many teams"})
+    await session.close()
+    event = await in_both_sinks(lab.gw, request_id)
+    assert event.outcome == "allowed" and len(event.teams) == 64 and event.teams[-1] == "…[238 more]"
+    assert [e.request_id for e in await lab.gw.audit(team="group-000", user="carol@x.example")] == [request_id]
+    marker = await lab.gw.db.fetchone("SELECT 1 FROM audit_teams WHERE team = ?", ("…[238 more]",))
+    assert marker is None  # the marker is not indexed as a team
     await lab.served_and_audited()
 
 

@@ -58,7 +58,8 @@ class AuditStore:
             teams: list[tuple[Any, ...]] = []
             for offset, e in enumerate(events):
                 rows.append((first + offset, *_values(e)))
-                teams.extend((team, e.ts, first + offset) for team in e.teams)
+                # Not the marker of teams left out of a bounded record (it has a space: no team can be named so).
+                teams.extend((team, e.ts, first + offset) for team in e.teams if " " not in team)
             await tx.executemany(_INSERT, rows)
             if teams:
                 await tx.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
