@@ -141,11 +141,11 @@ class Auditor:
             except Exception:
                 logger.exception("audit detail of a call to %s could not be rendered", event.server)
                 event.detail = {"unrendered": "the detail could not be rendered (see the gateway log)"}
-            if self._metrics is not None:
-                self._count(event, note, elapsed, failure)
             if self._log is not None and not self._log.record_nowait(event):
                 with anyio.CancelScope(shield=True):  # the queue is full: wait for room, even if cancelled
                     await self._log.record(event)
+            if self._metrics is not None:
+                self._count(event, note, elapsed, failure)
 
     def _scrubbed(self, text: str, note: CallNote) -> str:
         """`text` without configured secrets nor any credential this call presented upstream."""
