@@ -53,3 +53,36 @@ def test_control_characters_in_logged_values_are_escaped_not_the_format() -> Non
     assert "object {'k': 'v\\nw'}" in text and "mapping b\\rc" in text
     assert "own\nlines fine" in text
     assert not any(line.startswith("FORGED") for line in text.splitlines())
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "refused POST on /mcp: missing bearer token (Authorization: Bearer ...)",
+        "invalid token: signature has expired",
+        "Authorization header: expected Bearer scheme",
+        "the secret: is not set",
+        "basic authentication is not supported",
+        "token endpoint refused the request: invalid_client (HTTP 401)",
+        "api_key: not configured for this server",
+    ],
+)
+def test_the_gateways_own_words_are_left_alone(line: str) -> None:
+    """Redaction removes credential values, not the prose around them (it used to log "missing bearer [REDACTED]")."""
+    assert redact(line) == line
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+        ('{"access_token": "opaque-lowercase-value", "scope": "x"}', "opaque-lowercase-value"),
+        ("client_secret=correcthorsebatterystaple&x=1", "correcthorsebatterystaple"),
+        ("x-api-key: AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+        ("cookie: sid=8f7a6c5d4e3b2a19", "8f7a6c5d4e3b2a19"),
+        ("missing bearer token, got Bearer mF_9.B5f-4.1JqM", "mF_9.B5f-4.1JqM"),
+    ],
+)
+def test_credential_values_are_still_redacted(line: str, secret: str) -> None:
+    out = redact(line)
+    assert secret not in out and "[REDACTED]" in out

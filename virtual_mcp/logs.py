@@ -1,7 +1,8 @@
 """Logging setup: one line per record (JSON or text), with a redaction filter that runs on every record.
 
-Redaction is a safety net, not a licence: code never logs secret values on purpose. The filter scrubs bearer
-tokens, `tfy-secret` values that were resolved by mistake, and values of credential-looking `key=value` pairs.
+Redaction is a safety net, not a licence: code never logs secret values on purpose (and the credentials presented to
+a backend are removed from its answers where they enter the gateway). The filter removes credential values (bearer
+and basic credentials, JWTs, gateway tokens, `password=...`-style fields) and leaves the words around them.
 """
 
 from __future__ import annotations
@@ -18,19 +19,51 @@ from typing import IO, Any
 # The id of the request being served (also in its audit records and its `x-request-id` response header).
 REQUEST_ID: ContextVar[str | None] = ContextVar("virtual_mcp_request_id", default=None)
 
-_PATTERNS = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [REDACTED]"),
-    (
-        re.compile(r"(?i)\b(authorization|token|secret|password|api[_-]?key|cookie)(\"?\s*[:=]\s*\"?)[^\s\",}]+"),
-        r"\1\2[REDACTED]",
-    ),
+# What a credential value is made of (RFC 6750 b64token, plus the quote-free characters of API keys and cookies).
+_VALUE = r"[A-Za-z0-9._~+/=-]+"
+_BEARER = re.compile(rf"(?i)\b(bearer|basic)(\s+)({_VALUE})")
+# `name=value` (no space: an assignment), `"name": "value"` (a JSON field) or `name: value` (may be prose).
+_FIELD = re.compile(
+    r"(?i)\b([a-z_-]*?(?:authorization|token|secret|password|passwd|api[_-]?key|cookie))"
+    r"(?:(=)([^\s\",}&]+)|(\"\s*:\s*\")([^\"]+)|(\s*:\s*)([^\s\",}]+))"
+)
+_OTHERS = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[REDACTED-JWT]"),
     (re.compile(r"\bvmcp_[0-9a-f]{12}_[A-Za-z0-9.-]+"), "vmcp_[REDACTED]"),
 )
+_MIN_TOKEN_CHARS = 8
+
+
+def looks_like_credential(value: str) -> bool:
+    """Whether a word after "Bearer" or "token:" is a credential rather than the gateway's own prose ("missing
+    bearer token", "invalid token: signature has expired"): credentials are long and carry digits or inner capitals;
+    words do not."""
+    if len(value) < _MIN_TOKEN_CHARS:
+        return False
+    return any(c.isdigit() for c in value) or any(c.isupper() for c in value[1:]) or any(c in "+/=~" for c in value)
+
+
+def _bearer(match: re.Match[str]) -> str:
+    scheme, space, value = match.groups()
+    return f"{scheme}{space}[REDACTED]" if looks_like_credential(value) else match.group(0)
+
+
+def _field(match: re.Match[str]) -> str:
+    name, equals, _, json_sep, _, colon, stated = match.groups()
+    if equals is not None:
+        return f"{name}=[REDACTED]"
+    if json_sep is not None:
+        return f"{name}{json_sep}[REDACTED]"
+    # `name: value` reads the same in a message and in a header dump: only a credential-looking value is one.
+    return f"{name}{colon}[REDACTED]" if looks_like_credential(stated) else match.group(0)
 
 
 def redact(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
+    """`text` without credential values: bearer and basic credentials, `secret=...`-style fields, JWTs and gateway
+    tokens. The gateway's own words around them ("missing bearer token") are left as they are."""
+    text = _BEARER.sub(_bearer, text)
+    text = _FIELD.sub(_field, text)
+    for pattern, replacement in _OTHERS:
         text = pattern.sub(replacement, text)
     return text
 
