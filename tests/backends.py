@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import uuid
 from typing import Any
 
 import anyio
@@ -11,6 +13,8 @@ from fastmcp.tools import ToolResult
 from fastmcp.utilities.types import Audio, Image
 from mcp_types import EmbeddedResource, TextContent, TextResourceContents
 from pydantic import BaseModel
+
+from tests.sensitive import SENSITIVE
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -31,6 +35,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.headers: list[dict[str, str]] = []
+        self.tagged: dict[str, dict[str, str]] = {}  # the headers of each `headers` call made with a tag
         self.slow_started = anyio.Event()
         self.slow_cancelled = anyio.Event()
         self.calls = 0
@@ -111,11 +116,13 @@ def build_lab(probe: Probe | None = None, name: str = "lab") -> FastMCP:
         return "finished"
 
     @mcp.tool
-    def headers(ctx: Context) -> dict[str, Any]:
+    def headers(ctx: Context, tag: str = "") -> dict[str, Any]:
         """The HTTP headers this request arrived with."""
         request = ctx.request_context.request if ctx.request_context else None
         seen = dict(request.headers) if request is not None else {}
         probe.headers.append(seen)
+        if tag:
+            probe.tagged[tag] = seen
         return seen
 
     @mcp.tool
@@ -145,3 +152,17 @@ def build_lab(probe: Probe | None = None, name: str = "lab") -> FastMCP:
         return f"Review this ({style}): {code}"
 
     return mcp
+
+
+async def received(client: Any, probe: Probe) -> dict[str, str]:
+    """The headers the lab backend received for one call of its `headers` tool through `client` (a connected
+    fastmcp Client), read at the backend. The echo that reached the client must hold none of the credentials the
+    call presented, nor any value the tests registered as sensitive."""
+    tag = uuid.uuid4().hex
+    result = await client.call_tool("headers", {"tag": tag})
+    seen = probe.tagged.pop(tag)
+    echoed = json.dumps(result.structured_content)
+    presented = seen.get("authorization", "")
+    leaked = [v for v in (presented, presented.removeprefix("Bearer "), *SENSITIVE) if len(v) >= 8 and v in echoed]
+    assert not leaked, "a credential the gateway presented came back to the caller"
+    return seen

@@ -1,5 +1,6 @@
 """What each backend actually receives: static secret headers, x-tfy-mcp-headers overrides, checked passthrough,
-and never the caller's gateway credential. Observed with the lab's `headers` tool, which echoes its request."""
+and never the caller's gateway credential. Observed at the backend (the lab's `headers` tool records its request);
+the tool also echoes the headers to the caller, who gets them without any credential the gateway presented."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.backends import Probe, build_lab
+from tests.backends import Probe, build_lab, received
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import LegacyOnly, serve
@@ -60,13 +61,12 @@ class Lab:
         self.probes = probes
 
     async def headers_seen(self, server: str, bearer: str, overrides: Any = None) -> dict[str, str]:
+        """The headers the backend of `server` received for one call (the echo that came back holds no secret)."""
         for headers in (overrides or {}).values():
             mark(*(v.removeprefix("Bearer ") for v in headers.values() if isinstance(v, str)))
         extra = {"x-tfy-mcp-headers": json.dumps(overrides)} if overrides is not None else {}
         async with self.gw.client(f"/mcp-server/lab/{server}/server", bearer, extra) as client:
-            result = await client.call_tool("headers", {})
-        seen: dict[str, str] = result.structured_content or {}
-        return seen
+            return await received(client, self.probes["plain" if server == "hidden" else server])
 
     def everything_received(self) -> str:
         return json.dumps([p.headers for p in self.probes.values()])
@@ -211,7 +211,8 @@ class GetCounter:
 
 
 async def test_per_caller_credentials_do_not_multiply_backend_streams(tmp_path: Path) -> None:
-    counter = GetCounter(LegacyOnly(build_lab(Probe()).http_app(path="/mcp")))
+    probe = Probe()
+    counter = GetCounter(LegacyOnly(build_lab(probe).http_app(path="/mcp")))
     async with serve(build_lab().http_app(path="/mcp")) as plain, serve(counter) as sentry:
         config = tmp_path / "servers.d"
         config.mkdir()
@@ -221,7 +222,7 @@ async def test_per_caller_credentials_do_not_multiply_backend_streams(tmp_path: 
         (config / "identities.yaml").write_text(IDENTITIES)
         secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
         async with secure_gateway(config, tmp_path / "data", secrets) as gw:
-            t = Lab(gw, {})
+            t = Lab(gw, {"sentry": probe})
             token = await gw.token(PrincipalKind.USER, "alice@northwind.example")
             for i in range(20):
                 seen = await t.headers_seen("sentry", token, {"lab/sentry": {"X-Org": f"org-{i}"}})

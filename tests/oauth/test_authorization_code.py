@@ -15,7 +15,7 @@ import jwt
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.backends import build_lab
+from tests.backends import Probe, build_lab, received
 from tests.oauth.browser import connect
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
@@ -59,10 +59,12 @@ class Setup:
     backend: Served
     gw: SecureGateway
     clock: OffsetClock
+    probe: Probe
 
     async def call(self, token: str) -> dict[str, Any]:
+        """The headers the backend received for one call of its `headers` tool."""
         async with self.gw.client("/mcp-server/g/github/server", token) as client:
-            return (await client.call_tool("headers", {})).structured_content or {}
+            return await received(client, self.probe)
 
     async def consent_link(self, token: str) -> str:
         with pytest.raises(MCPError) as needed:
@@ -79,7 +81,7 @@ async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
     callback = f"http://127.0.0.1:{sock.getsockname()[1]}/oauth/callback"
     async with (
         authorization_server(redirect_uris=(callback,), access_token_ttl=100) as auth,
-        serve(build_lab().http_app(path="/mcp")) as backend,
+        serve(build_lab(probe := Probe()).http_app(path="/mcp")) as backend,
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
@@ -98,7 +100,7 @@ async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
         }
         clock = OffsetClock()
         async with secure_gateway(config, tmp_path / "data", secrets, clock=clock, sock=sock, **settings) as gw:
-            yield Setup(auth, backend, gw, clock)
+            yield Setup(auth, backend, gw, clock, probe)
 
 
 async def test_connect_call_refresh_and_disconnect(tmp_path: Path) -> None:

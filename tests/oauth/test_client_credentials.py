@@ -15,7 +15,7 @@ import jwt
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.backends import build_lab
+from tests.backends import Probe, build_lab, received
 from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.sensitive import mark
@@ -49,16 +49,21 @@ class Setup:
     clock: OffsetClock
     alice: str
     ci: str
+    probe: Probe
 
     async def bearer_seen(self, token: str) -> str:
         async with self.gw.client("/mcp-server/g/analytics/server", token) as client:
-            seen: dict[str, Any] = (await client.call_tool("headers", {})).structured_content or {}
+            seen = await received(client, self.probe)
         return str(seen["authorization"]).removeprefix("Bearer ")
 
 
 @asynccontextmanager
 async def setup(tmp_path: Path, client_secret: str | None = None, **settings: Any) -> AsyncIterator[Setup]:
-    async with authorization_server(access_token_ttl=100) as auth, serve(build_lab().http_app(path="/mcp")) as backend:
+    probe = Probe()
+    async with (
+        authorization_server(access_token_ttl=100) as auth,
+        serve(build_lab(probe).http_app(path="/mcp")) as backend,
+    ):
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "g.yaml").write_text(
@@ -73,7 +78,7 @@ async def setup(tmp_path: Path, client_secret: str | None = None, **settings: An
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             ci = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
             await auth.reset()
-            yield Setup(auth, backend, gw, clock, alice, ci)
+            yield Setup(auth, backend, gw, clock, alice, ci, probe)
 
 
 async def test_one_token_for_every_caller_with_the_backend_as_audience(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 
-from tests.backends import build_lab
+from tests.backends import Probe, build_lab, received
 from tests.oauth.browser import connect
 from tests.oauth.test_authorization_code import CONFIG, IDS
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
@@ -43,6 +43,7 @@ class Scene:
     data: Path
     port: int
     alice: str
+    probe: Probe
 
     @property
     def url(self) -> str:
@@ -51,7 +52,7 @@ class Scene:
     async def call(self) -> dict[str, Any]:
         transport = StreamableHttpTransport(f"{self.url}/mcp-server/g/github/server", auth=self.alice)
         async with Client(transport) as client:
-            return (await client.call_tool("headers", {})).structured_content or {}
+            return await received(client, self.probe)
 
     @asynccontextmanager
     async def gateway(self, crash_at: str = "none", clock_offset: float = 0) -> AsyncIterator[Process]:
@@ -72,7 +73,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
     callback = f"http://127.0.0.1:{port}/oauth/callback"
     async with (
         authorization_server(redirect_uris=(callback,), access_token_ttl=TTL) as auth,
-        serve(build_lab().http_app(path="/mcp")) as backend,
+        serve(build_lab(probe := Probe()).http_app(path="/mcp")) as backend,
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
@@ -94,7 +95,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
             await SecretStore(db, keys).set(SecretRef.parse("tfy-secret://t:github:client_secret"), secret)
             _, alice = await TokenStore(db).create(PrincipalKind.USER, "alice@northwind.example")
             mark(alice)
-        yield Scene(auth, backend, config, data, port, alice)
+        yield Scene(auth, backend, config, data, port, alice, probe)
 
 
 async def connect_and_wait_for_the_crash(s: Scene, point: str) -> str:

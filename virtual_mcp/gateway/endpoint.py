@@ -76,16 +76,13 @@ def for_caller(ctx: Ctx, result: dict[str, Any]) -> dict[str, Any]:
 
 class ErrorRendering:
     """Server middleware: a GatewayError becomes the JSON-RPC error it describes; a backend's own error is passed on
-    with any configured secret scrubbed from it (a backend may echo the credential it received)."""
-
-    def __init__(self, scrub: Callable[[str], str]) -> None:
-        self._scrub = scrub
+    as the backend said it (the credentials its request presented were removed where its answer was read: see
+    `virtual_mcp/upstream/answers.py`)."""
 
     def render(self, exc: Exception) -> MCPError:
         """A gateway error as the JSON-RPC error the caller gets (anything else is a generic internal error)."""
         if isinstance(exc, UpstreamRpcError):
-            data = self._scrub(exc.data) if isinstance(exc.data, str) else exc.data
-            return MCPError(exc.code, self._scrub(exc.message), data)
+            return MCPError(exc.code, exc.message, exc.data)
         if isinstance(exc, ConsentRequired):
             # The MCP way to send a user somewhere: a URL elicitation the client can open for them.
             elicitation = types.ElicitRequestURLParams(
@@ -213,7 +210,7 @@ def build_server(
         # logging/setLevel is deprecated in 2026-07-28 but is how 2025-11-25 clients choose what they receive.
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = _build(endpoint, view_of, handlers)
-    rendering = ErrorRendering(runtime.credentials.scrub)
+    rendering = ErrorRendering()
     server.middleware = [*server.middleware, bind_request, rendering, tracker]
     return server, PlainCalls(endpoint, runtime, rendering.render)
 

@@ -45,7 +45,8 @@ class Runtime:
         self._revocations = revocations
         self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
         self.metrics = metrics or Metrics()
-        self.auditor = Auditor(audit_log, registry, credentials.scrub, self.metrics, self._known_tool)
+        # Nothing to scrub here: the credentials a call presented were removed from its answer where it was read.
+        self.auditor = Auditor(audit_log, registry, metrics=self.metrics, known_tool=self._known_tool)
         self.metrics.gauge(
             "vmcp_upstream_sessions", "open MCP sessions to backends", lambda: {(): float(self.open_sessions)}
         )

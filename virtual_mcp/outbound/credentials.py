@@ -67,6 +67,9 @@ class Credential:
     # Which upstream session serves it. By default the headers themselves; a rotating credential (an OAuth access
     # token) names a stable identity instead, so a refresh does not open a new backend session.
     identity: str | None = None
+    # The secret values among the headers (resolved secrets, tokens, a caller's JWT, forwarded values): the upstream
+    # session removes them from everything the backend sends back. Literal text from the configuration is not secret.
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
     key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,11 +109,18 @@ class OutboundCredentials:
             if isinstance(remote.auth, OAuth2AuthData) and remote.auth.grant_type == "authorization_code"
         )
         self._metadata = ProviderMetadata(http, token_timeout) if http is not None else None
-        # Static headers are resolved once per configuration load; values live only in this mapping.
+        # Static headers are resolved once per configuration load; values live only in these mappings.
         self._static: dict[ServerRef, dict[str, str]] = {}
+        self._static_secrets: dict[ServerRef, frozenset[str]] = {}
         for ref, remote in registry.remotes.items():
             if isinstance(remote.auth, HeaderAuthData):
                 rendered = {name.lower(): _render(value, resolve) for name, value in remote.auth.headers.items()}
+                self._static_secrets[ref] = frozenset(
+                    secret
+                    for name, template in remote.auth.headers.items()
+                    if refs_in(template)
+                    for secret in (rendered[name.lower()], *(resolve(secret_ref) for secret_ref in refs_in(template)))
+                )
                 for name, value in rendered.items():
                     if not _FIELD_TEXT.fullmatch(value):
                         raise ConfigError(
@@ -134,30 +144,34 @@ class OutboundCredentials:
         """
         auth = self._registry.remotes[ref].auth
         headers: dict[str, str]
+        secrets: frozenset[str] = frozenset()
         shared = True
         identity: str | None = None
         if auth is None:
             headers = {}
         elif isinstance(auth, HeaderAuthData):
-            headers = dict(self._static[ref])
+            headers, secrets = dict(self._static[ref]), self._static_secrets[ref]
         elif isinstance(auth, PassthroughAuthData):
-            headers = {"authorization": f"Bearer {_passthrough(ref, auth, caller)}"}
+            jwt = _passthrough(ref, auth, caller)
+            headers, secrets = {"authorization": f"Bearer {jwt}"}, frozenset((jwt,))
             shared = False
         elif isinstance(auth, OAuth2AuthData) and auth.grant_type == "client_credentials":
             token = await self._client_credentials_token(ref)
-            headers = {"authorization": f"Bearer {token.access_token}"}
+            headers, secrets = {"authorization": f"Bearer {token.access_token}"}, frozenset((token.access_token,))
             identity = "oauth2-client-credentials"
         elif isinstance(auth, OAuth2AuthData):
             token = await self._user_token(ref, caller)
-            headers = {"authorization": f"Bearer {token.access_token}"}
+            headers, secrets = {"authorization": f"Bearer {token.access_token}"}, frozenset((token.access_token,))
             identity = f"oauth2-user:{caller.principal.subject}"
             shared = False
         overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
             headers.update(overrides)
+            # A forwarded value may be the caller's own secret (their token for the backend): treated as one.
+            secrets = secrets | frozenset(overrides.values())
             shared = False
             identity = None
-        return Credential(headers, shared, identity)
+        return Credential(headers, shared, identity, secrets)
 
     async def _user_token(self, ref: ServerRef, caller: Caller) -> TokenSet:
         """The caller's own token for `ref` (authorization code + PKCE), or ConsentRequired with a link to get one."""
@@ -302,16 +316,6 @@ class OutboundCredentials:
             return await client.client_credentials(http)
 
         return await self._tokens.token(token_key("2lo", ref.key, f"client:{client.client_id}"), obtain)
-
-    def scrub(self, text: str) -> str:
-        """`text` with every configured secret value replaced: a backend that echoes the credential it received in
-        an error must not hand the gateway's secret to the caller."""
-        for headers in self._static.values():
-            for value in headers.values():
-                for part in {value, value.removeprefix("Bearer ").strip()}:
-                    if len(part) >= 6 and part in text:
-                        text = text.replace(part, "[REDACTED]")
-        return text
 
 
 def _passthrough(ref: ServerRef, auth: PassthroughAuthData, caller: Caller) -> str:

@@ -8,7 +8,7 @@ message ever carries a secret, a code, a verifier or a token.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import httpx
 
 from virtual_mcp.errors import GatewayError
 from virtual_mcp.fields import header_problem
+from virtual_mcp.outbound.scrubber import Scrubber
 
 
 class TokenEndpointError(GatewayError):
@@ -128,7 +129,7 @@ class OAuthClient:
             raise TransientTokenError(f"revocation endpoint answered HTTP {response.status_code}")
         if response.status_code == 200:
             return True
-        error = str(_json(response).get("error", "unknown_error"))[:64]
+        error = _error_code(_json(response), (token, self.client_secret))
         if error == "unsupported_token_type":
             return False
         raise TokenEndpointError(f"revocation refused: {error} (HTTP {response.status_code})")
@@ -156,7 +157,7 @@ class OAuthClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientTokenError(f"token endpoint answered HTTP {response.status_code}")
         if response.status_code >= 400:
-            error = str(payload.get("error", "unknown_error"))[:64]
+            error = _error_code(payload, (body[key] for key in _PRESENTED if key in body))
             if error == "invalid_grant":
                 raise TerminalGrantError("the provider no longer accepts this grant (invalid_grant)")
             raise TokenEndpointError(f"token endpoint refused the request: {error} (HTTP {response.status_code})")
@@ -181,6 +182,15 @@ class OAuthClient:
             scope=payload.get("scope") if isinstance(payload.get("scope"), str) else None,
             token_type=str(payload.get("token_type", "Bearer")),
         )
+
+
+_PRESENTED = ("client_secret", "refresh_token", "code", "code_verifier")  # what is secret in a token request
+
+
+def _error_code(payload: Mapping[str, Any], presented: Iterable[str]) -> str:
+    """The provider's `error` code, fit for a message: bounded, and without anything the request presented (a
+    provider may echo the client secret, a code or a token it was sent)."""
+    return str(Scrubber(presented).scrub(str(payload.get("error", "unknown_error"))))[:64]
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

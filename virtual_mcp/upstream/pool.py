@@ -60,7 +60,7 @@ class UpstreamPool:
         session = self._sessions.get(key)
         if session is not None:
             self._sessions.move_to_end(key)
-            session.use_headers(credential.headers)  # a rotated token on the same identity
+            session.use_headers(credential.headers, credential.secrets)  # a rotated token on the same identity
             return session
         self._sweep()
         remote = self._registry.remotes[ref]
@@ -69,6 +69,7 @@ class UpstreamPool:
             remote.url,
             self._http,
             headers=credential.headers,
+            secrets=credential.secrets,
             spawn=self._spawn,
             on_list_changed=partial(self._changed, ref),
             listen=credential.shared,

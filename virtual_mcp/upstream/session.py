@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -26,7 +26,9 @@ from virtual_mcp.errors import (
     UpstreamUnavailable,
 )
 from virtual_mcp.fields import check_headers
+from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream import answers
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.wire import (
     ACCEPT,
@@ -71,6 +73,7 @@ class UpstreamSession:
         http: httpx.AsyncClient,
         *,
         headers: Mapping[str, str] | None = None,
+        secrets: Iterable[str] = (),
         spawn: Spawn | None = None,
         on_list_changed: Callable[[], None] | None = None,
         listen: bool = True,
@@ -84,6 +87,8 @@ class UpstreamSession:
         self._target = target(url) if self._fast is not None else None
         self._base_headers = dict(headers or {})
         check_headers(self._base_headers, ref.key)
+        # The secret values among those headers: removed from every message the backend sends back.
+        self._scrubber = Scrubber(secrets)
         self._spawn = spawn
         self._on_list_changed = on_list_changed
         self._ids = itertools.count(1)
@@ -105,11 +110,12 @@ class UpstreamSession:
     def listens(self) -> bool:
         return self._listen
 
-    def use_headers(self, headers: Mapping[str, str]) -> None:
+    def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""
         if headers != self._base_headers:
             check_headers(headers, self.ref.key)
             self._base_headers = dict(headers)
+            self._scrubber = self._scrubber.including(secrets)
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class UpstreamSession:
                 "application/json"
             ):
                 return False
-            message = json.loads(response.content)
+            message = self._parse(response.content)
         except ValueError:
             return False
         result = message.get("result") if isinstance(message, dict) else None
@@ -357,7 +363,7 @@ class UpstreamSession:
         """The result of `request_id` from an answer's body: an SSE stream (relaying what comes before it) or JSON."""
         if ctype.startswith("text/event-stream") and status < 400:
             try:
-                async for message in iter_sse_messages(lines()):
+                async for message in iter_sse_messages(lines(), self._parse):
                     if "method" in message:
                         await self._on_inbound(message, on_notification)
                     elif message.get("id") == request_id:
@@ -367,7 +373,9 @@ class UpstreamSession:
             raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
         content = await read()
         try:
-            message = json.loads(content)
+            message = self._parse(content)
+        except answers.AnswerTooDeep as exc:
+            raise UpstreamProtocolError(self.ref.key, str(exc)) from None
         except ValueError:
             raise UpstreamProtocolError(
                 self.ref.key, f"HTTP {status} with a body that is not JSON-RPC ({ctype or 'no type'})"
@@ -375,6 +383,14 @@ class UpstreamSession:
         if isinstance(message, dict) and ("result" in message or "error" in message):
             return self._unwrap(message)
         raise UpstreamProtocolError(self.ref.key, f"HTTP {status} without a JSON-RPC response")
+
+    def _parse(self, raw: bytes | str) -> Any:
+        """Every message from the backend is decoded here: bounded in depth, the credentials it was sent removed."""
+        echoes = self._scrubber.echoes
+        message = answers.parse(raw, self._scrubber)
+        if echoes == 0 and self._scrubber.echoes:
+            logger.warning("backend %s echoed a credential it was sent; removed from its answers", self.ref)
+        return message
 
     def _unwrap(self, message: dict[str, Any]) -> dict[str, Any]:
         if "error" in message:

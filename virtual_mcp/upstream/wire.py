@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+
+from virtual_mcp.upstream import answers
 
 MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
 LEGACY_VERSION = LATEST_HANDSHAKE_VERSION
@@ -39,8 +40,11 @@ def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-async def iter_sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed)."""
+async def iter_sse_messages(
+    lines: AsyncIterator[str], parse: Callable[[str], Any] = answers.parse
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
+    decoded by `parse` (which raises ValueError for what it refuses)."""
     event = "message"
     data: list[str] = []
     async for line in lines:
@@ -48,7 +52,9 @@ async def iter_sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[dict[str
             if data and event == "message":
                 payload = "\n".join(data)
                 try:
-                    message = json.loads(payload)
+                    message = parse(payload)
+                except answers.AnswerTooDeep:
+                    raise
                 except ValueError:
                     raise ValueError("SSE event carried invalid JSON") from None
                 if isinstance(message, dict):
@@ -64,6 +70,6 @@ async def iter_sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[dict[str
         elif name == "event":
             event = value or "message"
     if data and event == "message":
-        message = json.loads("\n".join(data))
+        message = parse("\n".join(data))
         if isinstance(message, dict):
             yield message
