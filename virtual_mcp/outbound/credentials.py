@@ -152,16 +152,15 @@ class OutboundCredentials:
         elif isinstance(auth, HeaderAuthData):
             headers, secrets = dict(self._static[ref]), self._static_secrets[ref]
         elif isinstance(auth, PassthroughAuthData):
-            jwt = _passthrough(ref, auth, caller)
-            headers, secrets = {"authorization": f"Bearer {jwt}"}, frozenset((jwt,))
+            headers, secrets = _bearer(_passthrough(ref, auth, caller))
             shared = False
         elif isinstance(auth, OAuth2AuthData) and auth.grant_type == "client_credentials":
             token = await self._client_credentials_token(ref)
-            headers, secrets = {"authorization": f"Bearer {token.access_token}"}, frozenset((token.access_token,))
+            headers, secrets = _bearer(token.access_token)
             identity = "oauth2-client-credentials"
         elif isinstance(auth, OAuth2AuthData):
             token = await self._user_token(ref, caller)
-            headers, secrets = {"authorization": f"Bearer {token.access_token}"}, frozenset((token.access_token,))
+            headers, secrets = _bearer(token.access_token)
             identity = f"oauth2-user:{caller.principal.subject}"
             shared = False
         overrides = caller.overrides.get(ref) if with_overrides else None
@@ -316,6 +315,12 @@ class OutboundCredentials:
             return await client.client_credentials(http)
 
         return await self._tokens.token(token_key("2lo", ref.key, f"client:{client.client_id}"), obtain)
+
+
+def _bearer(token: str) -> tuple[dict[str, str], frozenset[str]]:
+    """The headers presenting `token`, and the secret among them (its spellings include the bare token)."""
+    value = f"Bearer {token}"
+    return {"authorization": value}, frozenset((value,))
 
 
 def _passthrough(ref: ServerRef, auth: PassthroughAuthData, caller: Caller) -> str:

@@ -78,31 +78,29 @@ def _base64_forms(data: bytes) -> set[str]:
 class Scrubber:
     """The values one credential presented upstream, to be found and replaced in what comes back."""
 
-    __slots__ = ("_forms", "_raw", "echoes")
+    __slots__ = ("_current", "_forms", "_raw", "echoes")
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), previous: Iterable[str] = ()) -> None:
+        self._current = frozenset(secrets)
         forms: dict[str, str] = {}
-        for secret in secrets:
+        for secret in (*self._current, *previous):
             for form, replacement in derived_forms(secret).items():
                 forms.setdefault(form, replacement)
-        self._set(forms)
-        self.echoes = 0  # answers that carried one
-
-    def _set(self, forms: dict[str, str]) -> None:
         # Longest first: "Bearer xyz" is replaced whole rather than leaving "Bearer " behind.
         self._forms = tuple(sorted(forms.items(), key=lambda item: len(item[0]), reverse=True))
         self._raw = _spellings(forms)
+        self.echoes = 0  # answers that carried one
 
     def __bool__(self) -> bool:
         return bool(self._forms)
 
-    def including(self, secrets: Iterable[str]) -> Scrubber:
-        """This scrubber and `secrets` too (a rotated token: answers to requests sent with the old one may still
-        be on their way)."""
-        merged = Scrubber(secrets)
-        merged._set({**dict(self._forms), **dict(merged._forms)})
-        merged.echoes = self.echoes
-        return merged
+    def rotated(self, secrets: Iterable[str]) -> Scrubber:
+        """A scrubber for `secrets` that still knows this one's (a rotated token: answers to requests sent with the
+        old one may still be on their way), but not the ones before: a session that lives through many rotations
+        does not search every answer for every token it ever had."""
+        fresh = Scrubber(secrets, previous=self._current)
+        fresh.echoes = self.echoes
+        return fresh
 
     def found_in(self, raw: bytes, parsed: Any) -> bool:
         """Whether the JSON text `raw` (parsed: `parsed`) holds one of the values, in any string or key."""

@@ -115,7 +115,7 @@ class UpstreamSession:
         if headers != self._base_headers:
             check_headers(headers, self.ref.key)
             self._base_headers = dict(headers)
-            self._scrubber = self._scrubber.including(secrets)
+            self._scrubber = self._scrubber.rotated(secrets)
 
     # -- public API -----------------------------------------------------------------------------------------
 
