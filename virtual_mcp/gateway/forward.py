@@ -12,6 +12,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from virtual_mcp.gateway.views import GATEWAY_META_PREFIX, without_gateway_keys
 from virtual_mcp.timing import phase
 from virtual_mcp.upstream.session import UpstreamSession
 
@@ -29,10 +30,14 @@ def caller_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
 def for_version(result: dict[str, Any], version: str | None) -> dict[str, Any]:
     """Make a result (ours, or a backend's of either era) right for a caller speaking `version`; the SDK sieves the
     rest. The caller talks to the gateway, so a backend's own `serverInfo` stamp is removed (the gateway's is added
-    to 2026-07-28 results on the way out), and a 2026-07-28 result says it is complete."""
+    to 2026-07-28 results on the way out), as are keys only the gateway may set, and a 2026-07-28 result says it is
+    complete."""
     meta = result.get("_meta")
-    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
-        rest = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
+    if isinstance(meta, dict) and (
+        SERVER_INFO_META_KEY in meta or any(key.startswith(GATEWAY_META_PREFIX) for key in meta)
+    ):
+        rest = without_gateway_keys(meta)
+        rest.pop(SERVER_INFO_META_KEY, None)
         if rest:
             result["_meta"] = rest
         else:

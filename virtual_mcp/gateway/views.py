@@ -22,7 +22,10 @@ from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.catalog import ToolCatalog
 
 logger = logging.getLogger(__name__)
-SOURCE_META_KEY = "virtual-mcp/source"
+# The gateway's own `_meta` keys: set by the gateway only, never taken from a backend (one could otherwise claim to be
+# another server).
+GATEWAY_META_PREFIX = "virtual-mcp/"
+SOURCE_META_KEY = f"{GATEWAY_META_PREFIX}source"
 _LISTED_ENTRIES = 256  # distinct subject sets whose filtered tool lists are kept per endpoint
 
 
@@ -183,13 +186,22 @@ class EndpointView:
         return _Table(versions, routes, tools)
 
     def _expose(self, tool: dict[str, Any], exposed: str, member: Member, original: str) -> dict[str, Any]:
-        if not member.prefix:
+        """The tool as the endpoint lists it: under its exposed name, with the gateway's `_meta` keys (the source of
+        a namespaced tool) set by the gateway alone."""
+        meta = tool.get("_meta")
+        claims = isinstance(meta, dict) and any(key.startswith(GATEWAY_META_PREFIX) for key in meta)
+        if not member.prefix and not claims:
             return tool
         out = dict(tool)
-        out["name"] = exposed
-        meta = dict(out.get("_meta") or {})
-        meta[SOURCE_META_KEY] = {"server": member.source.key, "tool": original}
-        out["_meta"] = meta
+        if isinstance(meta, dict) or member.prefix:
+            own = without_gateway_keys(meta) if isinstance(meta, dict) else {}
+            if member.prefix:
+                out["name"] = exposed
+                own[SOURCE_META_KEY] = {"server": member.source.key, "tool": original}
+            if own:
+                out["_meta"] = own
+            else:
+                del out["_meta"]
         return out
 
     def input_schema(self, name: str, caller: Caller | None) -> dict[str, Any] | None:
@@ -206,3 +218,8 @@ class EndpointView:
         tool = self._catalog.cached_tool(route.member.source, route.original)
         schema = tool.get("inputSchema") if tool else None
         return schema if isinstance(schema, dict) else None
+
+
+def without_gateway_keys(meta: dict[str, Any]) -> dict[str, Any]:
+    """A backend's `_meta` without the keys only the gateway may set."""
+    return {key: value for key, value in meta.items() if not key.startswith(GATEWAY_META_PREFIX)}
