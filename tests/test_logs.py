@@ -81,6 +81,7 @@ def test_the_gateways_own_words_are_left_alone(line: str) -> None:
         ("x-api-key: AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
         ("cookie: sid=8f7a6c5d4e3b2a19", "8f7a6c5d4e3b2a19"),
         ("missing bearer token, got Bearer mF_9.B5f-4.1JqM", "mF_9.B5f-4.1JqM"),
+        ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"),
     ],
 )
 def test_credential_values_are_still_redacted(line: str, secret: str) -> None:

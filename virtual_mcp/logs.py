@@ -32,14 +32,18 @@ _OTHERS = (
     (re.compile(r"\bvmcp_[0-9a-f]{12}_[A-Za-z0-9.-]+"), "vmcp_[REDACTED]"),
 )
 _MIN_TOKEN_CHARS = 8
+# No English word the gateway writes is this long: a value of this length is a credential whatever its letters.
+_LONGEST_WORD = 15
 
 
 def looks_like_credential(value: str) -> bool:
     """Whether a word after "Bearer" or "token:" is a credential rather than the gateway's own prose ("missing
     bearer token", "invalid token: signature has expired"): credentials are long and carry digits or inner capitals;
-    words do not."""
+    words do not, nor are they longer than any word the gateway writes."""
     if len(value) < _MIN_TOKEN_CHARS:
         return False
+    if len(value) > _LONGEST_WORD:
+        return True
     return any(c.isdigit() for c in value) or any(c.isupper() for c in value[1:]) or any(c in "+/=~" for c in value)
 
 
