@@ -15,7 +15,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.backends import build_lab
+from tests.backends import Probe, build_lab
 from tests.oauth.test_client_credentials import CONFIG, IDS, Setup
 from tests.oauth_server import CC_CLIENT_ID, authorization_server
 from tests.security_support import OffsetClock, secure_gateway
@@ -48,7 +48,8 @@ class Recorder:
 
 @asynccontextmanager
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Setup, Recorder]]:
-    backend_app = Recorder(build_lab().http_app(path="/mcp"))
+    probe = Probe()
+    backend_app = Recorder(build_lab(probe).http_app(path="/mcp"))
     async with authorization_server(access_token_ttl=100) as auth, serve(backend_app) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
@@ -62,7 +63,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[Setup, Recorder]]:
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             ci = await gw.token(PrincipalKind.VIRTUAL_ACCOUNT, "ci")
             await auth.reset()
-            yield Setup(auth, backend, gw, clock, alice, ci), backend_app
+            yield Setup(auth, backend, gw, clock, alice, ci, probe), backend_app
 
 
 async def test_a_token_with_crlf_from_the_provider_is_refused_at_receipt(tmp_path: Path) -> None:
