@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+
+from virtual_mcp.upstream.limits import AnswerTooLarge, TooDeep, loads
 
 MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
 LEGACY_VERSION = LATEST_HANDSHAKE_VERSION
@@ -39,31 +40,44 @@ def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-async def iter_sse_messages(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed)."""
+async def iter_sse_messages(lines: AsyncIterator[str], max_event_bytes: int) -> AsyncIterator[dict[str, Any]]:
+    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed).
+
+    An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge); its JSON by
+    MAX_JSON_DEPTH (ValueError, as for invalid JSON).
+    """
     event = "message"
     data: list[str] = []
+    size = 0
     async for line in lines:
         if line == "":
             if data and event == "message":
-                payload = "\n".join(data)
-                try:
-                    message = json.loads(payload)
-                except ValueError:
-                    raise ValueError("SSE event carried invalid JSON") from None
+                message = _message("\n".join(data))
                 if isinstance(message, dict):
                     yield message
-            event, data = "message", []
+            event, data, size = "message", [], 0
             continue
         if line.startswith(":"):
             continue
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
+            size += len(value) + 1
+            if size > max_event_bytes:
+                raise AnswerTooLarge(max_event_bytes, "event-stream event")
             data.append(value)
         elif name == "event":
             event = value or "message"
     if data and event == "message":
-        message = json.loads("\n".join(data))
+        message = _message("\n".join(data))
         if isinstance(message, dict):
             yield message
+
+
+def _message(payload: str) -> Any:
+    try:
+        return loads(payload)
+    except TooDeep:
+        raise
+    except ValueError:
+        raise ValueError("SSE event carried invalid JSON") from None

@@ -1,0 +1,92 @@
+"""Bounds on what a backend's answer may cost the gateway: its size (checked while it streams in, never buffered past
+the limit) and the nesting depth of its JSON.
+
+A backend is trusted to run tools, not to size its answers: one answer of 100 MB, or one endless event-stream line,
+must cost the gateway no more than the limit, and only that backend's caller hears about it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+# Deeper JSON than this is refused: the SDK's serializer gives up at 255 levels (a -32603 for the caller, with a
+# traceback in the log), and the gateway adds a few levels of its own around a backend's result.
+MAX_JSON_DEPTH = 128
+
+
+class AnswerTooLarge(Exception):
+    """The backend's answer (a JSON body, or one line or event of an event stream) is larger than the limit."""
+
+    def __init__(self, limit: int, what: str = "answer") -> None:
+        super().__init__(f"its {what} is larger than max_upstream_response_bytes ({limit} bytes)")
+        self.limit = limit
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(f"its JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, declared: int | None = None) -> bytes:
+    """The whole body from `chunks`, refused as soon as it is known to exceed `limit` (a declared Content-Length past
+    it is refused before a byte of the body is read)."""
+    if declared is not None and declared > limit:
+        raise AnswerTooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def capped_lines(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[str]:
+    """The body as text lines (`\\n` or `\\r\\n` ended), each as soon as it is complete; a line (or what is pending
+    of one) longer than `limit` is refused however the body is chunked."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        if b"\n" not in chunk:
+            if len(pending) > limit:
+                raise AnswerTooLarge(limit, "event-stream line")
+            continue
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if len(line) > limit:
+                raise AnswerTooLarge(limit, "event-stream line")
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        if len(pending) > limit:
+            raise AnswerTooLarge(limit, "event-stream line")
+    if pending:
+        yield pending.removesuffix(b"\r").decode("utf-8", "replace")
+
+
+def loads(data: bytes | str) -> Any:
+    """`json.loads`, refusing JSON nested deeper than MAX_JSON_DEPTH (ValueError, as for invalid JSON)."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise TooDeep from None
+    raw = data.encode() if isinstance(data, str) else data
+    # Nesting needs one bracket per level: most answers have too few to need the walk.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise TooDeep
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` deep in `value` (iterative: the point is not to recurse)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
