@@ -23,6 +23,7 @@ from mcp_types import TextResourceContents
 from tests.security_support import SecureGateway, secure_gateway
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
+from virtual_mcp.config.settings import Limits
 from virtual_mcp.types import Principal, PrincipalKind
 
 ALICE, BOB, CAROL = "alice@northwind.example", "bob@northwind.example", "carol@northwind.example"
@@ -148,7 +149,7 @@ async def test_one_callers_log_level_does_not_filter_anothers_log_messages(tmp_p
 
 
 async def test_one_principals_churn_never_closes_another_principals_session(tmp_path: Path) -> None:
-    async with lab(tmp_path, max_upstream_sessions_per_principal=2, max_upstream_sessions=3) as t:
+    async with lab(tmp_path, limits=Limits(upstream_sessions_per_principal=2, max_upstream_sessions=3)) as t:
         assert await t.call(BOB, "remember", value="bob's note") == "remembered"
         # Each distinct x-tfy-mcp-headers value is a credential of its own, so a backend session of its own: Alice's
         # count against her quota, and past it she loses her own least recently used session.
@@ -165,7 +166,7 @@ async def test_one_principals_churn_never_closes_another_principals_session(tmp_
 
 
 async def test_a_session_with_a_call_in_flight_is_never_closed(tmp_path: Path) -> None:
-    async with lab(tmp_path, max_upstream_sessions_per_principal=2) as t:
+    async with lab(tmp_path, limits=Limits(upstream_sessions_per_principal=2)) as t:
         results: list[str] = []
 
         async def wait(org: str | None) -> None:
@@ -181,8 +182,8 @@ async def test_a_session_with_a_call_in_flight_is_never_closed(tmp_path: Path) -
                 await t.call(ALICE, "recall", org="c")
             assert full.value.code == -32010
             assert full.value.message == (
-                "backend 'lab/private': you hold 2 backend sessions (max_upstream_sessions_per_principal), each with "
-                "a call in flight; retry when one ends"
+                "backend 'lab/private': you hold 2 backend sessions (limits.upstream_sessions_per_principal), each "
+                "with a call in flight; retry when one ends"
             )
             assert await t.call(BOB, "recall") == "nothing"  # everyone else is served meanwhile
             t.seen.release.set()
@@ -191,7 +192,7 @@ async def test_a_session_with_a_call_in_flight_is_never_closed(tmp_path: Path) -
 
 
 async def test_idle_sessions_are_closed_and_reopened_on_demand(tmp_path: Path) -> None:
-    async with lab(tmp_path, upstream_session_idle_seconds=0.2) as t:
+    async with lab(tmp_path, limits=Limits(upstream_session_idle_seconds=0.2)) as t:
         assert await t.call(ALICE, "remember", value="short-lived") == "remembered"
         await t.seen.until(lambda: len(t.seen.deleted) == 1)
         assert t.sessions_of(ALICE) == 0

@@ -96,7 +96,7 @@ class ToolCatalog:
         entry = self._private.get(key)
         if entry is None:
             entry = self._private[key] = _Entry()
-            if len(self._private) > self._settings.max_cached_tool_lists:
+            if len(self._private) > self._settings.limits.max_cached_tool_lists:
                 self._private.popitem(last=False)
         else:
             self._private.move_to_end(key)

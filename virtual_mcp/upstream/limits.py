@@ -11,6 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from virtual_mcp.json_depth import nests_deeper_than
+
 # Deeper JSON than this is refused: the SDK's serializer gives up at 255 levels (a -32603 for the caller, with a
 # traceback in the log), and the gateway adds a few levels of its own around a backend's result.
 MAX_JSON_DEPTH = 128
@@ -20,7 +22,7 @@ class AnswerTooLarge(Exception):
     """The backend's answer (a JSON body, or one line or event of an event stream) is larger than the limit."""
 
     def __init__(self, limit: int, what: str = "answer") -> None:
-        super().__init__(f"its {what} is larger than max_upstream_response_bytes ({limit} bytes)")
+        super().__init__(f"its {what} is larger than limits.max_upstream_response_bytes ({limit} bytes)")
         self.limit = limit
 
 
@@ -68,25 +70,8 @@ async def capped_lines(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterato
 
 
 def loads(data: bytes | str) -> Any:
-    """`json.loads`, refusing JSON nested deeper than MAX_JSON_DEPTH (ValueError, as for invalid JSON)."""
-    try:
-        value = json.loads(data)
-    except RecursionError:
-        raise TooDeep from None
-    raw = data.encode() if isinstance(data, str) else data
-    # Nesting needs one bracket per level: most answers have too few to need the walk.
-    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
+    """`json.loads`, refusing JSON nested deeper than MAX_JSON_DEPTH (TooDeep, a ValueError as for invalid JSON).
+    The depth is measured before parsing: a parser recurses once per level."""
+    if nests_deeper_than(data, MAX_JSON_DEPTH):
         raise TooDeep
-    return value
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether containers nest more than `limit` deep in `value` (iterative: the point is not to recurse)."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+    return json.loads(data)

@@ -64,19 +64,21 @@ class UpstreamPool:
             cookies=no_cookie_jar(),
             headers={"accept-encoding": "identity"},
         )
-        self._fast = Http1Pool(settings.connect_timeout_seconds, max_answer_bytes=settings.max_upstream_response_bytes)
+        limits = settings.limits
+        self._max_answer = limits.max_upstream_response_bytes
+        self._fast = Http1Pool(settings.connect_timeout_seconds, max_answer_bytes=self._max_answer)
         self._entries = EntryChecks(
-            settings.max_backend_list_entries,
-            settings.max_upstream_response_bytes,
+            limits.max_backend_list_entries,
+            limits.max_upstream_response_bytes,
             (lambda ref, kind, n: metrics.upstream_invalid_entries.labels(ref.key, kind).inc(n)) if metrics else None,
         )
         self._sessions: dict[SessionKey, UpstreamSession] = {}
         self._owned: dict[str, set[SessionKey]] = {}  # each principal's sessions
         self._owned_count = 0  # callers' sessions; the servers' own (one per server and credential) are not counted
         self._learned: dict[ServerRef, Negotiated] = {}
-        self._max_total = settings.max_upstream_sessions
-        self._max_owned = settings.max_upstream_sessions_per_principal
-        self._idle_seconds = settings.upstream_session_idle_seconds
+        self._max_total = limits.max_upstream_sessions
+        self._max_owned = limits.upstream_sessions_per_principal
+        self._idle_seconds = limits.upstream_session_idle_seconds
         task_group.start_soon(self._close_idle_forever)
 
     @property
@@ -114,7 +116,7 @@ class UpstreamPool:
             # Only the server's own session holds the standing list_changed stream: one per backend, not per caller.
             listen=owner is None and credential.shared,
             fast=self._fast,
-            max_answer_bytes=self._settings.max_upstream_response_bytes,
+            max_answer_bytes=self._max_answer,
             entries=self._entries,
             learned=self._learned.get(ref),
             on_negotiated=partial(self._learned.__setitem__, ref),
@@ -134,7 +136,7 @@ class UpstreamPool:
             if not self._close_lru(mine):
                 raise UpstreamSessionsExhausted(
                     ref.key,
-                    f"you hold {len(mine)} backend sessions (max_upstream_sessions_per_principal), each with a call "
+                    f"you hold {len(mine)} backend sessions (limits.upstream_sessions_per_principal), each with a call "
                     "in flight; retry when one ends",
                 )
             return
@@ -150,8 +152,8 @@ class UpstreamPool:
             return
         raise UpstreamSessionsExhausted(
             ref.key,
-            f"the gateway holds its maximum of {self._max_total} backend sessions (max_upstream_sessions), none of "
-            "them idle; retry shortly",
+            f"the gateway holds its maximum of {self._max_total} backend sessions (limits.max_upstream_sessions), "
+            "none of them idle; retry shortly",
         )
 
     def _close_lru(self, keys: set[SessionKey]) -> bool:
