@@ -459,9 +459,12 @@ class UpstreamSession:
             raise UpstreamProtocolError(self.ref.key, str(exc)) from None
         try:
             message = loads(content)
-        except ValueError as exc:
-            reason = str(exc) if isinstance(exc, TooDeep) else "a body that is not JSON-RPC"
-            raise UpstreamProtocolError(self.ref.key, f"HTTP {status} with {reason} ({ctype or 'no type'})") from None
+        except TooDeep as exc:
+            raise UpstreamProtocolError(self.ref.key, str(exc)) from None
+        except ValueError:
+            raise UpstreamProtocolError(
+                self.ref.key, f"HTTP {status} with a body that is not JSON-RPC ({ctype or 'no type'})"
+            ) from None
         if isinstance(message, dict) and ("result" in message or "error" in message):
             answered = message.get("id")
             if answered != request_id and not (answered is None and "error" in message):
