@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -200,3 +201,15 @@ async def lying(scenarios: dict[str, Scenario]) -> AsyncIterator[Liar]:
         yield liar
     finally:
         server.close()
+
+
+def tcp_listener() -> socket.socket:
+    """A listening loopback socket that says it is TCP (IPPROTO_TCP). asyncio turns Nagle off only on connections
+    whose socket does (accepted ones inherit the listener's); `tests.support.bind` makes protocol-0 sockets, on
+    which every answer uvicorn writes in two parts waits ~40 ms for the client's delayed ACK. This corpus sends a
+    few hundred requests, so its gateway and good backend listen on these."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock

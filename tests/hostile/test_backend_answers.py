@@ -40,6 +40,7 @@ from tests.hostile.liar import (
     lying,
     rpc,
     sse,
+    tcp_listener,
 )
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
@@ -594,7 +595,7 @@ def anyio_backend() -> str:
 async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     root: Path = tmp_path_factory.mktemp("liars")
     good_app = echo_server().streamable_http_app(stateless_http=True, json_response=True)
-    async with lying(scenarios()) as liar, serve(good_app) as good:
+    async with lying(scenarios()) as liar, serve(good_app, tcp_listener()) as good:
         config = root / "servers.d"
         config.mkdir()
         entries = [ENTRY.format(name="good", url=f"{good.url}/mcp")]
@@ -603,7 +604,9 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
         members = ", ".join(USERS.values())
         (config / "ids.yaml").write_text(f"type: identities\nteams:\n  - name: p\n    members: [{members}]\n")
         async with (
-            secure_gateway(config, root / "data", limits=LIMITS, call_timeout_seconds=CALL_TIMEOUT) as gw,
+            secure_gateway(
+                config, root / "data", sock=tcp_listener(), limits=LIMITS, call_timeout_seconds=CALL_TIMEOUT
+            ) as gw,
             httpx.AsyncClient(timeout=30) as client,
         ):
             tokens = {short: await gw.token(PrincipalKind.USER, user) for short, user in USERS.items()}
