@@ -376,7 +376,7 @@ CALLS: dict[str, ScenarioSpec] = {
     "c-truncated-chunked": (
         on_call(lambda m: closing(chunked(b"", end=False) + b"100\r\n" + b"x" * 10)),
         -32010,
-        "connection failed during tools/call: malformed or truncated answer: IncompleteReadError",
+        "connection failed during tools/call: the connection closed before the answer was complete",
     ),
     "c-short-body": (
         on_call(lambda m: closing(http(200, b"x" * 1000)[:-990])),

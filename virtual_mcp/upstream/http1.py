@@ -149,9 +149,12 @@ class Response:
                         else:
                             raise Broken("the answer's trailers do not end")
                         break
-                    # One chunk may claim any size: it is handed on in pieces, so the consumer's limit holds.
+                    # One chunk may claim any size: it is handed on as it arrives, in pieces, so the consumer's
+                    # limit holds (and is checked) however slowly or hugely the chunk comes.
                     while size > 0:
-                        data = await reader.readexactly(min(size, _PIECE))
+                        data = await reader.read(min(size, _PIECE))
+                        if not data:
+                            raise Broken("the connection closed before the answer was complete")
                         size -= len(data)
                         yield data
                     if await reader.readexactly(2) != b"\r\n":
