@@ -366,6 +366,8 @@ def run_scenarios(
         results["credential_path"] = scenarios.credential_path(procs, wrk, server_core, client_core, tmp, args.duration)
         print("bench: idle sessions ...", flush=True)
         results["idle_sessions"] = scenarios.idle_sessions(procs, server_core, client_core, tmp)
+        print("bench: principals holding upstream sessions ...", flush=True)
+        results["principal_sessions"] = scenarios.principal_sessions(procs, server_core, client_core, tmp)
         if args.soak_seconds > 0:
             print(f"bench: soak, {args.soak_seconds} s ...", flush=True)
             results["soak"] = scenarios.soak(procs, wrk, server_core, client_core, tmp, args.soak_seconds)

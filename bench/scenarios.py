@@ -8,6 +8,7 @@
   latency the credential path adds (the three in turn, nine rounds of 2 s; the median of each OAuth run's
   difference from the static run of its round);
 - the gateway's resident memory with 1,000 idle 2025-11-25 client sessions;
+- the gateway's resident memory with 1,000 principals (IdP JWTs) each holding a live 2025-11-25 upstream session;
 - a soak: `--soak-seconds` (600) of tools/call at about 500 requests/s (wrk paced, the pause calibrated by a short
   run first): errors and resident memory over time;
 - `serve` start-up with 50 servers configured: seconds from the process start until `/readyz` answers 200.
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 
 from bench import protocol
 from bench.gateway import (
+    BENCH_LIMITS,
     GROUP,
     SERVER,
     create_token,
@@ -46,6 +49,10 @@ BACKENDS, TOOLS = 20, 50
 LIST_DEADLINE_S = 3.0  # the gateway's default list_deadline_seconds
 STARTUP_SERVERS = 50
 IDLE_SESSIONS = 1000
+PRINCIPALS = 1000
+JWT_SECRET_REF = "tfy-secret://bench:jwt:hmac"  # noqa: S105 - a reference, not a secret
+JWT_KEY = "bench HS256 key for the principals scenario, not a secret"
+JWT_ISSUER, JWT_AUDIENCE = "https://idp.bench.example", "https://gateway.bench.example"
 SOAK_RATE, SOAK_CONNECTIONS, SOAK_SAMPLE_S, SOAK_CALIBRATION_S = 500, 20, 5.0, 10
 CREDENTIAL_ROUNDS, CREDENTIAL_RUN_S = 9, 2
 OAUTH_SECRET_REF = "tfy-secret://bench:oauth:client_secret"  # noqa: S105 - a reference, not a secret
@@ -200,6 +207,62 @@ def idle_sessions(
         "rss_mb_with_sessions": round(after, 1),
         "per_session_kb": round((after - before) * 1024 / count, 1),
         "open_s": round(opened_s, 1),
+    }
+
+
+def principal_sessions(
+    procs: Processes, server_core: int | None, client_core: int | None, tmp: Path, count: int = PRINCIPALS
+) -> dict[str, Any]:
+    """The gateway's resident memory with `count` principals each holding a live upstream session: each (an IdP JWT
+    of its own) makes one tools/call to a 2025-11-25 backend that keeps a session per client, so the gateway opens
+    (and keeps, for its idle time) one backend session per principal; against its memory after one warm call."""
+    up_port = free_port()
+    argv = [sys.executable, "-m", "bench.echo_backend", "--port", str(up_port), "--sessions"]
+    upstream = procs.start("principals-backend", argv, client_core, up_port)
+    procs.wait_listening(upstream)
+    directory = tmp / "principals"
+    config = write_gateway_config(directory, f"http://127.0.0.1:{up_port}/mcp")
+    (config / "gateway.yaml").write_text(
+        BENCH_LIMITS
+        + f"inbound:\n  jwt:\n    issuer: {JWT_ISSUER}\n    audience: {JWT_AUDIENCE}\n"
+        + f"    hs256_secret: {JWT_SECRET_REF}\n    teams_claim: groups\n"
+    )
+    gateway_credentials(directory / "data")
+    store_secret(directory / "data", JWT_SECRET_REF, JWT_KEY)
+    port = free_port()
+    command = gateway_command(config, directory / "data", port)
+    gateway = procs.start("virtual-mcp-principals", command, server_core, port)
+    procs.wait_listening(gateway)
+    url = f"http://127.0.0.1:{port}/mcp-server/{GROUP}/{SERVER}/server"
+    now = int(time.time())
+    claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "iat": now, "exp": now + 3600, "groups": ["bench"]}
+    tokens = [jwt.encode({**claims, "sub": f"user{i}@bench.example"}, JWT_KEY, algorithm="HS256") for i in range(count)]
+    with httpx.Client(timeout=30) as client:
+
+        def call_as(token: str) -> None:
+            client.headers["Authorization"] = f"Bearer {token}"
+            protocol.check_call(client, url, protocol.MODERN)
+
+        call_as(tokens[0])
+        before = _rss_mb(gateway.pid)
+        started = time.perf_counter()
+        for token in tokens[1:]:
+            call_as(token)
+        called_s = time.perf_counter() - started
+        call_as(tokens[0])  # the first principal's session is still there (and still works)
+        after = _rss_mb(gateway.pid)
+        metrics = client.get(f"http://127.0.0.1:{port}/metrics").text
+    held = re.search(r"^vmcp_upstream_sessions (\S+)$", metrics, re.MULTILINE)
+    sessions = int(float(held.group(1))) if held else None
+    if sessions is None or sessions < count:
+        raise RuntimeError(f"the gateway holds {sessions} upstream sessions for {count} principals")
+    return {
+        "principals": count,
+        "upstream_sessions": sessions,
+        "rss_mb_warm": round(before, 1),
+        "rss_mb_with_sessions": round(after, 1),
+        "per_principal_kb": round((after - before) * 1024 / count, 1),
+        "calls_s": round(called_s, 1),
     }
 
 
@@ -412,6 +475,14 @@ def markdown(results: dict[str, Any]) -> str:
         measured = f"{idle['rss_mb_with_sessions']} MB ({idle['rss_mb_warm']} MB warm before them; "
         measured += f"{idle['per_session_kb']} KB per session)"
         rows.append(f"| gateway RSS with {idle['sessions']} idle 2025-11-25 client sessions | {measured} | <= 150 MB |")
+    held = results.get("principal_sessions")
+    if held:
+        measured = f"{held['rss_mb_with_sessions']} MB ({held['rss_mb_warm']} MB warm before them; "
+        measured += f"{held['per_principal_kb']} KB per principal, {held['upstream_sessions']} upstream sessions)"
+        rows.append(
+            f"| gateway RSS with {held['principals']} principals holding live upstream sessions | {measured} | "
+            "<= 200 MB |"
+        )
     start = results.get("startup")
     if start:
         measured = f"median {start['median_s']} s of {start['ready_s']}"

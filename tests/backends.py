@@ -11,7 +11,7 @@ import anyio
 from fastmcp import Context, FastMCP
 from fastmcp.tools import ToolResult
 from fastmcp.utilities.types import Audio, Image
-from mcp_types import EmbeddedResource, TextContent, TextResourceContents
+from mcp_types import EmbeddedResource, TextContent, TextResourceContents, ToolListChangedNotification
 from pydantic import BaseModel
 
 from tests.sensitive import SENSITIVE
@@ -127,13 +127,16 @@ def build_lab(probe: Probe | None = None, name: str = "lab") -> FastMCP:
 
     @mcp.tool
     async def grow(name: str, ctx: Context) -> str:
-        """Register a new tool `name` and tell this session its tool list changed."""
+        """Register a new tool `name` and tell this session its tool list changed, in this call's answer.
+
+        (The gateway listens for list changes on the server's own session, and in every answer; a caller's session
+        holds no standing stream of its own.)"""
 
         def added() -> str:
             return f"{name} works"
 
         mcp.tool(added, name=name)
-        await ctx.session.send_tool_list_changed()
+        await ctx.session.send_notification(ToolListChangedNotification(), related_request_id=ctx.request_id)
         return f"added {name}"
 
     @mcp.resource("lab://notes/{note_id}")

@@ -176,6 +176,14 @@ class UpstreamUnavailable(UpstreamError):
     http_status = 502
 
 
+class UpstreamSessionsExhausted(UpstreamError):
+    """No backend session can be opened for this caller without closing one that has a call in flight: the caller's
+    own quota (or the gateway's total) is full of busy sessions."""
+
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+    http_status = 503
+
+
 class UpstreamTimeout(UpstreamError):
     jsonrpc_code = UPSTREAM_TIMEOUT
     http_status = 504

@@ -72,6 +72,13 @@ class Metrics:
             ["server", "kind"],
             registry=r,
         )
+        self.upstream_invalid_entries = Counter(
+            "vmcp_upstream_invalid_entries_total",
+            "entries of backend lists left out (invalid, a duplicate name, past the list's bounds), by server and "
+            "kind (tool, resource, resource_template, prompt)",
+            ["server", "kind"],
+            registry=r,
+        )
         self.token_refreshes = Counter(
             "vmcp_token_refreshes_total",
             "upstream OAuth token requests by grant kind (2lo, 3lo) and outcome",

@@ -44,6 +44,8 @@ class RemoteEntry:
     authorized_subjects: frozenset[str]
     forwardable_headers: frozenset[str]  # lower-case
     audit: AuditPayloads | None = None
+    # `upstream_session: shared`: the configured credential's backend session serves every caller.
+    shared_session: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,7 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         authorized_subjects=frozenset(model.authorized_subjects),
         forwardable_headers=frozenset(h.lower() for h in model.forwardable_headers),
         audit=model.audit,
+        shared_session=model.upstream_session == "shared",
     )
 
 

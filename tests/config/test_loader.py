@@ -211,3 +211,21 @@ def test_per_user_oauth_needs_s256_declared_or_an_issuer_to_read_it_from() -> No
     )
     [bad] = issues_of(GROUP_HEAD + remote("o", auth_data=head + ", issuer: 'not a url'}"))
     assert "auth_data.issuer:" in bad
+
+
+def test_upstream_session_is_per_principal_unless_a_server_says_shared(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text(GROUP_HEAD + remote("own") + remote("stateless", upstream_session="shared"))
+    remotes = build_registry(load_config_dir(tmp_path)).remotes
+    assert not remotes[ServerRef("g", "own")].shared_session
+    assert remotes[ServerRef("g", "stateless")].shared_session
+    assert issues_of(GROUP_HEAD + remote("a", upstream_session="per_user")) == [
+        "g.yaml: integration 'a': upstream_session: Input should be 'per_principal' or 'shared'"
+    ]
+
+
+def test_upstream_limits_are_checked_in_the_gateway_document() -> None:
+    doc = "type: gateway\nlimits:\n  upstream_sessions_per_principal: 0\n  max_upstream_response_bytes: 10\n"
+    assert issues_of(doc, "gw.yaml") == [
+        "gw.yaml: limits.upstream_sessions_per_principal: Input should be greater than 0",
+        "gw.yaml: limits.max_upstream_response_bytes: Input should be greater than or equal to 1024",
+    ]

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
+from virtual_mcp.upstream.limits import AnswerTooLarge
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -257,3 +258,52 @@ async def test_an_answer_without_a_body_is_complete_at_once() -> None:
                 async with pool.post(target(url(server)), b"{}", {}) as response:
                     assert (response.status, await response.read()) == (204, b"")
         assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 4096\r\n\r\n" + b"x" * 4096,  # refused by its declared size, before its body
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"1000\r\n" + b"x" * 4096 + b"\r\n0\r\n\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"100000\r\n" + b"x" * 4096,  # one chunk claiming 1 MiB
+    ],
+)
+async def test_an_answer_past_the_limit_is_refused_and_its_connection_not_reused(framing: bytes) -> None:
+    async def big_then_small(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.request(reader)
+            small = server.connections > 1 or len(server.requests) > 1
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" if small else b"HTTP/1.1 200 OK\r\n" + framing
+            )
+            await writer.drain()
+
+    async with running(big_then_small) as server:
+        pool = Http1Pool(connect_timeout=5, max_answer_bytes=1024)
+        with pytest.raises(AnswerTooLarge) as refused:
+            async with pool.post(target(url(server)), b"{}", {}) as response:
+                await response.read()
+        assert str(refused.value) == "its answer is larger than limits.max_upstream_response_bytes (1024 bytes)"
+        async with pool.post(target(url(server)), b"{}", {}) as response:
+            assert await response.read() == b"{}"
+        assert server.connections == 2  # the connection of the refused answer was closed, not pooled
+        await pool.aclose()
+
+
+async def test_an_event_stream_line_past_the_limit_is_refused_however_it_is_chunked() -> None:
+    async def one_chunk(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.request(reader)
+        part = b"data: short\n" + b"y" * 4096  # a newline early in the chunk, then a line without end
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(part), part))
+        await writer.drain()
+        await reader.read()
+
+    async with running(one_chunk) as server:
+        pool = Http1Pool(connect_timeout=5, max_answer_bytes=1024)
+        lines: list[str] = []
+        with pytest.raises(AnswerTooLarge, match="event-stream line"):
+            async with pool.post(target(url(server)), b"{}", {}) as response:
+                async for line in response.lines():
+                    lines.append(line)
+        assert lines == ["data: short"]
+        await pool.aclose()

@@ -8,7 +8,7 @@ from virtual_mcp.upstream.wire import iter_sse_messages, modern_headers, modern_
 
 async def collect(body: bytes) -> list[dict[str, object]]:
     response = httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
-    return [m async for m in iter_sse_messages(response.aiter_lines())]
+    return [m async for m in iter_sse_messages(response.aiter_lines(), 1 << 20)]
 
 
 async def test_sse_frames_comments_and_multiline_data() -> None:

@@ -204,6 +204,11 @@ class RemoteServer(_Strict):
     auth_data: AuthData | None = None
     forwardable_headers: list[str] = Field(default_factory=list)
     audit: AuditPayloads | None = None
+    # Whose 2025-11-25 backend session serves a call: each principal's own (the default: session state one user
+    # creates at the backend is never seen by another), or one for every caller of the server's configured
+    # credential (`shared`: only for a backend known to keep no state per session). Either way a session never
+    # serves two credentials.
+    upstream_session: Literal["per_principal", "shared"] = "per_principal"
 
     @field_validator("url")
     @classmethod

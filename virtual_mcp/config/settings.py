@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Limits(BaseModel):
-    """What one caller may take of the gateway's shared capacity. Set in the gateway document (`limits:`)."""
+    """What one caller (or one backend) may take of the gateway's shared capacity. Set in the gateway document
+    (`limits:`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -21,6 +22,25 @@ class Limits(BaseModel):
     # Requests one principal may send per second, sustained, and in one burst (a token bucket), on every route.
     requests_per_second_per_principal: float = Field(default=100.0, gt=0)
     request_burst_per_principal: int = Field(default=500, gt=0)
+    # Upstream (backend) sessions. A 2025-11-25 backend session belongs to one principal and one credential (unless
+    # the server says `upstream_session: shared`). A principal over its quota loses its own least recently used idle
+    # session, a newcomer at the total cap one of whoever holds the most; a session with a call in flight is never
+    # closed. At least the number of servers one principal uses at once (each is one session), plus room for
+    # x-tfy-mcp-headers overrides (each distinct value is a session of its own).
+    upstream_sessions_per_principal: int = Field(default=64, gt=0)
+    max_upstream_sessions: int = Field(default=4096, gt=0)
+    # A backend session nobody used for this long is ended (DELETE); the next call opens a new one.
+    upstream_session_idle_seconds: float = Field(default=300.0, gt=0)
+    # The largest backend answer the gateway reads: a JSON body, or one line or event of an event stream, checked as
+    # it streams in. Past it the caller gets -32012 naming this limit and the connection is closed. 8 MiB holds a
+    # ~5 MiB file as base64 inside a result; the gateway never holds more than this per answer in flight.
+    max_upstream_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # One backend list (tools, resources, resource templates, prompts), whatever its pagination: at most this many
+    # entries, and max_upstream_response_bytes of them; the rest are left out (logged, counted).
+    max_backend_list_entries: int = Field(default=2000, gt=0)
+    # Tool lists fetched with a caller's own credential (passthrough, per-user OAuth) are cached per credential:
+    # at most this many are kept (least recently fetched dropped first).
+    max_cached_tool_lists: int = Field(default=1024, gt=0)
 
 
 class GatewaySettings(BaseModel):

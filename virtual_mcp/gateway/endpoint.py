@@ -173,14 +173,14 @@ def build_server(
                 raise ToolNotFound(params.name)
             source = route.member.source
             note.server, note.tool = source, route.original
-            header_map = runtime.catalog.param_header_map(source, route.original)
+            header_map = runtime.catalog.param_header_map(source, route.original, route.scope)
             headers = mcp_param_headers(header_map, arguments) if header_map else None
             upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
             credential = await runtime.credentials.credential_for(source, caller)
             note.sent = credential.headers  # what this call presented upstream, scrubbed from what is recorded
             result = await forward(
                 ctx,
-                runtime.pool.session(source, credential),
+                runtime.pool.session(source, credential, caller.principal),
                 "tools/call",
                 upstream_params,
                 timeout=settings.call_timeout_seconds,
@@ -251,7 +251,9 @@ def _passthrough_handlers(
             params = {k: v for k, v in raw.items() if k != "_meta"}
             result = await forward(
                 ctx,
-                runtime.pool.session(member.source, await runtime.credentials.credential_for(member.source, caller)),
+                runtime.pool.session(
+                    member.source, await runtime.credentials.credential_for(member.source, caller), caller.principal
+                ),
                 method,
                 params,
                 timeout=runtime.settings.call_timeout_seconds,

@@ -53,7 +53,7 @@ class PlainCalls:
         runtime = self.runtime
         with phase("policy"):
             route = await runtime.view(self.endpoint.path).resolve(caller, name, runtime.settings.list_deadline_seconds)
-        if route is None or runtime.catalog.param_header_map(route.member.source, route.original):
+        if route is None or runtime.catalog.param_header_map(route.member.source, route.original, route.scope):
             return None
         return route
 
@@ -78,7 +78,7 @@ class PlainCalls:
                 credential = await runtime.credentials.credential_for(source, caller)
                 note.sent = credential.headers
                 with phase("upstream"):
-                    result = await runtime.pool.session(source, credential).request(
+                    result = await runtime.pool.session(source, credential, caller.principal).request(
                         "tools/call",
                         {"name": route.original, "arguments": arguments},
                         timeout=runtime.settings.call_timeout_seconds,

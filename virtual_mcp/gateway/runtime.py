@@ -81,7 +81,7 @@ class Runtime:
         return self._pool.open_sessions if self._pool is not None else 0
 
     def _known_tool(self, ref: ServerRef, name: str) -> bool:
-        return self._catalog is not None and self._catalog.cached_tool(ref, name) is not None
+        return self._catalog is not None and self._catalog.declared(ref, name)
 
     def view(self, path: str) -> EndpointView:
         return self._views[path]
@@ -102,7 +102,9 @@ class Runtime:
             if self._revocations is not None:
                 await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
                 tg.start_soon(self._watch_revocations, self._revocations)
-            self._pool = UpstreamPool(self.registry, self.settings, tg, on_list_changed=self._backend_changed)
+            self._pool = UpstreamPool(
+                self.registry, self.settings, tg, on_list_changed=self._backend_changed, metrics=self.metrics
+            )
             self._catalog = ToolCatalog(
                 self._pool, self.settings, tg, on_change=self._catalog_changed, metrics=self.metrics
             )

@@ -2,6 +2,10 @@
 
 Names come from `naming.namespaced`, which depends only on a tool's own identity, so a tool keeps its name when
 other backends come and go. The routing table is rebuilt only when a backend's catalog version changes.
+
+A backend called with each caller's own credential (passthrough, per-user OAuth) may list different tools for each:
+its list is the caller's (`scope`, the credential's identity), so the table is per set of scopes; an endpoint of
+servers with one configured credential each has one table for every caller.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ logger = logging.getLogger(__name__)
 GATEWAY_META_PREFIX = "virtual-mcp/"
 SOURCE_META_KEY = f"{GATEWAY_META_PREFIX}source"
 _LISTED_ENTRIES = 256  # distinct subject sets whose filtered tool lists are kept per endpoint
+_TABLES = 256  # distinct sets of callers' lists whose routing tables are kept per endpoint
+
+Scopes = tuple[str | None, ...]  # per member of the endpoint: which of its server's lists (None: the shared one)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     member: Member
     original: str
+    scope: str | None = None  # which list of the server says the tool exists (None: the shared one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +66,21 @@ class EndpointView:
         self._registry = registry
         self._catalog = catalog
         self._budget = name_budget
-        self._table: _Table | None = None
-        self._listed: dict[tuple[tuple[int, ...], frozenset[str]], list[dict[str, Any]]] = {}
+        self._tables: dict[Scopes, _Table] = {}
+        self._listed: dict[tuple[tuple[int, ...], Scopes, frozenset[str]], list[dict[str, Any]]] = {}
         # Fast path for names that are exactly prefix + "__" + original (no shortening), needing no catalog.
-        self._prefixes = {SEPARATOR.join(m.prefix) + SEPARATOR: m for m in endpoint.members if m.prefix}
+        self._prefixes = {
+            SEPARATOR.join(m.prefix) + SEPARATOR: (i, m) for i, m in enumerate(endpoint.members) if m.prefix
+        }
+        self._per_caller = frozenset(m.source for m in endpoint.members if credentials.per_caller(m.source))
+        self._shared_scopes: Scopes = (None,) * len(endpoint.members)
+
+    def _scopes(self, caller: Caller | None) -> Scopes:
+        """Which list of each member's server `caller` is served (no I/O)."""
+        if not self._per_caller or caller is None:
+            return self._shared_scopes
+        scope = self._credentials.list_scope
+        return tuple(scope(m.source, caller) if m.source in self._per_caller else None for m in self.endpoint.members)
 
     def visible_members(self, principal: Principal) -> list[Member]:
         return [m for m in self.endpoint.members if decide(principal, self._registry.gates[m.gate]).allowed]
@@ -77,11 +96,12 @@ class EndpointView:
         """`list_tools`, and a key that is equal for equal answers (not to be modified: it is shared)."""
         principal = caller.principal
         members = self.visible_members(principal)
-        await self._refresh(members, deadline, caller)
-        table = self._current_table()
+        scopes = self._scopes(caller)
+        await self._refresh(members, deadline, caller, scopes)
+        table = self._current_table(scopes)
         # What one set of subjects may see of one table is computed once (a list of 1,000 tools is 1,000 policy
         # decisions).
-        key = (table.versions, principal.subjects())
+        key = (table.versions, scopes, principal.subjects())
         listed = self._listed.get(key)
         if listed is None:
             listed = [tool for name, tool in table.tools.items() if self._allowed(principal, table.routes[name])]
@@ -95,58 +115,62 @@ class EndpointView:
 
     async def resolve(self, caller: Caller, name: str, deadline: float) -> Route | None:
         """Where a call to `name` goes, or None if it does not exist for this caller (the two are one answer)."""
-        route = self.route_ignoring_policy(name)
+        scopes = self._scopes(caller)
+        route = self._route(name, scopes)
         if route is None:
             # Not in the cache: the backend's list may be unfetched or stale. One refresh, then the answer stands.
-            await self._refresh(self.visible_members(caller.principal), deadline, caller)
-            fast = self._fast_route(name)
-            route = self._known(fast) or self._current_table().routes.get(name)
-            if route is None and fast is not None and not self._catalog.known_tools(fast.member.source):
+            await self._refresh(self.visible_members(caller.principal), deadline, caller, scopes)
+            fast = self._fast_route(name, scopes)
+            route = self._known(fast) or self._current_table(scopes).routes.get(name)
+            if route is None and fast is not None and not self._catalog.known_tools(fast.member.source, fast.scope):
                 # The backend could not say what it has (down, hung, garbage): forward, so the caller hears why.
                 route = fast
         return route if route is not None and self._allowed(caller.principal, route) else None
 
-    def route_ignoring_policy(self, name: str) -> Route | None:
+    def route_ignoring_policy(self, name: str, caller: Caller | None = None) -> Route | None:
         """Where `name` goes for a caller allowed everything, from the cache only (policy is applied by the caller of
         this; the audit trail uses it to tell a refused tool from one that does not exist)."""
-        return self._known(self._fast_route(name)) or self._current_table().routes.get(name)
+        return self._route(name, self._scopes(caller))
+
+    def _route(self, name: str, scopes: Scopes) -> Route | None:
+        return self._known(self._fast_route(name, scopes)) or self._current_table(scopes).routes.get(name)
 
     def refusal(self, principal: Principal, name: str) -> tuple[Route | None, str]:
         """Why a call to `name` was refused, for the audit trail only (the caller hears one answer for both):
         where it would have gone, if the name says, and whether policy or a missing tool refused it."""
-        route = self.route_ignoring_policy(name) or self._fast_route(name)
+        route = self.route_ignoring_policy(name) or self._fast_route(name, self._shared_scopes)
         if route is not None and not self._allowed(principal, route):
             return route, "not authorized for this tool"
         return route, "unknown tool"
 
     def _known(self, route: Route | None) -> Route | None:
         """`route` if its backend is known to have that tool, so an unknown name never reaches a backend."""
-        if route is None or self._catalog.cached_tool(route.member.source, route.original) is None:
+        if route is None or self._catalog.cached_tool(route.member.source, route.original, route.scope) is None:
             return None
         return route
 
-    def _fast_route(self, name: str) -> Route | None:
+    def _fast_route(self, name: str, scopes: Scopes) -> Route | None:
         members = self.endpoint.members
         if len(members) == 1 and not members[0].prefix:
             member = members[0]
-            return Route(member, name) if member.tools is None or name in member.tools else None
-        for prefix, member in self._prefixes.items():
+            return Route(member, name, scopes[0]) if member.tools is None or name in member.tools else None
+        for prefix, (index, member) in self._prefixes.items():
             if name.startswith(prefix):
                 original = name[len(prefix) :]
                 if (member.tools is None or original in member.tools) and self.exposed_name(member, original) == name:
-                    return Route(member, original)
+                    return Route(member, original, scopes[index])
         return None
 
-    async def _refresh(self, members: Iterable[Member], deadline: float, caller: Caller) -> None:
-        sources = {m.source for m in members if not self._catalog.fresh(m.source)}
+    async def _refresh(self, members: Iterable[Member], deadline: float, caller: Caller, scopes: Scopes) -> None:
+        scope_of = {m.source: scope for m, scope in zip(self.endpoint.members, scopes, strict=True)}
+        sources = {m.source for m in members if not self._catalog.fresh(m.source, scope_of[m.source])}
         if not sources:
             return  # every list is in the cache: no credential, no task
 
         async def fetch(ref: ServerRef) -> None:
             try:
-                await self._catalog.tools(
-                    ref, deadline, await self._credentials.credential_for(ref, caller, with_overrides=False)
-                )
+                credential = await self._credentials.credential_for(ref, caller, with_overrides=False)
+                await self._catalog.tools(ref, deadline, credential, caller.principal)
             except GatewayError as exc:
                 logger.info("tools of %s left out of %s: %s", ref, self.endpoint.path, exc.message)
 
@@ -154,18 +178,21 @@ class EndpointView:
             for ref in sorted(sources):
                 tg.start_soon(fetch, ref)
 
-    def _current_table(self) -> _Table:
-        versions = tuple(self._catalog.version(m.source) for m in self.endpoint.members)
-        table = self._table
+    def _current_table(self, scopes: Scopes) -> _Table:
+        catalog = self._catalog
+        versions = tuple(catalog.version(m.source, s) for m, s in zip(self.endpoint.members, scopes, strict=True))
+        table = self._tables.get(scopes)
         if table is None or table.versions != versions:
-            table = self._table = self._build(versions)
+            if table is None and len(self._tables) >= _TABLES:
+                self._tables.pop(next(iter(self._tables)))
+            table = self._tables[scopes] = self._build(versions, scopes)
         return table
 
-    def _build(self, versions: tuple[int, ...]) -> _Table:
+    def _build(self, versions: tuple[int, ...], scopes: Scopes) -> _Table:
         routes: dict[str, Route] = {}
         tools: dict[str, dict[str, Any]] = {}
-        for member in self.endpoint.members:
-            for tool in self._catalog.known_tools(member.source):
+        for member, scope in zip(self.endpoint.members, scopes, strict=True):
+            for tool in self._catalog.known_tools(member.source, scope):
                 original = tool["name"]
                 if member.tools is not None and original not in member.tools:
                     continue
@@ -181,7 +208,7 @@ class EndpointView:
                         other.original,
                     )
                     continue
-                routes[exposed] = Route(member, original)
+                routes[exposed] = Route(member, original, scope)
                 tools[exposed] = self._expose(tool, exposed, member, original)
         return _Table(versions, routes, tools)
 
@@ -212,10 +239,10 @@ class EndpointView:
         """
         if caller is None:
             return None
-        route = self.route_ignoring_policy(name)
+        route = self.route_ignoring_policy(name, caller)
         if route is None or not self._allowed(caller.principal, route):
             return None
-        tool = self._catalog.cached_tool(route.member.source, route.original)
+        tool = self._catalog.cached_tool(route.member.source, route.original, route.scope)
         schema = tool.get("inputSchema") if tool else None
         return schema if isinstance(schema, dict) else None
 

@@ -152,7 +152,9 @@ class OutboundCredentials:
         elif isinstance(auth, HeaderAuthData):
             headers, secrets = dict(self._static[ref]), self._static_secrets[ref]
         elif isinstance(auth, PassthroughAuthData):
-            headers, secrets = _bearer(_passthrough(ref, auth, caller))
+            jwt = _passthrough(ref, auth, caller)
+            headers, secrets = _bearer(jwt)
+            identity = _passthrough_identity(jwt)
             shared = False
         elif isinstance(auth, OAuth2AuthData) and auth.grant_type == "client_credentials":
             token = await self._client_credentials_token(ref)
@@ -161,7 +163,7 @@ class OutboundCredentials:
         elif isinstance(auth, OAuth2AuthData):
             token = await self._user_token(ref, caller)
             headers, secrets = _bearer(token.access_token)
-            identity = f"oauth2-user:{caller.principal.subject}"
+            identity = _user_identity(caller)
             shared = False
         overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
@@ -171,6 +173,25 @@ class OutboundCredentials:
             shared = False
             identity = None
         return Credential(headers, shared, identity, secrets)
+
+    def list_scope(self, ref: ServerRef, caller: Caller) -> str | None:
+        """Which cached tool list of `ref` is `caller`'s (no I/O): None for a server with one configured credential
+        (every caller is shown the same list); for a server called with each caller's own credential (passthrough,
+        per-user OAuth), that credential's identity: the key of `credential_for(ref, caller, with_overrides=False)`.
+        """
+        if not self.per_caller(ref):
+            return None
+        if isinstance(self._registry.remotes[ref].auth, PassthroughAuthData):
+            jwt = caller.auth.verified_jwt
+            return _passthrough_identity(jwt) if jwt is not None else "passthrough:none"
+        return _user_identity(caller)
+
+    def per_caller(self, ref: ServerRef) -> bool:
+        """Whether `ref` is called with each caller's own credential (passthrough, per-user OAuth)."""
+        auth = self._registry.remotes[ref].auth
+        return isinstance(auth, PassthroughAuthData) or (
+            isinstance(auth, OAuth2AuthData) and auth.grant_type == "authorization_code"
+        )
 
     async def _user_token(self, ref: ServerRef, caller: Caller) -> TokenSet:
         """The caller's own token for `ref` (authorization code + PKCE), or ConsentRequired with a link to get one."""
@@ -334,6 +355,17 @@ def _passthrough(ref: ServerRef, auth: PassthroughAuthData, caller: Caller) -> s
             f"backend {ref.key!r}: audience mismatch: your token's audience does not include {auth.audience!r}"
         )
     return caller.auth.verified_jwt
+
+
+def _passthrough_identity(jwt: str) -> str:
+    """A passthrough credential by a digest of the caller's JWT: one session and one tool list per token, and the
+    token itself is never a key in memory (nor in a log line that might print one)."""
+    return "passthrough:" + hashlib.sha256(jwt.encode()).hexdigest()
+
+
+def _user_identity(caller: Caller) -> str:
+    """A per-user OAuth credential by its owner: stable across token refreshes."""
+    return f"oauth2-user:{caller.principal.subject}"
 
 
 def _render(template: str, resolve: Callable[[SecretRef], str]) -> str:

@@ -25,9 +25,11 @@ import anyio
 import httpx
 
 from virtual_mcp.fields import check_headers
+from virtual_mcp.upstream.limits import capped_lines, read_capped
 
 MAX_HEADER_BYTES = 64 * 1024
-MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line (one JSON-RPC message) at most
+_PIECE = 64 * 1024  # the most one read takes from the socket: a body is never held whole before it is checked
+_MAX_TRAILERS = 64
 
 
 class ConnectFailed(Exception):
@@ -103,8 +105,11 @@ class _Connection:
 class Response:
     """An answer whose head has been read; the body is read with `read()` or `lines()`, once."""
 
-    def __init__(self, status: int, headers: dict[str, str], conn: _Connection, version: str = "HTTP/1.1") -> None:
+    def __init__(
+        self, status: int, headers: dict[str, str], conn: _Connection, limit: int, version: str = "HTTP/1.1"
+    ) -> None:
         self.status = status
+        self.limit = limit  # the most one body (or one line of it) may hold
         self.headers = headers
         self._conn = conn
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
@@ -121,21 +126,12 @@ class Response:
         return self.complete and not self._to_close and (self._chunked or self._remaining is not None)
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self._chunks()]
-        return b"".join(parts)
+        """The whole body; AnswerTooLarge past `limit` (then the connection is not reused: the body was not read)."""
+        return await read_capped(self._chunks(), self.limit, None if self._chunked else self._remaining)
 
-    async def lines(self) -> AsyncIterator[str]:
-        """The body as text lines (`\\n` or `\\r\\n` ended), each as soon as it is complete."""
-        pending = b""
-        async for chunk in self._chunks():
-            pending += chunk
-            if len(pending) > MAX_LINE_BYTES and b"\n" not in pending:
-                raise Broken("a line of the answer is too long")
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                yield line.removesuffix(b"\r").decode("utf-8", "replace")
-        if pending:
-            yield pending.removesuffix(b"\r").decode("utf-8", "replace")
+    def lines(self) -> AsyncIterator[str]:
+        """The body as text lines (`\\n` or `\\r\\n` ended), each as soon as it is complete and none past `limit`."""
+        return capped_lines(self._chunks(), self.limit)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         reader = self._conn.reader
@@ -144,22 +140,34 @@ class Response:
                 while True:
                     size_line = await reader.readuntil(b"\r\n")
                     size = int(size_line.split(b";", 1)[0].strip(), 16)
+                    if size < 0:
+                        raise ValueError("negative chunk size")
                     if size == 0:
-                        while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                            pass
+                        for _ in range(_MAX_TRAILERS):
+                            if (await reader.readuntil(b"\r\n")) == b"\r\n":
+                                break
+                        else:
+                            raise Broken("the answer's trailers do not end")
                         break
-                    data = await reader.readexactly(size)
-                    await reader.readexactly(2)
-                    yield data
+                    # One chunk may claim any size: it is handed on as it arrives, in pieces, so the consumer's
+                    # limit holds (and is checked) however slowly or hugely the chunk comes.
+                    while size > 0:
+                        data = await reader.read(min(size, _PIECE))
+                        if not data:
+                            raise Broken("the connection closed before the answer was complete")
+                        size -= len(data)
+                        yield data
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise Broken("malformed chunked answer")
             elif self._remaining is not None:
                 while self._remaining > 0:
-                    data = await reader.read(min(self._remaining, 65536))
+                    data = await reader.read(min(self._remaining, _PIECE))
                     if not data:
                         raise Broken("the connection closed before the answer was complete")
                     self._remaining -= len(data)
                     yield data
             else:
-                while data := await reader.read(65536):
+                while data := await reader.read(_PIECE):
                     yield data
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise Broken(f"malformed or truncated answer: {type(exc).__name__}") from None
@@ -169,10 +177,18 @@ class Response:
 
 
 class Http1Pool:
-    """Keep-alive connections per origin, reused most recently used first."""
+    """Keep-alive connections per origin, reused most recently used first. No cookie jar: nothing a backend says
+    in one answer is sent with another request."""
 
-    def __init__(self, connect_timeout: float, idle_seconds: float = 30.0, max_idle_per_origin: int = 64) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        idle_seconds: float = 30.0,
+        max_idle_per_origin: int = 64,
+        max_answer_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self._connect_timeout = connect_timeout
+        self._max_answer = max_answer_bytes
         self._idle_seconds = idle_seconds
         self._max_idle = max_idle_per_origin
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
@@ -186,7 +202,7 @@ class Http1Pool:
         try:
             try:
                 conn.writer.write(_request_head(to, len(body), headers) + body)
-                response = await _read_head(conn)
+                response = await _read_head(conn, self._max_answer)
             except Dropped:
                 if not pooled:
                     raise Broken("the backend closed the connection without answering") from None
@@ -219,7 +235,7 @@ class Http1Pool:
                     to.port,
                     ssl=self._ssl_context() if to.scheme == "https" else None,
                     server_hostname=to.host if to.scheme == "https" else None,
-                    limit=MAX_LINE_BYTES,
+                    limit=MAX_HEADER_BYTES,  # the longest head (or chunk-size line) read at once
                 )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect: {type(exc).__name__}") from None
@@ -255,7 +271,7 @@ def _request_head(to: Target, length: int, headers: Mapping[str, str]) -> bytes:
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
-async def _read_head(conn: _Connection) -> Response:
+async def _read_head(conn: _Connection, limit: int) -> Response:
     reader = conn.reader
     while True:
         try:
@@ -288,4 +304,4 @@ async def _read_head(conn: _Connection) -> Response:
             key = name.strip().lower()
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return Response(int(code), headers, conn, version)
+        return Response(int(code), headers, conn, limit, version)

@@ -1,9 +1,21 @@
-"""The pool of upstream sessions: one HTTP client for every backend, one long-lived MCP session per backend."""
+"""The pool of upstream sessions: one HTTP client for every backend, and the MCP sessions built on it.
+
+Whose session serves a call is the isolation model. A 2025-11-25 backend session carries state the backend keeps
+for it (what a tool stored, a session resource, subscriptions), so it belongs to one principal and one credential:
+the key is (server, principal, credential). A server configured `upstream_session: shared` says it keeps no such
+state, and every caller of its configured credential then shares one session. Background work (the tool catalog
+fetched with the server's own credential, the list_changed stream) uses the server's own session, which no caller's
+call ever uses. A 2026-07-28 backend is sessionless: each request stands alone and there is no session state to
+keep apart, but the same keys apply (the objects are cheap, and what one of them learned of the backend is shared).
+
+Sessions are bounded per principal and in all. A principal over its quota loses its own least recently used idle
+session; at the total cap a newcomer takes one from the principal holding the most, never from one holding fewer;
+a session with a call in flight is never closed; sessions idle past `upstream_session_idle_seconds` are closed.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -13,17 +25,25 @@ import httpx
 from anyio.abc import TaskGroup
 
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.errors import UpstreamSessionsExhausted
+from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.registry import Registry
-from virtual_mcp.types import ServerRef
+from virtual_mcp.types import Principal, ServerRef
+from virtual_mcp.upstream.cookies import no_cookie_jar
+from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.http1 import Http1Pool
-from virtual_mcp.upstream.session import UpstreamSession
+from virtual_mcp.upstream.session import Negotiated, UpstreamSession
 
 logger = logging.getLogger(__name__)
 
+# Whose session: a principal's subject, or None for the server's own (background work, `upstream_session: shared`).
+Owner = str | None
+SessionKey = tuple[ServerRef, Owner, str]
+
 
 class UpstreamPool:
-    """Owns the shared `httpx.AsyncClient` (connection reuse, one TLS context) and the sessions built on it."""
+    """Owns the shared `httpx.AsyncClient` (connection reuse, one TLS context, no cookie jar) and the sessions."""
 
     def __init__(
         self,
@@ -31,8 +51,7 @@ class UpstreamPool:
         settings: GatewaySettings,
         task_group: TaskGroup,
         on_list_changed: Callable[[ServerRef], None] | None = None,
-        max_sessions: int = 256,
-        idle_seconds: float = 300.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
@@ -42,58 +61,134 @@ class UpstreamPool:
             timeout=httpx.Timeout(connect=settings.connect_timeout_seconds, read=None, write=30, pool=30),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60),
             follow_redirects=False,
+            cookies=no_cookie_jar(),
+            headers={"accept-encoding": "identity"},
         )
-        self._fast = Http1Pool(settings.connect_timeout_seconds)
-        # Least recently used first; per-caller credentials (passthrough, overrides) make this grow, so it is bounded.
-        self._sessions: OrderedDict[tuple[ServerRef, str], UpstreamSession] = OrderedDict()
-        self._max_sessions = max_sessions
-        self._idle_seconds = idle_seconds
+        limits = settings.limits
+        self._max_answer = limits.max_upstream_response_bytes
+        self._fast = Http1Pool(settings.connect_timeout_seconds, max_answer_bytes=self._max_answer)
+        self._entries = EntryChecks(
+            limits.max_backend_list_entries,
+            limits.max_upstream_response_bytes,
+            (lambda ref, kind, n: metrics.upstream_invalid_entries.labels(ref.key, kind).inc(n)) if metrics else None,
+        )
+        self._sessions: dict[SessionKey, UpstreamSession] = {}
+        self._owned: dict[str, set[SessionKey]] = {}  # each principal's sessions
+        self._owned_count = 0  # callers' sessions; the servers' own (one per server and credential) are not counted
+        self._learned: dict[ServerRef, Negotiated] = {}
+        self._max_total = limits.max_upstream_sessions
+        self._max_owned = limits.upstream_sessions_per_principal
+        self._idle_seconds = limits.upstream_session_idle_seconds
+        task_group.start_soon(self._close_idle_forever)
+
+    @property
+    def entries(self) -> EntryChecks:
+        return self._entries
 
     @property
     def open_sessions(self) -> int:
         return len(self._sessions)
 
-    def session(self, ref: ServerRef, credential: Credential) -> UpstreamSession:
-        """The session for `ref` with this credential: one per distinct credential, so a backend session is never
-        shared across credentials (backends bind a session to the credential that opened it)."""
-        key = (ref, credential.key)
+    def owned_by(self, principal: Principal) -> int:
+        return len(self._owned.get(principal.subject, ()))
+
+    def session(self, ref: ServerRef, credential: Credential, principal: Principal | None) -> UpstreamSession:
+        """The session that serves `principal`'s requests to `ref` with `credential` (None: the server's own, for
+        background work). Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
+        owner = None if principal is None else principal.subject
+        if owner is not None and credential.shared and self._registry.remotes[ref].shared_session:
+            owner = None  # the operator says this backend keeps no per-session state
+        key = (ref, owner, credential.key)
         session = self._sessions.get(key)
         if session is not None:
-            self._sessions.move_to_end(key)
+            session.touch()
             session.use_headers(credential.headers, credential.secrets)  # a rotated token on the same identity
             return session
-        self._sweep()
-        remote = self._registry.remotes[ref]
+        if owner is not None:
+            self._make_room(ref, owner)
         session = UpstreamSession(
             ref,
-            remote.url,
+            self._registry.remotes[ref].url,
             self._http,
             headers=credential.headers,
             secrets=credential.secrets,
             spawn=self._spawn,
             on_list_changed=partial(self._changed, ref),
-            listen=credential.shared,
+            # Only the server's own session holds the standing list_changed stream: one per backend, not per caller.
+            listen=owner is None and credential.shared,
             fast=self._fast,
+            max_answer_bytes=self._max_answer,
+            entries=self._entries,
+            learned=self._learned.get(ref),
+            on_negotiated=partial(self._learned.__setitem__, ref),
         )
+        session.touch()
         self._sessions[key] = session
+        if owner is not None:
+            self._owned.setdefault(owner, set()).add(key)
+            self._owned_count += 1
         return session
 
-    def _sweep(self) -> None:
-        """Close per-caller sessions idle for a while, and the least recently used idle ones beyond the cap.
+    def _make_room(self, ref: ServerRef, owner: str) -> None:
+        """Room for one more session of `owner`, closing idle sessions only: first `owner`'s own past its quota,
+        then, at the total cap, those idle too long, then one of whoever holds the most (never fewer than `owner`)."""
+        mine = self._owned.get(owner, set())
+        if len(mine) >= self._max_owned:
+            if not self._close_lru(mine):
+                raise UpstreamSessionsExhausted(
+                    ref.key,
+                    f"you hold {len(mine)} backend sessions (limits.upstream_sessions_per_principal), each with a call "
+                    "in flight; retry when one ends",
+                )
+            return
+        if self._owned_count < self._max_total:
+            return
+        self._close_idle()
+        if self._owned_count < self._max_total:
+            return
+        heaviest = max(self._owned.values(), key=len)
+        if len(heaviest) > len(mine) and self._close_lru(heaviest):
+            return
+        if mine and self._close_lru(mine):
+            return
+        raise UpstreamSessionsExhausted(
+            ref.key,
+            f"the gateway holds its maximum of {self._max_total} backend sessions (limits.max_upstream_sessions), "
+            "none of them idle; retry shortly",
+        )
 
-        A session with requests in flight is never closed under them; the cap stays well below the HTTP client's
-        connection limit, so per-caller credentials cannot starve everyone else's requests of connections.
-        """
-        now = anyio.current_time()
-        over = len(self._sessions) + 1 - self._max_sessions
+    def _close_lru(self, keys: set[SessionKey]) -> bool:
+        """Close the least recently used of `keys` that has no call in flight; False if each one has."""
+        idle = [key for key in keys if not self._sessions[key].in_flight]
+        if not idle:
+            return False
+        self._close(min(idle, key=lambda k: self._sessions[k].last_used))
+        return True
+
+    def _close_idle(self) -> None:
+        """Close every session unused for `upstream_session_idle_seconds` (but the list_changed listeners)."""
+        cutoff = anyio.current_time() - self._idle_seconds
         for key, session in list(self._sessions.items()):
-            if session.in_flight:
-                continue
-            idle = now - session.last_used > self._idle_seconds and session.last_used > 0
-            if over > 0 or (idle and not session.listens):
-                del self._sessions[key]
-                self._tg.start_soon(session.aclose)
-                over -= 1
+            if not session.in_flight and not session.listens and session.last_used < cutoff:
+                self._close(key)
+
+    def _close(self, key: SessionKey) -> None:
+        session = self._sessions.pop(key)
+        owner = key[1]
+        if owner is not None:
+            keys = self._owned[owner]
+            keys.discard(key)
+            self._owned_count -= 1
+            if not keys:
+                del self._owned[owner]
+        self._tg.start_soon(session.aclose)
+
+    async def _close_idle_forever(self) -> None:
+        # Often enough that a session outlives its idle time by at most half of it (and by at most 30 s).
+        period = min(self._idle_seconds / 2, 30.0)
+        while True:
+            await anyio.sleep(period)
+            self._close_idle()
 
     def _changed(self, ref: ServerRef) -> None:
         if self._on_list_changed is not None:
@@ -110,3 +205,4 @@ class UpstreamPool:
             await self._http.aclose()
             await self._fast.aclose()
         self._sessions.clear()
+        self._owned.clear()

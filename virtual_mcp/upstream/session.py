@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +21,7 @@ import httpx
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.errors import (
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamRpcError,
     UpstreamTimeout,
@@ -29,7 +31,9 @@ from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
+from virtual_mcp.upstream.entries import LISTS, EntryChecks
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
+from virtual_mcp.upstream.limits import AnswerTooLarge, capped_lines, read_capped
 from virtual_mcp.upstream.wire import (
     ACCEPT,
     CLIENT_INFO,
@@ -49,6 +53,16 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 class Era(StrEnum):
     LEGACY = "legacy"
     MODERN = "modern"
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What one session learned of a backend, so the next session for another principal need not ask again."""
+
+    era: Era
+    protocol_version: str
+    capabilities: dict[str, Any]
+    server_info: dict[str, Any] | None
 
 
 class _SessionExpired(Exception):
@@ -78,6 +92,10 @@ class UpstreamSession:
         on_list_changed: Callable[[], None] | None = None,
         listen: bool = True,
         fast: Http1Pool | None = None,
+        max_answer_bytes: int = 8 * 1024 * 1024,
+        entries: EntryChecks | None = None,
+        learned: Negotiated | None = None,
+        on_negotiated: Callable[[Negotiated], None] | None = None,
     ) -> None:
         self.ref = ref
         self.url = url
@@ -91,6 +109,10 @@ class UpstreamSession:
         self._scrubber = Scrubber(secrets)
         self._spawn = spawn
         self._on_list_changed = on_list_changed
+        self._max_answer = max_answer_bytes
+        self._entries = entries
+        self._learned = learned
+        self._on_negotiated = on_negotiated
         self._ids = itertools.count(1)
         self._lock = anyio.Lock()
         self._generation = 0
@@ -109,6 +131,14 @@ class UpstreamSession:
     @property
     def listens(self) -> bool:
         return self._listen
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def touch(self) -> None:
+        """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
+        self.last_used = anyio.current_time()
 
     def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""
@@ -134,11 +164,18 @@ class UpstreamSession:
         Raises UpstreamRpcError for a JSON-RPC error from the backend, UpstreamTimeout past `timeout`,
         UpstreamUnavailable when the backend cannot be reached, UpstreamProtocolError for garbage.
         """
+        if self._closed:
+            # The pool closed it (idle, or to make room) after handing it out: a new backend session opened here
+            # would belong to nobody, and never be closed.
+            raise UpstreamUnavailable(self.ref.key, "its session was closed to make room; retry the request")
         self.in_flight += 1
         self.last_used = anyio.current_time()
         try:
             with anyio.fail_after(timeout):
-                return await self._request_with_recovery(method, params, on_notification, headers, meta)
+                result = await self._request_with_recovery(method, params, on_notification, headers, meta)
+            if self._entries is not None and method in LISTS:
+                self._entries.clean(self.ref, method, result)
+            return result
         except TimeoutError:
             raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
         finally:
@@ -149,8 +186,12 @@ class UpstreamSession:
         self._closed = True
         if self.era is Era.LEGACY and self.session_id:
             with anyio.move_on_after(2, shield=True):
-                with contextlib.suppress(httpx.HTTPError):
-                    await self._http.delete(self.url, headers=self._legacy_headers())
+                try:
+                    # The answer's body is not read: whatever the backend says, it costs nothing here.
+                    async with self._http.stream("DELETE", self.url, headers=self._legacy_headers()):
+                        pass
+                except httpx.HTTPError:
+                    logger.debug("backend %s: could not end its session", self.ref)
         self.era = None
         self.session_id = None
 
@@ -160,6 +201,8 @@ class UpstreamSession:
         if self.era is not None and stale_generation is None:
             return self._generation  # the hot path: no lock once connected
         async with self._lock:
+            if self._closed:
+                raise UpstreamUnavailable(self.ref.key, "its session was closed to make room; retry the request")
             if self.era is not None and (stale_generation is None or stale_generation != self._generation):
                 return self._generation
             # The old state stays in place until the new one is complete: requests racing this renegotiation use
@@ -169,21 +212,36 @@ class UpstreamSession:
             return self._generation
 
     async def _negotiate(self) -> None:
+        learned, self._learned = self._learned, None  # a renegotiation asks the backend again
+        if learned is not None and learned.era is Era.MODERN:
+            # Sessionless: nothing to open. What another session learned of this backend holds for this one.
+            self.era, self.protocol_version = Era.MODERN, learned.protocol_version
+            self.capabilities, self.server_info = learned.capabilities, learned.server_info
+            return
+        if learned is not None:
+            try:
+                await self._initialize_legacy()  # known to be a 2025-11-25 backend: no server/discover first
+                return
+            except UpstreamError:
+                logger.info("backend %s: initialize failed; asking again which era it speaks", self.ref)
         if await self._try_modern():
+            self._negotiated()
             return
         await self._initialize_legacy()
+
+    def _negotiated(self) -> None:
+        if self._on_negotiated is not None and self.era is not None and self.protocol_version is not None:
+            self._on_negotiated(Negotiated(self.era, self.protocol_version, self.capabilities, self.server_info))
 
     async def _try_modern(self) -> bool:
         params = modern_params(None)
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "server/discover", "params": params}
         headers = {**self._base_headers, "accept": ACCEPT, **modern_headers("server/discover", params)}
-        response = await self._post(body, headers)
+        status, ctype, content = await self._post(body, headers)
         try:
-            if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
-                "application/json"
-            ):
+            if status != 200 or not ctype.startswith("application/json"):
                 return False
-            message = self._parse(response.content)
+            message = self._parse(content)
         except ValueError:
             return False
         result = message.get("result") if isinstance(message, dict) else None
@@ -223,6 +281,7 @@ class UpstreamSession:
             {"jsonrpc": "2.0", "method": "notifications/initialized"}, {**self._legacy_headers(), "accept": ACCEPT}
         )
         logger.info("backend %s speaks %s (session %s)", self.ref, version, "yes" if session_id else "none")
+        self._negotiated()
         self._maybe_listen()
 
     # -- requests -------------------------------------------------------------------------------------------
@@ -326,11 +385,19 @@ class UpstreamSession:
         try:
             async with self._fast.post(self._target, json.dumps(body).encode(), headers) as response:
                 if response.status == 404 and era is Era.LEGACY and session_id:
-                    await response.read()  # the connection stays usable
+                    # Read whole, the connection stays usable; past the limit it is closed instead.
+                    with contextlib.suppress(AnswerTooLarge):
+                        await response.read()
                     raise _SessionExpired
-                ctype = response.headers.get("content-type", "")
+                answer_headers = response.headers
                 return await self._answer(
-                    response.status, ctype, response.lines, response.read, body["id"], on_notification
+                    response.status,
+                    answer_headers.get("content-type", ""),
+                    response.lines,
+                    response.read,
+                    body["id"],
+                    on_notification,
+                    answer_headers.get("content-encoding", ""),
                 )
         except anyio.get_cancelled_exc_class():
             if era is Era.LEGACY:
@@ -345,11 +412,25 @@ class UpstreamSession:
     async def _read_response(
         self, response: httpx.Response, request_id: Any, on_notification: NotificationHandler | None
     ) -> dict[str, Any]:
-        async def read() -> bytes:
-            return await response.aread()
+        headers = response.headers
+        declared = headers.get("content-length", "")
 
-        ctype = response.headers.get("content-type", "")
-        return await self._answer(response.status_code, ctype, response.aiter_lines, read, request_id, on_notification)
+        async def read() -> bytes:
+            size = int(declared) if declared.isdigit() else None
+            return await read_capped(response.aiter_raw(), self._max_answer, size)
+
+        def lines() -> AsyncIterator[str]:
+            return capped_lines(response.aiter_raw(), self._max_answer)
+
+        return await self._answer(
+            response.status_code,
+            headers.get("content-type", ""),
+            lines,
+            read,
+            request_id,
+            on_notification,
+            headers.get("content-encoding", ""),
+        )
 
     async def _answer(
         self,
@@ -359,19 +440,29 @@ class UpstreamSession:
         read: Callable[[], Awaitable[bytes]],
         request_id: Any,
         on_notification: NotificationHandler | None,
+        encoding: str = "",
     ) -> dict[str, Any]:
-        """The result of `request_id` from an answer's body: an SSE stream (relaying what comes before it) or JSON."""
-        if ctype.startswith("text/event-stream") and status < 400:
-            try:
-                async for message in iter_sse_messages(lines(), self._parse):
+        """The result of `request_id` from an answer's body: an SSE stream (relaying what comes before it) or JSON.
+
+        Every answer is bounded (max_upstream_response_bytes for a JSON body and for each event of a stream, read
+        as it arrives) and so is its JSON's depth; past either the caller gets -32012 naming the limit.
+        """
+        if encoding and encoding.lower() != "identity":
+            # Never asked for: decoding it would let a few compressed bytes unpack into gigabytes.
+            raise UpstreamProtocolError(self.ref.key, "answered with a Content-Encoding the gateway did not ask for")
+        try:
+            if ctype.startswith("text/event-stream") and status < 400:
+                async for message in iter_sse_messages(lines(), self._max_answer, self._parse):
                     if "method" in message:
                         await self._on_inbound(message, on_notification)
                     elif message.get("id") == request_id:
                         return self._unwrap(message)
-            except ValueError as exc:
-                raise UpstreamProtocolError(self.ref.key, str(exc)) from None
-            raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
-        content = await read()
+                raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
+            content = await read()
+        except AnswerTooLarge as exc:
+            raise UpstreamProtocolError(self.ref.key, str(exc)) from None
+        except ValueError as exc:
+            raise UpstreamProtocolError(self.ref.key, str(exc)) from None
         try:
             message = self._parse(content)
         except answers.AnswerTooDeep as exc:
@@ -381,6 +472,10 @@ class UpstreamSession:
                 self.ref.key, f"HTTP {status} with a body that is not JSON-RPC ({ctype or 'no type'})"
             ) from None
         if isinstance(message, dict) and ("result" in message or "error" in message):
+            answered = message.get("id")
+            if answered != request_id and not (answered is None and "error" in message):
+                # A JSON-RPC error with a null id is the backend's word that it could not read the request.
+                raise UpstreamProtocolError(self.ref.key, f"HTTP {status} with the answer to another request")
             return self._unwrap(message)
         raise UpstreamProtocolError(self.ref.key, f"HTTP {status} without a JSON-RPC response")
 
@@ -423,7 +518,7 @@ class UpstreamSession:
         body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": text}}
         try:
             await self._post(body, {**self._legacy_headers(), "accept": ACCEPT})
-        except UpstreamUnavailable:
+        except UpstreamError:
             logger.debug("could not refuse a server request from %s", self.ref)
 
     async def _notify_cancelled(self, request_id: int, session_id: str | None, version: str | None) -> None:
@@ -434,13 +529,21 @@ class UpstreamSession:
         }
         try:
             await self._post(body, {**self._legacy_headers(session_id, version), "accept": ACCEPT})
-        except UpstreamUnavailable:
+        except UpstreamError:
             logger.debug("could not forward cancellation to %s", self.ref)
 
-    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, bytes]:
+        """POST `body`; the answer's status, content type and body (bounded: past the limit, -32012)."""
         headers = {**headers, "content-type": "application/json"}
         try:
-            return await self._http.post(self.url, content=json.dumps(body), headers=headers)
+            async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
+                declared = response.headers.get("content-length", "")
+                content = await read_capped(
+                    response.aiter_raw(), self._max_answer, int(declared) if declared.isdigit() else None
+                )
+                return response.status_code, response.headers.get("content-type", ""), content
+        except AnswerTooLarge as exc:
+            raise UpstreamProtocolError(self.ref.key, str(exc)) from None
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(self.ref.key, f"cannot reach backend: {type(exc).__name__}") from None
 
@@ -484,12 +587,13 @@ class UpstreamSession:
             async with self._http.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)) as resp:
                 if resp.status_code != 200:
                     return
-                async for message in iter_sse_messages(resp.aiter_lines()):
+                lines = capped_lines(resp.aiter_raw(), self._max_answer)
+                async for message in iter_sse_messages(lines, self._max_answer, self._parse):
                     if message.get("method") == "notifications/tools/list_changed":
                         self._list_changed()
                     elif "id" in message and "method" in message:
                         await self._reply_error(message["id"], -32601, "not relayed")
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, AnswerTooLarge):
             logger.debug("backend %s: list_changed stream ended", self.ref)
         finally:
             self._listening = False

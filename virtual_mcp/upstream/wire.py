@@ -10,6 +10,7 @@ from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOC
 from mcp_types.version import LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.upstream import answers
+from virtual_mcp.upstream.limits import AnswerTooLarge
 
 MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
 LEGACY_VERSION = LATEST_HANDSHAKE_VERSION
@@ -41,35 +42,45 @@ def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def iter_sse_messages(
-    lines: AsyncIterator[str], parse: Callable[[str], Any] = answers.parse
+    lines: AsyncIterator[str], max_event_bytes: int, parse: Callable[[str], Any] = answers.parse
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
-    decoded by `parse` (which raises ValueError for what it refuses)."""
+    decoded by `parse` (which raises ValueError for what it refuses, AnswerTooDeep for JSON nested too deep).
+
+    An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge).
+    """
     event = "message"
     data: list[str] = []
+    size = 0
     async for line in lines:
         if line == "":
             if data and event == "message":
-                payload = "\n".join(data)
-                try:
-                    message = parse(payload)
-                except answers.AnswerTooDeep:
-                    raise
-                except ValueError:
-                    raise ValueError("SSE event carried invalid JSON") from None
+                message = _message("\n".join(data), parse)
                 if isinstance(message, dict):
                     yield message
-            event, data = "message", []
+            event, data, size = "message", [], 0
             continue
         if line.startswith(":"):
             continue
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
+            size += len(value) + 1
+            if size > max_event_bytes:
+                raise AnswerTooLarge(max_event_bytes, "event-stream event")
             data.append(value)
         elif name == "event":
             event = value or "message"
     if data and event == "message":
-        message = parse("\n".join(data))
+        message = _message("\n".join(data), parse)
         if isinstance(message, dict):
             yield message
+
+
+def _message(payload: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(payload)
+    except answers.AnswerTooDeep:
+        raise
+    except ValueError:
+        raise ValueError("SSE event carried invalid JSON") from None
