@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import httpx
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
@@ -54,3 +55,23 @@ def read_elsewhere(path: Path) -> bytes:
     """A file's bytes, read by another process: closing a descriptor of a database file that this process has open
     in SQLite would drop the process's locks on it (see virtual_mcp/vault/db.py)."""
     return subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout  # noqa: S603, S607
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def tools_list(url: str, bearer: str, path: str = "/mcp") -> httpx.Response:
+    """One sessionless 2026-07-28 tools/list with this credential, as a client sends it (no backend call needed for
+    an answer: a refused credential is a 401, a revoked one too)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}}
+    headers = {
+        "authorization": f"Bearer {bearer}",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/list",
+    }
+    async with httpx.AsyncClient() as http:
+        return await http.post(f"{url}{path}", json=body, headers=headers)

@@ -14,7 +14,7 @@ import httpx
 
 from tests.audit_lab import ALICE, HIDDEN, MODERN_META, PLAIN, Lab, audit_lab, in_both_sinks
 from tests.backends import build_lab
-from tests.processes import cli, gateway_process
+from tests.processes import cli, gateway_process, tools_list
 from tests.security_support import GATEWAY_AUDIENCE, idp_jwt
 from tests.sensitive import mark
 from tests.support import free_ports, serve
@@ -36,17 +36,7 @@ integrations:
 
 
 async def status(url: str, bearer: str) -> int:
-    """The HTTP status of a 2026-07-28 tools/list with this credential."""
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
-    headers = {
-        "authorization": f"Bearer {bearer}",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": "2026-07-28",
-        "mcp-method": "tools/list",
-    }
-    async with httpx.AsyncClient() as http:
-        return (await http.post(f"{url}/mcp-server/lab/echo/server", json=body, headers=headers)).status_code
+    return (await tools_list(url, bearer, "/mcp-server/lab/echo/server")).status_code
 
 
 async def test_revoke_user_reaches_a_token_created_in_another_case(tmp_path: Path) -> None:

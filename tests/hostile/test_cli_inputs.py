@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.backends import build_lab
-from tests.processes import cli, gateway_process
+from tests.processes import cli, gateway_process, tools_list
 from tests.sensitive import mark
 from tests.support import LOCAL_USER, free_ports, serve, write_config
 from virtual_mcp.cli import main
@@ -166,22 +166,9 @@ async def test_bad_commands_beside_a_running_serve_leave_it_serving(tmp_path: Pa
             assert "another virtual-mcp serve" in err  # the last one: the running gateway holds the lock
             ready = await http.get(f"http://127.0.0.1:{port}/readyz")
             assert ready.status_code == 200, ready.text
-            transport = f"http://127.0.0.1:{port}/mcp"
-            answer = await http.post(
-                transport,
-                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}},
-                headers={
-                    "Authorization": f"Bearer {alice.strip()}",
-                    "Accept": "application/json, text/event-stream",
-                    "MCP-Protocol-Version": "2026-07-28",
-                    "Mcp-Method": "tools/list",
-                },
-            )
+            answer = await tools_list(f"http://127.0.0.1:{port}", alice.strip())
             assert answer.status_code == 200 and "lab__echo__echo" in answer.text
         with sqlite3.connect(data / DB_FILE_NAME) as raw:
             assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             assert raw.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
         raw.close()
-
-
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}

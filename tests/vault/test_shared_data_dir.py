@@ -18,7 +18,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.backends import build_lab
-from tests.processes import cli, gateway_process
+from tests.processes import cli, gateway_process, tools_list
 from tests.sensitive import mark
 from tests.support import LOCAL_USER, free_ports, serve, write_config
 from virtual_mcp.vault.db import DB_FILE_NAME
@@ -34,17 +34,7 @@ async def token(data: Path, user: str) -> str:
 
 
 async def status(url: str, bearer: str) -> int:
-    """The HTTP status of an MCP request with this credential (a tools/list)."""
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
-    headers = {
-        "Authorization": f"Bearer {bearer}",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/list",
-    }
-    async with httpx.AsyncClient() as http:
-        return (await http.post(f"{url}/mcp", json=body, headers=headers)).status_code
+    return (await tools_list(url, bearer)).status_code
 
 
 async def test_cli_commands_beside_a_running_serve_lose_nothing(tmp_path: Path) -> None:
