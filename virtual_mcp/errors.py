@@ -20,6 +20,7 @@ UPSTREAM_UNAVAILABLE = -32010
 UPSTREAM_TIMEOUT = -32011
 UPSTREAM_PROTOCOL = -32012
 NOT_SUPPORTED_YET = -32013
+REQUEST_CANCELLED = -32800  # MCP 2025-11-25: the answer to a request the client cancelled
 
 
 class GatewayError(Exception):
@@ -74,6 +75,25 @@ class BadRequest(GatewayError):
 
 class InvalidParams(BadRequest):
     jsonrpc_code = INVALID_PARAMS
+
+
+class MethodNotFound(BadRequest):
+    """A method this endpoint does not serve at the caller's protocol version."""
+
+    jsonrpc_code = METHOD_NOT_FOUND
+    http_status = 404
+
+    def __init__(self, method: str) -> None:
+        super().__init__("Method not found", data=method)
+
+
+class RequestCancelled(GatewayError):
+    """The caller cancelled the request (2025-11-25 `notifications/cancelled`, or its session ended)."""
+
+    jsonrpc_code = REQUEST_CANCELLED
+
+    def __init__(self) -> None:
+        super().__init__("Request cancelled")
 
 
 class InvalidIdentity(BadRequest):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 
-from virtual_mcp.gateway.keepalive import Keepalive
+from virtual_mcp.gateway.wire.keepalive import Keepalive
 
 
 class Stream:

@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.subscriptions import ListenHandler
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,15 +27,14 @@ from virtual_mcp.errors import (
     Unauthorized,
 )
 from virtual_mcp.gateway.admin import group_view
-from virtual_mcp.gateway.endpoint import SessionTracker, build_server
-from virtual_mcp.gateway.fast_call import FastPaths, FastToolCalls
-from virtual_mcp.gateway.front import EndpointApp, FrontGuard, unauthorized
+from virtual_mcp.gateway.front import FrontGuard, unauthorized
 from virtual_mcp.gateway.http import gateway_error_response, requested_method
 from virtual_mcp.gateway.oauth_routes import oauth_routes
 from virtual_mcp.gateway.request_scope import RequestScope, request_id_in
 from virtual_mcp.gateway.runtime import Runtime
-from virtual_mcp.gateway.session_call import SessionRegistry, SessionToolCalls
-from virtual_mcp.gateway.session_quota import SessionQuota
+from virtual_mcp.gateway.service.mcp import McpService
+from virtual_mcp.gateway.wire.endpoint import EndpointApp
+from virtual_mcp.gateway.wire.session_quota import SessionQuota
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import WELL_KNOWN, ResourceMetadata
@@ -110,42 +106,23 @@ def create_app(
         (*settings.allowed_hosts, *([public_host] if public_host else [])),
         loopback_only=is_loopback_host(settings.host),
     )
-    # Origin is checked by EndpointApp (which also allows same-origin and configured origins); the SDK's own
-    # check would refuse a gateway reached by a non-loopback Host name.
-    transport_security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    managers: list[StreamableHTTPSessionManager] = []
-    listeners: list[ListenHandler] = []
     routes: list[Route] = []
     metrics_access = MetricsAccess(security.metrics_token)
     endpoint_apps: dict[str, EndpointApp] = {}
     quota = SessionQuota(settings.limits)
     for path, endpoint in registry.endpoints.items():
-        tracker = SessionTracker()
-        runtime.client_sessions[path] = tracker.sessions
-        listen = ListenHandler(runtime.buses[path])
-        listeners.append(listen)
-        server, plain = build_server(endpoint, runtime, tracker, listen)
-        manager = StreamableHTTPSessionManager(
-            app=server,
-            security_settings=transport_security,
-            max_request_body_size=settings.max_request_body_bytes,
-            max_sessions=settings.limits.max_sessions,
-            session_idle_timeout=settings.limits.session_idle_seconds,
-        )
-        sessions = SessionRegistry(manager, tracker.sessions, tracker.log_levels)
-        quota.watch(sessions)
-        fast = FastPaths(FastToolCalls(plain, server), SessionToolCalls(plain, sessions, runtime.keepalive))
-        managers.append(manager)
         front = EndpointApp(
             endpoint,
-            manager,
+            McpService(endpoint, runtime),
+            runtime.sessions[path],
             registry,
+            settings,
             security.authenticator,
             security.metadata,
-            settings.max_request_body_bytes,
             runtime.auditor,
             quota,
-            fast,
+            runtime.keepalive,
+            runtime.buses[path],
         )
         routes.append(Route(path, endpoint=front, methods=["GET", "POST", "DELETE"]))
         endpoint_apps[path] = front
@@ -234,11 +211,8 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(runtime.running())
-            for manager in managers:
-                await stack.enter_async_context(manager.run())
-            # Runs first on the way out: end listen streams gracefully before their managers stop.
-            for listen in listeners:
-                stack.callback(listen.close)
+            for front in endpoint_apps.values():
+                await stack.enter_async_context(front.running())
             logger.info("virtual-mcp serving %d endpoints", len(registry.endpoints))
             yield {"runtime": runtime}
 

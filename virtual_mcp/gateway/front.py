@@ -1,174 +1,30 @@
-"""The front door of every MCP endpoint: origin check, authentication, header overrides, endpoint access, body
-checks. Only a request that passes all of them reaches the SDK's streamable-HTTP transport."""
+"""The front door of every route: repeated single-valued headers, Host and Origin (DNS-rebinding protection); and the
+401 every route answers a caller without a valid credential."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import Any, Protocol
 
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from virtual_mcp.errors import (
     BadRequest,
-    Forbidden,
-    GatewayError,
     InvalidToken,
     MalformedCredentialRequest,
-    TooManyRequests,
     Unauthorized,
 )
 from virtual_mcp.fields import parse_authority
-from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.http import (
     error_response,
     gateway_error_response,
-    is_json_media_type,
-    parse_envelope,
-    read_body,
-    replay_body,
-    requested_method,
 )
-from virtual_mcp.gateway.request_scope import request_id_in
-from virtual_mcp.gateway.session_quota import SessionQuota
-from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy
-from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.outbound.overrides import HEADER as OVERRIDES_HEADER
-from virtual_mcp.outbound.overrides import parse_overrides
-from virtual_mcp.policy import decide
-from virtual_mcp.registry import Endpoint, EndpointKind, Registry
-from virtual_mcp.timing import phase
-from virtual_mcp.types import Principal
 
 logger = logging.getLogger(__name__)
-CALLER_STATE_KEY = "caller"
-# The caller of the request being served, for SDK callbacks that receive no request (Mcp-Param schema lookup).
-CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("virtual_mcp_caller", default=None)
-
-
-class FastPath(Protocol):
-    """Answers a request without the SDK's transport if it can (True), or does nothing (False)."""
-
-    async def __call__(
-        self, message: Mapping[str, Any], caller: Caller, scope: Scope, receive: Receive, send: Send
-    ) -> bool: ...
-
-
-class EndpointApp:
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        manager: StreamableHTTPSessionManager,
-        registry: Registry,
-        authenticator: Authenticator,
-        metadata: ResourceMetadata,
-        max_body: int,
-        auditor: Auditor,
-        quota: SessionQuota,
-        fast: FastPath | None = None,
-    ) -> None:
-        self._endpoint = endpoint
-        self._auditor = auditor
-        self._quota = quota
-        self._fast = fast
-        self._manager = manager
-        self._registry = registry
-        self._authenticator = authenticator
-        self._metadata = metadata
-        self._max_body = max_body
-        self._gates = tuple({m.gate for m in endpoint.members})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        client = scope.get("client")
-        try:
-            with phase("auth"):
-                auth = await self._authenticator.authenticate(
-                    headers, scope.get("query_string", b"").decode("latin-1"), client[0] if client else None
-                )
-        except Unauthorized as exc:
-            await unauthorized(exc, self._metadata, self._endpoint.path, scope, headers)(scope, receive, send)
-            return
-        except TooManyRequests as exc:
-            await gateway_error_response(exc)(scope, receive, send)
-            return
-        try:
-            with phase("policy"):
-                # Access first: a caller who may not use this server learns nothing else about it (an unconfigured
-                # server path answers this same 403 whatever else is wrong with the request).
-                self._check_access(auth.principal)
-                overrides = parse_overrides(headers.get(OVERRIDES_HEADER), self._registry, auth.principal, auth.bearer)
-        except GatewayError as exc:
-            if isinstance(exc, Forbidden):
-                method = await requested_method(scope, receive, self._max_body)
-                ref = self._endpoint.ref
-                await self._auditor.refused(
-                    request_id_in(scope),
-                    auth.principal,
-                    self._endpoint.path,
-                    ref.key if ref else None,
-                    method,
-                    exc.message,
-                )
-            await gateway_error_response(exc)(scope, receive, send)
-            return
-        base = self._metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
-        caller = Caller(auth, overrides, base)
-        scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
-        # Session ownership: the SDK binds a 2025-11-25 session to the principal that opened it.
-        scope["user"] = AuthenticatedUser(
-            AccessToken(token="", client_id=auth.principal.subject, scopes=[], subject=auth.principal.subject)
-        )
-        message = None
-        if scope.get("method") == "POST":
-            if not is_json_media_type(headers.get("content-type")):
-                await error_response(
-                    415, BadRequest.jsonrpc_code, "Unsupported Media Type: Content-Type must be application/json"
-                )(scope, receive, send)
-                return
-            body = await read_body(scope, receive, self._max_body)
-            if not isinstance(body, bytes):
-                await body(scope, receive, send)
-                return
-            message, problem = parse_envelope(body)
-            if problem is not None:
-                await error_response(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
-                return
-            receive = replay_body(body, receive)
-            if (
-                message is not None
-                and self._fast is not None
-                and await self._fast(message, caller, scope, receive, send)
-            ):
-                return
-        release = None
-        if message is not None and message.get("method") == "initialize" and "mcp-session-id" not in headers:
-            try:  # a request that opens a 2025-11-25 session
-                release = self._quota.reserve(auth.principal)
-            except GatewayError as exc:
-                await gateway_error_response(exc)(scope, receive, send)
-                return
-        reset = CURRENT_CALLER.set(caller)
-        try:
-            await self._manager.handle_request(scope, receive, send)
-        finally:
-            CURRENT_CALLER.reset(reset)
-            if release is not None:
-                release()
-
-    def _check_access(self, principal: Principal) -> None:
-        """A single server or virtual server the caller may not use at all is 403; `/mcp` only filters."""
-        if self._endpoint.kind is EndpointKind.AGGREGATE:
-            return
-        if not any(decide(principal, self._registry.gates[g]).allowed for g in self._gates):
-            raise Forbidden(f"Forbidden: you are not authorized for {self._endpoint.title}")
 
 
 def unauthorized(

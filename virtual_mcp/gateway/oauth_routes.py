@@ -12,7 +12,6 @@ from starlette.routing import Route
 
 from virtual_mcp.config.models import OAuth2AuthData
 from virtual_mcp.errors import Forbidden, GatewayError, TooManyRequests, Unauthorized
-from virtual_mcp.gateway.auditing import Auditor
 from virtual_mcp.gateway.consent_page import (
     MAX_FORM_BYTES,
     SignIn,
@@ -27,6 +26,7 @@ from virtual_mcp.gateway.consent_page import (
 )
 from virtual_mcp.gateway.front import unauthorized
 from virtual_mcp.gateway.http import gateway_error_response, read_body
+from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.outbound.consent import (

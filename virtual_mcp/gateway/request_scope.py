@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
 
 import anyio
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtual_mcp.logs import REQUEST_ID
@@ -117,23 +115,3 @@ def request_id_in(scope: Scope) -> str:
     """The id `RequestScope` gave this request ("-" outside one)."""
     value = scope.get("state", {}).get(REQUEST_ID_STATE_KEY)
     return value if isinstance(value, str) else "-"
-
-
-def request_id_of(ctx: ServerRequestContext[Any, Any]) -> str:
-    return request_id_in(ctx.request.scope) if ctx.request is not None else "-"
-
-
-async def bind_request(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-    """Server middleware: the handler measures into its HTTP request's Timings and logs with its id, whichever task
-    the SDK runs it in (a 2025-11-25 session's own task, or a sibling of the request's)."""
-    request = ctx.request
-    state = request.scope.get("state", {}) if request is not None else {}
-    timings = state.get(TIMINGS_STATE_KEY)
-    if not isinstance(timings, Timings):
-        return await call_next(ctx)
-    reset = REQUEST_ID.set(state.get(REQUEST_ID_STATE_KEY))
-    try:
-        with use(timings):
-            return await call_next(ctx)
-    finally:
-        REQUEST_ID.reset(reset)

@@ -1,4 +1,4 @@
-"""The gateway's live state for one configuration: upstream pool, catalog, endpoint views, client sessions."""
+"""The gateway's live state for one configuration: upstream pool, catalog, endpoint views, change buses."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.gateway.auditing import Auditor
-from virtual_mcp.gateway.keepalive import Keepalive
-from virtual_mcp.gateway.views import EndpointView
+from virtual_mcp.gateway.service.auditing import Auditor
+from virtual_mcp.gateway.service.endpoint_view import EndpointView
+from virtual_mcp.gateway.wire.keepalive import Keepalive
+from virtual_mcp.gateway.wire.sessions import SessionTable
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials
@@ -58,10 +58,16 @@ class Runtime:
         self._catalog: ToolCatalog | None = None
         self._tg: TaskGroup | None = None
         self._views: dict[str, EndpointView] = {}
-        self.client_sessions: dict[str, dict[str, ServerSession]] = {}
         # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.
         self.buses: dict[str, InMemorySubscriptionBus] = {p: InMemorySubscriptionBus() for p in registry.endpoints}
         self.keepalive = Keepalive()  # for long event-stream answers
+        # The 2025-11-25 client sessions of each endpoint.
+        self.sessions: dict[str, SessionTable] = {p: SessionTable(settings.limits) for p in registry.endpoints}
+        self.metrics.gauge(
+            "vmcp_client_sessions",
+            "open 2025-11-25 client sessions",
+            lambda: {(): float(sum(table.open for table in self.sessions.values()))},
+        )
         self.ready = False
 
     @property
@@ -158,18 +164,10 @@ class Runtime:
             self._catalog.invalidate(ref)
 
     def _catalog_changed(self, ref: ServerRef) -> None:
-        """A backend's tools changed: tell every live client session of every endpoint that includes it."""
+        """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their
+        GET stream, 2026-07-28 clients on their listen streams)."""
         if self._tg is None:
             return
         for path, endpoint in self.registry.endpoints.items():
             if any(m.source == ref for m in endpoint.members):
                 self._tg.start_soon(self.buses[path].publish, ToolsListChanged())
-                for session_id, session in list(self.client_sessions.get(path, {}).items()):
-                    self._tg.start_soon(self._notify_list_changed, path, session_id, session)
-
-    async def _notify_list_changed(self, path: str, session_id: str, session: ServerSession) -> None:
-        try:
-            await session.send_tool_list_changed()
-        except Exception:  # a closed client stream must not disturb the others
-            logger.debug("could not notify session on %s", path, exc_info=True)
-            self.client_sessions.get(path, {}).pop(session_id, None)

@@ -55,7 +55,10 @@ class ConsentRequired(GatewayError):
     http_status = 200
 
     def __init__(self, server: ServerRef, url: str, elicitation_id: str, reason: str) -> None:
-        super().__init__(f"{reason}: open the link to connect your account for {server.key}, then retry")
+        message = f"{reason}: open the link to connect your account for {server.key}, then retry"
+        # The MCP way to send a user somewhere: a URL elicitation the client can open for them.
+        elicitation = {"mode": "url", "message": message, "url": url, "elicitationId": elicitation_id}
+        super().__init__(message, data={"elicitations": [elicitation]})
         self.server = server
         self.url = url
         self.elicitation_id = elicitation_id

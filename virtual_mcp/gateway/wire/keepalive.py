@@ -35,11 +35,18 @@ class Keepalive:
     @contextmanager
     def watching(self, stream: Pingable) -> Iterator[None]:
         """Ping `stream` every interval while the block runs."""
-        self._due[stream] = anyio.current_time() + self._interval
+        self.watch(stream)
         try:
             yield
         finally:
-            del self._due[stream]
+            self.forget(stream)
+
+    def watch(self, stream: Pingable) -> None:
+        """Ping `stream` every interval from now until `forget`."""
+        self._due[stream] = anyio.current_time() + self._interval
+
+    def forget(self, stream: Pingable) -> None:
+        self._due.pop(stream, None)
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:

@@ -11,7 +11,6 @@ from functools import partial
 from typing import Any
 
 import anyio
-from mcp.shared.exceptions import MCPError
 
 from virtual_mcp.audit import DENIED, FAILED, AuditEvent, AuditLog, safe_text
 from virtual_mcp.audit_bounds import FIELD_LIMITS, redacted, render_parts
@@ -119,10 +118,6 @@ class Auditor:
             raise
         except GatewayError as exc:
             event.outcome, event.error, failure = FAILED, safe_text(self._scrubbed(exc.message, note)), exc
-            raise
-        except MCPError as exc:
-            message = f"error {exc.error.code}: {exc.error.message}"
-            event.outcome, event.error, failure = FAILED, safe_text(self._scrubbed(message, note)), exc
             raise
         except anyio.get_cancelled_exc_class():
             event.outcome, event.error = FAILED, "cancelled"

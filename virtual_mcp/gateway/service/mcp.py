@@ -1,0 +1,94 @@
+"""The MCP service of one endpoint: every method written once, whichever wire and protocol era brought it.
+
+`handle` takes a request context (the caller, the protocol version, the ids, where notifications go) with a method and
+its params, and returns the result as the caller's version puts it on the wire, or raises a GatewayError (the wire
+renders it). Policy, routing, credentials, audit and timing happen below this, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mcp_types import InitializeRequestParams
+from mcp_types import methods as spec_methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from virtual_mcp.errors import InvalidParams, MethodNotFound
+from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.gateway.service.passthrough import passthrough
+from virtual_mcp.gateway.service.results import capabilities, server_info, shape
+from virtual_mcp.gateway.service.tools import Tools
+from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.registry import Endpoint, EndpointKind
+
+if TYPE_CHECKING:
+    from virtual_mcp.gateway.runtime import Runtime
+
+Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _invalid_params() -> InvalidParams:
+    # The details of a validation failure echo what the caller sent: they are not repeated back.
+    return InvalidParams("Invalid request parameters", data="")
+
+
+class McpService:
+    def __init__(self, endpoint: Endpoint, runtime: Runtime) -> None:
+        self.endpoint = endpoint
+        self.stamp = server_info(endpoint)
+        self._capabilities = capabilities(endpoint)
+        self._tools = Tools(endpoint, runtime, self.stamp)
+        self._handlers: dict[str, Handler] = {
+            "ping": self._empty,
+            "server/discover": self._discover,
+            "logging/setLevel": self._set_level,
+        }
+        if endpoint.kind is EndpointKind.REMOTE:
+            self._handlers.update(passthrough(endpoint, runtime))
+        # These shape their own results (tools/list keeps its shaped answer; tools/call shapes inside its audit).
+        self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}
+
+    async def handle(self, ctx: RequestContext, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        if method not in spec_methods.SPEC_CLIENT_METHODS:
+            raise MethodNotFound(method)
+        try:
+            spec_methods.validate_client_request(method, ctx.version, params)
+        except KeyError:
+            raise MethodNotFound(method) from None  # not a method of the caller's protocol version
+        except ValidationError:
+            raise _invalid_params() from None
+        shaping = self._shaping.get(method)
+        if shaping is not None:
+            return await shaping(ctx, params or {})
+        handler = self._handlers.get(method)
+        if handler is None:
+            raise MethodNotFound(method)
+        return shape(method, ctx.version, await handler(ctx, params or {}), self.stamp)
+
+    def initialize(self, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+        """A 2025-11-25 `initialize`: its result and the negotiated version (the client's, if the gateway speaks it)."""
+        try:
+            requested = InitializeRequestParams.model_validate(params or {}, by_name=False).protocol_version
+        except ValidationError:
+            raise _invalid_params() from None
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        result = {"protocolVersion": version, "capabilities": self._capabilities, "serverInfo": self.stamp}
+        return shape("initialize", version, result, self.stamp), version
+
+    def input_schema(self, caller: Caller, name: str) -> dict[str, Any] | None:
+        """The input schema of a tool `caller` may use, from the cache (no I/O): for Mcp-Param header checks."""
+        return self._tools.input_schema(caller, name)
+
+    async def _empty(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _discover(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": self._capabilities}
+
+    async def _set_level(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        # Per client session: what the gateway relays of the backends' log messages (which send every level).
+        if ctx.session is not None:
+            ctx.session.log_level = params["level"]
+        return {}

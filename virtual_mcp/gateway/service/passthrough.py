@@ -1,0 +1,57 @@
+"""Resources and prompts of a single remote server, forwarded as they are to a caller who may use the server.
+
+Completions are not forwarded yet: the capabilities an endpoint announces are fixed before the backend's are known,
+and announcing one the backend lacks would promise what it cannot keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from virtual_mcp.errors import InvalidParams
+from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.gateway.service.relay import forward
+from virtual_mcp.policy import decide
+from virtual_mcp.registry import Endpoint
+from virtual_mcp.timing import phase
+
+if TYPE_CHECKING:
+    from virtual_mcp.gateway.runtime import Runtime
+
+Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+# What a caller who may not use the server gets: an empty list, or (for a read or a get) "not found".
+_EMPTY: Mapping[str, Mapping[str, Any] | None] = {
+    "resources/list": {"resources": []},
+    "resources/templates/list": {"resourceTemplates": []},
+    "resources/read": None,
+    "prompts/list": {"prompts": []},
+    "prompts/get": None,
+}
+METHODS = frozenset(_EMPTY)
+
+
+def passthrough(endpoint: Endpoint, runtime: Runtime) -> dict[str, Handler]:
+    member = endpoint.members[0]
+
+    def make(method: str, empty: Mapping[str, Any] | None) -> Handler:
+        async def handler(ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+            caller = ctx.caller
+            with phase("policy"):
+                allowed = decide(caller.principal, runtime.registry.gates[member.gate]).allowed
+            if not allowed:
+                if empty is not None:
+                    return dict(empty)
+                raise InvalidParams(f"{method}: not found")
+            credential = await runtime.credentials.credential_for(member.source, caller)
+            return await forward(
+                ctx,
+                runtime.pool.session(member.source, credential, caller.principal),
+                method,
+                params,
+                timeout=runtime.settings.call_timeout_seconds,
+            )
+
+        return handler
+
+    return {method: make(method, empty) for method, empty in _EMPTY.items()}
