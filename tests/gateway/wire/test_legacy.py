@@ -190,6 +190,7 @@ async def test_refusals_are_precise_and_the_session_goes_on(tmp_path: Path) -> N
             ("JSON second", call(plain), replaced("content-type", "text/plain, application/json"), 415, -32600),
             ("session id twice", call(plain), [*base, *session, ("mcp-session-id", str(bobs.session))], 400, -32600),
             ("bad id", {**call(plain), "id": True}, base + session, 400, -32600),
+            ("params not an object", {**call(plain), "params": ["echo"]}, base + session, 400, -32600),
         ]
         for why, body, headers, status, code in cases:
             answer = await http.post(url, content=json.dumps(body), headers=headers)

@@ -226,6 +226,7 @@ async def test_a_tool_list_is_the_same_answer_every_time(tmp_path: Path) -> None
         ),
         ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}, {}, 400, -32602),
         (call(1, "echo", {"text": "x"}), {"mcp-protocol-version": "2099-01-01"}, 400, -32020),
+        ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["echo"]}, {}, 400, -32600),
     ],
 )
 async def test_refusals_are_precise(

@@ -99,6 +99,9 @@ class LegacyWire:
         if message is None:
             await framing.refuse(send, 400, "Parse error: the body is not JSON", PARSE_ERROR)
             return
+        if "method" in message and "id" in message and not is_request(message):
+            await framing.refuse(send, 400, "Invalid Request: params must be an object")
+            return
         if message.get("method") == "initialize" and is_request(message):
             await self._initialize(caller, message, headers, send)
             return

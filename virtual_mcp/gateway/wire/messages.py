@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mcp_types import JSONRPCNotification, JSONRPCRequest
+from mcp_types import JSONRPCNotification
 from pydantic import ValidationError
 
 ACCEPT_JSON = frozenset({"application/json", "application/*", "*/*"})
@@ -19,14 +19,10 @@ def accepts(headers: Mapping[str, str]) -> tuple[bool, bool]:
 
 
 def is_request(message: Mapping[str, Any]) -> bool:
-    """A JSON-RPC request (not a notification, not a response), valid as an envelope."""
-    if "id" not in message or "method" not in message:
-        return False
-    try:
-        JSONRPCRequest.model_validate(message)
-    except ValidationError:
-        return False
-    return True
+    """A JSON-RPC request (not a notification, not a response). `http.parse_envelope` has checked the rest of the
+    envelope already ("jsonrpc": "2.0", a string method, a string or integer id)."""
+    params = message.get("params")
+    return "id" in message and isinstance(message.get("method"), str) and (params is None or isinstance(params, dict))
 
 
 def is_notification(message: Mapping[str, Any]) -> bool:
