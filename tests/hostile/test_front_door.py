@@ -402,7 +402,7 @@ CASES: list[Case] = [
         for label, value in (("null", None), ("1.5", 1.5), ("false", False), ("[1]", [1]), ("{}", {}))
     ],
     ok("id string", modern(body=with_id("a-string-id"))),
-    # The same on the SDK's own path (methods no fast path takes), and for a request that would open a session.
+    # The same for other methods, and for a request that would open a session.
     Case(
         "2025-11-25 tools/list id null",
         legacy(body={"jsonrpc": "2.0", "id": None, "method": "tools/list"}),
