@@ -142,7 +142,7 @@ async def test_random_policies_never_leak_a_tool(
             for principal in principals(registry):
                 caller = Caller(Authentication(principal, AuthMethod.TOKEN))
                 for path in registry.endpoints:
-                    view = runtime.view(path)
+                    view = runtime.views[path]
                     expected = expected_tools(principal, policy, path)
                     listed = {t["name"] for t in await view.list_tools(caller, 5)}
                     assert listed == expected, (principal, path)

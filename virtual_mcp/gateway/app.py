@@ -110,10 +110,11 @@ def create_app(
     metrics_access = MetricsAccess(security.metrics_token)
     endpoint_apps: dict[str, EndpointApp] = {}
     quota = SessionQuota(settings.limits)
+    parts = runtime.service_parts()
     for path, endpoint in registry.endpoints.items():
         front = EndpointApp(
             endpoint,
-            McpService(endpoint, runtime),
+            McpService(endpoint, runtime.views[path], parts),
             runtime.sessions[path],
             registry,
             settings,

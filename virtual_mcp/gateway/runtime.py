@@ -15,6 +15,7 @@ from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
+from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.sessions import SessionTable
 from virtual_mcp.inbound.revocations import RevocationList
@@ -54,10 +55,14 @@ class Runtime:
             self.metrics.gauge(
                 "vmcp_audit_queue", "audit records waiting to be written", lambda: {(): float(audit_log.pending)}
             )
-        self._pool: UpstreamPool | None = None
-        self._catalog: ToolCatalog | None = None
+        self.pool = UpstreamPool(registry, settings, on_list_changed=self._backend_changed, metrics=self.metrics)
+        self.catalog = ToolCatalog(self.pool, settings, on_change=self._catalog_changed, metrics=self.metrics)
+        # What each endpoint's callers see and where their calls go.
+        self.views = {
+            path: EndpointView(ep, registry, self.catalog, credentials, settings.max_tool_name_length)
+            for path, ep in registry.endpoints.items()
+        }
         self._tg: TaskGroup | None = None
-        self._views: dict[str, EndpointView] = {}
         # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.
         self.buses: dict[str, InMemorySubscriptionBus] = {p: InMemorySubscriptionBus() for p in registry.endpoints}
         self.keepalive = Keepalive()  # for long event-stream answers
@@ -70,27 +75,15 @@ class Runtime:
         )
         self.ready = False
 
-    @property
-    def pool(self) -> UpstreamPool:
-        if self._pool is None:
-            raise RuntimeError("gateway runtime is not started")
-        return self._pool
-
-    @property
-    def catalog(self) -> ToolCatalog:
-        if self._catalog is None:
-            raise RuntimeError("gateway runtime is not started")
-        return self._catalog
+    def service_parts(self) -> ServiceParts:
+        return ServiceParts(self.registry, self.settings, self.credentials, self.pool, self.catalog, self.auditor)
 
     @property
     def open_sessions(self) -> int:
-        return self._pool.open_sessions if self._pool is not None else 0
+        return self.pool.open_sessions
 
     def _known_tool(self, ref: ServerRef, name: str) -> bool:
-        return self._catalog is not None and self._catalog.declared(ref, name)
-
-    def view(self, path: str) -> EndpointView:
-        return self._views[path]
+        return self.catalog.declared(ref, name)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -108,25 +101,15 @@ class Runtime:
             if self._revocations is not None:
                 await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
                 tg.start_soon(self._watch_revocations, self._revocations)
-            self._pool = UpstreamPool(
-                self.registry, self.settings, tg, on_list_changed=self._backend_changed, metrics=self.metrics
-            )
-            self._catalog = ToolCatalog(
-                self._pool, self.settings, tg, on_change=self._catalog_changed, metrics=self.metrics
-            )
-            self._views = {
-                path: EndpointView(
-                    ep, self.registry, self._catalog, self.credentials, self.settings.max_tool_name_length
-                )
-                for path, ep in self.registry.endpoints.items()
-            }
+            self.pool.start(tg)
+            self.catalog.start(tg)
             self.ready = True
             try:
                 yield
             finally:
                 self.ready = False
                 try:
-                    await self._pool.aclose()
+                    await self.pool.aclose()
                 finally:
                     if self._audit_log is not None:
                         with anyio.CancelScope(shield=True):
@@ -160,8 +143,7 @@ class Runtime:
         await self._revocation_round.wait()
 
     def _backend_changed(self, ref: ServerRef) -> None:
-        if self._catalog is not None:
-            self._catalog.invalidate(ref)
+        self.catalog.invalidate(ref)
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

@@ -65,7 +65,6 @@ class ToolCatalog:
         self,
         pool: UpstreamPool,
         settings: GatewaySettings,
-        task_group: TaskGroup,
         on_change: Callable[[ServerRef], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
@@ -77,7 +76,7 @@ class ToolCatalog:
             else None
         )
         self._settings = settings
-        self._tg = task_group
+        self._tg: TaskGroup | None = None
         self._on_change = on_change
         self._clock = clock
         self._entries: dict[ServerRef, _Entry] = {}
@@ -85,6 +84,10 @@ class ToolCatalog:
         self._private: OrderedDict[tuple[ServerRef, str], _Entry] = OrderedDict()
         self._declared: dict[ServerRef, set[str]] = {}
         self._versions = itertools.count(1)  # one sequence for every list: a version names one state of one list
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Background refreshes run in `task_group` from now on."""
+        self._tg = task_group
 
     def _entry(self, ref: ServerRef, scope: str | None = None) -> _Entry:
         if scope is None:
@@ -222,6 +225,8 @@ class ToolCatalog:
     def _start_fetch(self, ref: ServerRef, entry: _Entry) -> anyio.Event:
         if entry.inflight is None:
             entry.inflight = anyio.Event()
+            if self._tg is None:
+                raise RuntimeError("the tool catalog is not started")
             self._tg.start_soon(self._fetch, ref, entry)
         return entry.inflight
 

@@ -49,13 +49,12 @@ class UpstreamPool:
         self,
         registry: Registry,
         settings: GatewaySettings,
-        task_group: TaskGroup,
         on_list_changed: Callable[[ServerRef], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._registry = registry
         self._settings = settings
-        self._tg = task_group
+        self._tg: TaskGroup | None = None
         self._on_list_changed = on_list_changed
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=settings.connect_timeout_seconds, read=None, write=30, pool=30),
@@ -79,7 +78,16 @@ class UpstreamPool:
         self._max_total = limits.max_upstream_sessions
         self._max_owned = limits.upstream_sessions_per_principal
         self._idle_seconds = limits.upstream_session_idle_seconds
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Background work (closing idle sessions, backends' change streams) runs in `task_group` from now on."""
+        self._tg = task_group
         task_group.start_soon(self._close_idle_forever)
+
+    def _group(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the upstream pool is not started")
+        return self._tg
 
     @property
     def entries(self) -> EntryChecks:
@@ -181,7 +189,7 @@ class UpstreamPool:
             self._owned_count -= 1
             if not keys:
                 del self._owned[owner]
-        self._tg.start_soon(session.aclose)
+        self._group().start_soon(session.aclose)
 
     async def _close_idle_forever(self) -> None:
         # Often enough that a session outlives its idle time by at most half of it (and by at most 30 s).
@@ -195,7 +203,7 @@ class UpstreamPool:
             self._on_list_changed(ref)
 
     def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self._tg.start_soon(fn)
+        self._group().start_soon(fn)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -8,7 +8,7 @@ renders it). Policy, routing, credentials, audit and timing happen below this, a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mcp_types import InitializeRequestParams
 from mcp_types import methods as spec_methods
@@ -17,14 +17,13 @@ from pydantic import ValidationError
 
 from virtual_mcp.errors import InvalidParams, MethodNotFound
 from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.gateway.service.endpoint_view import EndpointView
+from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.passthrough import passthrough
 from virtual_mcp.gateway.service.results import capabilities, server_info, shape
 from virtual_mcp.gateway.service.tools import Tools
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
-
-if TYPE_CHECKING:
-    from virtual_mcp.gateway.runtime import Runtime
 
 Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -35,18 +34,18 @@ def _invalid_params() -> InvalidParams:
 
 
 class McpService:
-    def __init__(self, endpoint: Endpoint, runtime: Runtime) -> None:
+    def __init__(self, endpoint: Endpoint, view: EndpointView, parts: ServiceParts) -> None:
         self.endpoint = endpoint
         self.stamp = server_info(endpoint)
         self._capabilities = capabilities(endpoint)
-        self._tools = Tools(endpoint, runtime, self.stamp)
+        self._tools = Tools(endpoint, view, parts, self.stamp)
         self._handlers: dict[str, Handler] = {
             "ping": self._empty,
             "server/discover": self._discover,
             "logging/setLevel": self._set_level,
         }
         if endpoint.kind is EndpointKind.REMOTE:
-            self._handlers.update(passthrough(endpoint, runtime))
+            self._handlers.update(passthrough(endpoint, parts))
         # These shape their own results (tools/list keeps its shaped answer; tools/call shapes inside its audit).
         self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}
 

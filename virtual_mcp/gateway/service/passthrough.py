@@ -7,17 +7,15 @@ and announcing one the backend lacks would promise what it cannot keep.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from virtual_mcp.errors import InvalidParams
 from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint
 from virtual_mcp.timing import phase
-
-if TYPE_CHECKING:
-    from virtual_mcp.gateway.runtime import Runtime
 
 Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 # What a caller who may not use the server gets: an empty list, or (for a read or a get) "not found".
@@ -31,25 +29,25 @@ _EMPTY: Mapping[str, Mapping[str, Any] | None] = {
 METHODS = frozenset(_EMPTY)
 
 
-def passthrough(endpoint: Endpoint, runtime: Runtime) -> dict[str, Handler]:
+def passthrough(endpoint: Endpoint, parts: ServiceParts) -> dict[str, Handler]:
     member = endpoint.members[0]
 
     def make(method: str, empty: Mapping[str, Any] | None) -> Handler:
         async def handler(ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
             caller = ctx.caller
             with phase("policy"):
-                allowed = decide(caller.principal, runtime.registry.gates[member.gate]).allowed
+                allowed = decide(caller.principal, parts.registry.gates[member.gate]).allowed
             if not allowed:
                 if empty is not None:
                     return dict(empty)
                 raise InvalidParams(f"{method}: not found")
-            credential = await runtime.credentials.credential_for(member.source, caller)
+            credential = await parts.credentials.credential_for(member.source, caller)
             return await forward(
                 ctx,
-                runtime.pool.session(member.source, credential, caller.principal),
+                parts.pool.session(member.source, credential, caller.principal),
                 method,
                 params,
-                timeout=runtime.settings.call_timeout_seconds,
+                timeout=parts.settings.call_timeout_seconds,
             )
 
         return handler

@@ -1,0 +1,22 @@
+"""What the MCP service works with, named one by one (not the whole runtime)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.gateway.service.auditing import Auditor
+from virtual_mcp.outbound.credentials import OutboundCredentials
+from virtual_mcp.registry import Registry
+from virtual_mcp.upstream.catalog import ToolCatalog
+from virtual_mcp.upstream.pool import UpstreamPool
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceParts:
+    registry: Registry  # policy gates
+    settings: GatewaySettings  # deadlines and timeouts
+    credentials: OutboundCredentials  # how the gateway authenticates to each backend, for each caller
+    pool: UpstreamPool  # backend sessions
+    catalog: ToolCatalog  # backends' tool lists
+    auditor: Auditor  # the audit trail of tool calls
