@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import httpx
 
@@ -135,6 +136,18 @@ class OutboundCredentials:
                             ]
                         )
                 self._static[ref] = rendered
+        # The same for every caller without overrides: made once (its session key is a hash of the headers).
+        self._fixed: dict[ServerRef, Credential] = {
+            ref: Credential(MappingProxyType(dict(headers)), True, None, self._static_secrets[ref])
+            for ref, headers in self._static.items()
+        }
+        self._fixed.update(
+            {
+                ref: Credential(MappingProxyType({}), True)
+                for ref, remote in registry.remotes.items()
+                if remote.auth is None
+            }
+        )
 
     async def credential_for(self, ref: ServerRef, caller: Caller, *, with_overrides: bool = True) -> Credential:
         """The credential for a request to `ref` on behalf of `caller`. Raises GatewayError when none can be made.
@@ -142,6 +155,10 @@ class OutboundCredentials:
         `with_overrides=False` gives what the server's shared tool catalog is fetched with: the configured
         credential, or (passthrough) the caller's own, never a caller's `x-tfy-mcp-headers` values.
         """
+        fixed = self._fixed.get(ref)
+        overrides = caller.overrides.get(ref) if with_overrides else None
+        if fixed is not None and not overrides:
+            return fixed
         auth = self._registry.remotes[ref].auth
         headers: dict[str, str]
         secrets: frozenset[str] = frozenset()
@@ -165,7 +182,6 @@ class OutboundCredentials:
             headers, secrets = _bearer(token.access_token)
             identity = _user_identity(caller)
             shared = False
-        overrides = caller.overrides.get(ref) if with_overrides else None
         if overrides:
             headers.update(overrides)
             # A forwarded value may be the caller's own secret (their token for the backend): treated as one.

@@ -231,6 +231,13 @@ class EndpointView:
                 del out["_meta"]
         return out
 
+    def declares_param_headers(self, name: str, caller: Caller) -> bool:
+        """Whether a tool `caller` may use declares `Mcp-Param` headers in its input schema (from the cache)."""
+        route = self.route_ignoring_policy(name, caller)
+        if route is None or not self._allowed(caller.principal, route):
+            return False
+        return bool(self._catalog.param_header_map(route.member.source, route.original, route.scope))
+
     def input_schema(self, name: str, caller: Caller | None) -> dict[str, Any] | None:
         """The input schema of an exposed tool from the cache, for Mcp-Param header validation (no I/O).
 

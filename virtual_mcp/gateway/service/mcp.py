@@ -76,6 +76,10 @@ class McpService:
         result = {"protocolVersion": version, "capabilities": self._capabilities, "serverInfo": self.stamp}
         return shape("initialize", version, result, self.stamp), version
 
+    def declares_param_headers(self, caller: Caller, name: str) -> bool:
+        """Whether a tool `caller` may use declares `Mcp-Param` headers (from the cache, no I/O)."""
+        return self._tools.declares_param_headers(caller, name)
+
     def input_schema(self, caller: Caller, name: str) -> dict[str, Any] | None:
         """The input schema of a tool `caller` may use, from the cache (no I/O): for Mcp-Param header checks."""
         return self._tools.input_schema(caller, name)

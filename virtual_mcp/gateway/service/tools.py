@@ -91,6 +91,9 @@ class Tools:
             note.result = result
             return shape("tools/call", ctx.version, result, self._stamp)
 
+    def declares_param_headers(self, caller: Caller, name: str) -> bool:
+        return self._view.declares_param_headers(name, caller)
+
     def input_schema(self, caller: Caller, name: str) -> dict[str, Any] | None:
         """The input schema of a tool the caller may use, from the cache (no I/O), for Mcp-Param header checks."""
         return self._view.input_schema(name, caller)

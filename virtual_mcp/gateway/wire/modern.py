@@ -15,11 +15,9 @@ import anyio
 from mcp.shared.inbound import (
     InboundLadderRejection,
     classify_inbound_request,
-    find_duplicated_routing_header,
     unsupported_protocol_version_rejection,
     validate_mcp_param_headers,
 )
-from mcp_types import HEADER_MISMATCH
 from starlette.datastructures import Headers
 from starlette.types import Receive, Send
 
@@ -28,6 +26,7 @@ from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.mcp import McpService
 from virtual_mcp.gateway.service.results import error_object
 from virtual_mcp.gateway.wire import framing
+from virtual_mcp.gateway.wire.disconnect import cancelled_on_disconnect
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.listen import Listens
 from virtual_mcp.gateway.wire.messages import accepts, is_notification, is_request
@@ -84,11 +83,8 @@ class ModernWire:
             await framing.send_json(send, framing.error(None, _INVALID_BODY), 400)
             return
         request_id = message["id"]
-        duplicated = find_duplicated_routing_header((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers)
-        if duplicated is not None:
-            rejection = InboundLadderRejection(HEADER_MISMATCH, f"{duplicated} header appears more than once")
-            await _reject(send, rejection, request_id)
-            return
+        # A repeated routing header (Mcp-Protocol-Version, Mcp-Method, Mcp-Name) never gets here: the front door
+        # refuses every repeated single-valued header (gateway/front.py SINGLE_VALUED).
         verdict = classify_inbound_request(message, headers=dict(headers))
         if isinstance(verdict, InboundLadderRejection):
             await _reject(send, verdict, request_id)
@@ -103,15 +99,13 @@ class ModernWire:
         answer = framing.Answer(send, self._keepalive, json_allowed=True)
         ctx = RequestContext(caller, verdict.protocol_version, request_id, trace_id, answer)
         outcome: dict[str, Any] | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+        with anyio.CancelScope() as request, cancelled_on_disconnect(receive, request):
             try:
                 outcome = framing.response(
                     request_id, await self._service.handle(ctx, message["method"], message.get("params"))
                 )
             except Exception as exc:  # noqa: BLE001 - the top of a request: rendered, never raised to the server
                 outcome = framing.error(request_id, error_object(exc))
-            tg.cancel_scope.cancel()
         if outcome is None:  # the client closed the stream: the request was cancelled
             answer.abandon()
             return
@@ -140,13 +134,8 @@ class ModernWire:
         if not isinstance(name, str) or (arguments is not None and not isinstance(arguments, dict)):
             return None
         arguments = arguments or {}
-        if not arguments and not any(key.startswith(_PARAM_PREFIX) for key in headers):
-            return None
+        sent = any(key.startswith(_PARAM_PREFIX) for key in headers)
+        if not sent and (not arguments or not self._service.declares_param_headers(caller, name)):
+            return None  # nothing sent, nothing declared: no declaration can be violated
         schema = self._service.input_schema(caller, name)
         return validate_mcp_param_headers(schema, arguments, headers) if schema is not None else None
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
