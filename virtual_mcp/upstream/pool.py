@@ -32,8 +32,9 @@ from virtual_mcp.registry import Registry
 from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.upstream.entries import EntryChecks
+from virtual_mcp.upstream.era import Negotiated
 from virtual_mcp.upstream.http1 import Http1Pool
-from virtual_mcp.upstream.session import Negotiated, UpstreamSession
+from virtual_mcp.upstream.session import UpstreamSession
 
 logger = logging.getLogger(__name__)
 

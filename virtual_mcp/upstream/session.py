@@ -12,8 +12,6 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -32,6 +30,7 @@ from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
 from virtual_mcp.upstream.entries import LISTS, EntryChecks
+from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.limits import AnswerTooLarge, capped_lines, read_capped
 from virtual_mcp.upstream.wire import (
@@ -48,21 +47,6 @@ logger = logging.getLogger(__name__)
 
 NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
-
-
-class Era(StrEnum):
-    LEGACY = "legacy"
-    MODERN = "modern"
-
-
-@dataclass(frozen=True, slots=True)
-class Negotiated:
-    """What one session learned of a backend, so the next session for another principal need not ask again."""
-
-    era: Era
-    protocol_version: str
-    capabilities: dict[str, Any]
-    server_info: dict[str, Any] | None
 
 
 class _SessionExpired(Exception):
@@ -603,4 +587,4 @@ class UpstreamSession:
                 self._list_changed()
 
 
-__all__ = ["Era", "UpstreamRpcError", "UpstreamSession"]
+__all__ = ["UpstreamRpcError", "UpstreamSession"]
