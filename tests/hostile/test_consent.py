@@ -20,7 +20,7 @@ import pytest
 from tests.oauth.browser import Browser, Form, connect, consent_form
 from tests.oauth.test_authorization_code import Setup, setup
 from tests.sensitive import mark
-from virtual_mcp.gateway.consent_page import COOKIE
+from virtual_mcp.gateway.routes.consent_page import COOKIE
 from virtual_mcp.outbound.consent import TICKET_SECONDS, ConsentFlows
 from virtual_mcp.types import PrincipalKind, ServerRef
 

@@ -1,4 +1,5 @@
-"""HTTP plumbing of the front door: JSON-RPC error responses, bounded body reads, envelope checks, body replay."""
+"""HTTP plumbing of the front door: bounded body reads, envelope checks, body replay (error answers:
+`virtual_mcp.error_responses`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
 from virtual_mcp.audit_bounds import FIELD_LIMITS, redacted
-from virtual_mcp.errors import BadRequest, GatewayError
-
-
-def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
-    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+from virtual_mcp.error_responses import error_response
+from virtual_mcp.errors import BadRequest
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | Response:
@@ -98,7 +95,3 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-def gateway_error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    return error_response(exc.http_status, exc.jsonrpc_code, exc.message, {**exc.http_headers, **(headers or {})})

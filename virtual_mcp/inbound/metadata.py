@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from virtual_mcp.registry import AGGREGATE_PATH, ENDPOINT_PATH
+
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
@@ -39,6 +41,18 @@ class ResourceMetadata:
         if description:
             parts.append(f"error_description={quoted(description)}")
         return "Bearer " + ", ".join(parts)
+
+
+def document_path(path: str) -> str:
+    """The path whose document describes the resource at `path`: an MCP endpoint's own, configured or not (metadata
+    is public and must not be a directory of which servers exist), else the gateway's root document (""). Both the
+    metadata route and every 401 challenge use this, so a challenge never names a document that is not served.
+
+    A path holding a line feed gets the root document: the router's path parameters stop at one, so no route could
+    serve that path's own (and no configured name holds one)."""
+    if path == AGGREGATE_PATH or (ENDPOINT_PATH.fullmatch(path) is not None and "\n" not in path):
+        return path
+    return ""
 
 
 # Unreserved characters and "/": everything else in the decoded path is percent-encoded, "%" itself and the

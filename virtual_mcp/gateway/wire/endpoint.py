@@ -1,6 +1,6 @@
-"""One MCP endpoint over HTTP: who is calling, may they use it, their header overrides, the body; then the wire of
-the caller's protocol era (a request naming a 2026-07-28 version in `Mcp-Protocol-Version` is sessionless; anything
-else is a 2025-11-25 session's)."""
+"""One MCP endpoint over HTTP, for the caller `inbound.middleware.Authenticate` let in: may they use it, their
+header overrides, the body; then the wire of the caller's protocol era (a request naming a 2026-07-28 version in
+`Mcp-Protocol-Version` is sessionless; anything else is a 2025-11-25 session's)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,15 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import BadRequest, Forbidden, GatewayError, TooManyRequests, Unauthorized
-from virtual_mcp.gateway.front import unauthorized
+from virtual_mcp.error_responses import error_response, gateway_error_response
+from virtual_mcp.errors import BadRequest, Forbidden, GatewayError
 from virtual_mcp.gateway.http import (
-    error_response,
-    gateway_error_response,
     is_json_media_type,
     parse_envelope,
     read_body,
     requested_method,
 )
-from virtual_mcp.gateway.request_scope import request_id_in
+from virtual_mcp.gateway.middleware.request_scope import request_id_in
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.mcp import McpService
 from virtual_mcp.gateway.wire.keepalive import Keepalive
@@ -33,8 +31,8 @@ from virtual_mcp.gateway.wire.listen import Listens
 from virtual_mcp.gateway.wire.modern import ModernWire
 from virtual_mcp.gateway.wire.session_quota import SessionQuota
 from virtual_mcp.gateway.wire.sessions import SessionTable
-from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.middleware import authentication
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.outbound.overrides import HEADER as OVERRIDES_HEADER
 from virtual_mcp.outbound.overrides import parse_overrides
@@ -55,7 +53,6 @@ class EndpointApp:
         sessions: SessionTable,
         registry: Registry,
         settings: GatewaySettings,
-        authenticator: Authenticator,
         metadata: ResourceMetadata,
         auditor: Auditor,
         quota: SessionQuota,
@@ -64,7 +61,6 @@ class EndpointApp:
     ) -> None:
         self._endpoint = endpoint
         self._registry = registry
-        self._authenticator = authenticator
         self._metadata = metadata
         self._auditor = auditor
         self._max_body = settings.max_request_body_bytes
@@ -92,18 +88,7 @@ class EndpointApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        client = scope.get("client")
-        try:
-            with phase("auth"):
-                auth = await self._authenticator.authenticate(
-                    headers, scope.get("query_string", b"").decode("latin-1"), client[0] if client else None
-                )
-        except Unauthorized as exc:
-            await unauthorized(exc, self._metadata, self._endpoint.path, scope, headers)(scope, receive, send)
-            return
-        except TooManyRequests as exc:
-            await gateway_error_response(exc)(scope, receive, send)
-            return
+        auth = authentication(scope)
         try:
             with phase("policy"):
                 # Access first: a caller who may not use this server learns nothing else about it (an unconfigured

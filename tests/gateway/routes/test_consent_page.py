@@ -6,7 +6,7 @@ import pytest
 from starlette.responses import Response
 
 from virtual_mcp.errors import BadRequest
-from virtual_mcp.gateway.consent_page import (
+from virtual_mcp.gateway.routes.consent_page import (
     COOKIE,
     SECURE_COOKIE,
     UnsupportedForm,

@@ -1,46 +1,17 @@
-"""The front door of every route: repeated single-valued headers, Host and Origin (DNS-rebinding protection); and the
-401 every route answers a caller without a valid credential."""
+"""The front door of every route: repeated single-valued headers, Host and Origin (DNS-rebinding protection)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from virtual_mcp.errors import (
-    BadRequest,
-    InvalidToken,
-    MalformedCredentialRequest,
-    Unauthorized,
-)
+from virtual_mcp.error_responses import error_response
+from virtual_mcp.errors import BadRequest
 from virtual_mcp.fields import parse_authority
-from virtual_mcp.gateway.http import (
-    error_response,
-    gateway_error_response,
-)
-from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.origin import OriginPolicy
 from virtual_mcp.outbound.overrides import HEADER as OVERRIDES_HEADER
-
-logger = logging.getLogger(__name__)
-
-
-def unauthorized(
-    exc: Unauthorized, metadata: ResourceMetadata, path: str, scope: Scope, headers: Mapping[str, str]
-) -> Response:
-    """A 401 (or 400 invalid_request) whose challenge points at the RFC 9728 document for `path`."""
-    base = metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
-    error = None
-    if isinstance(exc, InvalidToken):
-        error = "invalid_token"
-    elif isinstance(exc, MalformedCredentialRequest):
-        error = "invalid_request"
-    challenge = metadata.challenge(base, path, error, getattr(exc, "reason", None))
-    logger.info("refused %s on %s: %s", scope.get("method"), path, exc.message)
-    return gateway_error_response(exc, {"WWW-Authenticate": challenge})
-
 
 # Headers a request carries at most once. Two copies are refused before anything reads either: otherwise one part
 # of the gateway (or the SDK, or a proxy in front) may act on the first copy and another on the last.
@@ -60,16 +31,13 @@ SINGLE_VALUED: Mapping[bytes, str] = {
 
 
 class FrontGuard:
-    """Outermost ASGI layer of every route: a request naming a single-valued header twice is refused (400); then,
-    for every route but /healthz, DNS-rebinding protection: a well-formed Host the gateway answers to (400 when
-    missing or malformed, 421 when foreign), then a browser Origin it trusts (403)."""
+    """First check of every request (inside `RequestScope`): a request naming a single-valued header twice is
+    refused (400); then, for every route but /healthz, DNS-rebinding protection: a well-formed Host the gateway
+    answers to (400 when missing or malformed, 421 when foreign), then a browser Origin it trusts (403)."""
 
-    def __init__(self, app: ASGIApp, origins: OriginPolicy, endpoints: Mapping[str, ASGIApp] | None = None) -> None:
+    def __init__(self, app: ASGIApp, origins: OriginPolicy) -> None:
         self._app = app
         self._origins = origins
-        # The MCP endpoints, reached directly (no routing table walk, no exception middlewares) for the methods
-        # they serve; anything else goes through the application's router.
-        self._endpoints = dict(endpoints or {})
         self._verdicts: dict[bytes, tuple[int, str] | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,10 +45,6 @@ class FrontGuard:
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
-                return
-            endpoint = self._endpoints.get(scope.get("path", ""))
-            if endpoint is not None and scope.get("method") in _ENDPOINT_METHODS:
-                await endpoint(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
@@ -130,4 +94,3 @@ class FrontGuard:
 
 
 _MAX_VERDICTS = 1024
-_ENDPOINT_METHODS = frozenset({"GET", "POST", "DELETE"})

@@ -1,15 +1,34 @@
-"""Read-only view of a server group for its managers (collaborators with role `mcp-server-manager`)."""
+"""`/admin/groups/{group}`: a read-only view of a server group for its managers (collaborators with role
+`mcp-server-manager`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from virtual_mcp.errors import Forbidden
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from virtual_mcp.error_responses import gateway_error_response
+from virtual_mcp.errors import Forbidden, GatewayError
+from virtual_mcp.inbound.middleware import authentication
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.catalog import ToolCatalog
 
 MANAGER_ROLE = "mcp-server-manager"
+PREFIX = "/admin"
+
+
+def admin_routes(registry: Registry, catalog: ToolCatalog) -> list[Route]:
+    async def admin_group(request: Request) -> Response:
+        principal = authentication(request.scope).principal
+        try:
+            return JSONResponse(group_view(registry, catalog, request.path_params["group"], principal))
+        except GatewayError as exc:
+            return gateway_error_response(exc)
+
+    return [Route(PREFIX + "/groups/{group}", admin_group)]
 
 
 def group_view(registry: Registry, catalog: ToolCatalog, group: str, principal: Principal) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The gateway's own OAuth pages: consent (browser: sign-in page, confirm, callback) and connected accounts (API,
-bearer). The consent protocol itself (tickets, CSRF, browser binding, states) is `virtual_mcp.outbound.consent`."""
+"""The OAuth consent pages, for a browser: the sign-in page of a consent link, its confirmation, the provider's
+callback. The consent protocol itself (tickets, CSRF, browser binding, states) is `virtual_mcp.outbound.consent`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import logging
 import secrets
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from virtual_mcp.config.models import OAuth2AuthData
-from virtual_mcp.errors import Forbidden, GatewayError, TooManyRequests, Unauthorized
-from virtual_mcp.gateway.consent_page import (
+from virtual_mcp.errors import GatewayError, TooManyRequests, Unauthorized
+from virtual_mcp.gateway.http import read_body
+from virtual_mcp.gateway.routes.consent_page import (
     MAX_FORM_BYTES,
     SignIn,
     browser_cookie,
@@ -24,11 +25,11 @@ from virtual_mcp.gateway.consent_page import (
     set_browser_cookie,
     sign_in_page,
 )
-from virtual_mcp.gateway.front import unauthorized
-from virtual_mcp.gateway.http import gateway_error_response, read_body
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.metadata import ResourceMetadata
+from virtual_mcp.inbound.refusal import challenge
+from virtual_mcp.inbound.sign_in import implicit_user, sign_in
 from virtual_mcp.outbound.consent import (
     ConsentFor,
     ConsentLinkInvalid,
@@ -39,7 +40,7 @@ from virtual_mcp.outbound.consent import (
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.outbound.provider_metadata import ProviderMetadataError
 from virtual_mcp.registry import Registry
-from virtual_mcp.types import Authentication, Principal, PrincipalKind, ServerRef
+from virtual_mcp.types import Principal, PrincipalKind, ServerRef
 
 logger = logging.getLogger(__name__)
 START = "/oauth/start"
@@ -49,11 +50,9 @@ _FORM = frozenset({"ticket", "csrf", "credential"})
 _CALLBACK_QUERY = frozenset({"code", "state", "error", "iss"})
 _MAX_CODE = 4096  # authorization codes are opaque; providers' run from ~20 characters to a JWT
 _MAX_ISSUER = 2048
-# The whole metadata document of the gateway: the /oauth routes are the gateway's, not an MCP endpoint's.
-_RESOURCE_PATH = ""
 
 
-def oauth_routes(
+def consent_routes(
     registry: Registry,
     credentials: OutboundCredentials,
     authenticator: Authenticator,
@@ -70,15 +69,7 @@ def oauth_routes(
     def client_host(request: Request) -> str | None:
         return request.client.host if request.client else None
 
-    async def implicit_user(request: Request) -> str | None:
-        """The user this browser already is without a credential (loopback local mode), else None."""
-        try:
-            auth = await authenticator.authenticate({}, "", client_host(request))
-        except (Unauthorized, TooManyRequests):
-            return None
-        return auth.principal.name if auth.principal.kind is PrincipalKind.USER else None
-
-    async def sign_in(request: Request, ticket: str, pending: ConsentFor, browser: str) -> SignIn:
+    async def sign_in_form(request: Request, ticket: str, pending: ConsentFor, browser: str) -> SignIn:
         remote = registry.remotes[pending.server]
         auth = remote.auth
         provider = str(auth.authorization_url) if isinstance(auth, OAuth2AuthData) and auth.authorization_url else ""
@@ -88,7 +79,7 @@ def oauth_routes(
             f"{base(request)}{START}",
             ticket,
             credentials.consent.csrf(ticket, browser),
-            await implicit_user(request),
+            await implicit_user(authenticator, client_host(request)),
             origin_of(provider),
         )
 
@@ -110,7 +101,7 @@ def oauth_routes(
             return refused(exc, "Link expired" if isinstance(exc, ConsentLinkInvalid) else "Not connected")
         is_secure = secure(request)
         browser = browser_cookie(request, is_secure) or new_browser_value()
-        response = sign_in_page(await sign_in(request, ticket, pending, browser))
+        response = sign_in_page(await sign_in_form(request, ticket, pending, browser))
         set_browser_cookie(response, browser, is_secure)
         return response
 
@@ -129,18 +120,16 @@ def oauth_routes(
             return refused(exc)
         assert browser is not None  # check_form refuses a form without this browser's cookie
         credential = form.get("credential", "").strip()
-        headers = {"authorization": f"Bearer {credential}"} if credential else {}
         try:
-            auth: Authentication = await authenticator.authenticate(headers, request.url.query, client_host(request))
+            auth = await sign_in(authenticator, credential, request.url.query, client_host(request))
         except Unauthorized as exc:
             credentials.consent.sign_in_failed(ticket)
-            challenge = unauthorized(exc, metadata, _RESOURCE_PATH, request.scope, request.headers)
-            page = await sign_in(request, ticket, pending, browser)
+            page = await sign_in_form(request, ticket, pending, browser)
             return sign_in_page(
                 page,
                 error=exc.message,
-                status=challenge.status_code,
-                headers={"www-authenticate": challenge.headers["www-authenticate"]},
+                status=exc.http_status,
+                headers={"www-authenticate": challenge(exc, metadata, request.scope)},
             )
         except TooManyRequests as exc:
             return message_page("Not connected", exc.message, exc.http_status, exc.http_headers)
@@ -190,39 +179,8 @@ def oauth_routes(
         text = f"Your account for {done.server.key} is connected. Return to your client and retry."
         return message_page("Connected", text)
 
-    async def authenticated_user(request: Request) -> str | Response:
-        try:
-            auth = await authenticator.authenticate(request.headers, request.url.query, client_host(request))
-        except Unauthorized as exc:
-            return unauthorized(exc, metadata, _RESOURCE_PATH, request.scope, request.headers)
-        except TooManyRequests as exc:
-            return gateway_error_response(exc)
-        if auth.principal.kind is not PrincipalKind.USER:
-            # Connected accounts are keyed by user name: a virtual account that happens to share one must not see
-            # or disconnect that user's accounts.
-            return gateway_error_response(Forbidden("only users have connected accounts; this is a virtual account"))
-        return auth.principal.name
-
-    async def connections(request: Request) -> Response:
-        user = await authenticated_user(request)
-        if isinstance(user, Response):
-            return user
-        return JSONResponse({"user": user, "connected": await credentials.connected(user)})
-
-    async def disconnect(request: Request) -> Response:
-        user = await authenticated_user(request)
-        if isinstance(user, Response):
-            return user
-        ref = ServerRef(request.path_params["group"], request.path_params["server"])
-        if ref not in registry.remotes:
-            return JSONResponse({"error": "not_found"}, status_code=404)
-        outcome = await credentials.disconnect(user, ref)
-        return JSONResponse({"disconnected": ref.key, "provider": outcome})
-
     return [
         Route(START, start_page, methods=["GET"]),
         Route(START, start_confirm, methods=["POST"]),
         Route(CALLBACK, callback, methods=["GET"]),
-        Route("/oauth/connections", connections, methods=["GET"]),
-        Route("/oauth/connections/{group}/{server}", disconnect, methods=["DELETE"]),
     ]
