@@ -110,10 +110,16 @@ async def test_one_principal_over_its_request_rate_is_slowed_alone(tmp_path: Pat
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             statuses = [(await http.post(f"{gw.url}{PATH}", **initialize(mallory))).status_code for _ in range(8)]
             assert statuses == [200] * 8
-            for path in (PATH, "/mcp", "/admin/groups/lab", "/oauth/connections"):  # every route that authenticates
-                refused = await http.request(
-                    "POST" if "mcp" in path else "GET", f"{gw.url}{path}", **initialize(mallory)
-                )
+            for method, path in (  # every kind of route that needs a caller
+                ("POST", PATH),
+                ("POST", "/mcp"),
+                ("POST", "/mcp-server/lab/nope/server"),  # unconfigured
+                ("POST", "/mcp-server/lab"),
+                ("GET", "/admin/groups/lab"),
+                ("GET", "/oauth/connections"),
+                ("DELETE", "/oauth/connections/lab/echo"),
+            ):
+                refused = await http.request(method, f"{gw.url}{path}", **initialize(mallory))
                 assert refused.status_code == 429, path
                 assert int(refused.headers["retry-after"]) >= 1
                 error = refused.json()["error"]
