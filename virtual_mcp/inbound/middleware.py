@@ -37,9 +37,11 @@ class Authenticate:
         if scope["type"] != "http" or not self._needs_caller(scope["path"]):
             await self._app(scope, receive, send)
             return
-        # The front door refused a request naming Authorization twice: the first copy is the only one.
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        headers = {} if header is None else {"authorization": header.decode("latin-1")}
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name == b"authorization":  # the only copy: the front door refused a request naming it twice
+                headers["authorization"] = value.decode("latin-1")
+                break
         client = scope.get("client")
         try:
             with phase("auth"):

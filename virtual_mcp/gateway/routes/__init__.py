@@ -5,17 +5,18 @@ consent pages) and `connections` (a user's connected accounts)."""
 
 from __future__ import annotations
 
-from virtual_mcp.gateway.middleware.request_scope import is_endpoint_path
 from virtual_mcp.gateway.routes.admin import PREFIX as ADMIN
 from virtual_mcp.gateway.routes.connections import PREFIX as CONNECTIONS
+from virtual_mcp.registry import AGGREGATE_PATH
+
+# `/mcp` and everything under `/mcp-server/` (as `middleware.request_scope.is_endpoint_path`), the admin views and the
+# connections API; one set lookup and one C-level prefix test, as every MCP request asks.
+_EXACTLY = frozenset({AGGREGATE_PATH, ADMIN, CONNECTIONS})
+_UNDER = ("/mcp-server/", ADMIN + "/", CONNECTIONS + "/")
 
 
 def needs_caller(path: str) -> bool:
     """Whether the route at `path` serves only an authenticated caller (`inbound.middleware.Authenticate` sees to
     it): every MCP endpoint path, configured or not, the admin views and the connections API. The others are public
     (health, metadata), check a credential of their own (metrics), or belong to a browser (the consent pages)."""
-    return is_endpoint_path(path) or _under(path, ADMIN) or _under(path, CONNECTIONS)
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
+    return path in _EXACTLY or path.startswith(_UNDER)
