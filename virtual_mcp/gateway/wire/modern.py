@@ -84,7 +84,7 @@ class ModernWire:
             return
         request_id = message["id"]
         # A repeated routing header (Mcp-Protocol-Version, Mcp-Method, Mcp-Name) never gets here: the front door
-        # refuses every repeated single-valued header (gateway/front.py SINGLE_VALUED).
+        # refuses every repeated single-valued header (gateway/middleware/front_guard.py SINGLE_VALUED).
         verdict = classify_inbound_request(message, headers=dict(headers))
         if isinstance(verdict, InboundLadderRejection):
             await _reject(send, verdict, request_id)
