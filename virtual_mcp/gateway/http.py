@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 
 from virtual_mcp.audit_bounds import FIELD_LIMITS, redacted
 from virtual_mcp.error_responses import error_response
@@ -81,17 +81,3 @@ def parse_envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
 def is_request_id(value: object) -> bool:
     """An MCP request id: a string or an integer, never null (MCP 2025-11-25 basic/index, "Requests")."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """Hand the already-read body to the transport, then pass on what the server reports (e.g. a disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
