@@ -62,3 +62,29 @@ async def test_demo_serves_the_northwind_example(tmp_path: Path) -> None:
             demo.send_signal(signal.SIGINT)
             with anyio.fail_after(15):
                 await demo.wait()
+
+
+async def test_connections_accepted_on_a_loopback_listener_do_not_wait_for_nagle() -> None:
+    """Without TCP_NODELAY an answer written in two parts (head, then body) waits for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from virtual_mcp.demo import bind_loopback
+
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    listener = bind_loopback(0)
+    server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        with anyio.fail_after(5):
+            assert await accepted == 1
+        writer.close()
+    finally:
+        server.close()

@@ -130,7 +130,10 @@ def _rebase(registry: Registry, base_port: int) -> Registry:
 
 
 def bind_loopback(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening loopback socket. Created as TCP by name (IPPROTO_TCP, not 0): asyncio and uvloop set TCP_NODELAY
+    on accepted connections only for such a socket, and without it a response written in two parts waits ~40 ms for
+    the client's delayed acknowledgement (Nagle)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
