@@ -18,24 +18,14 @@ import anyio
 import httpx2
 import pytest
 
-from tests.backends import Probe, build_lab
-from tests.gateway.test_timing import ACCEPT, ALICE, CONFIG, IDENTITIES, LEGACY, SINGLE, Raw, rpc
-from tests.security_support import SecureGateway, secure_gateway
-from tests.support import Served, serve
+from tests.gateway.test_timing import ACCEPT, ALICE, LEGACY, SINGLE, Raw, rpc
+from tests.gateway.wire.lab import BOB, HeldLab, held_lab
 from virtual_mcp.gateway.wire import keepalive
 from virtual_mcp.types import PrincipalKind
 
-BOB = "bob@northwind.example"
-
 
 @dataclass
-class Lab:
-    gw: SecureGateway
-    backend: Served
-    probe: Probe
-    alice: str
-    release: anyio.Event  # lets the backend's `held` tool answer
-
+class Lab(HeldLab):
     async def session(self, http: httpx2.AsyncClient, listed: bool = True) -> Raw:
         """A raw client with an open 2025-11-25 session of alice's on the single server; `listed`: its tools listed
         once, so the catalog knows them."""
@@ -63,29 +53,8 @@ class Lab:
 
 @asynccontextmanager
 async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
-    probe = Probe()
-    release = anyio.Event()
-    backend_app = build_lab(probe)
-
-    @backend_app.tool
-    async def held() -> str:
-        """Answers once the test lets it (or is cancelled)."""
-        probe.slow_started.set()
-        try:
-            await release.wait()
-        except anyio.get_cancelled_exc_class():
-            probe.slow_cancelled.set()
-            raise
-        return "released"
-
-    async with serve(backend_app.http_app(path="/mcp")) as backend:
-        config = tmp_path / "servers.d"
-        config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES.replace(f"[{ALICE}]", f"[{ALICE}, {BOB}]"))
-        async with secure_gateway(config, tmp_path / "data", **settings) as gw:
-            alice = await gw.token(PrincipalKind.USER, ALICE)
-            yield Lab(gw, backend, probe, alice, release)
+    async with held_lab(tmp_path, **settings) as held:
+        yield Lab(held.gw, held.backend, held.probe, held.alice, held.release)
 
 
 def events(body: bytes | str) -> list[dict[str, Any]]:

@@ -16,25 +16,16 @@ import anyio
 import httpx2
 import pytest
 
-from tests.backends import Probe, build_lab
-from tests.gateway.test_timing import ACCEPT, ALICE, CONFIG, IDENTITIES, MODERN, SINGLE, Raw, rpc
+from tests.gateway.test_timing import ACCEPT, MODERN, SINGLE, Raw, rpc
+from tests.gateway.wire.lab import HeldLab, held_lab
 from tests.gateway.wire.test_legacy import events
-from tests.security_support import SecureGateway, secure_gateway
-from tests.support import Served, serve
 from virtual_mcp.gateway.wire import keepalive
-from virtual_mcp.types import PrincipalKind
 
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
 
 
 @dataclass
-class Lab:
-    gw: SecureGateway
-    backend: Served
-    probe: Probe
-    alice: str
-    release: anyio.Event
-
+class Lab(HeldLab):
     def headers(self, method: str, name: str | None = None) -> dict[str, str]:
         headers = {
             "accept": ACCEPT,
@@ -55,28 +46,8 @@ def call(request_id: int, name: str, arguments: dict[str, Any], **meta: Any) -> 
 
 @asynccontextmanager
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    probe = Probe()
-    release = anyio.Event()
-    backend_app = build_lab(probe)
-
-    @backend_app.tool
-    async def held() -> str:
-        """Answers once the test lets it (or is cancelled)."""
-        probe.slow_started.set()
-        try:
-            await release.wait()
-        except anyio.get_cancelled_exc_class():
-            probe.slow_cancelled.set()
-            raise
-        return "released"
-
-    async with serve(backend_app.http_app(path="/mcp")) as backend:
-        config = tmp_path / "servers.d"
-        config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES)
-        async with secure_gateway(config, tmp_path / "data") as gw:
-            yield Lab(gw, backend, probe, await gw.token(PrincipalKind.USER, ALICE), release)
+    async with held_lab(tmp_path) as held:
+        yield Lab(held.gw, held.backend, held.probe, held.alice, held.release)
 
 
 async def test_a_silent_call_is_answered_with_json_and_audited(tmp_path: Path) -> None:
