@@ -334,3 +334,29 @@ async def test_concurrent_openings_within_the_quota_all_succeed_and_one_past_it_
         )
         assert ended.status_code == 200
         await refused.open()  # a place is free again
+
+
+async def test_a_request_id_already_in_flight_on_the_session_is_refused_and_the_first_call_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with lab(tmp_path) as t, httpx2.AsyncClient() as http:
+        raw = await t.session(http)
+        body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
+        answers: list[httpx2.Response] = []
+
+        async def first() -> None:
+            answers.append(await raw.post(body))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            with anyio.fail_after(10):
+                await t.probe.slow_started.wait()
+            again = await raw.post({**body, "id": "9"})  # "9" and 9 are one id
+            [refused] = events(again.content)
+            assert refused["error"] == {
+                "code": -32600,
+                "message": "a request with this id is in flight on this session",
+            }
+            t.release.set()
+        assert rpc(answers[0])["result"]["structuredContent"] == {"result": "released"}
+        assert not t.probe.slow_cancelled.is_set()
