@@ -12,9 +12,14 @@ from starlette.responses import Response
 from virtual_mcp.errors import GatewayError
 
 
+def error_body(code: int, message: str) -> bytes:
+    """The body of every refusal, whichever layer sends it (a configured endpoint's and an unknown path's must not
+    differ by a byte)."""
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+
+
 def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
-    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(error_body(code, message), status_code=status, media_type="application/json", headers=headers)
 
 
 def gateway_error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:

@@ -14,8 +14,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.error_responses import error_response, gateway_error_response
-from virtual_mcp.errors import BadRequest, Forbidden, GatewayError
+from virtual_mcp.errors import Forbidden, GatewayError
 from virtual_mcp.gateway.http import (
     is_json_media_type,
     parse_envelope,
@@ -25,6 +24,7 @@ from virtual_mcp.gateway.http import (
 from virtual_mcp.gateway.middleware.request_scope import request_id_in
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.mcp import McpService
+from virtual_mcp.gateway.wire import framing
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.legacy import LegacyWire
 from virtual_mcp.gateway.wire.listen import Listens
@@ -107,7 +107,7 @@ class EndpointApp:
                     method,
                     exc.message,
                 )
-            await gateway_error_response(exc)(scope, receive, send)
+            await framing.refuse_with(send, exc)
             return
         base = self._metadata.base(scope.get("scheme", "http"), headers.get("host", "localhost"))
         caller = Caller(auth, overrides, base)
@@ -122,9 +122,7 @@ class EndpointApp:
                 await self._legacy.delete(caller, headers, send)
             return
         if not is_json_media_type(headers.get("content-type")):
-            await error_response(
-                415, BadRequest.jsonrpc_code, "Unsupported Media Type: Content-Type must be application/json"
-            )(scope, receive, send)
+            await framing.refuse(send, 415, "Unsupported Media Type: Content-Type must be application/json")
             return
         body = await read_body(scope, receive, self._max_body)
         if not isinstance(body, bytes):
@@ -132,7 +130,7 @@ class EndpointApp:
             return
         message, problem = parse_envelope(body)
         if problem is not None:
-            await error_response(400, BadRequest.jsonrpc_code, f"Invalid Request: {problem}")(scope, receive, send)
+            await framing.refuse(send, 400, f"Invalid Request: {problem}")
             return
         trace_id = request_id_in(scope)
         if modern:

@@ -16,6 +16,7 @@ import anyio
 from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
 from starlette.types import Send
 
+from virtual_mcp.error_responses import error_body
 from virtual_mcp.errors import INVALID_REQUEST, GatewayError
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 
@@ -74,8 +75,12 @@ async def send_json(
 
 
 async def refuse(send: Send, status: int, message: str, code: int = INVALID_REQUEST, headers: Headers = ()) -> None:
-    """An HTTP refusal with a JSON-RPC error body that has no request id."""
-    await send_json(send, error(None, {"code": code, "message": message}), status, headers)
+    """An HTTP refusal with a JSON-RPC error body that has no request id (`error_responses.error_body`, the body
+    every layer refuses with)."""
+    body = error_body(code, message)
+    head = [*JSON_HEADERS, *headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def refuse_with(send: Send, exc: GatewayError) -> None:
