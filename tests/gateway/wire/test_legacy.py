@@ -50,6 +50,24 @@ class Lab(HeldLab):
             async for chunk in answer.aiter_bytes():
                 yield chunk
 
+    @asynccontextmanager
+    async def started(self, raw: Raw, body: dict[str, Any]) -> AsyncIterator[list[bytes]]:
+        """POST `body` on `raw`'s session and read its answer in the background; the block runs once the backend has
+        started the call, and the answer's bytes are in the list when it ends (once the backend was cancelled)."""
+        received: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                async for chunk in self.stream(raw, body):
+                    received.append(chunk)
+
+            tg.start_soon(read)
+            with anyio.fail_after(10):
+                await self.probe.slow_started.wait()
+            yield received
+            with anyio.fail_after(10):
+                await self.probe.slow_cancelled.wait()  # the backend was told
+
 
 @asynccontextmanager
 async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
@@ -185,16 +203,7 @@ async def test_a_session_that_ends_under_a_call_ends_its_stream_without_an_answe
     async with lab(tmp_path) as t, httpx2.AsyncClient() as http:
         raw = await t.session(http)
         body = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
-        received: list[bytes] = []
-        async with anyio.create_task_group() as tg:
-
-            async def read() -> None:
-                async for chunk in t.stream(raw, body):
-                    received.append(chunk)
-
-            tg.start_soon(read)
-            with anyio.fail_after(10):
-                await t.probe.slow_started.wait()
+        async with t.started(raw, body) as received:
             ended = await http.delete(
                 raw.url,
                 headers={
@@ -204,8 +213,6 @@ async def test_a_session_that_ends_under_a_call_ends_its_stream_without_an_answe
                 },
             )
             assert ended.status_code == 200
-            with anyio.fail_after(10):
-                await t.probe.slow_cancelled.wait()  # the backend was told
         assert b"".join(received) == b""
         assert (await raw.call("ping")).status_code == 404  # the session is gone
 
@@ -214,20 +221,9 @@ async def test_notifications_cancelled_cancels_the_call_at_the_backend(tmp_path:
     async with lab(tmp_path) as t, httpx2.AsyncClient() as http:
         raw = await t.session(http)
         body = {"jsonrpc": "2.0", "id": 21, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
-        received: list[bytes] = []
-        async with anyio.create_task_group() as tg:
-
-            async def read() -> None:
-                async for chunk in t.stream(raw, body):
-                    received.append(chunk)
-
-            tg.start_soon(read)
-            with anyio.fail_after(10):
-                await t.probe.slow_started.wait()
+        async with t.started(raw, body) as received:
             cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 21}}
             assert (await raw.post(cancel)).status_code == 202
-            with anyio.fail_after(10):
-                await t.probe.slow_cancelled.wait()
         [event] = events(b"".join(received))
         assert event == {"jsonrpc": "2.0", "id": 21, "error": {"code": -32800, "message": "Request cancelled"}}
         [cancelled] = await t.gw.audit(method="tools/call")
