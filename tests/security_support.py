@@ -7,11 +7,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
@@ -19,29 +17,17 @@ from fastmcp.client.transports import StreamableHttpTransport
 from tests.processes import read_elsewhere
 from tests.sensitive import SENSITIVE, mark
 from tests.support import Served, serve
-from virtual_mcp.audit import AuditEvent, AuditLog, JsonLinesSink
+from virtual_mcp.audit import AuditEvent, AuditLog
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.gateway.app import Security, create_app
-from virtual_mcp.gateway.assemble import resolve_secrets
+from virtual_mcp.gateway.assemble import Assembled, assembled
 from virtual_mcp.gateway.runtime import Runtime
-from virtual_mcp.inbound.authenticator import Authenticator
-from virtual_mcp.inbound.jwt import JwtVerifier
-from virtual_mcp.inbound.metadata import ResourceMetadata
-from virtual_mcp.inbound.rate_limit import RequestLimiter
-from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
-from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
-from virtual_mcp.outbound.token_cache import VaultTokenCache
-from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
-from virtual_mcp.vault.check import health as vault_health
-from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
-from virtual_mcp.vault.revocations import RevocationStore
 
 ISSUER = "https://idp.northwind.example"
 GATEWAY_AUDIENCE = "https://mcp.northwind.example"
@@ -72,13 +58,32 @@ class OffsetClock:
 class SecureGateway:
     served: Served
     registry: Registry
-    tokens: TokenStore
-    secrets: SecretStore
-    db: Database
-    audit_log: AuditLog
+    parts: Assembled
     data_dir: Path
-    runtime: Runtime
-    metrics: Metrics
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self.parts.tokens
+
+    @property
+    def secrets(self) -> SecretStore:
+        return self.parts.secrets
+
+    @property
+    def db(self) -> Database:
+        return self.parts.db
+
+    @property
+    def audit_log(self) -> AuditLog:
+        return self.parts.audit
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.parts.runtime
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.parts.metrics
 
     def leaks(self) -> list[str]:
         """Every registered token, secret or forwarded value found in the database files or the audit file."""
@@ -115,6 +120,15 @@ def idp_jwt(subject: str, audience: list[str] | str, now: float, **claims: Any) 
     return token
 
 
+async def store_secrets(data_dir: Path, secrets: dict[str, str]) -> None:
+    """Put `secrets` (URI -> value) in the data directory's vault, as `virtual-mcp secrets set` does."""
+    async with Database.open(data_dir) as db:
+        store = SecretStore(db, LocalKeyProvider.load(data_dir))
+        for uri, value in secrets.items():
+            mark(value)
+            await store.set(SecretRef.parse(uri), value)
+
+
 @asynccontextmanager
 async def secure_gateway(
     config_dir: Path,
@@ -124,40 +138,14 @@ async def secure_gateway(
     sock: socket.socket | None = None,
     **settings: Any,
 ) -> AsyncIterator[SecureGateway]:
-    """The gateway with a real token store, secret store (envelope-encrypted) and HS256 JWT verification."""
+    """The production gateway (`virtual_mcp.gateway.assemble`, as `serve` builds it) on `config_dir`, with its
+    vault in `data_dir`, HS256 JWTs from ISSUER accepted, and `secrets` stored as `virtual-mcp secrets set` would."""
     (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
     registry = build_registry(load_config_dir(config_dir))
-    keys = LocalKeyProvider.load(data_dir)
-    async with Database.open(data_dir) as db, Database.open(data_dir) as audit_db, httpx.AsyncClient() as http:
-        store = SecretStore(db, keys)
-        await store.set(SecretRef.parse("tfy-secret://gw:jwt:hmac"), HMAC_KEY)
-        for uri, value in (secrets or {}).items():
-            mark(value)
-            await store.set(SecretRef.parse(uri), value)
-        values = await resolve_secrets(store, [(ref, ref.uri) for ref, _ in secret_refs(registry)])
-        assert registry.inbound.jwt is not None
-        verifier = JwtVerifier(registry.inbound.jwt, http=http, hmac_secret=HMAC_KEY.encode())
-        tokens = TokenStore(db)
-        revocations = RevocationList(RevocationStore(db))
-        # Upstream OAuth tokens: the vault-backed cache and the token manager, with a clock the test may move.
-        metrics = Metrics()
-        token_manager = TokenManager(
-            VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock, metrics=metrics
-        )
-        options: dict[str, Any] = {"list_deadline_seconds": 2.0, **settings}
-        gateway_settings = GatewaySettings(**options)
-        timeout = gateway_settings.token_timeout_seconds
-        limits = gateway_settings.limits
-        limiter = RequestLimiter(limits.requests_per_second_per_principal, limits.request_burst_per_principal)
-        audit_log = AuditLog([AuditStore(audit_db), JsonLinesSink(data_dir / "audit.jsonl")])
-        security = Security(
-            Authenticator(registry, tokens=tokens, jwt=verifier, revocations=revocations, limiter=limiter),
-            OutboundCredentials(registry, values.__getitem__, token_manager, http, token_timeout=timeout),
-            ResourceMetadata(authorization_servers=(ISSUER,)),
-            audit_log,
-            revocations,
-            health=partial(vault_health, db, data_dir),
-        )
-        app = create_app(registry, gateway_settings, security, metrics)
-        async with serve(app, sock) as served:
-            yield SecureGateway(served, registry, tokens, store, db, audit_log, data_dir, app.state.runtime, metrics)
+    await store_secrets(data_dir, {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})})
+    options: dict[str, Any] = {"list_deadline_seconds": 2.0, "data_dir": data_dir, **settings}
+    async with (
+        assembled(registry, GatewaySettings(**options), clock=clock) as gateway,
+        serve(gateway.app, sock) as served,
+    ):
+        yield SecureGateway(served, registry, gateway, data_dir)

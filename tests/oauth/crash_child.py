@@ -64,7 +64,8 @@ def offset_clock(seconds: float) -> None:
     init = TokenManager.__init__
 
     def init_with_clock(self: TokenManager, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("clock", lambda: time.time() + seconds)
+        clock = kwargs.get("clock", time.time)  # the one `serve` passes in, moved forward
+        kwargs["clock"] = lambda: clock() + seconds
         init(self, *args, **kwargs)
 
     TokenManager.__init__ = init_with_clock  # type: ignore[method-assign]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import httpx
@@ -15,6 +17,7 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.gateway.app import Security, create_app
+from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
@@ -62,9 +65,39 @@ async def resolve_secrets(store: SecretStore, refs: list[tuple[SecretRef, str]])
     return values
 
 
+@dataclass(frozen=True)
+class Assembled:
+    """A production gateway put together: its app, and the stores and parts behind it that an operator's tools and
+    the tests look into (the same objects the app uses, not copies)."""
+
+    app: Starlette
+    db: Database
+    secrets: SecretStore
+    tokens: TokenStore
+    audit: AuditLog
+    metrics: Metrics
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+
 @asynccontextmanager
 async def production_app(registry: Registry, settings: GatewaySettings) -> AsyncIterator[Starlette]:
     """The gateway with its stores open for as long as the block runs."""
+    async with assembled(registry, settings) as gateway:
+        yield gateway.app
+
+
+@asynccontextmanager
+async def assembled(
+    registry: Registry, settings: GatewaySettings, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Assembled]:
+    """The gateway and its parts, stores open and the data directory held for as long as the block runs.
+
+    `clock` is the wall clock upstream token lifetimes are measured by (a test moves it instead of waiting).
+    """
     with serving(settings.data_dir):
         # The audit writer has a connection of its own: its batches never hold up a request's token check.
         async with (
@@ -73,12 +106,17 @@ async def production_app(registry: Registry, settings: GatewaySettings) -> Async
             # Token endpoints, JWKS, provider metadata: one user's provider cookies never reach another's request.
             httpx.AsyncClient(timeout=10, cookies=no_cookie_jar()) as http,
         ):
-            yield await _assemble(registry, settings, db, audit_db, http)
+            yield await _assemble(registry, settings, db, audit_db, http, clock)
 
 
 async def _assemble(
-    registry: Registry, settings: GatewaySettings, db: Database, audit_db: Database, http: httpx.AsyncClient
-) -> Starlette:
+    registry: Registry,
+    settings: GatewaySettings,
+    db: Database,
+    audit_db: Database,
+    http: httpx.AsyncClient,
+    clock: Callable[[], float],
+) -> Assembled:
     # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
     keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
     await check_master_key(db, keys)
@@ -100,17 +138,20 @@ async def _assemble(
     revocations = RevocationList(RevocationStore(db))
     limits = settings.limits
     limiter = RequestLimiter(limits.requests_per_second_per_principal, limits.request_burst_per_principal)
+    gateway_tokens = TokenStore(db)
     authenticator = Authenticator(
-        registry, tokens=TokenStore(db), jwt=verifier, local=local, revocations=revocations, limiter=limiter
+        registry, tokens=gateway_tokens, jwt=verifier, local=local, revocations=revocations, limiter=limiter
     )
     public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
     metadata = ResourceMetadata(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
     )
     metrics = Metrics()
-    tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), metrics=metrics)
+    upstream_tokens = TokenManager(
+        VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock, metrics=metrics
+    )
     credentials = OutboundCredentials(
-        registry, values.__getitem__, tokens, http, token_timeout=settings.token_timeout_seconds
+        registry, values.__getitem__, upstream_tokens, http, token_timeout=settings.token_timeout_seconds
     )
     audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
     health = partial(vault_health, db, settings.data_dir, audit_db)
@@ -118,4 +159,5 @@ async def _assemble(
     security = Security(
         authenticator, credentials, metadata, audit, revocations, health=health, metrics_token=metrics_token
     )
-    return create_app(registry, settings, security, metrics)
+    app = create_app(registry, settings, security, metrics)
+    return Assembled(app, db, store, gateway_tokens, audit, metrics)
