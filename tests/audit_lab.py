@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from fastmcp import FastMCP
 
+from tests.lab_config import identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
 from virtual_mcp.audit import AuditEvent
@@ -38,14 +39,7 @@ integrations:
     url: {url}/mcp
     authorized_subjects: [team:nobody]
 """
-IDENTITIES = """\
-type: identities
-teams:
-  - name: Platform
-    members: [Alice@X.example, kate@x.example]
-virtual_accounts:
-  - name: CI
-"""
+IDENTITIES = identities({"Platform": ["Alice@X.example", "kate@x.example"]}, ["CI"])  # names as typed
 
 
 def backend() -> FastMCP:

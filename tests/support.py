@@ -17,6 +17,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tests.lab_config import write_identities
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
@@ -144,9 +145,7 @@ def write_config(directory: Path, backends: dict[str, str], extra: str = "", gro
         )
     text = f"name: {group}\ntype: provider-account/mcp-server-group\nintegrations:\n" + "".join(entries) + extra
     (directory / f"{group}.yaml").write_text(text)
-    (directory / "identities.yaml").write_text(
-        "type: identities\nteams:\n  - name: platform-engineering\n    members: [" + LOCAL_USER + "]\n"
-    )
+    write_identities(directory, {"platform-engineering": [LOCAL_USER]})
     return directory
 
 

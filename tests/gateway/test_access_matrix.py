@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.backends import build_lab
+from tests.lab_config import identities, write_identities
 from tests.security_support import secure_gateway
 from tests.support import LegacyOnly, Served, serve
 from virtual_mcp.config.loader import load_config_dir
@@ -93,12 +94,8 @@ def write_policy(directory: Path, url: str, policy: dict[str, Any]) -> None:
     (directory / "g.yaml").write_text(
         "name: g\ntype: provider-account/mcp-server-group\nintegrations:\n" + "".join(entries)
     )
-    teams = "".join(
-        f"  - name: {team}\n    members: [{', '.join(u for u in USERS if team in policy['members'][u])}]\n"
-        for team in TEAMS
-    )
-    accounts = "".join(f"  - name: {a}\n" for a in ACCOUNTS)
-    (directory / "ids.yaml").write_text(f"type: identities\nteams:\n{teams}virtual_accounts:\n{accounts}")
+    teams = {team: [u for u in USERS if team in policy["members"][u]] for team in TEAMS}
+    write_identities(directory, teams, ACCOUNTS)
 
 
 def oracle(principal: Principal, subjects: set[str]) -> bool:
@@ -182,17 +179,7 @@ integrations:
       - server: g/errors
         tools: [add]
 """
-MATRIX_IDS = """\
-type: identities
-teams:
-  - name: platform
-    members: [alice@x.example]
-  - name: support
-    members: [bob@x.example]
-virtual_accounts:
-  - name: ci
-  - name: unused
-"""
+MATRIX_IDS = identities({"platform": ["alice@x.example"], "support": ["bob@x.example"]}, ["ci", "unused"])
 ALL = LAB_TOOLS
 EXPECTED = {
     # (subject, path) -> visible tool names; a path missing here is 403 for that subject.

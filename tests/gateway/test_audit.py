@@ -18,6 +18,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
+from tests.lab_config import ALICE, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import Served, serve
@@ -26,7 +27,6 @@ from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 
-ALICE = "alice@northwind.example"
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
 SENTRY_SECRET = "sentry-service-token-audit-0123456789"
 mark(SENTRY_SECRET)
@@ -59,14 +59,6 @@ integrations:
     url: {plain}/mcp
     authorized_subjects: [team:nobody]
 """
-IDENTITIES = """\
-type: identities
-teams:
-  - name: platform
-    members: [alice@northwind.example]
-virtual_accounts:
-  - name: ci
-"""
 ACCEPT = "application/json, text/event-stream"
 
 
@@ -96,7 +88,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         config.mkdir()
         text = CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
         (config / "lab.yaml").write_text(text)
-        (config / "identities.yaml").write_text(IDENTITIES)
+        write_identities(config)
         async with secure_gateway(config, tmp_path / "data", {"tfy-secret://t:sentry:token": SENTRY_SECRET}) as gw:
             yield Lab(gw, plain, await gw.token(PrincipalKind.USER, ALICE))
 

@@ -16,6 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
+from tests.lab_config import write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import LegacyOnly, serve
@@ -52,7 +53,6 @@ integrations:
     url: {plain}/mcp
     authorized_subjects: [team:nobody]
 """
-IDENTITIES = "type: identities\nteams:\n  - name: platform\n    members: [alice@northwind.example]\n"
 
 
 class Lab:
@@ -84,7 +84,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         config.mkdir()
         text = CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
         (config / "lab.yaml").write_text(text)
-        (config / "identities.yaml").write_text(IDENTITIES)
+        write_identities(config)
         secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
         async with secure_gateway(config, tmp_path / "data", secrets) as gw:
             yield Lab(gw, probes)
@@ -219,7 +219,7 @@ async def test_per_caller_credentials_do_not_multiply_backend_streams(tmp_path: 
         (config / "lab.yaml").write_text(
             CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=plain.url, audience=LOGISTICS_AUDIENCE)
         )
-        (config / "identities.yaml").write_text(IDENTITIES)
+        write_identities(config)
         secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
         async with secure_gateway(config, tmp_path / "data", secrets) as gw:
             t = Lab(gw, {"sentry": probe})

@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 from tests.backends import build_lab
+from tests.lab_config import write_identities
 from tests.security_support import GATEWAY_AUDIENCE, ISSUER, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import serve
@@ -45,14 +46,6 @@ integrations:
       type: header
       headers: {{X-Api-Key: "tfy-secret://t:lab:api-key"}}
 """
-IDENTITIES = """\
-type: identities
-teams:
-  - name: platform
-    members: [alice@northwind.example]
-virtual_accounts:
-  - name: ci
-"""
 INIT = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -68,7 +61,7 @@ async def front(tmp_path: Path) -> AsyncIterator[SecureGateway]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES)
+        write_identities(config)
         async with secure_gateway(config, tmp_path / "data", {"tfy-secret://t:lab:api-key": "k-123"}) as gw:
             yield gw
 
@@ -205,7 +198,7 @@ async def test_admin_view_is_for_managers_only(tmp_path: Path) -> None:
 def test_local_mode_only_on_loopback(tmp_path: Path) -> None:
     config = tmp_path / "servers.d"
     config.mkdir()
-    (config / "ids.yaml").write_text(IDENTITIES)
+    write_identities(config)
     from virtual_mcp.config.loader import load_config_dir
 
     registry = build_registry(load_config_dir(config))
@@ -221,7 +214,7 @@ def test_an_allowed_origin_that_is_not_an_origin_is_refused_at_start(tmp_path: P
     not one to drop silently."""
     config = tmp_path / "servers.d"
     config.mkdir()
-    (config / "ids.yaml").write_text(IDENTITIES)
+    write_identities(config)
     from virtual_mcp.config.loader import load_config_dir
 
     registry = build_registry(load_config_dir(config))

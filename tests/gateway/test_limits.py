@@ -16,6 +16,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.backends import build_lab
+from tests.lab_config import write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve, write_config
 from virtual_mcp.config.loader import load_config_dir
@@ -26,9 +27,7 @@ from virtual_mcp.types import PrincipalKind
 
 PATH = "/mcp-server/lab/echo/server"
 LEGACY = "2025-11-25"
-MEMBERS = (
-    "type: identities\nteams:\n  - name: platform-engineering\n    members: [alice@x.example, mallory@x.example]\n"
-)
+TEAMS = {"platform-engineering": ["alice@x.example", "mallory@x.example"]}
 
 
 def initialize(bearer: str) -> dict[str, Any]:
@@ -55,7 +54,7 @@ async def call_echo(gw: SecureGateway, bearer: str) -> str:
 async def test_one_principal_cannot_take_every_session(tmp_path: Path) -> None:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         write_config(tmp_path / "servers.d", {"echo": backend.url})
-        (tmp_path / "servers.d" / "identities.yaml").write_text(MEMBERS)
+        write_identities(tmp_path / "servers.d", TEAMS)
         async with await lab(tmp_path, sessions_per_principal=3) as gw, httpx.AsyncClient() as http:
             mallory = await gw.token(PrincipalKind.USER, "mallory@x.example")
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
@@ -83,7 +82,7 @@ async def test_one_principal_cannot_take_every_session(tmp_path: Path) -> None:
 async def test_the_gateways_total_is_a_backstop(tmp_path: Path) -> None:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         write_config(tmp_path / "servers.d", {"echo": backend.url})
-        (tmp_path / "servers.d" / "identities.yaml").write_text(MEMBERS)
+        write_identities(tmp_path / "servers.d", TEAMS)
         async with await lab(tmp_path, max_sessions=2) as gw, httpx.AsyncClient() as http:
             mallory = await gw.token(PrincipalKind.USER, "mallory@x.example")
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
@@ -100,7 +99,7 @@ async def test_the_gateways_total_is_a_backstop(tmp_path: Path) -> None:
 async def test_one_principal_over_its_request_rate_is_slowed_alone(tmp_path: Path) -> None:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         write_config(tmp_path / "servers.d", {"echo": backend.url})
-        (tmp_path / "servers.d" / "identities.yaml").write_text(MEMBERS)
+        write_identities(tmp_path / "servers.d", TEAMS)
         # A rate so low that nothing refills during the test: the bucket's burst is all mallory gets.
         async with (
             await lab(tmp_path, requests_per_second_per_principal=0.001, request_burst_per_principal=8) as gw,

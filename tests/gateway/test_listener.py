@@ -15,6 +15,7 @@ import httpx
 import mcp
 from anyio.abc import SocketStream
 
+from tests.lab_config import write_identities
 from tests.processes import gateway_process
 from tests.support import LOCAL_USER, free_ports
 
@@ -26,7 +27,7 @@ GENEROUS = 6.0  # how late the cut-off may come on a busy two-core machine
 async def slow_gateway(tmp_path: Path) -> AsyncIterator[str]:
     config = tmp_path / "servers.d"
     config.mkdir()  # no backends: the aggregate endpoint alone, for the local user
-    (config / "ids.yaml").write_text(f"type: identities\nteams:\n  - name: t\n    members: [{LOCAL_USER}]\n")
+    write_identities(config, {"t": [LOCAL_USER]})
     port = free_ports(1)[0]
     args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(port)]
     args += ["--local-user", LOCAL_USER, "--request-head-timeout", str(TIMEOUT), "--request-body-timeout", str(TIMEOUT)]

@@ -10,6 +10,7 @@ import httpx
 from fastmcp import FastMCP
 from pydantic import Field
 
+from tests.lab_config import PLATFORM, write_identities
 from tests.security_support import secure_gateway
 from tests.support import serve
 from virtual_mcp.types import PrincipalKind
@@ -25,7 +26,6 @@ integrations:
     url: {url}/mcp
     authorized_subjects: [team:platform]
 """
-IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@x.example]\n"
 
 
 def ops_backend() -> FastMCP:
@@ -55,7 +55,7 @@ async def test_param_headers_are_mirrored_and_do_not_reveal_forbidden_tools(tmp_
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDS)
+        write_identities(config, {PLATFORM: ["alice@x.example"]})
         async with secure_gateway(config, tmp_path / "data") as gw, httpx.AsyncClient() as http:
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
             mallory = await gw.token(PrincipalKind.USER, "mallory@x.example")

@@ -22,6 +22,7 @@ import httpx2
 import pytest
 
 from tests.backends import build_lab
+from tests.lab_config import ALICE, write_identities
 from tests.oauth.test_client_credentials import setup as client_credentials_setup
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
@@ -32,7 +33,6 @@ ERAS = [LEGACY, MODERN]
 AGGREGATE, SINGLE = "/mcp", "/mcp-server/lab/tools/server"
 ECHO = {AGGREGATE: "lab__tools__echo", SINGLE: "echo"}
 ACCEPT = "application/json, text/event-stream"
-ALICE = "alice@northwind.example"
 CONFIG = """\
 name: lab
 type: provider-account/mcp-server-group
@@ -46,7 +46,6 @@ integrations:
     url: {url}/mcp
     authorized_subjects: [team:support]
 """
-IDENTITIES = f"type: identities\nteams:\n  - name: platform\n    members: [{ALICE}]\n"
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -132,7 +131,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[tuple[SecureGateway, str]]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES)
+        write_identities(config)
         async with secure_gateway(config, tmp_path / "data") as gw:
             yield gw, await gw.token(PrincipalKind.USER, ALICE)
 

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from tests.backends import build_lab
+from tests.lab_config import write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
 from virtual_mcp.config.settings import Limits
@@ -37,14 +38,6 @@ integrations:
       type: header
       headers: {{X-Api-Key: "tfy-secret://t:lab:api-key"}}
     forwardable_headers: [X-Api-Key]
-"""
-IDENTITIES = f"""\
-type: identities
-teams:
-  - name: platform
-    members: [{ALICE}]
-virtual_accounts:
-  - name: ci
 """
 # The hostile corpus sends a few hundred requests as alice in seconds: her rate is not what is tested here.
 GENEROUS = Limits(requests_per_second_per_principal=100_000, request_burst_per_principal=100_000)
@@ -176,7 +169,7 @@ async def front_lab(tmp_path: Path) -> AsyncIterator[FrontLab]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES)
+        write_identities(config)
         secrets = {"tfy-secret://t:lab:api-key": "configured-api-key-1"}
         async with secure_gateway(config, tmp_path / "data", secrets, limits=GENEROUS) as gw:
             tokens = {

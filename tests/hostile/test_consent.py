@@ -17,6 +17,7 @@ import httpx2
 import jwt
 import pytest
 
+from tests.lab_config import ALICE, MALLORY
 from tests.oauth.browser import Browser, Form, connect, consent_form
 from tests.oauth.test_authorization_code import Setup, setup
 from tests.sensitive import mark
@@ -24,8 +25,6 @@ from virtual_mcp.gateway.routes.consent_page import COOKIE
 from virtual_mcp.outbound.consent import TICKET_SECONDS, ConsentFlows
 from virtual_mcp.types import PrincipalKind, ServerRef
 
-ALICE = "alice@northwind.example"
-MALLORY = "mallory@northwind.example"
 GITHUB = ServerRef("g", "github")
 A_SECRET = "A" * 43  # well formed (the shape of a ticket, a state, a CSRF token, a browser value), never issued
 

@@ -32,6 +32,7 @@ from mcp.shared.inbound import NAME_BEARING_METHODS
 
 from tests.conftest import CAPTURED
 from tests.hostile.echoing import DEPTH_LIMIT, ECHO_TOOLS, LEGACY, MODERN, ODD_TOOLS, Echoing
+from tests.lab_config import ALICE, BOB
 from tests.oauth_server import CC_CLIENT_ID, CODE_CLIENT_ID, REDIRECT_URI, AuthServer, authorization_server, pkce_pair
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
@@ -43,7 +44,6 @@ from virtual_mcp.types import PrincipalKind, ServerRef
 from virtual_mcp.vault import LocalKeyProvider
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
-ALICE, BOB = "alice@northwind.example", "bob@northwind.example"
 AUDIENCE = "https://echo.northwind.example/mcp"
 ACCEPT = "application/json, text/event-stream"
 ERAS = {"legacy": LEGACY, "modern": MODERN}  # the caller's protocol version, and its backend's

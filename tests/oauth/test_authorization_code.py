@@ -16,6 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
+from tests.lab_config import ALICE, BOB, CI, MALLORY, PLATFORM, identities
 from tests.oauth.browser import connect
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
@@ -45,12 +46,8 @@ integrations:
       scopes: [mcp:tools]
       code_challenge_methods_supported: [S256]
 """
-IDS = (
-    "type: identities\nteams:\n  - name: platform\n"
-    "    members: [alice@northwind.example, bob@northwind.example, mallory@northwind.example]\n"
-    # A virtual account named like a user (a configuration mistake) is still not that user.
-    "virtual_accounts:\n  - name: ci\n  - name: alice@northwind.example\n"
-)
+# A virtual account named like a user (a configuration mistake) is still not that user.
+IDS = identities({PLATFORM: [ALICE, BOB, MALLORY]}, [CI, ALICE])
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
+from tests.lab_config import CI, PLATFORM, identities
 from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.sensitive import mark
@@ -38,7 +39,7 @@ integrations:
       client_secret: tfy-secret://t:analytics:client_secret
       scopes: [mcp:read]
 """
-IDS = "type: identities\nteams:\n  - name: platform\n    members: [alice@x.example]\nvirtual_accounts:\n  - name: ci\n"
+IDS = identities({PLATFORM: ["alice@x.example"]}, [CI])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import received
+from tests.lab_config import ALICE, MALLORY
 from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import Setup, setup
 from tests.oauth.test_crash_safety import Scene, scene
@@ -24,9 +25,6 @@ from tests.sensitive import mark
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, LocalKeyProvider, TokenStore
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
-
-ALICE = "alice@northwind.example"
-MALLORY = "mallory@northwind.example"
 
 
 async def stored(s: Setup, tmp_path: Path, user: str) -> dict[str, Any] | None:

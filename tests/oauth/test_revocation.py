@@ -14,6 +14,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tests.lab_config import ALICE
 from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import setup
 from tests.oauth_server import CODE_CLIENT_ID
@@ -23,7 +24,6 @@ from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import LocalKeyProvider
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
-ALICE = "alice@northwind.example"
 GITHUB = "/mcp-server/g/github/server"
 ACCEPT = "application/json, text/event-stream"
 

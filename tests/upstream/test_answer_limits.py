@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
 from tests.hostile.liar import KEPT, Liar, Scenario, Writer, chunked, http, lying, rpc
+from tests.lab_config import write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
 from virtual_mcp.types import PrincipalKind
@@ -125,8 +126,7 @@ async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
                 for name, url in entries
             )
         )
-        members = ", ".join(USERS)
-        (config / "ids.yaml").write_text(f"type: identities\nteams:\n  - name: p\n    members: [{members}]\n")
+        write_identities(config, {"p": USERS})
         async with secure_gateway(config, tmp_path / "data", **settings) as gw:
             tokens = [await gw.token(PrincipalKind.USER, user) for user in USERS]
             yield Lab(gw, liar, pushed, tokens)

@@ -20,6 +20,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 
+from tests.lab_config import PLATFORM, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.support import serve
 
@@ -36,7 +37,6 @@ integrations:
       type: passthrough
       audience: {AUDIENCE}
 """
-IDENTITIES = "type: identities\nteams:\n  - name: platform\n    members: []\n"
 SCHEMA = {"type": "object", "properties": {}}
 
 
@@ -67,7 +67,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[SecureGateway]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "identities.yaml").write_text(IDENTITIES)
+        write_identities(config, {PLATFORM: []})
         async with secure_gateway(config, tmp_path / "data") as gw:
             yield gw
 

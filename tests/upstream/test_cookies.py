@@ -8,6 +8,7 @@ from pathlib import Path
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
+from tests.lab_config import PLATFORM, write_identities
 from tests.security_support import secure_gateway
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
@@ -44,9 +45,7 @@ async def test_no_request_carries_a_cookie_any_backend_set(tmp_path: Path) -> No
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(first=first.url, second=second.url, third=third.url))
-        members = ", ".join(USERS)
-        identities = f"type: identities\nteams:\n  - name: platform\n    members: [{members}]\n"
-        (config / "identities.yaml").write_text(identities)
+        write_identities(config, {PLATFORM: USERS})
         async with secure_gateway(config, tmp_path / "data") as gw:
             for user in USERS:
                 token = await gw.token(PrincipalKind.USER, user)

@@ -20,6 +20,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextResourceContents
 
+from tests.lab_config import PLATFORM, write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
@@ -46,7 +47,6 @@ integrations:
     url: {modern}/mcp
     authorized_subjects: [team:platform]
 """
-IDENTITIES = f"type: identities\nteams:\n  - name: platform\n    members: [{ALICE}, {BOB}, {CAROL}]\n"
 
 
 @dataclass
@@ -83,7 +83,7 @@ async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(legacy=legacy.url, modern=modern.url))
-        (config / "identities.yaml").write_text(IDENTITIES)
+        write_identities(config, {PLATFORM: [ALICE, BOB, CAROL]})
         async with secure_gateway(config, tmp_path / "data", **settings) as gw:
             tokens = {user: await gw.token(PrincipalKind.USER, user) for user in (ALICE, BOB, CAROL)}
             try:

@@ -12,12 +12,11 @@ from typing import Any
 import anyio
 
 from tests.backends import Probe, build_lab
-from tests.gateway.test_timing import ALICE, CONFIG, IDENTITIES
+from tests.gateway.test_timing import CONFIG
+from tests.lab_config import ALICE, BOB, PLATFORM, write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
 from virtual_mcp.types import PrincipalKind
-
-BOB = "bob@northwind.example"
 
 
 @dataclass
@@ -50,6 +49,6 @@ async def held_lab(tmp_path: Path, **settings: Any) -> AsyncIterator[HeldLab]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
-        (config / "ids.yaml").write_text(IDENTITIES.replace(f"[{ALICE}]", f"[{ALICE}, {BOB}]"))
+        write_identities(config, {PLATFORM: [ALICE, BOB]})
         async with secure_gateway(config, tmp_path / "data", **settings) as gw:
             yield HeldLab(gw, backend, probe, await gw.token(PrincipalKind.USER, ALICE), release)
