@@ -17,8 +17,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/virtual-mcp demo
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): its tests mostly wait on loopback servers and child
+# processes, so one more worker than cores keeps both cores busy. Compiled modules (and pytest's rewritten test
+# modules) are cached under .venv/pycache even where PYTHONDONTWRITEBYTECODE is set: every worker and every
+# `virtual-mcp serve` the tests start would otherwise compile the same sources again.
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache \
+		$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virtual_mcp tests examples bench

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import ssl
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
+import httpx._transports.default
+import httpx2._transports.default
 import pytest
 
 from tests.sensitive import SENSITIVE
@@ -21,6 +26,28 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) 
     """Every `async def` test runs under anyio; marked before parametrization so `parametrize` keeps working."""
     if isinstance(collector, pytest.Module | pytest.Class) and inspect.iscoroutinefunction(obj):
         pytest.mark.anyio(obj)
+
+
+def _one_default_tls_context(transports: ModuleType) -> None:
+    """The tests' own clients (fastmcp's and the mcp SDK's over httpx2, raw httpx) are a few thousand short-lived
+    clients of loopback HTTP servers, and each built a TLS context, loading the whole CA bundle (~30 ms of CPU, about a
+    fifth of the suite), for TLS it never speaks. With default verification they share one, as a long-lived
+    application's clients would; any other `verify`/`cert` is built as before. The gateway's own clients need no such
+    help: they share `virtual_mcp.tls.client_context()` (tests/test_tls.py)."""
+    build = transports.create_ssl_context
+    shared = functools.cache(lambda trust_env: build(verify=True, cert=None, trust_env=trust_env))
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is True and cert is None:
+            context: ssl.SSLContext = shared(trust_env)
+            return context
+        return build(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[no-any-return]
+
+    transports.create_ssl_context = create_ssl_context  # type: ignore[attr-defined]
+
+
+_one_default_tls_context(httpx._transports.default)
+_one_default_tls_context(httpx2._transports.default)
 
 
 @pytest.fixture

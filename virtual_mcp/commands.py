@@ -20,6 +20,7 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.identity import identity
 from virtual_mcp.registry import Registry
+from virtual_mcp.tls import client_context
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
@@ -195,7 +196,7 @@ async def _provider_credentials(
     tokens = TokenManager(VaultTokenCache(store), InProcessLocks())
 
     async def disconnect_all(user: str) -> dict[str, str]:
-        async with httpx.AsyncClient(timeout=10, cookies=no_cookie_jar()) as http:
+        async with httpx.AsyncClient(timeout=10, cookies=no_cookie_jar(), verify=client_context()) as http:
             return await OutboundCredentials(registry, values.__getitem__, tokens, http).disconnect_all(user)
 
     return disconnect_all

@@ -29,6 +29,7 @@ from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
+from virtual_mcp.tls import client_context
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditStore
@@ -104,7 +105,7 @@ async def assembled(
             Database.open(settings.data_dir) as db,
             Database.open(settings.data_dir) as audit_db,
             # Token endpoints, JWKS, provider metadata: one user's provider cookies never reach another's request.
-            httpx.AsyncClient(timeout=10, cookies=no_cookie_jar()) as http,
+            httpx.AsyncClient(timeout=10, cookies=no_cookie_jar(), verify=client_context()) as http,
         ):
             yield await _assemble(registry, settings, db, audit_db, http, clock)
 

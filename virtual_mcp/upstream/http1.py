@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 
 from virtual_mcp.fields import check_headers
+from virtual_mcp.tls import client_context
 from virtual_mcp.upstream.limits import capped_lines, read_capped
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -251,8 +251,7 @@ class Http1Pool:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            # The same trust as the gateway's httpx clients (certifi, or SSL_CERT_FILE / SSL_CERT_DIR).
-            self._ssl = httpx.create_ssl_context()
+            self._ssl = client_context()  # the same trust as the gateway's httpx clients, built once per process
         return self._ssl
 
 

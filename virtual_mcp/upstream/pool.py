@@ -29,6 +29,7 @@ from virtual_mcp.errors import UpstreamSessionsExhausted
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.registry import Registry
+from virtual_mcp.tls import client_context
 from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.upstream.entries import EntryChecks
@@ -62,6 +63,7 @@ class UpstreamPool:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60),
             follow_redirects=False,
             cookies=no_cookie_jar(),
+            verify=client_context(),
             headers={"accept-encoding": "identity"},
         )
         limits = settings.limits
