@@ -56,7 +56,7 @@ def anyio_backend() -> str:
 
 
 class _Capture(logging.Handler):
-    """Collects every gateway log line of the run (see tests/gateway/test_forwarding.py for the proof it works)."""
+    """Collects every gateway log line of the run (tests/gateway/service/test_forwarding.py proves it works)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.test_audit import ALICE, lab
+from tests.gateway.service.test_audit import ALICE, lab
 from tests.sensitive import SENSITIVE
 from virtual_mcp.logs import JsonFormatter, RedactionFilter, RequestIdFilter
 from virtual_mcp.vault.keys import KEY_FILE_NAME
