@@ -24,6 +24,9 @@ from tests.support import LOCAL_USER, free_ports, serve, write_config
 from virtual_mcp.vault.db import DB_FILE_NAME
 
 AUDITED = "    audit: {arguments: true}\n"
+UNLIMITED = (
+    "type: gateway\nlimits:\n  requests_per_second_per_principal: 1000000\n  request_burst_per_principal: 1000000\n"
+)
 
 
 async def token(data: Path, user: str) -> str:
@@ -45,6 +48,8 @@ async def test_cli_commands_beside_a_running_serve_lose_nothing(tmp_path: Path) 
         config = write_config(tmp_path / "servers.d", {"echo": backend.url})
         text = (config / "lab.yaml").read_text()
         (config / "lab.yaml").write_text(text + AUDITED)
+        # Alice calls as fast as the gateway answers for the whole test: her rate is not what is tested here.
+        (config / "gateway.yaml").write_text(UNLIMITED)
         alice = await token(data, LOCAL_USER)
         carol = await token(data, "carol@northwind.example")
         dave = await token(data, "dave@northwind.example")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from virtual_mcp.audit import AuditEvent
@@ -50,19 +51,9 @@ class AuditStore:
         self._db = db
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
-        """Append `events` in one transaction (ids assigned here, under the write lock)."""
-        async with self._db.transaction() as tx:
-            row = await tx.fetchone("SELECT COALESCE(MAX(id), 0) FROM audit")
-            first = int(row[0]) + 1 if row is not None else 1
-            rows: list[tuple[Any, ...]] = []
-            teams: list[tuple[Any, ...]] = []
-            for offset, e in enumerate(events):
-                rows.append((first + offset, *_values(e)))
-                # Not the marker of teams left out of a bounded record (it has a space: no team can be named so).
-                teams.extend((team, e.ts, first + offset) for team in e.teams if " " not in team)
-            await tx.executemany(_INSERT, rows)
-            if teams:
-                await tx.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
+        """Append `events` in one transaction (ids assigned here, under the write lock), on a worker thread: the
+        event loop that serves requests does none of a batch's work (see `Database.write_batch`)."""
+        await self._db.write_batch(partial(_append, events))
 
     async def query(self, q: AuditQuery) -> list[AuditEvent]:
         """The newest events matching `q`, newest first, at most `q.limit`. Filtering by a user or a virtual account
@@ -109,6 +100,23 @@ class AuditStore:
             sql = f"{_SELECT} {where} ORDER BY ts DESC, id DESC LIMIT ?"
         params.append(max(q.limit, 0))
         return await self._db.fetchall(sql, params)
+
+
+def _append(events: Sequence[AuditEvent], conn: sqlite3.Connection) -> None:
+    first = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]) + 1
+    teams: list[tuple[Any, ...]] = []
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        # Made one at a time as executemany takes them: the thread lets go of the GIL between two rows (while
+        # SQLite inserts one), so the event loop's thread is never kept waiting for a whole batch's rows.
+        for offset, e in enumerate(events):
+            # Not the marker of teams left out of a bounded record (it has a space: no team can be named so).
+            teams.extend((team, e.ts, first + offset) for team in e.teams if " " not in team)
+            yield (first + offset, *_values(e))
+
+    conn.executemany(_INSERT, rows())
+    if teams:
+        conn.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
 
 
 def _subject(q: AuditQuery) -> str | None:

@@ -2,6 +2,10 @@
 
 Several processes (a running server and the CLI) may open the same file: every write runs in `BEGIN IMMEDIATE`
 and waits up to `busy_timeout` for the other's write lock; readers are never blocked under WAL.
+
+Two more connections are opened when first needed: a reader for the per-request lookups (`read_now`, on the event
+loop: a small indexed read costs less there than a hop to a thread), and a writer for batches (`write_batch`, whose
+whole transaction, rows and all, runs on a worker thread: the event loop only hands the batch over).
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import os
 import sqlite3
 import string
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -22,6 +26,7 @@ import anyio
 from virtual_mcp.vault.errors import DatabaseError
 
 DB_FILE_NAME = "gateway.db"
+T = TypeVar("T")
 
 
 def _ascii_lower(expression: str) -> str:
@@ -222,11 +227,13 @@ class Transaction:
 class Database:
     """Use as `async with Database.open(data_dir) as db:`; the only way into the database is through the vault."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, busy_timeout: float = 10.0) -> None:
         self._conn = conn
         self._lock = anyio.Lock()  # one connection: transactions of concurrent tasks must not interleave
         self.path = path
+        self._busy_timeout = busy_timeout
         self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None  # used by one worker thread at a time, under `_lock`
         # The identity (inode) of the database file and its -wal and -shm files while this connection has them
         # open, and the first sign that the file can no longer be trusted (corruption): see `trust_problem`.
         self._files: dict[Path, int] = {}
@@ -255,7 +262,7 @@ class Database:
         except (OSError, sqlite3.Error) as e:
             raise DatabaseError(f"cannot open database {path}: {e}") from e
         conn.row_factory = sqlite3.Row
-        db = cls(conn, path)
+        db = cls(conn, path, busy_timeout)
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             await conn.execute("PRAGMA journal_mode = WAL")
@@ -273,6 +280,10 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        async with self._lock:  # a batch still being written finishes first
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         await self._conn.close()
 
     def read_now(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
@@ -309,6 +320,37 @@ class Database:
                 if isinstance(e, sqlite3.Error):
                     raise self.failed(e, f"cannot commit to {self.path}") from e
                 raise
+
+    async def write_batch(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` inside one write transaction (`BEGIN IMMEDIATE ... COMMIT`), run whole on a worker
+        thread: building the rows, the statements, the commit and its fsync. For batches (the audit trail): through
+        `transaction()`, each statement is a round trip to aiosqlite's thread and the rows are built on the event
+        loop, which then stalls every request in flight for as long as a batch takes to prepare."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._write_batch, work)
+
+    def _write_batch(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        writer = self._writer
+        try:
+            if writer is None:
+                writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                writer.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                writer.execute("PRAGMA synchronous = FULL")
+                writer.execute("PRAGMA foreign_keys = ON")
+                self._writer = writer
+            writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise self.failed(e, f"cannot start a transaction on {self.path}") from e
+        try:
+            result = work(writer)
+            writer.execute("COMMIT")
+        except BaseException as e:
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise self.failed(e, f"cannot commit to {self.path}") from e
+            raise
+        return result
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """A read outside any transaction: sees everything committed, by this process or another."""
