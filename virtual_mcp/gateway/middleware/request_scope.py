@@ -10,7 +10,6 @@ import logging
 import secrets
 import time
 
-import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from virtual_mcp.logs import REQUEST_ID
@@ -19,7 +18,7 @@ from virtual_mcp.registry import AGGREGATE_PATH
 from virtual_mcp.timing import Timings, use
 
 logger = logging.getLogger(__name__)
-# Where the request's Timings and id travel, for MCP handlers the SDK may run in another task than the HTTP request's.
+# Where the request's Timings and id travel in the ASGI scope (read by the routes and the wire).
 TIMINGS_STATE_KEY = "timings"
 REQUEST_ID_STATE_KEY = "request_id"
 SERVER_TIMING = b"server-timing"
@@ -36,18 +35,11 @@ class RequestScope:
     lines and audit records) and its `Timings`, and writes the `Server-Timing` header.
 
     Every answer of those routes carries it, refusals included (a 401 carries `auth` and `total`; a 403 or a 400
-    about overrides also `policy`). The header holds what was measured when the response starts, which depends on
-    how the SDK answers:
-
-    - A JSON answer (2025-11-25 notifications and DELETE, 2026-07-28 requests whose handler finishes silently
-      within the SDK's 15 s window, every refusal) starts once the work is done: the header has every phase.
-    - A POST answered with an event stream (every 2025-11-25 request, as the gateway does not use the SDK's
-      JSON-response mode; 2026-07-28 requests whose handler sent a notification or ran past the window) would
-      start before the handler runs. Its start is held back until the stream's first event, which is then sent at
-      once: no event is delayed or buffered. A call whose only event is its result so reports its full timing;
-      one whose first event is a progress or log notification, an elicitation or a keepalive ping (sse-starlette
-      pings every 15 s) reports what was known at that moment, a running phase counted up to it.
-    - A GET stream (2025-11-25 standalone stream) starts at once and carries only the front door's phases.
+    about overrides also `policy`). The header holds what was measured when the response starts, and the wire starts
+    an answer only with its first message (`wire/framing.Answer`): a JSON answer, or a call whose only event is its
+    result, reports its full timing; a call whose first event is a notification or a keepalive comment reports what
+    was known at that moment, a running phase counted up to it; a GET stream (2025-11-25) starts at once and carries
+    only the front door's phases.
 
     The complete timing of every request, whatever its header held, is logged at debug level when it ends.
     """
@@ -67,33 +59,19 @@ class RequestScope:
         state[TIMINGS_STATE_KEY] = timings
         state[REQUEST_ID_STATE_KEY] = request_id
         stamp = [(REQUEST_ID_HEADER, request_id.encode("ascii"))]
-        defer = scope.get("method") == "POST"
-        held: Message | None = None
-        lock = anyio.Lock() if defer else None
         status = 0
 
         async def timed_send(message: Message) -> None:
-            nonlocal held, status
-            kind = message["type"]
-            if kind == "http.response.start":
+            nonlocal status
+            if message["type"] == "http.response.start":
                 status = int(message.get("status", 0))
-                if defer:
-                    held = message
-                    return
                 message = _stamped(message, timings, stamp)
-            elif kind == "http.response.body" and held is not None and lock is not None:
-                async with lock:  # an SSE ping and the first event may race for the start
-                    if held is not None:
-                        await send(_stamped(held, timings, stamp))
-                        held = None
             await send(message)
 
         reset = REQUEST_ID.set(request_id)
         try:
             with use(timings):
                 await self._app(scope, receive, timed_send)
-            if held is not None:  # the app ended without a body: the start goes out as it would have
-                await send(_stamped(held, timings, stamp))
             if logger.isEnabledFor(logging.DEBUG):
                 path = scope.get("path")
                 logger.debug("%s %s %d timing: %s", scope.get("method"), path, status, timings.server_timing())
