@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from fastmcp import FastMCP
 
-from tests.lab_config import identities
+from tests.lab_config import group, identities, remote
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
 from virtual_mcp.audit import AuditEvent
@@ -24,21 +24,22 @@ ALICE = "alice@x.example"
 PLAIN = "/mcp-server/lab/plain/server"
 HIDDEN = "/mcp-server/lab/hidden/server"
 ACCEPT = "application/json, text/event-stream"
+
+
 # Mixed case on purpose: the configuration's identities are compared in canonical form (virtual_mcp/identity.py).
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: plain
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:Platform, user:Dave@X.example, virtualaccount:CI]
-    audit: {{arguments: true, results: true, redact: [pin]}}
-  - name: hidden
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:nobody]
-"""
+def group_doc(url: str) -> str:
+    return group(
+        "lab",
+        remote(
+            "plain",
+            url,
+            ["team:Platform", "user:Dave@X.example", "virtualaccount:CI"],  # names as typed
+            audit={"arguments": True, "results": True, "redact": ["pin"]},
+        ),
+        remote("hidden", url, ["team:nobody"]),
+    )
+
+
 IDENTITIES = identities({"Platform": ["Alice@X.example", "kate@x.example"]}, ["CI"])  # names as typed
 
 
@@ -206,7 +207,7 @@ async def audit_lab(directory: Path, **settings: Any) -> AsyncIterator[Lab]:
     async with serve(backend().http_app(path="/mcp")) as served, httpx.AsyncClient(timeout=60) as http:
         config = directory / "servers.d"
         config.mkdir(parents=True)
-        (config / "lab.yaml").write_text(CONFIG.format(url=served.url))
+        (config / "lab.yaml").write_text(group_doc(url=served.url))
         (config / "identities.yaml").write_text(IDENTITIES)
         async with secure_gateway(config, directory / "data", **settings) as gw:
             yield Lab(gw, served, http, await gw.token(PrincipalKind.USER, ALICE))

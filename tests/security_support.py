@@ -21,7 +21,7 @@ from virtual_mcp.audit import AuditEvent, AuditLog
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.gateway.assemble import Assembled, assembled
+from virtual_mcp.gateway.assemble import assembled
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.registry import Registry, build_registry
@@ -56,34 +56,17 @@ class OffsetClock:
 
 @dataclass
 class SecureGateway:
+    """The served gateway and the parts of it the tests look into (the very objects `assemble` built)."""
+
     served: Served
     registry: Registry
-    parts: Assembled
+    tokens: TokenStore
+    secrets: SecretStore
+    db: Database
+    audit_log: AuditLog
     data_dir: Path
-
-    @property
-    def tokens(self) -> TokenStore:
-        return self.parts.tokens
-
-    @property
-    def secrets(self) -> SecretStore:
-        return self.parts.secrets
-
-    @property
-    def db(self) -> Database:
-        return self.parts.db
-
-    @property
-    def audit_log(self) -> AuditLog:
-        return self.parts.audit
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.parts.runtime
-
-    @property
-    def metrics(self) -> Metrics:
-        return self.parts.metrics
+    runtime: Runtime
+    metrics: Metrics
 
     def leaks(self) -> list[str]:
         """Every registered token, secret or forwarded value found in the database files or the audit file."""
@@ -148,4 +131,5 @@ async def secure_gateway(
         assembled(registry, GatewaySettings(**options), clock=clock) as gateway,
         serve(gateway.app, sock) as served,
     ):
-        yield SecureGateway(served, registry, gateway, data_dir)
+        parts = (gateway.tokens, gateway.secrets, gateway.db, gateway.audit)
+        yield SecureGateway(served, registry, *parts, data_dir, gateway.runtime, gateway.metrics)

@@ -22,7 +22,7 @@ import httpx2
 import pytest
 
 from tests.backends import build_lab
-from tests.lab_config import ALICE, write_identities
+from tests.lab_config import ALICE, group, remote, write_identities
 from tests.oauth.test_client_credentials import setup as client_credentials_setup
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
@@ -33,19 +33,12 @@ ERAS = [LEGACY, MODERN]
 AGGREGATE, SINGLE = "/mcp", "/mcp-server/lab/tools/server"
 ECHO = {AGGREGATE: "lab__tools__echo", SINGLE: "echo"}
 ACCEPT = "application/json, text/event-stream"
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: tools
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform]
-  - name: others-only
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:support]
-"""
+
+
+def group_doc(url: str) -> str:
+    return group("lab", remote("tools", url), remote("others-only", url, ["team:support"]))
+
+
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -130,7 +123,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[tuple[SecureGateway, str]]:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config)
         async with secure_gateway(config, tmp_path / "data") as gw:
             yield gw, await gw.token(PrincipalKind.USER, ALICE)

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from tests.backends import build_lab
-from tests.lab_config import write_identities
+from tests.lab_config import CI, PLATFORM, group, header_auth, remote, write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import serve
 from virtual_mcp.config.settings import Limits
@@ -22,23 +22,18 @@ from virtual_mcp.types import PrincipalKind
 MODERN, LEGACY = "2026-07-28", "2025-11-25"
 SINGLE, AGGREGATE, OVERRIDABLE = "/mcp-server/lab/tools/server", "/mcp", "/mcp-server/lab/keyed/server"
 ALICE, MALLORY = "alice@northwind.example", "mallory@elsewhere.example"
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: tools
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform, virtualaccount:ci]
-  - name: keyed
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: header
-      headers: {{X-Api-Key: "tfy-secret://t:lab:api-key"}}
-    forwardable_headers: [X-Api-Key]
-"""
+
+
+def group_doc(url: str) -> str:
+    keyed = remote(
+        "keyed",
+        url,
+        auth_data=header_auth(**{"X-Api-Key": "tfy-secret://t:lab:api-key"}),
+        forwardable_headers=["X-Api-Key"],
+    )
+    return group("lab", remote("tools", url, [f"team:{PLATFORM}", f"virtualaccount:{CI}"]), keyed)
+
+
 # The hostile corpus sends a few hundred requests as alice in seconds: her rate is not what is tested here.
 GENEROUS = Limits(requests_per_second_per_principal=100_000, request_burst_per_principal=100_000)
 
@@ -168,7 +163,7 @@ async def front_lab(tmp_path: Path) -> AsyncIterator[FrontLab]:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config)
         secrets = {"tfy-secret://t:lab:api-key": "configured-api-key-1"}
         async with secure_gateway(config, tmp_path / "data", secrets, limits=GENEROUS) as gw:

@@ -16,7 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
-from tests.lab_config import ALICE, BOB, CI, MALLORY, PLATFORM, identities
+from tests.lab_config import ALICE, BOB, CI, MALLORY, PLATFORM, group, identities, remote
 from tests.oauth.browser import connect
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
@@ -26,26 +26,23 @@ from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import LocalKeyProvider
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
-CONFIG = """\
-name: g
-type: provider-account/mcp-server-group
-integrations:
-  - name: github
-    type: integration/mcp-server/remote
-    url: {backend}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: oauth2
-      grant_type: authorization_code
-      authorization_url: {authorize}
-      token_url: {token}
-      revocation_url: {revoke}
-      issuer: {issuer}
-      client_id: {client_id}
-      client_secret: tfy-secret://t:github:client_secret
-      scopes: [mcp:tools]
-      code_challenge_methods_supported: [S256]
-"""
+
+def group_doc(backend: str, authorize: str, token: str, revoke: str, issuer: str, client_id: str) -> str:
+    oauth = {
+        "type": "oauth2",
+        "grant_type": "authorization_code",
+        "authorization_url": authorize,
+        "token_url": token,
+        "revocation_url": revoke,
+        "issuer": issuer,
+        "client_id": client_id,
+        "client_secret": "tfy-secret://t:github:client_secret",
+        "scopes": ["mcp:tools"],
+        "code_challenge_methods_supported": ["S256"],
+    }
+    return group("g", remote("github", backend, auth_data=oauth))
+
+
 # A virtual account named like a user (a configuration mistake) is still not that user.
 IDS = identities({PLATFORM: [ALICE, BOB, MALLORY]}, [CI, ALICE])
 
@@ -82,7 +79,7 @@ async def setup(tmp_path: Path, **settings: Any) -> AsyncIterator[Setup]:
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
-        text = CONFIG.format(
+        text = group_doc(
             backend=backend.url,
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,

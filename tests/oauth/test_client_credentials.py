@@ -16,29 +16,26 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
-from tests.lab_config import CI, PLATFORM, identities
+from tests.lab_config import CI, PLATFORM, group, identities, remote
 from tests.oauth_server import CC_CLIENT_ID, AuthServer, authorization_server
 from tests.security_support import OffsetClock, SecureGateway, secure_gateway
 from tests.sensitive import mark
 from tests.support import Served, serve
 from virtual_mcp.types import PrincipalKind
 
-CONFIG = """\
-name: g
-type: provider-account/mcp-server-group
-integrations:
-  - name: analytics
-    type: integration/mcp-server/remote
-    url: {backend}/mcp
-    authorized_subjects: [team:platform, virtualaccount:ci]
-    auth_data:
-      type: oauth2
-      grant_type: client_credentials
-      token_url: {token_url}
-      client_id: {client_id}
-      client_secret: tfy-secret://t:analytics:client_secret
-      scopes: [mcp:read]
-"""
+
+def group_doc(backend: str, token_url: str, client_id: str) -> str:
+    oauth = {
+        "type": "oauth2",
+        "grant_type": "client_credentials",
+        "token_url": token_url,
+        "client_id": client_id,
+        "client_secret": "tfy-secret://t:analytics:client_secret",
+        "scopes": ["mcp:read"],
+    }
+    return group("g", remote("analytics", backend, [f"team:{PLATFORM}", f"virtualaccount:{CI}"], auth_data=oauth))
+
+
 IDS = identities({PLATFORM: ["alice@x.example"]}, [CI])
 
 
@@ -68,7 +65,7 @@ async def setup(tmp_path: Path, client_secret: str | None = None, **settings: An
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "g.yaml").write_text(
-            CONFIG.format(backend=backend.url, token_url=auth.token_endpoint, client_id=CC_CLIENT_ID)
+            group_doc(backend=backend.url, token_url=auth.token_endpoint, client_id=CC_CLIENT_ID)
         )
         (config / "ids.yaml").write_text(IDS)
         secrets = {

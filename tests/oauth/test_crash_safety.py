@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
 from tests.oauth.browser import connect
-from tests.oauth.test_authorization_code import CONFIG, IDS
+from tests.oauth.test_authorization_code import IDS, group_doc
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.processes import gateway_process
 from tests.sensitive import mark
@@ -77,7 +77,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
-        text = CONFIG.format(
+        text = group_doc(
             backend=backend.url,
             authorize=auth.authorization_endpoint,
             token=auth.token_endpoint,

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.backends import Probe, build_lab
-from tests.oauth.test_client_credentials import CONFIG, IDS, Setup
+from tests.oauth.test_client_credentials import IDS, Setup, group_doc
 from tests.oauth_server import CC_CLIENT_ID, authorization_server
 from tests.security_support import OffsetClock, secure_gateway
 from tests.sensitive import mark
@@ -54,7 +54,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[Setup, Recorder]]:
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "g.yaml").write_text(
-            CONFIG.format(backend=backend.url, token_url=auth.token_endpoint, client_id=CC_CLIENT_ID)
+            group_doc(backend=backend.url, token_url=auth.token_endpoint, client_id=CC_CLIENT_ID)
         )
         (config / "ids.yaml").write_text(IDS)
         secrets = {"tfy-secret://t:analytics:client_secret": auth.secret(CC_CLIENT_ID)}

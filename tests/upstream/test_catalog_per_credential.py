@@ -20,23 +20,17 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 
-from tests.lab_config import PLATFORM, write_identities
+from tests.lab_config import PLATFORM, group, remote, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.support import serve
 
 AUDIENCE = "https://files.northwind.example/mcp"
-CONFIG = f"""\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: files
-    type: integration/mcp-server/remote
-    url: {{url}}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: passthrough
-      audience: {AUDIENCE}
-"""
+
+
+def group_doc(url: str) -> str:
+    return group("lab", remote("files", url, auth_data={"type": "passthrough", "audience": AUDIENCE}))
+
+
 SCHEMA = {"type": "object", "properties": {}}
 
 
@@ -66,7 +60,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[SecureGateway]:
     async with serve(files_backend().streamable_http_app()) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config, {PLATFORM: []})
         async with secure_gateway(config, tmp_path / "data") as gw:
             yield gw

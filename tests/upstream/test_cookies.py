@@ -8,30 +8,17 @@ from pathlib import Path
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from tests.lab_config import PLATFORM, write_identities
+from tests.lab_config import PLATFORM, group, remote, write_identities
 from tests.security_support import secure_gateway
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
 from virtual_mcp.types import PrincipalKind
 
 USERS = ("alice@northwind.example", "bob@northwind.example")
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: first
-    type: integration/mcp-server/remote
-    url: {first}/mcp
-    authorized_subjects: [team:platform]
-  - name: second
-    type: integration/mcp-server/remote
-    url: {second}/mcp
-    authorized_subjects: [team:platform]
-  - name: third
-    type: integration/mcp-server/remote
-    url: {third}/mcp
-    authorized_subjects: [team:platform]
-"""
+
+
+def group_doc(first: str, second: str, third: str) -> str:
+    return group("lab", remote("first", first), remote("second", second), remote("third", third))
 
 
 async def test_no_request_carries_a_cookie_any_backend_set(tmp_path: Path) -> None:
@@ -44,7 +31,7 @@ async def test_no_request_carries_a_cookie_any_backend_set(tmp_path: Path) -> No
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(first=first.url, second=second.url, third=third.url))
+        (config / "lab.yaml").write_text(group_doc(first=first.url, second=second.url, third=third.url))
         write_identities(config, {PLATFORM: USERS})
         async with secure_gateway(config, tmp_path / "data") as gw:
             for user in USERS:

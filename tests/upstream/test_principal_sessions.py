@@ -20,7 +20,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextResourceContents
 
-from tests.lab_config import PLATFORM, write_identities
+from tests.lab_config import PLATFORM, group, remote, write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
@@ -28,25 +28,15 @@ from virtual_mcp.config.settings import Limits
 from virtual_mcp.types import Principal, PrincipalKind
 
 ALICE, BOB, CAROL = "alice@northwind.example", "bob@northwind.example", "carol@northwind.example"
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: private
-    type: integration/mcp-server/remote
-    url: {legacy}/mcp
-    authorized_subjects: [team:platform]
-    forwardable_headers: [X-Org]
-  - name: shared
-    type: integration/mcp-server/remote
-    url: {legacy}/mcp
-    authorized_subjects: [team:platform]
-    upstream_session: shared
-  - name: modern
-    type: integration/mcp-server/remote
-    url: {modern}/mcp
-    authorized_subjects: [team:platform]
-"""
+
+
+def group_doc(legacy: str, modern: str) -> str:
+    return group(
+        "lab",
+        remote("private", legacy, forwardable_headers=["X-Org"]),
+        remote("shared", legacy, upstream_session="shared"),
+        remote("modern", modern),
+    )
 
 
 @dataclass
@@ -82,7 +72,7 @@ async def lab(tmp_path: Path, **settings: Any) -> AsyncIterator[Lab]:
     async with serve(stateful_app(seen)) as legacy, serve(stateful_app(modern_seen, legacy=False)) as modern:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(legacy=legacy.url, modern=modern.url))
+        (config / "lab.yaml").write_text(group_doc(legacy=legacy.url, modern=modern.url))
         write_identities(config, {PLATFORM: [ALICE, BOB, CAROL]})
         async with secure_gateway(config, tmp_path / "data", **settings) as gw:
             tokens = {user: await gw.token(PrincipalKind.USER, user) for user in (ALICE, BOB, CAROL)}

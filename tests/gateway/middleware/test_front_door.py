@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from tests.backends import build_lab
-from tests.lab_config import write_identities
+from tests.lab_config import CI, PLATFORM, group, header_auth, remote, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, ISSUER, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import serve
@@ -25,27 +25,18 @@ from virtual_mcp.registry import build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import TokenStore
 
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-collaborators:
-  - subject: team:platform
-    role_id: mcp-server-manager
-  - subject: user:bob@northwind.example
-    role_id: viewer
-integrations:
-  - name: tools
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform, team:idp-only, virtualaccount:ci]
-  - name: secret-header
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: header
-      headers: {{X-Api-Key: "tfy-secret://t:lab:api-key"}}
-"""
+API_KEY = header_auth(**{"X-Api-Key": "tfy-secret://t:lab:api-key"})
+
+
+def group_doc(url: str) -> str:
+    collaborators = [
+        {"subject": f"team:{PLATFORM}", "role_id": "mcp-server-manager"},
+        {"subject": "user:bob@northwind.example", "role_id": "viewer"},
+    ]
+    tools = remote("tools", url, [f"team:{PLATFORM}", "team:idp-only", f"virtualaccount:{CI}"])
+    return group("lab", tools, remote("secret-header", url, auth_data=API_KEY), collaborators=collaborators)
+
+
 INIT = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -60,7 +51,7 @@ async def front(tmp_path: Path) -> AsyncIterator[SecureGateway]:
     async with serve(build_lab().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config)
         async with secure_gateway(config, tmp_path / "data", {"tfy-secret://t:lab:api-key": "k-123"}) as gw:
             yield gw

@@ -18,7 +18,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import build_lab
-from tests.lab_config import ALICE, write_identities
+from tests.lab_config import ALICE, CI, PLATFORM, group, header_auth, remote, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import Served, serve
@@ -30,35 +30,24 @@ from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
 SENTRY_SECRET = "sentry-service-token-audit-0123456789"
 mark(SENTRY_SECRET)
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: plain
-    type: integration/mcp-server/remote
-    url: {plain}/mcp
-    authorized_subjects: [team:platform]
-    audit: {{arguments: true, results: true, redact: [text]}}
-  - name: sentry
-    type: integration/mcp-server/remote
-    url: {sentry}/mcp
-    authorized_subjects: [team:platform, virtualaccount:ci]
-    auth_data:
-      type: header
-      headers: {{Authorization: "Bearer tfy-secret://t:sentry:token"}}
-    forwardable_headers: [Authorization, X-Org]
-  - name: logistics
-    type: integration/mcp-server/remote
-    url: {logistics}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: passthrough
-      audience: {audience}
-  - name: hidden
-    type: integration/mcp-server/remote
-    url: {plain}/mcp
-    authorized_subjects: [team:nobody]
-"""
+
+
+def group_doc(plain: str, sentry: str, logistics: str, audience: str) -> str:
+    return group(
+        "lab",
+        remote("plain", plain, audit={"arguments": True, "results": True, "redact": ["text"]}),
+        remote(
+            "sentry",
+            sentry,
+            [f"team:{PLATFORM}", f"virtualaccount:{CI}"],
+            auth_data=header_auth(Authorization="Bearer tfy-secret://t:sentry:token"),
+            forwardable_headers=["Authorization", "X-Org"],
+        ),
+        remote("logistics", logistics, auth_data={"type": "passthrough", "audience": audience}),
+        remote("hidden", plain, ["team:nobody"]),
+    )
+
+
 ACCEPT = "application/json, text/event-stream"
 
 
@@ -86,7 +75,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
-        text = CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
+        text = group_doc(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
         (config / "lab.yaml").write_text(text)
         write_identities(config)
         async with secure_gateway(config, tmp_path / "data", {"tfy-secret://t:sentry:token": SENTRY_SECRET}) as gw:

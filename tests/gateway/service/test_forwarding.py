@@ -16,7 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.backends import Probe, build_lab, received
-from tests.lab_config import write_identities
+from tests.lab_config import group, header_auth, remote, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
 from tests.support import LegacyOnly, serve
@@ -25,34 +25,21 @@ from virtual_mcp.types import PrincipalKind
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
 SENTRY_SECRET = "sentry-service-token-0123456789"
 mark(SENTRY_SECRET)
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: plain
-    type: integration/mcp-server/remote
-    url: {plain}/mcp
-    authorized_subjects: [team:platform]
-  - name: sentry
-    type: integration/mcp-server/remote
-    url: {sentry}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: header
-      headers: {{Authorization: "Bearer tfy-secret://t:sentry:token"}}
-    forwardable_headers: [Authorization, X-Org]
-  - name: logistics
-    type: integration/mcp-server/remote
-    url: {logistics}/mcp
-    authorized_subjects: [team:platform]
-    auth_data:
-      type: passthrough
-      audience: {audience}
-  - name: hidden
-    type: integration/mcp-server/remote
-    url: {plain}/mcp
-    authorized_subjects: [team:nobody]
-"""
+
+
+def group_doc(plain: str, sentry: str, logistics: str, audience: str) -> str:
+    return group(
+        "lab",
+        remote("plain", plain),
+        remote(
+            "sentry",
+            sentry,
+            auth_data=header_auth(Authorization="Bearer tfy-secret://t:sentry:token"),
+            forwardable_headers=["Authorization", "X-Org"],
+        ),
+        remote("logistics", logistics, auth_data={"type": "passthrough", "audience": audience}),
+        remote("hidden", plain, ["team:nobody"]),
+    )
 
 
 class Lab:
@@ -82,7 +69,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     ):
         config = tmp_path / "servers.d"
         config.mkdir()
-        text = CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
+        text = group_doc(plain=plain.url, sentry=sentry.url, logistics=logistics.url, audience=LOGISTICS_AUDIENCE)
         (config / "lab.yaml").write_text(text)
         write_identities(config)
         secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}
@@ -217,7 +204,7 @@ async def test_per_caller_credentials_do_not_multiply_backend_streams(tmp_path: 
         config = tmp_path / "servers.d"
         config.mkdir()
         (config / "lab.yaml").write_text(
-            CONFIG.format(plain=plain.url, sentry=sentry.url, logistics=plain.url, audience=LOGISTICS_AUDIENCE)
+            group_doc(plain=plain.url, sentry=sentry.url, logistics=plain.url, audience=LOGISTICS_AUDIENCE)
         )
         write_identities(config)
         secrets = {"tfy-secret://t:sentry:token": SENTRY_SECRET}

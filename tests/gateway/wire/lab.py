@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from tests.backends import Probe, build_lab
-from tests.gateway.test_timing import CONFIG
+from tests.gateway.test_timing import group_doc
 from tests.lab_config import ALICE, BOB, PLATFORM, write_identities
 from tests.security_support import SecureGateway, secure_gateway
 from tests.support import Served, serve
@@ -48,7 +48,7 @@ async def held_lab(tmp_path: Path, **settings: Any) -> AsyncIterator[HeldLab]:
     async with serve(backend_app.http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config, {PLATFORM: [ALICE, BOB]})
         async with secure_gateway(config, tmp_path / "data", **settings) as gw:
             yield HeldLab(gw, backend, probe, await gw.token(PrincipalKind.USER, ALICE), release)

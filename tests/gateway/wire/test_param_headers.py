@@ -10,22 +10,17 @@ import httpx
 from fastmcp import FastMCP
 from pydantic import Field
 
-from tests.lab_config import PLATFORM, write_identities
+from tests.lab_config import PLATFORM, group, remote, write_identities
 from tests.security_support import secure_gateway
 from tests.support import serve
 from virtual_mcp.types import PrincipalKind
 
 MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
-CONFIG = """\
-name: lab
-type: provider-account/mcp-server-group
-integrations:
-  - name: ops
-    type: integration/mcp-server/remote
-    url: {url}/mcp
-    authorized_subjects: [team:platform]
-"""
+
+
+def group_doc(url: str) -> str:
+    return group("lab", remote("ops", url))
 
 
 def ops_backend() -> FastMCP:
@@ -54,7 +49,7 @@ async def test_param_headers_are_mirrored_and_do_not_reveal_forbidden_tools(tmp_
     async with serve(ops_backend().http_app(path="/mcp")) as backend:
         config = tmp_path / "servers.d"
         config.mkdir()
-        (config / "lab.yaml").write_text(CONFIG.format(url=backend.url))
+        (config / "lab.yaml").write_text(group_doc(url=backend.url))
         write_identities(config, {PLATFORM: ["alice@x.example"]})
         async with secure_gateway(config, tmp_path / "data") as gw, httpx.AsyncClient() as http:
             alice = await gw.token(PrincipalKind.USER, "alice@x.example")
