@@ -40,3 +40,16 @@ def test_modern_envelope_keeps_caller_meta_and_sets_routing_headers() -> None:
         "mcp-method": "tools/call",
         "mcp-name": "echo",
     }
+
+
+async def test_an_event_without_data_carries_no_message() -> None:
+    """The spec's priming event (an id and an empty `data`, so a client can resume from it), a `retry:` advice and
+    an event of ids only are not messages: skipped, as an EventSource dispatches no event with empty data."""
+    body = (
+        b"id: stream-1/0\ndata: \n\n"
+        b"id: stream-1/1\ndata:\n\n"
+        b"retry: 2000\n\n"
+        b"id: stream-1/2\n\n"
+        b'id: stream-1/3\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+    )
+    assert await collect(body) == [{"jsonrpc": "2.0", "id": 1, "result": {}}]

@@ -47,15 +47,18 @@ async def iter_sse_messages(
     """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
     decoded by `parse` (which raises ValueError for what it refuses, AnswerTooDeep for JSON nested too deep).
 
-    An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge).
+    An event whose data is empty carries no message and is skipped, as an EventSource dispatches none: the spec's
+    priming event (an id and `data:` with nothing after it, sent first so a client can resume), `retry:` advice, an
+    event of ids only. An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge).
     """
     event = "message"
     data: list[str] = []
     size = 0
     async for line in lines:
         if line == "":
-            if data and event == "message":
-                message = _message("\n".join(data), parse)
+            payload = "\n".join(data)
+            if payload and event == "message":
+                message = _message(payload, parse)
                 if isinstance(message, dict):
                     yield message
             event, data, size = "message", [], 0
@@ -71,8 +74,8 @@ async def iter_sse_messages(
             data.append(value)
         elif name == "event":
             event = value or "message"
-    if data and event == "message":
-        message = _message("\n".join(data), parse)
+    if (payload := "\n".join(data)) and event == "message":
+        message = _message(payload, parse)
         if isinstance(message, dict):
             yield message
 
