@@ -12,17 +12,12 @@ that line under a deadline.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import secrets
-import shutil
-import signal
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +30,11 @@ import httpx
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from tests.node_packages import NodePackage, stop_process_group
 from tests.sensitive import mark
 
 PROVIDER_DIR = Path(__file__).parent / "oauth" / "provider"
 SERVER_SCRIPT = PROVIDER_DIR / "server.mjs"
-NODE_MAJOR = 22
 READY_DEADLINE = 30.0
 STOP_DEADLINE = 5.0
 
@@ -62,89 +57,12 @@ mark(*CLIENT_SECRETS.values())
 # --- installation -------------------------------------------------------------------------------------------------
 
 
-def _install_digest() -> str:
-    """What node_modules was installed from: a change to package.json or the lock means installing again."""
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        path = PROVIDER_DIR / name
-        digest.update(path.read_bytes() if path.exists() else b"-")
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    """An exclusive lock across processes (parallel pytest runs, xdist workers) around the install."""
-    with (PROVIDER_DIR / ".install.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _node_candidates() -> list[Path]:
-    modules = PROVIDER_DIR / "node_modules"
-    # The `node` package's preinstall hard-links the binary of node-<platform>-<arch> to node/bin/node.
-    return [
-        modules / "node" / "bin" / "node",
-        modules / ".bin" / "node",
-        *sorted((modules / "node" / "node_modules").glob("node-*/bin/node")),
-    ]
-
-
-def _find_node() -> Path | None:
-    for candidate in _node_candidates():
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _node_version(node: Path) -> str:
-    done = subprocess.run([str(node), "--version"], capture_output=True, text=True, check=True, timeout=30)  # noqa: S603
-    return done.stdout.strip()
-
-
-def _npm_install() -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is not on PATH: the OAuth test server needs Node.js (20 or later) with npm")
-    verb = "ci" if (PROVIDER_DIR / "package-lock.json").exists() else "install"
-    command = [npm, verb, "--no-audit", "--no-fund", "--loglevel=error"]
-    done = subprocess.run(command, cwd=PROVIDER_DIR, capture_output=True, text=True, timeout=900)  # noqa: S603
-    if done.returncode != 0:
-        raise RuntimeError(f"`npm {verb}` in {PROVIDER_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-
-
-_installed: Path | None = None
+PROVIDER = NodePackage(PROVIDER_DIR, "oidc-provider 9")
 
 
 def ensure_installed() -> Path:
-    """Install the server's npm dependencies if they are missing or stale; returns the Node 22 binary.
-
-    Idempotent and cheap once installed (a stamp in node_modules records what was installed); safe to call from
-    several processes at once.
-    """
-    global _installed
-    if _installed is not None:
-        return _installed
-    with _install_lock():
-        stamp = PROVIDER_DIR / "node_modules" / ".virtual-mcp-installed"
-        digest = _install_digest()
-        node = _find_node()
-        current = node is not None and stamp.exists() and stamp.read_text() == digest
-        if not current:
-            _npm_install()
-            node = _find_node()
-            if node is None:
-                looked = ", ".join(str(path) for path in _node_candidates())
-                raise RuntimeError(f"npm installed the `node` package but no Node binary is in: {looked}")
-            stamp.write_text(digest)
-    assert node is not None
-    version = _node_version(node)
-    if not version.startswith(f"v{NODE_MAJOR}."):
-        raise RuntimeError(f"{node} is Node {version}, oidc-provider 9 needs Node {NODE_MAJOR}")
-    _installed = node
-    return node
+    """Install the server's npm dependencies if they are missing or stale; returns the Node 22 binary."""
+    return PROVIDER.ensure_installed()
 
 
 # --- clients and PKCE ---------------------------------------------------------------------------------------------
@@ -351,21 +269,6 @@ async def _wait_ready(process: Process, log_file: IO[bytes]) -> int:
         raise RuntimeError(f"the OAuth test server did not get ready ({exc!r}); its stderr:\n{log}") from exc
 
 
-async def _stop(process: Process) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it is still there after a deadline; reaps it."""
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(STOP_DEADLINE) as waited:
-                await process.wait()
-            if waited.cancelled_caught:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-        await process.aclose()
-
-
 @asynccontextmanager
 async def authorization_server(**options: Any) -> AsyncIterator[AuthServer]:
     """Run the OAuth test server for the duration of the block; `options` go to `server_config`."""
@@ -388,4 +291,4 @@ async def authorization_server(**options: Any) -> AsyncIterator[AuthServer]:
                 clients = {client["client_id"]: client for client in config["clients"]}
                 yield AuthServer(issuer, response.json(), clients, config, admin, log_file)
         finally:
-            await _stop(process)
+            await stop_process_group(process, STOP_DEADLINE)

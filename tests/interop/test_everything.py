@@ -1,0 +1,94 @@
+"""The MCP reference server behind the gateway (tests/interop/everything.py): what it answers directly is what a
+caller gets through `/mcp-server/...`, in both client eras. The reference server speaks the handshake era only, so a
+2026-07-28 client reaches it only through the gateway.
+
+What is not relayed yet (elicitation, sampling, roots, subscriptions, completion, the `/mcp` aggregate's prompts
+and resources) is issue 14's remaining work and is not compared here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+from fastmcp import Client
+
+from tests.interop.everything import everything_server
+from tests.support import gateway, write_config
+
+CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("echo", {"message": "hello, gateway"}),
+    ("get-sum", {"a": 17, "b": 25}),
+    ("get-annotated-message", {"messageType": "error", "includeImage": True}),
+    ("get-annotated-message", {"messageType": "success"}),
+    ("get-tiny-image", {}),
+    ("get-structured-content", {"location": "Chicago"}),
+    ("get-resource-links", {"count": 4}),
+    ("get-resource-reference", {"resourceType": "Blob", "resourceId": 2}),
+]
+
+
+_CLOCK = re.compile(r"\b\d{1,2}:\d{2}:\d{2}\s?[AP]M\b")
+
+
+def timeless(value: Any) -> Any:
+    """`value` with wall-clock times (the reference server stamps the resources it makes) replaced, blobs decoded."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "blob" and isinstance(item, str):
+                with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                    item = base64.b64decode(item, validate=True).decode()
+            out[key] = timeless(item)
+        return out
+    if isinstance(value, list):
+        return [timeless(item) for item in value]
+    return _CLOCK.sub("<time>", value) if isinstance(value, str) else value
+
+
+def without_task_support(surface: dict[str, Any]) -> dict[str, Any]:
+    """What a 2026-07-28 client is told: that era's tool has no `execution` (task support is 2025-11-25 only)."""
+    tools = [{k: v for k, v in tool.items() if k != "execution"} for tool in surface["tools"]]
+    return {**surface, "tools": tools}
+
+
+async def surface(client: Client[Any]) -> dict[str, Any]:
+    """Everything this test compares, as plain data."""
+    tools = sorted((t.model_dump(exclude_none=True) for t in await client.list_tools()), key=lambda t: t["name"])
+    calls = []
+    for name, arguments in CALLS:
+        result = await client.call_tool_mcp(name, arguments)
+        calls.append(result.model_dump(exclude_none=True, exclude={"meta"}))
+    resources = [r.model_dump(exclude_none=True) for r in await client.list_resources()]
+    read = [c.model_dump(exclude_none=True) for c in await client.read_resource(resources[0]["uri"])]
+    templates = [t.model_dump(exclude_none=True) for t in await client.list_resource_templates()]
+    prompts = [p.model_dump(exclude_none=True) for p in await client.list_prompts()]
+    simple = (await client.get_prompt("simple-prompt")).model_dump(exclude_none=True, exclude={"meta"})
+    return timeless(
+        {
+            "tools": tools,
+            "calls": calls,
+            "resources": resources,
+            "read": read,
+            "templates": templates,
+            "prompts": prompts,
+            "simple": simple,
+        }
+    )
+
+
+async def test_the_reference_server_answers_through_the_gateway_as_it_does_directly(tmp_path: Path) -> None:
+    async with everything_server() as everything:
+        async with Client(everything.url, mode="legacy") as direct:
+            expected = await surface(direct)
+        assert len(expected["tools"]) >= 10 and expected["calls"][1]["content"][0]["text"].endswith("is 42.")
+        config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
+        async with gateway(config) as gw:
+            async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
+                assert await surface(through) == expected
+            async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
+                assert await surface(through) == without_task_support(expected)
