@@ -31,3 +31,8 @@ def namespaced(prefix: tuple[str, ...], tool: str, budget: int) -> str:
     if len(name) + len(suffix) <= budget:
         return name + suffix
     return name[: budget - len(suffix)].rstrip("_") + suffix
+
+
+def shortened(prefix: tuple[str, ...], tool: str, budget: int) -> bool:
+    """Whether `tool` under `prefix` gets a hashed name rather than plain `prefix__tool`."""
+    return namespaced(prefix, tool, budget) != SEPARATOR.join((*prefix, tool))

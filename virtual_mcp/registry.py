@@ -19,12 +19,15 @@ from virtual_mcp.config.models import (
     AuthData,
     InboundSettings,
     MetricsSettings,
+    NamingSettings,
     RemoteServer,
+    ToolOverride,
     VirtualServer,
 )
 from virtual_mcp.config.settings import Limits
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.identity import fold
+from virtual_mcp.naming import SEPARATOR, namespaced, shortened
 from virtual_mcp.types import ServerRef
 
 AGGREGATE_PATH = "/mcp"
@@ -46,6 +49,13 @@ class RemoteEntry:
     audit: AuditPayloads | None = None
     # `upstream_session: shared`: the configured credential's backend session serves every caller.
     shared_session: bool = False
+    tool_prefix: str | None = None  # its alias in namespaced tool names
+    tool_overrides: Mapping[str, ToolOverride] = field(default_factory=dict)  # by the backend's own tool name
+
+    @property
+    def alias(self) -> str:
+        """What stands for this server inside a virtual server's tool names."""
+        return self.tool_prefix or self.ref.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,7 @@ class VirtualEntry:
     description: str | None
     authorized_subjects: frozenset[str]
     sources: tuple[tuple[ServerRef, frozenset[str] | None], ...]
+    tool_prefix: str | None = None  # its alias in namespaced tool names on /mcp
 
 
 class EndpointKind(StrEnum):
@@ -100,6 +111,7 @@ class Registry:
     inbound: InboundSettings = field(default_factory=InboundSettings)
     limits: Limits = field(default_factory=Limits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    naming: NamingSettings = field(default_factory=NamingSettings)
 
     def gates_of(self, source: ServerRef) -> tuple[ServerRef, ...]:
         """The configured servers whose subjects may reach `source`: itself and each virtual server including it."""
@@ -169,23 +181,26 @@ def build_registry(config: LoadedConfig) -> Registry:
             if src_ref not in remotes:
                 issues.append(ConfigIssue(file, entry, where, f"unknown server {src.server!r} (no such group/server)"))
                 continue
-            if src_ref.name in names:
+            alias = remotes[src_ref].alias
+            if alias in names:
                 issues.append(
                     ConfigIssue(
                         file,
                         entry,
                         where,
-                        f"{src.server!r} and {names[src_ref.name].key!r} would share the tool prefix "
-                        f"{src_ref.name!r}__; a virtual server may include one server of each name",
+                        f"{src.server!r} and {names[alias].key!r} would share the tool prefix {alias!r}__; a virtual "
+                        "server may include one server of each name (or give one a tool_prefix)",
                     )
                 )
                 continue
-            names[src_ref.name] = src_ref
+            names[alias] = src_ref
             tools = src.tools
             if tools is not None and len(set(tools)) != len(tools):
                 issues.append(ConfigIssue(file, entry, f"servers[{i}].tools", "lists a tool more than once"))
             sources.append((src_ref, frozenset(tools) if tools is not None else None))
-        virtuals[ref] = VirtualEntry(ref, model.description, frozenset(model.authorized_subjects), tuple(sources))
+        subjects = frozenset(model.authorized_subjects)
+        virtuals[ref] = VirtualEntry(ref, model.description, subjects, tuple(sources), model.tool_prefix)
+    _check_tool_prefixes(config, group_files, issues)
 
     team_members, virtual_accounts, known_teams = _identities(config, issues)
     _check_subjects(config, known_teams, virtual_accounts, bool(config.identities), warnings)
@@ -196,6 +211,8 @@ def build_registry(config: LoadedConfig) -> Registry:
     gates: dict[ServerRef, frozenset[str]] = {r: e.authorized_subjects for r, e in remotes.items()}
     gates.update({r: e.authorized_subjects for r, e in virtuals.items()})
     endpoints = _endpoints(remotes, virtuals)
+    naming = config.gateway.doc.naming if config.gateway else NamingSettings()
+    warnings.extend(_name_warnings(endpoints, remotes, naming.budget))
     return Registry(
         remotes=MappingProxyType(remotes),
         virtuals=MappingProxyType(virtuals),
@@ -208,7 +225,61 @@ def build_registry(config: LoadedConfig) -> Registry:
         inbound=config.gateway.doc.inbound if config.gateway else InboundSettings(),
         limits=config.gateway.doc.limits if config.gateway else Limits(),
         metrics=config.gateway.doc.metrics if config.gateway else MetricsSettings(),
+        naming=naming,
     )
+
+
+_ROOM = 24  # characters a tool's own name should have under a prefix before check says the prefix is too long
+
+
+def _name_warnings(
+    endpoints: Mapping[str, Endpoint], remotes: Mapping[ServerRef, RemoteEntry], budget: int
+) -> list[str]:
+    """What `check` can tell without asking a backend: each tool name the configuration mentions (a virtual
+    server's `tools`, a `tool_overrides` entry) that would be shortened with a hash, and each prefix that leaves a
+    tool's own name less than _ROOM characters."""
+    warnings: list[str] = []
+    for path, endpoint in endpoints.items():
+        for member in endpoint.members:
+            if not member.prefix:
+                continue
+            remote = remotes[member.source]
+            room = budget - len(SEPARATOR.join(member.prefix)) - len(SEPARATOR)
+            if room < _ROOM:
+                warnings.append(
+                    f"{path}: the names of {member.source.key}'s tools start with {SEPARATOR.join(member.prefix)!r}, "
+                    f"leaving {room} characters of the {budget}-character budget; longer names are shortened with a "
+                    "hash (set a tool_prefix)"
+                )
+            mentioned = member.tools if member.tools is not None else remote.tool_overrides.keys()
+            for original in sorted(mentioned):
+                override = remote.tool_overrides.get(original)
+                shown = override.rename if override is not None and override.rename else original
+                if shortened(member.prefix, shown, budget):
+                    warnings.append(
+                        f"{path}: {member.source.key}'s tool {shown!r} would be shown as "
+                        f"{namespaced(member.prefix, shown, budget)!r} (set a tool_prefix or a rename)"
+                    )
+    return warnings
+
+
+def _check_tool_prefixes(config: LoadedConfig, groups: Mapping[str, str], issues: list[ConfigIssue]) -> None:
+    """On /mcp an alias stands where `group__server` would: it must name one server and no group, or two servers'
+    tools could share a name."""
+    taken: dict[str, str] = {}
+    for located in config.groups:
+        for integration in located.doc.integrations:
+            alias = integration.tool_prefix
+            if alias is None:
+                continue
+            entry = f"integration {integration.name!r}"
+            key = f"{located.doc.name}/{integration.name}"
+            if alias in groups:
+                issues.append(ConfigIssue(located.file, entry, "tool_prefix", f"{alias!r} is also a group's name"))
+            elif alias in taken:
+                issues.append(ConfigIssue(located.file, entry, "tool_prefix", f"{alias!r} is also {taken[alias]}'s"))
+            else:
+                taken[alias] = key
 
 
 def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
@@ -221,6 +292,8 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         forwardable_headers=frozenset(h.lower() for h in model.forwardable_headers),
         audit=model.audit,
         shared_session=model.upstream_session == "shared",
+        tool_prefix=model.tool_prefix,
+        tool_overrides=MappingProxyType(dict(model.tool_overrides)),
     )
 
 
@@ -283,13 +356,14 @@ def _endpoints(
         endpoints[server_path(ref)] = Endpoint(
             server_path(ref), EndpointKind.REMOTE, ref, ref.key, remote.description, (Member(ref, (), None, ref),)
         )
-        aggregate.append(Member(ref, (ref.group, ref.name), None, ref))
+        aggregate.append(Member(ref, (remote.tool_prefix,) if remote.tool_prefix else (ref.group, ref.name), None, ref))
     for ref, virtual in sorted(virtuals.items()):
-        members = tuple(Member(src, (src.name,), tools, ref) for src, tools in virtual.sources)
+        members = tuple(Member(src, (remotes[src].alias,), tools, ref) for src, tools in virtual.sources)
         endpoints[server_path(ref)] = Endpoint(
             server_path(ref), EndpointKind.VIRTUAL, ref, ref.key, virtual.description, members
         )
-        aggregate.extend(Member(m.source, (ref.group, ref.name, *m.prefix), m.tools, ref) for m in members)
+        outer = (virtual.tool_prefix,) if virtual.tool_prefix else (ref.group, ref.name)
+        aggregate.extend(Member(m.source, (*outer, *m.prefix), m.tools, ref) for m in members)
     endpoints[AGGREGATE_PATH] = Endpoint(
         AGGREGATE_PATH, EndpointKind.AGGREGATE, None, "virtual-mcp", "Every tool the caller may use.", tuple(aggregate)
     )

@@ -194,10 +194,26 @@ class AuditPayloads(_Strict):
     redact: list[str] = Field(default_factory=list)
 
 
+# A server's alias in namespaced tool names: no `_`, so `__` (the separator) can never appear inside one.
+ToolPrefix = Annotated[str, Field(pattern=r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$", min_length=1, max_length=24)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
+
+
+class ToolOverride(_Strict):
+    """How one of a server's tools is shown: another name (within the server's namespace), another description."""
+
+    rename: ToolName | None = None
+    description: str | None = Field(default=None, max_length=4096)
+
+
 class RemoteServer(_Strict):
     name: Name
     type: Literal["integration/mcp-server/remote"]
     description: str | None = None
+    # In namespaced tool names, this alias stands for `group__server` on /mcp and for `server` in a virtual server.
+    tool_prefix: ToolPrefix | None = None
+    # Per tool (by the backend's own name): `rename` and `description` overrides.
+    tool_overrides: dict[str, ToolOverride] = Field(default_factory=dict)
     url: Url
     transport: Literal["streamable-http"] = "streamable-http"
     authorized_subjects: list[Subject] = Field(default_factory=list)
@@ -237,6 +253,8 @@ class VirtualServer(_Strict):
     name: Name
     type: Literal["integration/mcp-server/virtual"]
     description: str | None = None
+    # On /mcp, this alias stands for `group__virtual-server` in its tools' names.
+    tool_prefix: ToolPrefix | None = None
     authorized_subjects: list[Subject] = Field(default_factory=list)
     servers: list[VirtualSource] = Field(min_length=1)
 
@@ -329,11 +347,31 @@ class MetricsSettings(_Strict):
         return value
 
 
+class NamingSettings(_Strict):
+    """How long a namespaced tool name may be: `max_length` (64, what most clients accept) minus the room reserved
+    for the prefix a client adds of its own (e.g. Claude Code's `mcp__<server>__`). Longer names are shortened with
+    a hash, the last resort; `virtual-mcp check` warns about every name it can tell would be."""
+
+    max_length: int = Field(default=64, ge=24, le=128)
+    reserved_for_client_prefix: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _room_left(self) -> NamingSettings:
+        if self.budget < 24:
+            raise ValueError(f"max_length minus reserved_for_client_prefix is {self.budget}; it must be at least 24")
+        return self
+
+    @property
+    def budget(self) -> int:
+        return self.max_length - self.reserved_for_client_prefix
+
+
 class GatewayFile(_Strict):
     type: Literal["gateway"]
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     limits: Limits = Field(default_factory=Limits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    naming: NamingSettings = Field(default_factory=NamingSettings)
 
 
 ConfigFile = Annotated[ServerGroupFile | IdentitiesFile | GatewayFile, Field(discriminator="type")]

@@ -73,8 +73,6 @@ class GatewaySettings(BaseModel):
     request_head_timeout_seconds: float = Field(default=10.0, gt=0)
     max_request_head_bytes: int = Field(default=64 * 1024, ge=1024)
     request_body_timeout_seconds: float = Field(default=60.0, gt=0)
-    # Namespaced tool names are kept this short so clients can add their own prefix within 64 characters.
-    max_tool_name_length: int = Field(default=48, ge=24, le=64)
     # How often a running gateway looks for identities revoked by `virtual-mcp revoke` (from any process).
     revocation_poll_seconds: float = Field(default=1.0, gt=0)
     # The audit trail's JSON lines copy (besides the database); None: `<data_dir>/audit.jsonl`.

@@ -59,8 +59,7 @@ class Runtime:
         self.catalog = ToolCatalog(self.pool, settings, on_change=self._catalog_changed, metrics=self.metrics)
         # What each endpoint's callers see and where their calls go.
         self.views = {
-            path: EndpointView(ep, registry, self.catalog, credentials, settings.max_tool_name_length)
-            for path, ep in registry.endpoints.items()
+            path: EndpointView(ep, registry, self.catalog, credentials) for path, ep in registry.endpoints.items()
         }
         self._tg: TaskGroup | None = None
         # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.

@@ -59,16 +59,23 @@ class EndpointView:
         registry: Registry,
         catalog: ToolCatalog,
         credentials: OutboundCredentials,
-        name_budget: int,
     ) -> None:
         self.endpoint = endpoint
         self._credentials = credentials
         self._registry = registry
         self._catalog = catalog
-        self._budget = name_budget
+        self._budget = registry.naming.budget
+        # `tool_overrides` renames, per backend: original -> shown, and back.
+        self._shown: dict[ServerRef, dict[str, str]] = {}
+        self._originals: dict[ServerRef, dict[str, str]] = {}
+        for member in endpoint.members:
+            overrides = registry.remotes[member.source].tool_overrides
+            renames = {original: o.rename for original, o in overrides.items() if o.rename and o.rename != original}
+            self._shown[member.source] = renames
+            self._originals[member.source] = {shown: original for original, shown in renames.items()}
         self._tables: dict[Scopes, _Table] = {}
         self._listed: dict[tuple[tuple[int, ...], Scopes, frozenset[str]], list[dict[str, Any]]] = {}
-        # Fast path for names that are exactly prefix + "__" + original (no shortening), needing no catalog.
+        # Fast path for names that are exactly prefix + "__" + shown name (no shortening), needing no catalog.
         self._prefixes = {
             SEPARATOR.join(m.prefix) + SEPARATOR: (i, m) for i, m in enumerate(endpoint.members) if m.prefix
         }
@@ -86,7 +93,17 @@ class EndpointView:
         return [m for m in self.endpoint.members if decide(principal, self._registry.gates[m.gate]).allowed]
 
     def exposed_name(self, member: Member, tool: str) -> str:
-        return namespaced(member.prefix, tool, self._budget) if member.prefix else tool
+        """The name `member`'s tool `tool` (the backend's own name) is listed and called by here."""
+        shown = self._shown[member.source].get(tool, tool)
+        return namespaced(member.prefix, shown, self._budget) if member.prefix else shown
+
+    def _original_of(self, member: Member, shown: str) -> str | None:
+        """The backend's own name of the tool shown as `shown` (None: a renamed tool's old name, which is no
+        longer one of its names)."""
+        original = self._originals[member.source].get(shown)
+        if original is not None:
+            return original
+        return None if shown in self._shown[member.source] else shown
 
     async def list_tools(self, caller: Caller, deadline: float) -> list[dict[str, Any]]:
         """Fan out to every backend the caller may use, concurrently; a backend past `deadline` is left out."""
@@ -153,11 +170,16 @@ class EndpointView:
         members = self.endpoint.members
         if len(members) == 1 and not members[0].prefix:
             member = members[0]
-            return Route(member, name, scopes[0]) if member.tools is None or name in member.tools else None
+            original = self._original_of(member, name)
+            if original is None or (member.tools is not None and original not in member.tools):
+                return None
+            return Route(member, original, scopes[0])
         for prefix, (index, member) in self._prefixes.items():
             if name.startswith(prefix):
-                original = name[len(prefix) :]
-                if (member.tools is None or original in member.tools) and self.exposed_name(member, original) == name:
+                original = self._original_of(member, name[len(prefix) :])
+                if original is None or (member.tools is not None and original not in member.tools):
+                    continue
+                if self.exposed_name(member, original) == name:
                     return Route(member, original, scopes[index])
         return None
 
@@ -213,16 +235,20 @@ class EndpointView:
         return _Table(versions, routes, tools)
 
     def _expose(self, tool: dict[str, Any], exposed: str, member: Member, original: str) -> dict[str, Any]:
-        """The tool as the endpoint lists it: under its exposed name, with the gateway's `_meta` keys (the source of
-        a namespaced tool) set by the gateway alone."""
+        """The tool as the endpoint lists it: under its exposed name (and configured description), with the
+        gateway's `_meta` keys (the source of a namespaced or renamed tool) set by the gateway alone."""
         meta = tool.get("_meta")
         claims = isinstance(meta, dict) and any(key.startswith(GATEWAY_META_PREFIX) for key in meta)
-        if not member.prefix and not claims:
+        override = self._registry.remotes[member.source].tool_overrides.get(original)
+        named = bool(member.prefix) or exposed != original
+        if not named and not claims and (override is None or override.description is None):
             return tool
         out = dict(tool)
-        if isinstance(meta, dict) or member.prefix:
+        if override is not None and override.description is not None:
+            out["description"] = override.description
+        if isinstance(meta, dict) or named:
             own = without_gateway_keys(meta) if isinstance(meta, dict) else {}
-            if member.prefix:
+            if named:
                 out["name"] = exposed
                 own[SOURCE_META_KEY] = {"server": member.source.key, "tool": original}
             if own:
