@@ -158,6 +158,7 @@ def build_registry(config: LoadedConfig) -> Registry:
             ref = ServerRef(group.name, integration.name)
             if isinstance(integration, RemoteServer):
                 remotes[ref] = _remote_entry(ref, integration)
+                _check_renames(located.file, entry, integration, issues)
             else:
                 virtual_models[ref] = (located.file, integration)
 
@@ -261,6 +262,19 @@ def _name_warnings(
                         f"{namespaced(member.prefix, shown, budget)!r} (set a tool_prefix or a rename)"
                     )
     return warnings
+
+
+def _check_renames(file: str, entry: str, model: RemoteServer, issues: list[ConfigIssue]) -> None:
+    """Two of a server's tools may not be shown under one name, nor a tool under another's own name."""
+    shown: dict[str, str] = {}
+    for original, override in model.tool_overrides.items():
+        name = override.rename or original
+        other = shown.get(name)
+        if other is not None:
+            issues.append(
+                ConfigIssue(file, entry, f"tool_overrides.{original}", f"{other!r} is also shown as {name!r}")
+            )
+        shown[name] = original
 
 
 def _check_tool_prefixes(config: LoadedConfig, groups: Mapping[str, str], issues: list[ConfigIssue]) -> None:

@@ -131,6 +131,15 @@ def config_issues(tmp_path: Path, group_text: str, gateway_text: str | None = No
         ([remote("a", "http://h", tool_prefix="x" * 25)], "tool_prefix"),
         ([remote("a", "http://h", tool_overrides={"t": {"rename": "a b"}})], "rename"),
         ([remote("a", "http://h", tool_overrides={"t": {"nickname": "x"}})], "nickname"),
+        # Two tools under one name: a rename onto another renamed tool, or onto a listed tool's own name.
+        (
+            [remote("a", "http://h", tool_overrides={"t": {"rename": "x"}, "u": {"rename": "x"}})],
+            "tool_overrides.u: 't' is also shown as 'x'",
+        ),
+        (
+            [remote("a", "http://h", tool_overrides={"t": {"description": "d"}, "u": {"rename": "t"}})],
+            "tool_overrides.u: 't' is also shown as 't'",
+        ),
     ],
 )
 def test_bad_naming_configuration_is_refused_precisely(
