@@ -2,8 +2,8 @@
 caller gets through `/mcp-server/...`, in both client eras. The reference server speaks the handshake era only, so a
 2026-07-28 client reaches it only through the gateway.
 
-What is not relayed yet (elicitation, sampling, roots, subscriptions, completion, the `/mcp` aggregate's prompts
-and resources) is issue 14's remaining work and is not compared here.
+What is not relayed yet (elicitation, sampling, roots, subscriptions, the `/mcp` aggregate's prompts and resources)
+is not compared here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import mcp_types
 from fastmcp import Client
 
 from tests.interop.everything import everything_server
@@ -68,6 +69,13 @@ async def surface(client: Client[Any]) -> dict[str, Any]:
     templates = [t.model_dump(exclude_none=True) for t in await client.list_resource_templates()]
     prompts = [p.model_dump(exclude_none=True) for p in await client.list_prompts()]
     simple = (await client.get_prompt("simple-prompt")).model_dump(exclude_none=True, exclude={"meta"})
+    prompt = mcp_types.PromptReference(type="ref/prompt", name="completable-prompt")
+    completions = [
+        (await client.complete(prompt, {"name": "department", "value": "S"})).model_dump(exclude_none=True),
+        (await client.complete(prompt, {"name": "name", "value": ""}, {"department": "Sales"})).model_dump(
+            exclude_none=True
+        ),
+    ]
     return timeless(
         {
             "tools": tools,
@@ -77,6 +85,7 @@ async def surface(client: Client[Any]) -> dict[str, Any]:
             "templates": templates,
             "prompts": prompts,
             "simple": simple,
+            "completions": completions,
         }
     )
 
@@ -86,9 +95,14 @@ async def test_the_reference_server_answers_through_the_gateway_as_it_does_direc
         async with Client(everything.url, mode="legacy") as direct:
             expected = await surface(direct)
         assert len(expected["tools"]) >= 10 and expected["calls"][1]["content"][0]["text"].endswith("is 42.")
+        assert [c["values"] for c in expected["completions"]] == [["Sales", "Support"], ["David", "Eve", "Frank"]]
         config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
         async with gateway(config) as gw:
             async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
                 assert await surface(through) == expected
             async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
                 assert await surface(through) == without_task_support(expected)
+            # Once the gateway has met the backend, its endpoint announces the completions the backend offers.
+            async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
+                assert through.initialize_result is not None
+                assert through.initialize_result.capabilities.completions is not None

@@ -92,6 +92,10 @@ class UpstreamPool:
             raise RuntimeError("the upstream pool is not started")
         return self._tg
 
+    def learned(self, ref: ServerRef) -> Negotiated | None:
+        """What the backend said of itself (era, capabilities) the last time a session to it was negotiated."""
+        return self._learned.get(ref)
+
     @property
     def entries(self) -> EntryChecks:
         return self._entries

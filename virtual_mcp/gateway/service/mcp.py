@@ -37,7 +37,7 @@ class McpService:
     def __init__(self, endpoint: Endpoint, view: EndpointView, parts: ServiceParts) -> None:
         self.endpoint = endpoint
         self.stamp = server_info(endpoint)
-        self._capabilities = capabilities(endpoint)
+        self._pool = parts.pool
         self._tools = Tools(endpoint, view, parts, self.stamp)
         self._handlers: dict[str, Handler] = {
             "ping": self._empty,
@@ -48,6 +48,11 @@ class McpService:
             self._handlers.update(passthrough(endpoint, parts))
         # These shape their own results (tools/list keeps its shaped answer; tools/call shapes inside its audit).
         self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}
+
+    def _capabilities(self) -> dict[str, Any]:
+        source = self.endpoint.members[0].source if self.endpoint.kind is EndpointKind.REMOTE else None
+        learned = self._pool.learned(source) if source is not None else None
+        return capabilities(self.endpoint, learned.capabilities if learned is not None else None)
 
     async def handle(self, ctx: RequestContext, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
         if method not in spec_methods.SPEC_CLIENT_METHODS:
@@ -73,7 +78,7 @@ class McpService:
         except ValidationError:
             raise _invalid_params() from None
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        result = {"protocolVersion": version, "capabilities": self._capabilities, "serverInfo": self.stamp}
+        result = {"protocolVersion": version, "capabilities": self._capabilities(), "serverInfo": self.stamp}
         return shape("initialize", version, result, self.stamp), version
 
     def declares_param_headers(self, caller: Caller, name: str) -> bool:
@@ -88,7 +93,7 @@ class McpService:
         return {}
 
     async def _discover(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": self._capabilities}
+        return {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": self._capabilities()}
 
     async def _set_level(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         # Per client session: what the gateway relays of the backends' log messages (which send every level).

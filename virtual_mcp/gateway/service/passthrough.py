@@ -1,7 +1,9 @@
-"""Resources and prompts of a single remote server, forwarded as they are to a caller who may use the server.
+"""Resources, prompts and completions of a single remote server, forwarded as they are to a caller who may use the
+server.
 
-Completions are not forwarded yet: the capabilities an endpoint announces are fixed before the backend's are known,
-and announcing one the backend lacks would promise what it cannot keep.
+A remote server's endpoint announces completions once its backend is known to offer them (`results.capabilities`);
+a backend that answers a completion with -32601 anyway (it stopped offering them since) gets the caller an empty
+completion, the truth (no suggestions), rather than an error for a capability the endpoint announced.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from virtual_mcp.errors import InvalidParams
+from virtual_mcp.errors import METHOD_NOT_FOUND, InvalidParams, UpstreamRpcError
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.relay import forward
@@ -25,6 +27,7 @@ _EMPTY: Mapping[str, Mapping[str, Any] | None] = {
     "resources/read": None,
     "prompts/list": {"prompts": []},
     "prompts/get": None,
+    "completion/complete": {"completion": {"values": [], "hasMore": False}},
 }
 METHODS = frozenset(_EMPTY)
 
@@ -42,13 +45,18 @@ def passthrough(endpoint: Endpoint, parts: ServiceParts) -> dict[str, Handler]:
                     return dict(empty)
                 raise InvalidParams(f"{method}: not found")
             credential = await parts.credentials.credential_for(member.source, caller)
-            return await forward(
-                ctx,
-                parts.pool.session(member.source, credential, caller.principal),
-                method,
-                params,
-                timeout=parts.settings.call_timeout_seconds,
-            )
+            try:
+                return await forward(
+                    ctx,
+                    parts.pool.session(member.source, credential, caller.principal),
+                    method,
+                    params,
+                    timeout=parts.settings.call_timeout_seconds,
+                )
+            except UpstreamRpcError as exc:
+                if method == "completion/complete" and exc.code == METHOD_NOT_FOUND and empty is not None:
+                    return dict(empty)  # the backend offers no completions: no suggestions
+                raise
 
         return handler
 

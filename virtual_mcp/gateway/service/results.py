@@ -41,13 +41,17 @@ def server_info(endpoint: Endpoint) -> dict[str, Any]:
     return info
 
 
-def capabilities(endpoint: Endpoint) -> dict[str, Any]:
+def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the endpoint serves. Tool list changes are announced (to 2025-11-25 sessions on their GET stream, to
-    2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on."""
+    2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on, and
+    its completions once its backend (`backend`: the capabilities it announced when last connected) is known to
+    offer them: the endpoint never promises what its backend may lack."""
     offered: dict[str, Any] = {"logging": {}, "tools": {"listChanged": True}}
     if endpoint.kind is EndpointKind.REMOTE:
         offered["prompts"] = {"listChanged": False}
         offered["resources"] = {"listChanged": False, "subscribe": False}
+        if backend is not None and "completions" in backend:
+            offered["completions"] = {}
     return offered
 
 
