@@ -2,8 +2,7 @@
 caller gets through `/mcp-server/...`, in both client eras. The reference server speaks the handshake era only, so a
 2026-07-28 client reaches it only through the gateway.
 
-What is not relayed yet (elicitation, sampling, roots, subscriptions, the `/mcp` aggregate's prompts and resources)
-is not compared here.
+What is not relayed yet (elicitation, sampling, roots, subscriptions) is not compared here.
 """
 
 from __future__ import annotations
@@ -102,6 +101,18 @@ async def test_the_reference_server_answers_through_the_gateway_as_it_does_direc
                 assert await surface(through) == expected
             async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
                 assert await surface(through) == without_task_support(expected)
+            # On /mcp, its prompts and resources are there too, named to find their way back.
+            for mode in ("legacy", "2026-07-28"):
+                async with Client(f"{gw.url}/mcp", mode=mode) as aggregate:
+                    prompts = sorted(p.name for p in await aggregate.list_prompts())
+                    assert prompts == sorted(f"lab__everything__{p['name']}" for p in expected["prompts"])
+                    simple = await aggregate.get_prompt("lab__everything__simple-prompt")
+                    assert timeless(simple.model_dump(exclude_none=True, exclude={"meta"})) == expected["simple"]
+                    uris = [str(r.uri) for r in await aggregate.list_resources()]
+                    wrapped = [f"mcp-gateway://lab/everything/{r['uri']}" for r in expected["resources"]]
+                    assert uris == wrapped
+                    read = [c.model_dump(exclude_none=True) for c in await aggregate.read_resource(wrapped[0])]
+                    assert timeless(read) == [{**c, "uri": wrapped[0]} for c in expected["read"]]
             # Once the gateway has met the backend, its endpoint announces the completions the backend offers.
             async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
                 assert through.initialize_result is not None

@@ -16,6 +16,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from pydantic import ValidationError
 
 from virtual_mcp.errors import InvalidParams, MethodNotFound
+from virtual_mcp.gateway.service.aggregate import Aggregate
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
@@ -46,6 +47,8 @@ class McpService:
         }
         if endpoint.kind is EndpointKind.REMOTE:
             self._handlers.update(passthrough(endpoint, parts))
+        elif endpoint.kind is EndpointKind.AGGREGATE:
+            self._handlers.update(Aggregate(endpoint, parts).handlers())
         # These shape their own results (tools/list keeps its shaped answer; tools/call shapes inside its audit).
         self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}
 

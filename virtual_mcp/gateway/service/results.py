@@ -43,15 +43,16 @@ def server_info(endpoint: Endpoint) -> dict[str, Any]:
 
 def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the endpoint serves. Tool list changes are announced (to 2025-11-25 sessions on their GET stream, to
-    2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on, and
-    its completions once its backend (`backend`: the capabilities it announced when last connected) is known to
-    offer them: the endpoint never promises what its backend may lack."""
+    2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on (on
+    /mcp, those of every remote server the caller may use), and its completions once its backend (`backend`: the
+    capabilities it announced when last connected) is known to offer them: an endpoint never promises what its
+    backend may lack."""
     offered: dict[str, Any] = {"logging": {}, "tools": {"listChanged": True}}
-    if endpoint.kind is EndpointKind.REMOTE:
+    if endpoint.kind in (EndpointKind.REMOTE, EndpointKind.AGGREGATE):
         offered["prompts"] = {"listChanged": False}
         offered["resources"] = {"listChanged": False, "subscribe": False}
-        if backend is not None and "completions" in backend:
-            offered["completions"] = {}
+    if endpoint.kind is EndpointKind.REMOTE and backend is not None and "completions" in backend:
+        offered["completions"] = {}
     return offered
 
 

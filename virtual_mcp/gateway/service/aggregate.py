@@ -1,0 +1,200 @@
+"""Prompts, resources and resource templates of every remote server a caller may use, on `/mcp`.
+
+Each is the backend's own, named so that it finds its way back:
+- a prompt as a tool is: `{group}__{server}__{prompt}` (or the server's `tool_prefix`), by `naming.namespaced`;
+- a resource by a URI that wraps the backend's own: `mcp-gateway://{group}/{server}/{original URI}`; a template
+  the same way, so a URI made from it is one the gateway can read (`parse_uri` undoes it).
+
+Lists are asked of every backend the caller may use at once, each within `list_deadline_seconds`; a backend that
+cannot answer (down, slow, the caller not connected to its per-user OAuth) is left out of the answer and logged,
+as for tools. A prompt or resource of a server the caller may not use does not exist for them (the same answer
+as one that does not exist at all).
+
+Only remote servers' own members of `/mcp` take part: a virtual server curates tools, and what it leaves out of a
+server must not come back through that server's prompts or resources.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from virtual_mcp.errors import GatewayError, InvalidParams
+from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.relay import forward
+from virtual_mcp.naming import SEPARATOR, namespaced
+from virtual_mcp.policy import decide
+from virtual_mcp.registry import Endpoint, Member
+from virtual_mcp.timing import phase
+from virtual_mcp.types import ServerRef
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+SCHEME = "mcp-gateway"
+_MAX_PAGES = 20  # a backend's list followed through at most this many pages
+METHODS = frozenset({"prompts/list", "prompts/get", "resources/list", "resources/templates/list", "resources/read"})
+
+
+def wrap_uri(ref: ServerRef, original: str) -> str:
+    return f"{SCHEME}://{ref.group}/{ref.name}/{original}"
+
+
+def parse_uri(uri: str) -> tuple[ServerRef, str] | None:
+    """The server and the backend's own URI of a wrapped one; None for any other URI."""
+    head = f"{SCHEME}://"
+    if not uri.startswith(head):
+        return None
+    group, _, rest = uri[len(head) :].partition("/")
+    name, _, original = rest.partition("/")
+    if not group or not name or not original:
+        return None
+    return ServerRef(group, name), original
+
+
+class Aggregate:
+    """The handlers of `/mcp` for prompts and resources."""
+
+    def __init__(self, endpoint: Endpoint, parts: ServiceParts) -> None:
+        self._parts = parts
+        self._budget = parts.registry.naming.budget
+        self._members = tuple(m for m in endpoint.members if m.gate == m.source)
+        self._by_ref = {m.source: m for m in self._members}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "prompts/list": self._prompts,
+            "prompts/get": self._get_prompt,
+            "resources/list": self._resources,
+            "resources/templates/list": self._templates,
+            "resources/read": self._read,
+        }
+
+    def _prompt_name(self, member: Member, original: str) -> str:
+        return namespaced(member.prefix, original, self._budget)
+
+    def _allowed(self, ctx: RequestContext, member: Member) -> bool:
+        with phase("policy"):
+            return decide(ctx.caller.principal, self._parts.registry.gates[member.gate]).allowed
+
+    async def _ask(
+        self, ctx: RequestContext, member: Member, method: str, params: Mapping[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        parts = self._parts
+        credential = await parts.credentials.credential_for(member.source, ctx.caller)
+        session = parts.pool.session(member.source, credential, ctx.caller.principal)
+        return await forward(ctx, session, method, params, timeout=timeout)
+
+    async def _gather(self, ctx: RequestContext, method: str, key: str) -> list[tuple[Member, dict[str, Any]]]:
+        """Every entry of `method`'s list (under `key`) of every server the caller may use, in configuration order."""
+        deadline = self._parts.settings.list_deadline_seconds
+        found: dict[ServerRef, list[dict[str, Any]]] = {}
+
+        async def fetch(member: Member) -> None:
+            entries: list[dict[str, Any]] = []
+            params: dict[str, Any] = {}
+            try:
+                for _ in range(_MAX_PAGES):
+                    result = await self._ask(ctx, member, method, params, deadline)
+                    page = result.get(key)
+                    if isinstance(page, list):
+                        entries.extend(e for e in page if isinstance(e, dict))
+                    cursor = result.get("nextCursor")
+                    if not isinstance(cursor, str) or not cursor:
+                        break
+                    params = {"cursor": cursor}
+            except GatewayError as exc:
+                logger.info("%s of %s left out of /mcp: %s", key, member.source, exc.message)
+                return
+            found[member.source] = entries
+
+        with phase("upstream"), anyio.move_on_after(deadline + 1):
+            async with anyio.create_task_group() as tg:
+                for member in self._members:
+                    if self._allowed(ctx, member):
+                        tg.start_soon(fetch, member)
+        return [(m, entry) for m in self._members for entry in found.get(m.source, ())]
+
+    async def _prompts(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        _no_cursor(params)
+        prompts = []
+        seen: set[str] = set()
+        for member, prompt in await self._gather(ctx, "prompts/list", "prompts"):
+            original = prompt.get("name")
+            if not isinstance(original, str):
+                continue
+            name = self._prompt_name(member, original)
+            if name in seen:
+                continue
+            seen.add(name)
+            prompts.append({**prompt, "name": name})
+        return {"prompts": prompts}
+
+    async def _get_prompt(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        route = await self._prompt_route(ctx, name) if isinstance(name, str) else None
+        if route is None:
+            raise InvalidParams(f"Unknown prompt: {name}")
+        member, original = route
+        timeout = self._parts.settings.call_timeout_seconds
+        return await self._ask(ctx, member, "prompts/get", {**params, "name": original}, timeout)
+
+    async def _prompt_route(self, ctx: RequestContext, name: str) -> tuple[Member, str] | None:
+        for member in self._members:
+            prefix = SEPARATOR.join(member.prefix) + SEPARATOR
+            if not name.startswith(prefix) or not self._allowed(ctx, member):
+                continue
+            original = name[len(prefix) :]
+            if self._prompt_name(member, original) == name:
+                return member, original
+        # A shortened name: which prompt it stands for is in the lists.
+        for member, prompt in await self._gather(ctx, "prompts/list", "prompts"):
+            listed = prompt.get("name")
+            if isinstance(listed, str) and self._prompt_name(member, listed) == name:
+                return member, listed
+        return None
+
+    async def _resources(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        _no_cursor(params)
+        resources = []
+        for member, resource in await self._gather(ctx, "resources/list", "resources"):
+            uri = resource.get("uri")
+            if isinstance(uri, str):
+                resources.append({**resource, "uri": wrap_uri(member.source, uri)})
+        return {"resources": resources}
+
+    async def _templates(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        _no_cursor(params)
+        templates = []
+        for member, template in await self._gather(ctx, "resources/templates/list", "resourceTemplates"):
+            uri = template.get("uriTemplate")
+            if isinstance(uri, str):
+                templates.append({**template, "uriTemplate": wrap_uri(member.source, uri)})
+        return {"resourceTemplates": templates}
+
+    async def _read(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
+        uri = params.get("uri")
+        parsed = parse_uri(uri) if isinstance(uri, str) else None
+        member = self._by_ref.get(parsed[0]) if parsed is not None else None
+        if parsed is None or member is None or not self._allowed(ctx, member):
+            raise InvalidParams(f"Resource not found: {uri}")
+        timeout = self._parts.settings.call_timeout_seconds
+        result = await self._ask(ctx, member, "resources/read", {**params, "uri": parsed[1]}, timeout)
+        contents = result.get("contents")
+        if isinstance(contents, list):  # the contents carry the URI as the caller knows it
+            result = {**result, "contents": [_wrapped(member.source, c) for c in contents]}
+        return result
+
+
+def _wrapped(ref: ServerRef, content: Any) -> Any:
+    if isinstance(content, dict) and isinstance(content.get("uri"), str):
+        return {**content, "uri": wrap_uri(ref, content["uri"])}
+    return content
+
+
+def _no_cursor(params: Mapping[str, Any]) -> None:
+    if params.get("cursor") is not None:
+        raise InvalidParams("invalid cursor: this server returns every entry in one page")
