@@ -23,4 +23,4 @@ def error_response(status: int, code: int, message: str, headers: dict[str, str]
 
 
 def gateway_error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    return error_response(exc.http_status, exc.jsonrpc_code, exc.message, {**exc.http_headers, **(headers or {})})
+    return error_response(exc.http_status, exc.jsonrpc_code, exc.told, {**exc.http_headers, **(headers or {})})

@@ -40,6 +40,12 @@ class GatewayError(Exception):
         """Headers that belong to this error's HTTP answer (e.g. Retry-After)."""
         return {}
 
+    @property
+    def told(self) -> str:
+        """The message as the caller is told it. `message` is what logs and the audit trail keep; the two differ
+        only where the caller must hear something that is theirs alone (a consent link)."""
+        return self.message
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:

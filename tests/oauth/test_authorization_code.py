@@ -66,6 +66,8 @@ class Setup:
         assert needed.value.code == -32042
         [elicitation] = needed.value.data["elicitations"]
         assert elicitation["mode"] == "url" and "connect your account for g/github" in elicitation["message"]
+        # The text carries the link too, for clients that show an error's message and never its data.
+        assert f"({elicitation['url']}), then retry" in str(needed.value)
         return str(elicitation["url"])
 
 

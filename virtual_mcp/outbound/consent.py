@@ -63,6 +63,12 @@ class ConsentRequired(GatewayError):
         self.url = url
         self.elicitation_id = elicitation_id
 
+    @property
+    def told(self) -> str:
+        """The link in the text too, for clients that show an error's message and never its data. Only the caller
+        is told it: the logs and the audit trail keep `message`, without the link's single-use ticket."""
+        return f"{self.message.removesuffix(', then retry')} ({self.url}), then retry"
+
 
 class ConsentLinkInvalid(BadRequest):
     def __init__(self) -> None:

@@ -109,7 +109,7 @@ def error_object(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, UpstreamRpcError):
         code, message, data = exc.code, exc.message, exc.data
     elif isinstance(exc, GatewayError):
-        code, message, data = exc.jsonrpc_code, exc.message, exc.data
+        code, message, data = exc.jsonrpc_code, exc.told, exc.data
     elif isinstance(exc, ValidationError):
         code, message, data = INVALID_PARAMS, "Invalid request parameters", ""
     else:

@@ -86,7 +86,7 @@ async def refuse(send: Send, status: int, message: str, code: int = INVALID_REQU
 async def refuse_with(send: Send, exc: GatewayError) -> None:
     """A gateway error as its own HTTP answer (status, headers such as Retry-After)."""
     headers = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.http_headers.items())
-    await refuse(send, exc.http_status, exc.message, exc.jsonrpc_code, headers)
+    await refuse(send, exc.http_status, exc.told, exc.jsonrpc_code, headers)
 
 
 class Answer:
