@@ -6,11 +6,14 @@ backends under which name prefix, and which subjects may use each of them.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
 
 from virtual_mcp.config.loader import LoadedConfig
@@ -51,11 +54,19 @@ class RemoteEntry:
     shared_session: bool = False
     tool_prefix: str | None = None  # its alias in namespaced tool names
     tool_overrides: Mapping[str, ToolOverride] = field(default_factory=dict)  # by the backend's own tool name
+    stdio: StdioCommand | None = None  # transport stdio: the process to run (`url` is then empty)
 
     @property
     def alias(self) -> str:
         """What stands for this server inside a virtual server's tool names."""
         return self.tool_prefix or self.ref.name
+
+
+@dataclass(frozen=True, slots=True)
+class StdioCommand:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # values may hold secret references, resolved at start-up
+    cwd: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +170,7 @@ def build_registry(config: LoadedConfig) -> Registry:
             if isinstance(integration, RemoteServer):
                 remotes[ref] = _remote_entry(ref, integration)
                 _check_renames(located.file, entry, integration, issues)
+                _check_command(located.file, entry, integration, issues)
             else:
                 virtual_models[ref] = (located.file, integration)
 
@@ -264,6 +276,23 @@ def _name_warnings(
     return warnings
 
 
+def _check_command(file: str, entry: str, model: RemoteServer, issues: list[ConfigIssue]) -> None:
+    """A stdio server's command must be there to run: `check` and `serve` say so, not its first caller. (The one
+    look at the machine in building the registry: where the command is, on PATH or at its path.)"""
+    command = model.command
+    if command is None:
+        return
+    base = Path(model.cwd) if model.cwd else Path.cwd()
+    if model.cwd is not None and not base.is_dir():
+        issues.append(ConfigIssue(file, entry, "cwd", f"{model.cwd!r} is not a directory"))
+    if "/" in command:
+        path = base / command
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            issues.append(ConfigIssue(file, entry, "command", f"{command!r} is not an executable file"))
+    elif shutil.which(command) is None:
+        issues.append(ConfigIssue(file, entry, "command", f"{command!r} is not found on PATH"))
+
+
 def _check_renames(file: str, entry: str, model: RemoteServer, issues: list[ConfigIssue]) -> None:
     """Two of a server's tools may not be shown under one name, nor a tool under another's own name."""
     shown: dict[str, str] = {}
@@ -299,7 +328,7 @@ def _check_tool_prefixes(config: LoadedConfig, groups: Mapping[str, str], issues
 def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
     return RemoteEntry(
         ref=ref,
-        url=str(model.url),
+        url=str(model.url) if model.url is not None else "",
         description=model.description,
         auth=model.auth_data,
         authorized_subjects=frozenset(model.authorized_subjects),
@@ -308,6 +337,9 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         shared_session=model.upstream_session == "shared",
         tool_prefix=model.tool_prefix,
         tool_overrides=MappingProxyType(dict(model.tool_overrides)),
+        stdio=StdioCommand((model.command, *model.args), MappingProxyType(dict(model.env)), model.cwd)
+        if model.command is not None
+        else None,
     )
 
 

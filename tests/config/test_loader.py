@@ -88,7 +88,7 @@ def test_missing_field_and_bad_url() -> None:
         + remote("b").replace("http://127.0.0.1:1/mcp", "not a url")
     )
     found = issues_of(text)
-    assert "g.yaml: integration 'a': url: required field is missing" in found
+    assert "g.yaml: integration 'a': url is required (or set transport: stdio with a command)" in found
     assert any(i.startswith("g.yaml: integration 'b': url: ") for i in found)
 
 

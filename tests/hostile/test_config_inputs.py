@@ -65,7 +65,8 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("unknown integration key", GROUP + "    colour: red\n", "integration 's': colour: unknown key"),
     ("unknown group key", GROUP + "owner: me\n", "g.yaml: owner: unknown key"),
     ("unknown integration type", HEAD + ONE.replace("/remote", "/magic"), "integration 's': type: unknown type"),
-    ("transport stdio", GROUP + "    transport: stdio\n", "transport: Input should be 'streamable-http'"),
+    ("transport stdio", GROUP + "    transport: stdio\n", "transport stdio needs a command"),
+    ("transport unknown", GROUP + "    transport: carrier-pigeon\n", "transport: Input should be 'streamable-http'"),
     # URLs
     ("url file scheme", GROUP.replace("http://127.0.0.1:1/mcp", "file:///etc/passwd"), "url: URL scheme should be"),
     ("url javascript", GROUP.replace("http://127.0.0.1:1/mcp", "javascript:alert(1)"), "url: URL scheme should be"),
@@ -73,7 +74,7 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("url CR LF", GROUP.replace("http://127.0.0.1:1/mcp", '"http://127.0.0.1:1/m\\r\\nX: y"'), "control character"),
     ("url tab", GROUP.replace("http://127.0.0.1:1/mcp", '"http://127.0.0.1:1/m\\tcp"'), "control character"),
     ("url not a url", GROUP.replace("http://127.0.0.1:1/mcp", "not a url"), "integration 's': url:"),
-    ("url missing", HEAD + ONE.replace("    url: http://127.0.0.1:1/mcp\n", ""), "url: required field is missing"),
+    ("url missing", HEAD + ONE.replace("    url: http://127.0.0.1:1/mcp\n", ""), "url is required (or set transport"),
     # Subjects
     ("subject unknown kind", GROUP.replace("[team:t]", "[group:t]"), "authorized_subjects[0]: String should match"),
     ("subject empty name", GROUP.replace("[team:t]", "['team:']"), "authorized_subjects[0]: String should match"),

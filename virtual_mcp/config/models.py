@@ -214,8 +214,14 @@ class RemoteServer(_Strict):
     tool_prefix: ToolPrefix | None = None
     # Per tool (by the backend's own name): `rename` and `description` overrides.
     tool_overrides: dict[str, ToolOverride] = Field(default_factory=dict)
-    url: Url
-    transport: Literal["streamable-http"] = "streamable-http"
+    url: Url | None = None
+    transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # transport: stdio: the process the gateway starts and supervises (see virtual_mcp/upstream/stdio.py). `env`
+    # values may hold `tfy-secret://` references; the process gets only PATH and this environment.
+    command: str | None = Field(default=None, min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
+    cwd: str | None = None
     authorized_subjects: list[Subject] = Field(default_factory=list)
     auth_data: AuthData | None = None
     forwardable_headers: list[str] = Field(default_factory=list)
@@ -226,9 +232,33 @@ class RemoteServer(_Strict):
     # serves two credentials.
     upstream_session: Literal["per_principal", "shared"] = "per_principal"
 
+    @model_validator(mode="after")
+    def _transport_fields(self) -> RemoteServer:
+        if self.transport == "stdio":
+            if self.command is None:
+                raise ValueError("transport stdio needs a command")
+            wrong = [name for name in ("url", "auth_data") if getattr(self, name) is not None]
+            wrong += ["forwardable_headers"] if self.forwardable_headers else []
+            if wrong:
+                raise ValueError(f"transport stdio takes no {', '.join(wrong)} (its credentials go in env)")
+            for name, value in self.env.items():
+                if SECRET_SCHEME in value and not refs_in(value):
+                    raise ValueError(f"env {name}: malformed secret reference")
+        else:
+            if self.url is None:
+                raise ValueError("url is required (or set transport: stdio with a command)")
+            extra = [n for n in ("command", "cwd") if getattr(self, n) is not None] + [
+                n for n in ("args", "env") if getattr(self, n)
+            ]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for transport stdio")
+        return self
+
     @field_validator("url")
     @classmethod
-    def _no_credentials_in_url(cls, v: AnyHttpUrl) -> AnyHttpUrl:
+    def _no_credentials_in_url(cls, v: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if v is None:
+            return v
         if v.username or v.password:
             raise ValueError("must not carry credentials (user:password@); use auth_data with a secret reference")
         return v

@@ -55,7 +55,13 @@ class Runtime:
             self.metrics.gauge(
                 "vmcp_audit_queue", "audit records waiting to be written", lambda: {(): float(audit_log.pending)}
             )
-        self.pool = UpstreamPool(registry, settings, on_list_changed=self._backend_changed, metrics=self.metrics)
+        self.pool = UpstreamPool(
+            registry,
+            settings,
+            on_list_changed=self._backend_changed,
+            metrics=self.metrics,
+            stdio_env=credentials.stdio_env,
+        )
         self.catalog = ToolCatalog(self.pool, settings, on_change=self._catalog_changed, metrics=self.metrics)
         # What each endpoint's callers see and where their calls go.
         self.views = {

@@ -110,6 +110,18 @@ class OutboundCredentials:
             if isinstance(remote.auth, OAuth2AuthData) and remote.auth.grant_type == "authorization_code"
         )
         self._metadata = ProviderMetadata(http, token_timeout) if http is not None else None
+        # stdio servers' environments, secrets resolved once per configuration load, and which values are secret.
+        self._stdio_env: dict[ServerRef, tuple[dict[str, str], frozenset[str]]] = {}
+        for ref, remote in registry.remotes.items():
+            if remote.stdio is not None:
+                env = {name: _render(value, resolve) for name, value in remote.stdio.env.items()}
+                secret = frozenset(
+                    s
+                    for name, value in remote.stdio.env.items()
+                    if refs_in(value)
+                    for s in (env[name], *(resolve(r) for r in refs_in(value)))
+                )
+                self._stdio_env[ref] = (env, secret)
         # Static headers are resolved once per configuration load; values live only in these mappings.
         self._static: dict[ServerRef, dict[str, str]] = {}
         self._static_secrets: dict[ServerRef, frozenset[str]] = {}
@@ -353,6 +365,12 @@ class OutboundCredentials:
 
         return await self._tokens.token(token_key("2lo", ref.key, f"client:{client.client_id}"), obtain)
 
+    def stdio_env(self, ref: ServerRef) -> tuple[dict[str, str], frozenset[str]]:
+        """A stdio server's environment (secrets resolved) and the secret values in it (to keep out of its answers
+        and of the log)."""
+        env, secrets = self._stdio_env.get(ref, ({}, frozenset()))
+        return dict(env), secrets
+
 
 def _bearer(token: str) -> tuple[dict[str, str], frozenset[str]]:
     """The headers presenting `token`, and the secret among them (its spellings include the bare token)."""
@@ -398,6 +416,8 @@ def secret_refs(registry: Registry) -> list[tuple[SecretRef, ServerRef]]:
             texts = list(auth.headers.values())
         elif isinstance(auth, OAuth2AuthData):
             texts = [auth.client_id, auth.client_secret]
+        if remote.stdio is not None:
+            texts = list(remote.stdio.env.values())
         found.extend((secret, ref) for text in texts for secret in refs_in(text))
     return found
 

@@ -28,7 +28,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import UpstreamSessionsExhausted
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import Credential
-from virtual_mcp.registry import Registry
+from virtual_mcp.registry import Registry, StdioCommand
 from virtual_mcp.tls import client_context
 from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.cookies import no_cookie_jar
@@ -36,6 +36,7 @@ from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Negotiated
 from virtual_mcp.upstream.http1 import Http1Pool
 from virtual_mcp.upstream.session import UpstreamSession
+from virtual_mcp.upstream.stdio import StdioServer
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,11 @@ class UpstreamPool:
         settings: GatewaySettings,
         on_list_changed: Callable[[ServerRef], None] | None = None,
         metrics: Metrics | None = None,
+        stdio_env: Callable[[ServerRef], tuple[dict[str, str], frozenset[str]]] | None = None,
     ) -> None:
         self._registry = registry
+        self._stdio_env = stdio_env
+        self._stdio: dict[ServerRef, StdioServer] = {}  # one process per stdio server, for every caller
         self._settings = settings
         self._tg: TaskGroup | None = None
         self._on_list_changed = on_list_changed
@@ -110,6 +114,9 @@ class UpstreamPool:
     def session(self, ref: ServerRef, credential: Credential, principal: Principal | None) -> UpstreamSession:
         """The session that serves `principal`'s requests to `ref` with `credential` (None: the server's own, for
         background work). Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
+        remote = self._registry.remotes[ref]
+        if remote.stdio is not None:
+            return self._stdio_server(ref, remote.stdio)  # type: ignore[return-value]  # the same surface
         owner = None if principal is None else principal.subject
         if owner is not None and credential.shared and self._registry.remotes[ref].shared_session:
             owner = None  # the operator says this backend keeps no per-session state
@@ -143,6 +150,25 @@ class UpstreamPool:
             self._owned.setdefault(owner, set()).add(key)
             self._owned_count += 1
         return session
+
+    def _stdio_server(self, ref: ServerRef, command: StdioCommand) -> StdioServer:
+        server = self._stdio.get(ref)
+        if server is None:
+            env, secrets = self._stdio_env(ref) if self._stdio_env is not None else ({}, frozenset())
+            server = self._stdio[ref] = StdioServer(
+                ref,
+                list(command.argv),
+                env,
+                command.cwd,
+                spawn=self._spawn,
+                on_list_changed=partial(self._changed, ref),
+                on_negotiated=partial(self._learned.__setitem__, ref),
+                max_answer_bytes=self._max_answer,
+                entries=self._entries,
+                secrets=secrets,
+            )
+        server.touch()
+        return server
 
     def _make_room(self, ref: ServerRef, owner: str) -> None:
         """Room for one more session of `owner`, closing idle sessions only: first `owner`'s own past its quota,
@@ -217,6 +243,8 @@ class UpstreamPool:
             async with anyio.create_task_group() as tg:
                 for session in self._sessions.values():
                     tg.start_soon(session.aclose)
+                for server in self._stdio.values():
+                    tg.start_soon(server.aclose)
             await self._http.aclose()
             await self._fast.aclose()
         self._sessions.clear()

@@ -1,0 +1,179 @@
+"""`transport: stdio` backends (virtual_mcp/upstream/stdio.py): real processes (tests/stdio_backend.py) started,
+supervised and stopped by the gateway."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fastmcp import Client
+
+from tests.lab_config import group, write_identities
+from tests.sensitive import mark
+from tests.support import LOCAL_USER, REPO, gateway
+from virtual_mcp.config.loader import load_config_dir
+from virtual_mcp.errors import ConfigError, UpstreamUnavailable
+from virtual_mcp.registry import build_registry
+from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.era import Negotiated
+from virtual_mcp.upstream.stdio import StdioServer
+
+TEAM = "platform-engineering"
+TOKEN = "stdio-backend-token-0123456789abcdef"
+mark(TOKEN)
+
+
+def stdio_server(name: str = "local", **fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "type": "integration/mcp-server/remote",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "tests.stdio_backend"],
+        "cwd": str(REPO),
+        "env": {"LAB_TOKEN": "tfy-secret://t:lab:token", "GREETING": "hello"},
+        "authorized_subjects": [f"team:{TEAM}"],
+    }
+    return {**entry, **fields}
+
+
+def write(config: Path, *servers: dict[str, Any]) -> Path:
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "lab.yaml").write_text(group("lab", *servers))
+    write_identities(config, {TEAM: [LOCAL_USER]})
+    return config
+
+
+async def test_a_stdio_server_behind_the_gateway_in_both_eras(tmp_path: Path) -> None:
+    config = write(tmp_path / "servers.d", stdio_server())
+    async with gateway(config, secrets={"tfy-secret://t:lab:token": TOKEN}) as gw:
+        for mode in ("legacy", "2026-07-28"):
+            async with Client(f"{gw.url}/mcp-server/lab/local/server", mode=mode) as client:
+                assert {"echo", "env", "crash"} <= {t.name for t in await client.list_tools()}
+                assert (await client.call_tool("echo", {"text": f"hi {mode}"})).data == f"hi {mode}"
+                assert (await client.call_tool("env", {"name": "GREETING"})).data == "hello"
+                # Its environment is its own: not the gateway's, and its secrets never come back out.
+                assert (await client.call_tool("env", {"name": "HOME"})).data == ""
+                echoed = (await client.call_tool("env", {"name": "LAB_TOKEN"})).data
+                assert TOKEN not in str(echoed)
+                assert (await client.call_tool("complain", {"text": f"it hurts, {TOKEN}", "times": 3})).data
+            async with Client(f"{gw.url}/mcp", mode=mode) as client:
+                assert "lab__local__echo" in {t.name for t in await client.list_tools()}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def supervised(
+    clock: Clock, changes: list[str], module: str = "tests.stdio_backend"
+) -> AsyncIterator[StdioServer]:
+    learned: list[Negotiated] = []
+    async with anyio.create_task_group() as tg:
+        server = StdioServer(
+            ServerRef("lab", "local"),
+            [sys.executable, "-m", module],
+            {"LAB_TOKEN": TOKEN},
+            str(REPO),
+            spawn=tg.start_soon,
+            on_list_changed=lambda: changes.append("changed"),
+            on_negotiated=learned.append,
+            max_answer_bytes=1 << 20,
+            secrets=[TOKEN],
+            clock=clock,
+        )
+        try:
+            yield server
+        finally:
+            await server.aclose()
+    assert learned and learned[0].capabilities.get("tools") is not None
+
+
+async def call(server: StdioServer, tool: str, **arguments: Any) -> Any:
+    result = await server.request("tools/call", {"name": tool, "arguments": arguments}, timeout=30)
+    return result.get("structuredContent", {}).get("result")
+
+
+async def test_a_crashed_server_is_started_again_after_a_backoff(tmp_path: Path) -> None:
+    clock, changes = Clock(), []
+    async with supervised(clock, changes) as server:
+        first = await call(server, "pid")
+        with pytest.raises(UpstreamUnavailable, match="exited with status 3"):
+            await call(server, "crash")
+        assert changes == ["changed"]  # its tools leave the lists
+        assert not server.healthy
+        with pytest.raises(UpstreamUnavailable, match="started again in"):
+            await call(server, "pid")  # within the backoff: not started, a precise answer
+        clock.now += 1.0  # past the first backoff (0.5 s, jitter included)
+        second = await call(server, "pid")
+        assert second != first and server.healthy
+        # A second crash soon after doubles the wait.
+        with pytest.raises(UpstreamUnavailable):
+            await call(server, "crash")
+        clock.now += 0.7
+        with pytest.raises(UpstreamUnavailable, match="started again in"):
+            await call(server, "pid")
+        clock.now += 1.0
+        assert await call(server, "pid") not in (first, second)
+
+
+async def test_garbage_on_stdout_ends_the_process_and_says_why(tmp_path: Path) -> None:
+    clock, changes = Clock(), []
+    async with supervised(clock, changes, "tests.stdio_liar") as server:
+        with pytest.raises(UpstreamUnavailable) as refused:
+            await server.request("tools/list", {}, timeout=30)
+        assert refused.value.message == "backend 'lab/local': wrote a line that is not JSON"
+        assert not server.healthy and changes == ["changed"]
+        clock.now += 1.0  # started again after the backoff, and refused again the same way
+        with pytest.raises(UpstreamUnavailable, match="wrote a line that is not JSON"):
+            await server.request("tools/list", {}, timeout=30)
+
+
+async def test_stderr_floods_cost_no_memory_and_no_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with supervised(Clock(), []) as server:
+        caplog.set_level("INFO", logger="virtual_mcp.upstream.stdio")
+        assert await call(server, "complain", text=f"{'x' * 5000} {TOKEN}", times=200) == "complained"
+        assert await call(server, "echo", text="still serving") == "still serving"
+    lines = [r.getMessage() for r in caplog.records if "stdio server lab/local:" in r.getMessage()]
+    assert lines and all(len(line) < 2100 for line in lines)
+    assert not any(TOKEN in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"command": "no-such-command-anywhere"}, "command: 'no-such-command-anywhere' is not found on PATH"),
+        ({"command": "./missing.sh"}, "command: './missing.sh' is not an executable file"),
+        ({"cwd": "/no/such/dir"}, "cwd: '/no/such/dir' is not a directory"),
+        ({"url": "http://h/mcp"}, "transport stdio takes no url"),
+        ({"command": None}, "transport stdio needs a command"),
+        ({"env": {"BAD NAME": "x"}}, "env"),
+    ],
+)
+def test_a_stdio_server_that_cannot_run_is_refused_precisely(
+    tmp_path: Path, fields: dict[str, Any], expected: str
+) -> None:
+    server = {k: v for k, v in stdio_server(**fields).items() if v is not None}
+    config = write(tmp_path / "servers.d", server)
+    with pytest.raises(ConfigError) as refused:
+        build_registry(load_config_dir(config))
+    assert expected in "\n".join(str(issue) for issue in refused.value.issues)
+
+
+async def test_check_and_serve_name_a_missing_command(tmp_path: Path) -> None:
+    from tests.processes import cli
+
+    config = write(tmp_path / "servers.d", stdio_server(command="no-such-command-anywhere"))
+    for command in (["check", "--config", str(config)], ["serve", "--config", str(config), "--port", "0"]):
+        code, out, err = await cli(*command)
+        assert code != 0 and "'no-such-command-anywhere' is not found on PATH" in out + err, (command, out, err)

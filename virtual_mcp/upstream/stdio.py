@@ -1,0 +1,367 @@
+"""A backend that is a local process speaking MCP over stdio (`transport: stdio`): one newline-delimited JSON-RPC
+message per line on its stdin and stdout, the 2025-11-25 handshake, its stderr a log.
+
+`StdioServer` is the pool's session for such a server (the same surface as `UpstreamSession`: `request`, `touch`,
+`in_flight`...). One process serves every caller of the server; the configured `env` is the server's own (static
+secrets), so no caller's credential is in it.
+
+Supervision: the process is started on first use. When it exits or breaks the protocol, every request in flight
+fails at once (`UpstreamUnavailable`), the tool catalog is told its list changed (so its tools leave every list
+until it answers again), and the next start waits a backoff that doubles from `_FIRST_BACKOFF` to `_MAX_BACKOFF`
+with jitter, reset once a process has lived `_HEALTHY` seconds. A line of its stdout longer than the answer bound,
+or one that is not JSON, ends it the same way. Its stderr goes to the log line by line, each line cut at
+`_STDERR_LINE` characters and with the secrets of its environment removed; nothing of it is kept in memory.
+
+Requests the server makes of its client (sampling, elicitation, roots) are refused with -32601: one process serves
+many callers, and which one a request is for is not known.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from virtual_mcp.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRpcError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from virtual_mcp.outbound.scrubber import Scrubber
+from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream import answers
+from virtual_mcp.upstream.entries import LISTS, EntryChecks
+from virtual_mcp.upstream.era import Era, Negotiated
+from virtual_mcp.upstream.wire import CLIENT_INFO, LEGACY_VERSION
+
+logger = logging.getLogger(__name__)
+NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+_FIRST_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+_HEALTHY = 60.0
+_STDERR_LINE = 2000
+_START_DEADLINE = 10.0  # the handshake of a new process
+_STOP_DEADLINE = 3.0
+
+
+class StdioServer:
+    def __init__(
+        self,
+        ref: ServerRef,
+        command: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        *,
+        spawn: Spawn,
+        on_list_changed: Callable[[], None],
+        on_negotiated: Callable[[Negotiated], None],
+        max_answer_bytes: int,
+        entries: EntryChecks | None = None,
+        secrets: Iterable[str] = (),
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.ref = ref
+        self._clock = clock  # for the backoff (a test moves it rather than wait)
+        self._command = command
+        # A clean environment: the gateway's own (its master key, its tokens) is never handed to a backend.
+        self._env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        self._cwd = cwd
+        self._spawn = spawn
+        self._on_list_changed = on_list_changed
+        self._on_negotiated = on_negotiated
+        self._max_line = max_answer_bytes
+        self._entries = entries
+        self._secrets = [s for s in secrets if s]
+        self._scrubber = Scrubber(self._secrets)
+        self._lock = anyio.Lock()
+        self._process: Process | None = None
+        self._ready = False
+        self._scope: anyio.CancelScope | None = None
+        self._pending: dict[int, tuple[anyio.Event, list[dict[str, Any]], NotificationHandler | None]] = {}
+        self._progress: dict[str, NotificationHandler] = {}
+        self._next_id = 0
+        self._backoff = 0.0
+        self._not_before = 0.0
+        self._started_at = 0.0
+        self._closed = False
+        self.in_flight = 0
+        self.last_used = 0.0
+        self.capabilities: dict[str, Any] = {}
+
+    # -- the pool's session surface ------------------------------------------------------------------------------
+
+    @property
+    def listens(self) -> bool:
+        return True  # the server's one process: never closed as idle
+
+    @property
+    def healthy(self) -> bool:
+        return self._ready
+
+    def touch(self) -> None:
+        self.last_used = anyio.current_time()
+
+    def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
+        """Nothing to do: a stdio server's credentials are its environment, fixed when its process starts."""
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float,
+        on_notification: NotificationHandler | None = None,
+        headers: Mapping[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise UpstreamUnavailable(self.ref.key, "the gateway is shutting down")
+        self.in_flight += 1
+        self.last_used = anyio.current_time()
+        try:
+            with anyio.fail_after(timeout):
+                await self._running()
+                body = dict(params or {})
+                if meta:
+                    body["_meta"] = {**(body.get("_meta") or {}), **meta}
+                result = await self._call(method, body, on_notification)
+            if self._entries is not None and method in LISTS:
+                self._entries.clean(self.ref, method, result)
+            return result
+        except TimeoutError:
+            raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._stop("the gateway is shutting down")
+
+    # -- the process ---------------------------------------------------------------------------------------------
+
+    async def _running(self) -> None:
+        async with self._lock:
+            if self._process is not None and self._ready:
+                return
+            now = self._clock()
+            if now < self._not_before:
+                raise UpstreamUnavailable(
+                    self.ref.key, f"its process exited; it is started again in {self._not_before - now:.1f}s"
+                )
+            await self._start()
+
+    async def _start(self) -> None:
+        try:
+            process = await anyio.open_process(
+                self._command,
+                env=self._env,
+                cwd=self._cwd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: stopped with whatever it started
+            )
+        except OSError as exc:
+            self._failed()
+            raise UpstreamUnavailable(self.ref.key, f"cannot start {self._command[0]!r}: {exc.strerror}") from None
+        self._process = process
+        self._started_at = self._clock()
+        scope = self._scope = anyio.CancelScope()
+        self._spawn(lambda: self._supervise(process, scope))
+        try:
+            with anyio.fail_after(_START_DEADLINE):
+                params = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+                result = await self._call("initialize", params, None)
+                await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        except (TimeoutError, UpstreamError) as exc:
+            reason = "no answer to initialize" if isinstance(exc, TimeoutError) else getattr(exc, "message", "")
+            await self._stop(f"initialize failed: {reason}")
+            raise UpstreamUnavailable(self.ref.key, f"its process did not start: {reason}") from None
+        version = result.get("protocolVersion")
+        capabilities, info = result.get("capabilities"), result.get("serverInfo")
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        info = info if isinstance(info, dict) else {}
+        self._ready = True
+        self._on_negotiated(Negotiated(Era.LEGACY, str(version or LEGACY_VERSION), self.capabilities, info))
+        logger.info("stdio server %s started (pid %d)", self.ref, process.pid)
+
+    async def _supervise(self, process: Process, scope: anyio.CancelScope) -> None:
+        """Read its stdout and stderr until it exits (or is stopped); then fail what it left unanswered."""
+        reason = "its process was stopped"
+        with scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._log_stderr, process)
+                try:
+                    await self._read(process)
+                    reason = f"its process exited with status {await process.wait()}"
+                except UpstreamProtocolError as exc:
+                    reason = exc.message.removeprefix(f"backend {self.ref.key!r}: ")
+                tg.cancel_scope.cancel()
+        await self._ended(process, reason)
+
+    async def _read(self, process: Process) -> None:
+        assert process.stdout is not None
+        lines = BufferedByteReceiveStream(process.stdout)
+        while True:
+            try:
+                raw = await lines.receive_until(b"\n", self._max_line)
+            except anyio.IncompleteRead:
+                return
+            except anyio.DelimiterNotFound:
+                raise UpstreamProtocolError(self.ref.key, f"a line of over {self._max_line} bytes") from None
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            if not raw.strip():
+                continue
+            try:
+                message = answers.parse(raw, self._scrubber)
+            except ValueError:
+                raise UpstreamProtocolError(self.ref.key, "wrote a line that is not JSON") from None
+            if isinstance(message, dict):
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        if "method" in message:
+            if request_id is not None:  # its request of its client: not relayed (see the module's docstring)
+                text = f"virtual-mcp does not relay {message.get('method')!r} from a stdio server"
+                await self._send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": text}})
+                return
+            method = message.get("method")
+            params = message.get("params")
+            params = params if isinstance(params, dict) else {}
+            if method == "notifications/tools/list_changed":
+                self._on_list_changed()
+            elif method == "notifications/progress":
+                handler = self._progress.get(str(params.get("progressToken")))
+                if handler is not None:
+                    await handler(message)
+            else:  # a log message outside any one caller's request: the gateway's log, not a caller's
+                logger.debug("stdio server %s: %s", self.ref, method)
+            return
+        waiting = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if waiting is not None:
+            waiting[1].append(message)
+            waiting[0].set()
+
+    async def _log_stderr(self, process: Process) -> None:
+        assert process.stderr is not None
+        lines = BufferedByteReceiveStream(process.stderr)
+        while True:
+            try:
+                raw = await lines.receive_until(b"\n", 1 << 16)
+            except anyio.DelimiterNotFound:
+                raw = await lines.receive(1 << 16)  # a huge line: logged cut, the rest read and dropped
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            text = raw.decode("utf-8", errors="replace").rstrip()
+            for secret in self._secrets:
+                text = text.replace(secret, "[redacted]")
+            if text:
+                logger.info("stdio server %s: %s", self.ref, text[:_STDERR_LINE])
+
+    async def _ended(self, process: Process, reason: str) -> None:
+        if self._process is process:
+            self._process = None
+            was_ready, self._ready = self._ready, False
+            self._failed()
+            for event, answer, _ in self._pending.values():
+                answer.append({"error": {"code": None, "message": reason}})
+                event.set()
+            if was_ready and not self._closed:
+                logger.warning("stdio server %s: %s; it is started again when next needed", self.ref, reason)
+                self._on_list_changed()  # its tools leave the lists until it answers again
+        await _terminate(process)
+
+    def _failed(self) -> None:
+        lived = self._clock() - self._started_at
+        self._backoff = (
+            _FIRST_BACKOFF if lived > _HEALTHY or not self._backoff else min(self._backoff * 2, _MAX_BACKOFF)
+        )
+        self._not_before = self._clock() + self._backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+
+    async def _stop(self, reason: str) -> None:
+        process = self._process
+        if self._scope is not None:
+            self._scope.cancel()
+        if process is not None:
+            await self._ended(process, reason)
+
+    # -- messages ------------------------------------------------------------------------------------------------
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise UpstreamUnavailable(self.ref.key, "its process is not running")
+        try:
+            await process.stdin.send(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            raise UpstreamUnavailable(self.ref.key, "its process stopped reading") from None
+
+    async def _call(
+        self, method: str, params: dict[str, Any], on_notification: NotificationHandler | None
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        request_id = self._next_id
+        event = anyio.Event()
+        answer: list[dict[str, Any]] = []
+        self._pending[request_id] = (event, answer, on_notification)
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is not None and on_notification is not None:
+            self._progress[str(token)] = on_notification
+        try:
+            await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            try:
+                await event.wait()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    cancelled = {"requestId": request_id, "reason": "cancelled by the gateway's client"}
+                    await self._send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancelled})
+                raise
+        finally:
+            self._pending.pop(request_id, None)
+            if token is not None:
+                self._progress.pop(str(token), None)
+        message = answer[0]
+        error = message.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise UpstreamProtocolError(self.ref.key, "malformed JSON-RPC error")
+            code = error.get("code")
+            if code is None:  # the process ended under the request
+                raise UpstreamUnavailable(self.ref.key, str(error.get("message")))
+            raise UpstreamRpcError(code if isinstance(code, int) else -32603, str(error.get("message", "error")))
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise UpstreamProtocolError(self.ref.key, "JSON-RPC result is not an object")
+        return result
+
+
+async def _terminate(process: Process) -> None:
+    """SIGTERM to its process group, SIGKILL after a deadline; reaped either way."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(_STOP_DEADLINE):
+                await process.wait()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        await process.aclose()
