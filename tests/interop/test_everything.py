@@ -17,8 +17,11 @@ from typing import Any
 import mcp_types
 from fastmcp import Client
 
-from tests.interop.everything import everything_server
-from tests.support import gateway, write_config
+from tests.interop.everything import ENTRY, PACKAGE, everything_server
+from tests.lab_config import group, remote, write_identities
+from tests.support import LOCAL_USER, gateway, write_config
+
+TEAM = "platform-engineering"
 
 CALLS: list[tuple[str, dict[str, Any]]] = [
     ("echo", {"message": "hello, gateway"}),
@@ -117,3 +120,22 @@ async def test_the_reference_server_answers_through_the_gateway_as_it_does_direc
             async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
                 assert through.initialize_result is not None
                 assert through.initialize_result.capabilities.completions is not None
+
+
+async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Path) -> None:
+    """The same server as a `transport: stdio` backend, started and supervised by the gateway."""
+    async with everything_server() as everything, Client(everything.url, mode="legacy") as direct:
+        expected = await surface(direct)
+    node = PACKAGE.ensure_installed()
+    server = remote("everything", "unused", [f"team:{TEAM}"])
+    del server["url"]
+    server.update(transport="stdio", command=str(node), args=[str(ENTRY), "stdio"], cwd=str(PACKAGE.directory))
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    (config / "lab.yaml").write_text(group("lab", server))
+    write_identities(config, {TEAM: [LOCAL_USER]})
+    async with gateway(config) as gw:
+        async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
+            assert await surface(through) == expected
+        async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
+            assert await surface(through) == without_task_support(expected)
