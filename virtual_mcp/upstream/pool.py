@@ -31,6 +31,7 @@ from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.registry import Registry, StdioCommand
 from virtual_mcp.tls import client_context
 from virtual_mcp.types import Principal, ServerRef
+from virtual_mcp.upstream.backend import BackendSession
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Negotiated
@@ -111,12 +112,12 @@ class UpstreamPool:
     def owned_by(self, principal: Principal) -> int:
         return len(self._owned.get(principal.subject, ()))
 
-    def session(self, ref: ServerRef, credential: Credential, principal: Principal | None) -> UpstreamSession:
+    def session(self, ref: ServerRef, credential: Credential, principal: Principal | None) -> BackendSession:
         """The session that serves `principal`'s requests to `ref` with `credential` (None: the server's own, for
         background work). Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
         remote = self._registry.remotes[ref]
         if remote.stdio is not None:
-            return self._stdio_server(ref, remote.stdio)  # type: ignore[return-value]  # the same surface
+            return self._stdio_server(ref, remote.stdio)
         owner = None if principal is None else principal.subject
         if owner is not None and credential.shared and self._registry.remotes[ref].shared_session:
             owner = None  # the operator says this backend keeps no per-session state

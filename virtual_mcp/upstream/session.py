@@ -22,14 +22,14 @@ from virtual_mcp.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRpcError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.entries import LISTS, EntryChecks
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, unwrap
+from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.limits import AnswerTooLarge, capped_lines, read_capped
@@ -45,7 +45,6 @@ from virtual_mcp.upstream.wire import (
 
 logger = logging.getLogger(__name__)
 
-NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
@@ -63,7 +62,7 @@ _SAFE_TO_RESEND = frozenset(
 )
 
 
-class UpstreamSession:
+class UpstreamSession(BackendSession):
     def __init__(
         self,
         ref: ServerRef,
@@ -81,7 +80,7 @@ class UpstreamSession:
         learned: Negotiated | None = None,
         on_negotiated: Callable[[Negotiated], None] | None = None,
     ) -> None:
-        self.ref = ref
+        super().__init__(ref, entries)
         self.url = url
         self._http = http
         # Requests go over the lean HTTP/1.1 pool unless the environment routes this URL through a proxy.
@@ -94,7 +93,6 @@ class UpstreamSession:
         self._spawn = spawn
         self._on_list_changed = on_list_changed
         self._max_answer = max_answer_bytes
-        self._entries = entries
         self._learned = learned
         self._on_negotiated = on_negotiated
         self._ids = itertools.count(1)
@@ -109,8 +107,6 @@ class UpstreamSession:
         self._closed = False
         # Only one session per backend holds a standing list_changed stream; per-caller sessions do not.
         self._listen = listen
-        self.in_flight = 0
-        self.last_used = 0.0
 
     @property
     def listens(self) -> bool:
@@ -119,10 +115,6 @@ class UpstreamSession:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def touch(self) -> None:
-        """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
-        self.last_used = anyio.current_time()
 
     def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""
@@ -133,37 +125,21 @@ class UpstreamSession:
 
     # -- public API -----------------------------------------------------------------------------------------
 
-    async def request(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None = None,
-        *,
-        timeout: float,
-        on_notification: NotificationHandler | None = None,
-        headers: Mapping[str, str] | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Send one request and return its `result`, relaying notifications sent while it runs.
-
-        Raises UpstreamRpcError for a JSON-RPC error from the backend, UpstreamTimeout past `timeout`,
-        UpstreamUnavailable when the backend cannot be reached, UpstreamProtocolError for garbage.
-        """
+    def _check_open(self) -> None:
         if self._closed:
             # The pool closed it (idle, or to make room) after handing it out: a new backend session opened here
             # would belong to nobody, and never be closed.
             raise UpstreamUnavailable(self.ref.key, "its session was closed to make room; retry the request")
-        self.in_flight += 1
-        self.last_used = anyio.current_time()
-        try:
-            with anyio.fail_after(timeout):
-                result = await self._request_with_recovery(method, params, on_notification, headers, meta)
-            if self._entries is not None and method in LISTS:
-                self._entries.clean(self.ref, method, result)
-            return result
-        except TimeoutError:
-            raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
-        finally:
-            self.in_flight -= 1
+
+    async def _exchange(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        on_notification: NotificationHandler | None,
+        headers: Mapping[str, str] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        return await self._request_with_recovery(method, params, on_notification, headers, meta)
 
     async def aclose(self) -> None:
         """End the backend session politely (DELETE for a legacy session) and stop listening."""
@@ -472,18 +448,7 @@ class UpstreamSession:
         return message
 
     def _unwrap(self, message: dict[str, Any]) -> dict[str, Any]:
-        if "error" in message:
-            err = message["error"]
-            if not isinstance(err, dict):
-                raise UpstreamProtocolError(self.ref.key, "malformed JSON-RPC error")
-            code = err.get("code")
-            raise UpstreamRpcError(
-                code if isinstance(code, int) else -32603, str(err.get("message", "error")), err.get("data")
-            )
-        result = message.get("result")
-        if not isinstance(result, dict):
-            raise UpstreamProtocolError(self.ref.key, "JSON-RPC result is not an object")
-        return result
+        return unwrap(self.ref, message)
 
     async def _on_inbound(self, message: dict[str, Any], on_notification: NotificationHandler | None) -> None:
         if "id" in message:

@@ -1,9 +1,9 @@
 """A backend that is a local process speaking MCP over stdio (`transport: stdio`): one newline-delimited JSON-RPC
 message per line on its stdin and stdout, the 2025-11-25 handshake, its stderr a log.
 
-`StdioServer` is the pool's session for such a server (the same surface as `UpstreamSession`: `request`, `touch`,
-`in_flight`...). One process serves every caller of the server; the configured `env` is the server's own (static
-secrets), so no caller's credential is in it.
+`StdioServer` is the pool's session for such a server, a `backend.BackendSession` as `UpstreamSession` is. One
+process serves every caller of the server; the configured `env` is the server's own (static secrets), so no
+caller's credential is in it.
 
 Supervision: the process is started on first use. When it exits or breaks the protocol, every request in flight
 fails at once (`UpstreamUnavailable`), the tool catalog is told its list changed (so its tools leave every list
@@ -25,7 +25,7 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -35,19 +35,17 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from virtual_mcp.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamRpcError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.entries import LISTS, EntryChecks
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, unwrap
+from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.wire import CLIENT_INFO, LEGACY_VERSION
 
 logger = logging.getLogger(__name__)
-NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 _FIRST_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
@@ -57,7 +55,7 @@ _START_DEADLINE = 10.0  # the handshake of a new process
 _STOP_DEADLINE = 3.0
 
 
-class StdioServer:
+class StdioServer(BackendSession):
     def __init__(
         self,
         ref: ServerRef,
@@ -73,7 +71,7 @@ class StdioServer:
         secrets: Iterable[str] = (),
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        self.ref = ref
+        super().__init__(ref, entries)
         self._clock = clock  # for the backoff (a test moves it rather than wait)
         self._command = command
         # A clean environment: the gateway's own (its master key, its tokens) is never handed to a backend.
@@ -83,7 +81,6 @@ class StdioServer:
         self._on_list_changed = on_list_changed
         self._on_negotiated = on_negotiated
         self._max_line = max_answer_bytes
-        self._entries = entries
         self._secrets = [s for s in secrets if s]
         self._scrubber = Scrubber(self._secrets)
         self._lock = anyio.Lock()
@@ -97,8 +94,6 @@ class StdioServer:
         self._not_before = 0.0
         self._started_at = 0.0
         self._closed = False
-        self.in_flight = 0
-        self.last_used = 0.0
         self.capabilities: dict[str, Any] = {}
 
     # -- the pool's session surface ------------------------------------------------------------------------------
@@ -111,40 +106,24 @@ class StdioServer:
     def healthy(self) -> bool:
         return self._ready
 
-    def touch(self) -> None:
-        self.last_used = anyio.current_time()
-
-    def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
-        """Nothing to do: a stdio server's credentials are its environment, fixed when its process starts."""
-
-    async def request(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None = None,
-        *,
-        timeout: float,
-        on_notification: NotificationHandler | None = None,
-        headers: Mapping[str, str] | None = None,
-        meta: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _check_open(self) -> None:
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "the gateway is shutting down")
-        self.in_flight += 1
-        self.last_used = anyio.current_time()
-        try:
-            with anyio.fail_after(timeout):
-                await self._running()
-                body = dict(params or {})
-                if meta:
-                    body["_meta"] = {**(body.get("_meta") or {}), **meta}
-                result = await self._call(method, body, on_notification)
-            if self._entries is not None and method in LISTS:
-                self._entries.clean(self.ref, method, result)
-            return result
-        except TimeoutError:
-            raise UpstreamTimeout(self.ref.key, f"no answer to {method} within {timeout:g}s") from None
-        finally:
-            self.in_flight -= 1
+
+    async def _exchange(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        on_notification: NotificationHandler | None,
+        headers: Mapping[str, str] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """`headers` have no meaning here: a stdio server's credentials are its environment."""
+        await self._running()
+        body = dict(params or {})
+        if meta:
+            body["_meta"] = {**(body.get("_meta") or {}), **meta}
+        return await self._call(method, body, on_notification)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -339,17 +318,9 @@ class StdioServer:
                 self._progress.pop(str(token), None)
         message = answer[0]
         error = message.get("error")
-        if error is not None:
-            if not isinstance(error, dict):
-                raise UpstreamProtocolError(self.ref.key, "malformed JSON-RPC error")
-            code = error.get("code")
-            if code is None:  # the process ended under the request
-                raise UpstreamUnavailable(self.ref.key, str(error.get("message")))
-            raise UpstreamRpcError(code if isinstance(code, int) else -32603, str(error.get("message", "error")))
-        result = message.get("result")
-        if not isinstance(result, dict):
-            raise UpstreamProtocolError(self.ref.key, "JSON-RPC result is not an object")
-        return result
+        if isinstance(error, dict) and error.get("code") is None:  # the process ended under the request
+            raise UpstreamUnavailable(self.ref.key, str(error.get("message")))
+        return unwrap(self.ref, message)
 
 
 async def _terminate(process: Process) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.timing import phase
-from virtual_mcp.upstream.session import UpstreamSession
+from virtual_mcp.upstream.backend import BackendSession
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _ALL_LEVELS = frozenset(LOG_LEVELS)
@@ -53,7 +53,7 @@ def _progress_token(meta: Mapping[str, Any]) -> str | int | None:
 
 async def forward(
     ctx: RequestContext,
-    session: UpstreamSession,
+    session: BackendSession,
     method: str,
     params: Mapping[str, Any],
     *,
