@@ -9,6 +9,20 @@ import sys
 from tests.backends import build_lab
 
 lab = build_lab(name="stdio-lab")
+_memory: dict[str, str] = {}  # state the process keeps across calls, as many stdio servers do
+
+
+@lab.tool
+def remember(value: str) -> str:
+    """Keep `value` in this process."""
+    _memory["value"] = value
+    return "remembered"
+
+
+@lab.tool
+def recall() -> str:
+    """What this process was last told to remember ("" if nothing)."""
+    return _memory.get("value", "")
 
 
 @lab.tool

@@ -13,13 +13,14 @@ import anyio
 import pytest
 from fastmcp import Client
 
-from tests.lab_config import group, write_identities
+from tests.lab_config import ALICE, BOB, PLATFORM, group, write_identities
+from tests.security_support import secure_gateway
 from tests.sensitive import mark
 from tests.support import LOCAL_USER, REPO, gateway
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.errors import ConfigError, UpstreamUnavailable
 from virtual_mcp.registry import build_registry
-from virtual_mcp.types import ServerRef
+from virtual_mcp.types import PrincipalKind, ServerRef
 from virtual_mcp.upstream.era import Negotiated
 from virtual_mcp.upstream.stdio import StdioServer
 
@@ -64,6 +65,25 @@ async def test_a_stdio_server_behind_the_gateway_in_both_eras(tmp_path: Path) ->
                 assert (await client.call_tool("complain", {"text": f"it hurts, {TOKEN}", "times": 3})).data
             async with Client(f"{gw.url}/mcp", mode=mode) as client:
                 assert "lab__local__echo" in {t.name for t in await client.list_tools()}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_two_principals_never_share_a_process_unless_the_server_is_shared(tmp_path: Path, shared: bool) -> None:
+    server = stdio_server(authorized_subjects=[f"team:{PLATFORM}"])
+    if shared:
+        server["upstream_session"] = "shared"
+    config = write(tmp_path / "servers.d", server)
+    write_identities(config, {PLATFORM: [ALICE, BOB]})
+    secrets = {"tfy-secret://t:lab:token": TOKEN}
+    async with secure_gateway(config, tmp_path / "data", secrets) as gw:
+        alice, bob = await gw.token(PrincipalKind.USER, ALICE), await gw.token(PrincipalKind.USER, BOB)
+        url = "/mcp-server/lab/local/server"
+        async with gw.client(url, alice) as as_alice, gw.client(url, bob) as as_bob:
+            assert (await as_alice.call_tool("remember", {"value": "alice's draft"})).data == "remembered"
+            assert (await as_bob.call_tool("recall", {})).data == ("alice's draft" if shared else "")
+            assert (await as_alice.call_tool("recall", {})).data == "alice's draft"
+            pids = {(await c.call_tool("pid", {})).data for c in (as_alice, as_bob)}
+            assert len(pids) == (1 if shared else 2)
 
 
 class Clock:

@@ -59,7 +59,6 @@ class UpstreamPool:
     ) -> None:
         self._registry = registry
         self._stdio_env = stdio_env
-        self._stdio: dict[ServerRef, StdioServer] = {}  # one process per stdio server, for every caller
         self._settings = settings
         self._tg: TaskGroup | None = None
         self._on_list_changed = on_list_changed
@@ -79,7 +78,7 @@ class UpstreamPool:
             limits.max_upstream_response_bytes,
             (lambda ref, kind, n: metrics.upstream_invalid_entries.labels(ref.key, kind).inc(n)) if metrics else None,
         )
-        self._sessions: dict[SessionKey, UpstreamSession] = {}
+        self._sessions: dict[SessionKey, BackendSession] = {}
         self._owned: dict[str, set[SessionKey]] = {}  # each principal's sessions
         self._owned_count = 0  # callers' sessions; the servers' own (one per server and credential) are not counted
         self._learned: dict[ServerRef, Negotiated] = {}
@@ -116,10 +115,8 @@ class UpstreamPool:
         """The session that serves `principal`'s requests to `ref` with `credential` (None: the server's own, for
         background work). Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
         remote = self._registry.remotes[ref]
-        if remote.stdio is not None:
-            return self._stdio_server(ref, remote.stdio)
         owner = None if principal is None else principal.subject
-        if owner is not None and credential.shared and self._registry.remotes[ref].shared_session:
+        if owner is not None and credential.shared and remote.shared_session:
             owner = None  # the operator says this backend keeps no per-session state
         key = (ref, owner, credential.key)
         session = self._sessions.get(key)
@@ -129,22 +126,28 @@ class UpstreamPool:
             return session
         if owner is not None:
             self._make_room(ref, owner)
-        session = UpstreamSession(
-            ref,
-            self._registry.remotes[ref].url,
-            self._http,
-            headers=credential.headers,
-            secrets=credential.secrets,
-            spawn=self._spawn,
-            on_list_changed=partial(self._changed, ref),
-            # Only the server's own session holds the standing list_changed stream: one per backend, not per caller.
-            listen=owner is None and credential.shared,
-            fast=self._fast,
-            max_answer_bytes=self._max_answer,
-            entries=self._entries,
-            learned=self._learned.get(ref),
-            on_negotiated=partial(self._learned.__setitem__, ref),
-        )
+        # Only the server's own session holds the standing list_changed stream: one per backend, not per caller.
+        listen = owner is None and credential.shared
+        if remote.stdio is not None:
+            # A stdio server's session is its process: each principal's own, as for any backend, unless the operator
+            # says it keeps no state (`upstream_session: shared`); counted and closed when idle like the others.
+            session = self._stdio_server(ref, remote.stdio, listen)
+        else:
+            session = UpstreamSession(
+                ref,
+                remote.url,
+                self._http,
+                headers=credential.headers,
+                secrets=credential.secrets,
+                spawn=self._spawn,
+                on_list_changed=partial(self._changed, ref),
+                listen=listen,
+                fast=self._fast,
+                max_answer_bytes=self._max_answer,
+                entries=self._entries,
+                learned=self._learned.get(ref),
+                on_negotiated=partial(self._learned.__setitem__, ref),
+            )
         session.touch()
         self._sessions[key] = session
         if owner is not None:
@@ -152,24 +155,21 @@ class UpstreamPool:
             self._owned_count += 1
         return session
 
-    def _stdio_server(self, ref: ServerRef, command: StdioCommand) -> StdioServer:
-        server = self._stdio.get(ref)
-        if server is None:
-            env, secrets = self._stdio_env(ref) if self._stdio_env is not None else ({}, frozenset())
-            server = self._stdio[ref] = StdioServer(
-                ref,
-                list(command.argv),
-                env,
-                command.cwd,
-                spawn=self._spawn,
-                on_list_changed=partial(self._changed, ref),
-                on_negotiated=partial(self._learned.__setitem__, ref),
-                max_answer_bytes=self._max_answer,
-                entries=self._entries,
-                secrets=secrets,
-            )
-        server.touch()
-        return server
+    def _stdio_server(self, ref: ServerRef, command: StdioCommand, listen: bool) -> StdioServer:
+        env, secrets = self._stdio_env(ref) if self._stdio_env is not None else ({}, frozenset())
+        return StdioServer(
+            ref,
+            list(command.argv),
+            env,
+            command.cwd,
+            spawn=self._spawn,
+            on_list_changed=partial(self._changed, ref),
+            on_negotiated=partial(self._learned.__setitem__, ref),
+            max_answer_bytes=self._max_answer,
+            entries=self._entries,
+            secrets=secrets,
+            listen=listen,
+        )
 
     def _make_room(self, ref: ServerRef, owner: str) -> None:
         """Room for one more session of `owner`, closing idle sessions only: first `owner`'s own past its quota,
@@ -244,8 +244,6 @@ class UpstreamPool:
             async with anyio.create_task_group() as tg:
                 for session in self._sessions.values():
                     tg.start_soon(session.aclose)
-                for server in self._stdio.values():
-                    tg.start_soon(server.aclose)
             await self._http.aclose()
             await self._fast.aclose()
         self._sessions.clear()

@@ -1,9 +1,11 @@
 """A backend that is a local process speaking MCP over stdio (`transport: stdio`): one newline-delimited JSON-RPC
 message per line on its stdin and stdout, the 2025-11-25 handshake, its stderr a log.
 
-`StdioServer` is the pool's session for such a server, a `backend.BackendSession` as `UpstreamSession` is. One
-process serves every caller of the server; the configured `env` is the server's own (static secrets), so no
-caller's credential is in it.
+`StdioServer` is the pool's session for such a server, a `backend.BackendSession` as `UpstreamSession` is: like a
+backend session, a process is each principal's own (state one user leaves in it is never another's) unless the
+server is configured `upstream_session: shared`, plus one for the gateway's own use (its tool list); the pool
+bounds how many there are and closes idle ones. The configured `env` is the server's own (static secrets), the
+same for each process.
 
 Supervision: the process is started on first use. When it exits or breaks the protocol, every request in flight
 fails at once (`UpstreamUnavailable`), the tool catalog is told its list changed (so its tools leave every list
@@ -12,8 +14,8 @@ with jitter, reset once a process has lived `_HEALTHY` seconds. A line of its st
 or one that is not JSON, ends it the same way. Its stderr goes to the log line by line, each line cut at
 `_STDERR_LINE` characters and with the secrets of its environment removed; nothing of it is kept in memory.
 
-Requests the server makes of its client (sampling, elicitation, roots) are refused with -32601: one process serves
-many callers, and which one a request is for is not known.
+Requests the server makes of its client (sampling, elicitation, roots) are refused with -32601 (not relayed yet),
+so the server never waits for an answer that will not come.
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ class StdioServer(BackendSession):
         entries: EntryChecks | None = None,
         secrets: Iterable[str] = (),
         clock: Callable[[], float] = anyio.current_time,
+        listen: bool = True,
     ) -> None:
         super().__init__(ref, entries)
+        self._listen = listen
         self._clock = clock  # for the backoff (a test moves it rather than wait)
         self._command = command
         # A clean environment: the gateway's own (its master key, its tokens) is never handed to a backend.
@@ -100,7 +104,7 @@ class StdioServer(BackendSession):
 
     @property
     def listens(self) -> bool:
-        return True  # the server's one process: never closed as idle
+        return self._listen  # the server's own process (its tool list, its changes): never closed as idle
 
     @property
     def healthy(self) -> bool:
@@ -217,7 +221,7 @@ class StdioServer(BackendSession):
         request_id = message.get("id")
         if "method" in message:
             if request_id is not None:  # its request of its client: not relayed (see the module's docstring)
-                text = f"virtual-mcp does not relay {message.get('method')!r} from a stdio server"
+                text = f"virtual-mcp does not relay {message.get('method')!r}"
                 await self._send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": text}})
                 return
             method = message.get("method")
