@@ -18,7 +18,7 @@ from tests.security_support import secure_gateway
 from tests.sensitive import mark
 from tests.support import LOCAL_USER, REPO, gateway
 from virtual_mcp.config.loader import load_config_dir
-from virtual_mcp.errors import ConfigError, UpstreamUnavailable
+from virtual_mcp.errors import ConfigError, UpstreamTimeout, UpstreamUnavailable
 from virtual_mcp.registry import build_registry
 from virtual_mcp.types import PrincipalKind, ServerRef
 from virtual_mcp.upstream.era import Negotiated
@@ -145,6 +145,16 @@ async def test_a_crashed_server_is_started_again_after_a_backoff(tmp_path: Path)
             await call(server, "pid")
         clock.now += 1.0
         assert await call(server, "pid") not in (first, second)
+
+
+async def test_a_call_given_up_on_is_cancelled_and_the_process_serves_on() -> None:
+    async with supervised(Clock(), []) as server:
+        first = await call(server, "pid")
+        with pytest.raises(UpstreamTimeout):
+            await server.request("tools/call", {"name": "slow", "arguments": {}}, timeout=0.5)
+        assert server.in_flight == 0
+        assert await call(server, "pid") == first  # the same process, still answering
+        assert await call(server, "echo", text="after") == "after"
 
 
 async def test_garbage_on_stdout_ends_the_process_and_says_why(tmp_path: Path) -> None:

@@ -258,16 +258,18 @@ class StdioServer(BackendSession):
                 logger.info("stdio server %s: %s", self.ref, text[:_STDERR_LINE])
 
     async def _ended(self, process: Process, reason: str) -> None:
-        if self._process is process:
-            self._process = None
-            was_ready, self._ready = self._ready, False
-            self._failed()
-            for event, answer, _ in self._pending.values():
-                answer.append({"error": {"code": None, "message": reason}})
-                event.set()
-            if was_ready and not self._closed:
-                logger.warning("stdio server %s: %s; it is started again when next needed", self.ref, reason)
-                self._on_list_changed()  # its tools leave the lists until it answers again
+        """Once per process, whoever sees its end first (its reader, a failed start, a stop)."""
+        if self._process is not process:
+            return
+        self._process = None
+        was_ready, self._ready = self._ready, False
+        self._failed()
+        for event, answer, _ in self._pending.values():
+            answer.append({"error": {"code": None, "message": reason}})
+            event.set()
+        if was_ready and not self._closed:
+            logger.warning("stdio server %s: %s; it is started again when next needed", self.ref, reason)
+            self._on_list_changed()  # its tools leave the lists until it answers again
         await _terminate(process)
 
     def _failed(self) -> None:
@@ -312,8 +314,8 @@ class StdioServer(BackendSession):
             try:
                 await event.wait()
             except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    cancelled = {"requestId": request_id, "reason": "cancelled by the gateway's client"}
+                cancelled = {"requestId": request_id, "reason": "cancelled by the gateway's client"}
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1), contextlib.suppress(UpstreamError):
                     await self._send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancelled})
                 raise
         finally:
