@@ -157,6 +157,29 @@ async def test_a_call_given_up_on_is_cancelled_and_the_process_serves_on() -> No
         assert await call(server, "echo", text="after") == "after"
 
 
+async def test_progress_reaches_its_call_and_a_failing_receiver_harms_nobody() -> None:
+    seen: list[float] = []
+
+    async def receive(message: dict[str, Any]) -> None:
+        seen.append(message["params"]["progress"])
+
+    async def broken(message: dict[str, Any]) -> None:
+        raise anyio.BrokenResourceError  # the caller's stream is gone
+
+    async with supervised(Clock(), []) as server:
+        for handler in (receive, broken):
+            result = await server.request(
+                "tools/call",
+                {"name": "progress", "arguments": {"steps": 3}},
+                timeout=30,
+                on_notification=handler,
+                meta={"progressToken": f"token-{handler.__name__}"},
+            )
+            assert not result.get("isError")
+        assert seen == [1, 2, 3]
+        assert await call(server, "echo", text="still here") == "still here" and server.healthy
+
+
 async def test_garbage_on_stdout_ends_the_process_and_says_why(tmp_path: Path) -> None:
     clock, changes = Clock(), []
     async with supervised(clock, changes, "tests.stdio_liar") as server:

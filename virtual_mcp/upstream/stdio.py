@@ -193,6 +193,9 @@ class StdioServer(BackendSession):
                     reason = f"its process exited with status {await process.wait()}"
                 except UpstreamProtocolError as exc:
                     reason = exc.message.removeprefix(f"backend {self.ref.key!r}: ")
+                except Exception:  # runs in the gateway's task group: nothing here may end the gateway
+                    logger.exception("stdio server %s: reading its output failed", self.ref)
+                    reason = "the gateway could not read its output"
                 tg.cancel_scope.cancel()
         await self._ended(process, reason)
 
@@ -232,7 +235,10 @@ class StdioServer(BackendSession):
             elif method == "notifications/progress":
                 handler = self._progress.get(str(params.get("progressToken")))
                 if handler is not None:
-                    await handler(message)
+                    try:
+                        await handler(message)
+                    except Exception:  # a caller's stream that cannot take it: that caller's loss, not the process's
+                        logger.debug("progress of %s not relayed", self.ref, exc_info=True)
             else:  # a log message outside any one caller's request: the gateway's log, not a caller's
                 logger.debug("stdio server %s: %s", self.ref, method)
             return
@@ -242,6 +248,12 @@ class StdioServer(BackendSession):
             waiting[0].set()
 
     async def _log_stderr(self, process: Process) -> None:
+        try:
+            await self._copy_stderr(process)
+        except Exception:  # runs in the gateway's task group: nothing here may end the gateway
+            logger.exception("stdio server %s: reading its stderr failed", self.ref)
+
+    async def _copy_stderr(self, process: Process) -> None:
         assert process.stderr is not None
         lines = BufferedByteReceiveStream(process.stderr)
         while True:
