@@ -241,6 +241,16 @@ class UpstreamRpcError(GatewayError):
         self.code = code
 
 
+class AskFailed(GatewayError):
+    """A request a backend made of its client (elicitation, sampling, roots) that the gateway could not have answered
+    by the caller: the JSON-RPC error the backend is sent. `code` is the caller's own when the caller answered with
+    an error, the gateway's otherwise."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message, data=data)
+        self.code = code
+
+
 class NotSupportedYet(GatewayError):
     """A configured feature this build of the gateway cannot serve yet."""
 

@@ -79,13 +79,18 @@ class Raw:
     def __init__(self, http: httpx2.AsyncClient, url: str, era: str, bearer: str) -> None:
         self.http, self.url, self.era, self.bearer = http, url, era, bearer
         self.session: str | None = None
+        self.capabilities: dict[str, Any] = {}  # the client capabilities it declares
         self._ids = itertools.count(1)
 
     async def open(self) -> httpx2.Response | None:
         """A 2025-11-25 session's handshake (its initialize answer); nothing for 2026-07-28."""
         if self.era == MODERN:
             return None
-        params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        params = {
+            "protocolVersion": LEGACY,
+            "capabilities": self.capabilities,
+            "clientInfo": {"name": "raw", "version": "0"},
+        }
         response = await self.call("initialize", params)
         assert response.status_code == 200, response.text
         self.session = response.headers["mcp-session-id"]
@@ -98,14 +103,16 @@ class Raw:
         if self.era == MODERN:
             meta = params.setdefault("_meta", {})
             meta["io.modelcontextprotocol/protocolVersion"] = MODERN
-            meta["io.modelcontextprotocol/clientCapabilities"] = {}
+            meta["io.modelcontextprotocol/clientCapabilities"] = self.capabilities
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params:
             body["params"] = params
         return await self.post(body)
 
     async def post(self, body: dict[str, Any]) -> httpx2.Response:
-        headers = {"accept": ACCEPT, "content-type": "application/json", "authorization": f"Bearer {self.bearer}"}
+        headers = {"accept": ACCEPT, "content-type": "application/json"}
+        if self.bearer:  # none: a local-mode gateway
+            headers["authorization"] = f"Bearer {self.bearer}"
         if self.session:
             headers["mcp-session-id"] = self.session
             headers["mcp-protocol-version"] = LEGACY

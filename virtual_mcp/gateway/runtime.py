@@ -16,6 +16,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.rounds import Rounds
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.sessions import SessionTable
 from virtual_mcp.inbound.revocations import RevocationList
@@ -78,10 +79,13 @@ class Runtime:
             "open 2025-11-25 client sessions",
             lambda: {(): float(sum(table.open for table in self.sessions.values()))},
         )
+        self.rounds = Rounds()
         self.ready = False
 
     def service_parts(self) -> ServiceParts:
-        return ServiceParts(self.registry, self.settings, self.credentials, self.pool, self.catalog, self.auditor)
+        return ServiceParts(
+            self.registry, self.settings, self.credentials, self.pool, self.catalog, self.auditor, self.rounds
+        )
 
     @property
     def open_sessions(self) -> int:
@@ -107,6 +111,7 @@ class Runtime:
                 await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
                 tg.start_soon(self._watch_revocations, self._revocations)
             self.pool.start(tg)
+            self.rounds.start(tg)
             self.catalog.start(tg)
             self.ready = True
             try:

@@ -4,23 +4,76 @@ bounded by a timeout, its lists' entries checked, the calls in flight counted fo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from virtual_mcp.errors import UpstreamProtocolError, UpstreamRpcError, UpstreamTimeout
+from virtual_mcp.errors import (
+    INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
+    AskFailed,
+    GatewayError,
+    UpstreamProtocolError,
+    UpstreamRpcError,
+    UpstreamTimeout,
+)
 from virtual_mcp.types import ServerRef
+from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import LISTS, EntryChecks
 
+logger = logging.getLogger(__name__)
 NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
+# Answers a request the backend makes of its client while a request of ours runs (elicitation, sampling, roots):
+# (method, params) -> the result; raises AskFailed (or any GatewayError) for the error the backend is sent.
+RequestHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Relays:
+    """Where what a backend sends while a request runs goes: its notifications, and its requests of its client."""
+
+    notification: NotificationHandler | None = None
+    request: RequestHandler | None = None
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        if self.notification is not None:
+            await self.notification(message)
+
+    async def answer(self, ref: ServerRef, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON-RPC response to the backend's request `message` (which has an id and a method): the caller's
+        answer through `request`, or the error the backend is told. Never raises but for cancellation."""
+        request_id = message.get("id")
+        method = message.get("method")
+        params = message.get("params")
+        if self.request is None or not isinstance(method, str):
+            error = {"code": METHOD_NOT_FOUND, "message": f"virtual-mcp has no caller to relay {method!r} to"}
+            return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        try:
+            result = await self.request(method, params if isinstance(params, dict) else {})
+        except AskFailed as exc:
+            error = {"code": exc.code, "message": exc.told}
+            if exc.data is not None:
+                error["data"] = exc.data
+            return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        except GatewayError as exc:
+            return {"jsonrpc": "2.0", "id": request_id, "error": {"code": exc.jsonrpc_code, "message": exc.told}}
+        except Exception:  # the relay is the gateway's: whatever fails, the backend gets an answer, not silence
+            logger.exception("relaying %s from %s failed", method, ref)
+            error = {"code": INTERNAL_ERROR, "message": f"virtual-mcp could not relay {method!r}"}
+            return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
 class BackendSession:
     """The shared half of a backend session; a transport implements `_check_open` and `_exchange`."""
 
-    def __init__(self, ref: ServerRef, entries: EntryChecks | None) -> None:
+    def __init__(self, ref: ServerRef, entries: EntryChecks | None, declared: Capabilities = NONE) -> None:
         self.ref = ref
+        # The client capabilities this session declares to a 2025-11-25 backend (its callers'; capabilities.py).
+        self._declared = declared
         self._entries = entries
         self.in_flight = 0
         self.last_used = 0.0
@@ -46,8 +99,10 @@ class BackendSession:
         on_notification: NotificationHandler | None = None,
         headers: Mapping[str, str] | None = None,
         meta: Mapping[str, Any] | None = None,
+        on_request: RequestHandler | None = None,
     ) -> dict[str, Any]:
-        """Send one request and return its `result`, relaying notifications sent while it runs.
+        """Send one request and return its `result`, relaying notifications sent while it runs, and the requests the
+        backend makes of its client meanwhile to `on_request` (refused with -32601 without one).
 
         Raises UpstreamRpcError for a JSON-RPC error from the backend, UpstreamTimeout past `timeout`,
         UpstreamUnavailable when the backend cannot be reached, UpstreamProtocolError for garbage.
@@ -57,7 +112,7 @@ class BackendSession:
         self.last_used = anyio.current_time()
         try:
             with anyio.fail_after(timeout):
-                result = await self._exchange(method, params, on_notification, headers, meta)
+                result = await self._exchange(method, params, Relays(on_notification, on_request), headers, meta)
             if self._entries is not None and method in LISTS:
                 self._entries.clean(self.ref, method, result)
             return result
@@ -76,7 +131,7 @@ class BackendSession:
         self,
         method: str,
         params: Mapping[str, Any] | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:

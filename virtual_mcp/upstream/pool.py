@@ -32,6 +32,7 @@ from virtual_mcp.registry import Registry, StdioCommand
 from virtual_mcp.tls import client_context
 from virtual_mcp.types import Principal, ServerRef
 from virtual_mcp.upstream.backend import BackendSession
+from virtual_mcp.upstream.capabilities import NONE, Capabilities, signature
 from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Negotiated
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # Whose session: a principal's subject, or None for the server's own (background work, `upstream_session: shared`).
 Owner = str | None
-SessionKey = tuple[ServerRef, Owner, str]
+SessionKey = tuple[ServerRef, Owner, str, str]  # (server, owner, credential key, relayed capabilities' signature)
 
 
 class UpstreamPool:
@@ -111,14 +112,21 @@ class UpstreamPool:
     def owned_by(self, principal: Principal) -> int:
         return len(self._owned.get(principal.subject, ()))
 
-    def session(self, ref: ServerRef, credential: Credential, principal: Principal | None) -> BackendSession:
+    def session(
+        self,
+        ref: ServerRef,
+        credential: Credential,
+        principal: Principal | None,
+        declared: Capabilities = NONE,
+    ) -> BackendSession:
         """The session that serves `principal`'s requests to `ref` with `credential` (None: the server's own, for
-        background work). Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
+        background work), declaring `declared` (the caller's relayed client capabilities, normalised) to a
+        2025-11-25 backend. Raises UpstreamSessionsExhausted when none can be opened without closing a busy one."""
         remote = self._registry.remotes[ref]
         owner = None if principal is None else principal.subject
         if owner is not None and credential.shared and remote.shared_session:
             owner = None  # the operator says this backend keeps no per-session state
-        key = (ref, owner, credential.key)
+        key = (ref, owner, credential.key, signature(declared))
         session = self._sessions.get(key)
         if session is not None:
             session.touch()
@@ -131,7 +139,7 @@ class UpstreamPool:
         if remote.stdio is not None:
             # A stdio server's session is its process: each principal's own, as for any backend, unless the operator
             # says it keeps no state (`upstream_session: shared`); counted and closed when idle like the others.
-            session = self._stdio_server(ref, remote.stdio, listen)
+            session = self._stdio_server(ref, remote.stdio, listen, declared)
         else:
             session = UpstreamSession(
                 ref,
@@ -147,6 +155,7 @@ class UpstreamPool:
                 entries=self._entries,
                 learned=self._learned.get(ref),
                 on_negotiated=partial(self._learned.__setitem__, ref),
+                declared=declared,
             )
         session.touch()
         self._sessions[key] = session
@@ -155,7 +164,7 @@ class UpstreamPool:
             self._owned_count += 1
         return session
 
-    def _stdio_server(self, ref: ServerRef, command: StdioCommand, listen: bool) -> StdioServer:
+    def _stdio_server(self, ref: ServerRef, command: StdioCommand, listen: bool, declared: Capabilities) -> StdioServer:
         env, secrets = self._stdio_env(ref) if self._stdio_env is not None else ({}, frozenset())
         return StdioServer(
             ref,
@@ -169,6 +178,7 @@ class UpstreamPool:
             entries=self._entries,
             secrets=secrets,
             listen=listen,
+            declared=declared,
         )
 
     def _make_room(self, ref: ServerRef, owner: str) -> None:

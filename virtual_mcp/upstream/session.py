@@ -28,7 +28,8 @@ from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, unwrap
+from virtual_mcp.upstream.backend import BackendSession, Relays, unwrap
+from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
@@ -79,8 +80,9 @@ class UpstreamSession(BackendSession):
         entries: EntryChecks | None = None,
         learned: Negotiated | None = None,
         on_negotiated: Callable[[Negotiated], None] | None = None,
+        declared: Capabilities = NONE,
     ) -> None:
-        super().__init__(ref, entries)
+        super().__init__(ref, entries, declared)
         self.url = url
         self._http = http
         # Requests go over the lean HTTP/1.1 pool unless the environment routes this URL through a proxy.
@@ -135,11 +137,11 @@ class UpstreamSession(BackendSession):
         self,
         method: str,
         params: Mapping[str, Any] | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        return await self._request_with_recovery(method, params, on_notification, headers, meta)
+        return await self._request_with_recovery(method, params, relays, headers, meta)
 
     async def aclose(self) -> None:
         """End the backend session politely (DELETE for a legacy session) and stop listening."""
@@ -218,7 +220,7 @@ class UpstreamSession(BackendSession):
         return True
 
     async def _initialize_legacy(self) -> None:
-        params = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        params = {"protocolVersion": LEGACY_VERSION, "capabilities": dict(self._declared), "clientInfo": CLIENT_INFO}
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "initialize", "params": params}
         headers = {**self._base_headers, "accept": ACCEPT, "content-type": "application/json"}
         try:
@@ -226,7 +228,7 @@ class UpstreamSession(BackendSession):
                 if response.status_code >= 400:
                     raise UpstreamUnavailable(self.ref.key, f"initialize refused with HTTP {response.status_code}")
                 session_id = response.headers.get("mcp-session-id")
-                result = await self._read_response(response, body["id"], None)
+                result = await self._read_response(response, body["id"], Relays())
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(self.ref.key, f"initialize failed: {type(exc).__name__}") from None
         version = result.get("protocolVersion")
@@ -250,13 +252,13 @@ class UpstreamSession(BackendSession):
         self,
         method: str,
         params: Mapping[str, Any] | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         generation = await self._ensure_connected()
         try:
-            return await self._send(method, params, on_notification, headers, meta)
+            return await self._send(method, params, relays, headers, meta)
         except (_SessionExpired, httpx.ConnectError, ConnectFailed):
             # Nothing was executed: the backend restarted or forgot us. Renegotiate once and resend.
             logger.info("backend %s: session lost, reconnecting", self.ref)
@@ -268,7 +270,7 @@ class UpstreamSession(BackendSession):
             logger.info("backend %s: connection dropped during %s, resending", self.ref, method)
         try:
             await self._ensure_connected(stale_generation=generation)
-            return await self._send(method, params, on_notification, headers, meta)
+            return await self._send(method, params, relays, headers, meta)
         except _SessionExpired:
             raise UpstreamUnavailable(self.ref.key, "session expired again right after reconnecting") from None
         except _ConnectionDropped:
@@ -280,7 +282,7 @@ class UpstreamSession(BackendSession):
         self,
         method: str,
         params: Mapping[str, Any] | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         extra_headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
@@ -290,7 +292,7 @@ class UpstreamSession(BackendSession):
         # One consistent snapshot: a concurrent renegotiation may replace the session while this request runs.
         era, session_id, version = self.era, self.session_id, self.protocol_version
         if era is Era.MODERN:
-            wire_params = modern_params(params, meta)
+            wire_params = modern_params(params, meta, self._declared)
             headers = {**self._base_headers, **(extra_headers or {}), "accept": ACCEPT}
             headers.update(modern_headers(method, wire_params))
         else:
@@ -303,14 +305,14 @@ class UpstreamSession(BackendSession):
             body["params"] = wire_params
         headers["content-type"] = "application/json"
         if self._fast is not None:
-            return await self._send_fast(method, body, headers, era, session_id, version, on_notification)
+            return await self._send_fast(method, body, headers, era, session_id, version, relays)
         received = False
         try:
             async with self._http.stream("POST", self.url, content=json.dumps(body), headers=headers) as response:
                 received = True
                 if response.status_code == 404 and era is Era.LEGACY and session_id:
                     raise _SessionExpired
-                return await self._read_response(response, request_id, on_notification)
+                return await self._read_response(response, request_id, relays)
         except anyio.get_cancelled_exc_class():
             if era is Era.LEGACY:
                 # The modern era cancels by closing the stream (done above); a legacy backend must be told.
@@ -338,7 +340,7 @@ class UpstreamSession(BackendSession):
         era: Era | None,
         session_id: str | None,
         version: str | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
     ) -> dict[str, Any]:
         """`_send` over the lean HTTP/1.1 pool, with the same outcomes as over httpx."""
         assert self._fast is not None and self._target is not None
@@ -356,7 +358,7 @@ class UpstreamSession(BackendSession):
                     response.lines,
                     response.read,
                     body["id"],
-                    on_notification,
+                    relays,
                     answer_headers.get("content-encoding", ""),
                 )
         except anyio.get_cancelled_exc_class():
@@ -369,9 +371,7 @@ class UpstreamSession(BackendSession):
         except Broken as exc:
             raise UpstreamUnavailable(self.ref.key, f"connection failed during {method}: {exc}") from None
 
-    async def _read_response(
-        self, response: httpx.Response, request_id: Any, on_notification: NotificationHandler | None
-    ) -> dict[str, Any]:
+    async def _read_response(self, response: httpx.Response, request_id: Any, relays: Relays) -> dict[str, Any]:
         headers = response.headers
         declared = headers.get("content-length", "")
 
@@ -388,7 +388,7 @@ class UpstreamSession(BackendSession):
             lines,
             read,
             request_id,
-            on_notification,
+            relays,
             headers.get("content-encoding", ""),
         )
 
@@ -399,7 +399,7 @@ class UpstreamSession(BackendSession):
         lines: Callable[[], AsyncIterator[str]],
         read: Callable[[], Awaitable[bytes]],
         request_id: Any,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         encoding: str = "",
     ) -> dict[str, Any]:
         """The result of `request_id` from an answer's body: an SSE stream (relaying what comes before it) or JSON.
@@ -414,7 +414,7 @@ class UpstreamSession(BackendSession):
             if ctype.startswith("text/event-stream") and status < 400:
                 async for message in iter_sse_messages(lines(), self._max_answer, self._parse):
                     if "method" in message:
-                        await self._on_inbound(message, on_notification)
+                        await self._on_inbound(message, relays)
                     elif message.get("id") == request_id:
                         return self._unwrap(message)
                 raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
@@ -450,25 +450,31 @@ class UpstreamSession(BackendSession):
     def _unwrap(self, message: dict[str, Any]) -> dict[str, Any]:
         return unwrap(self.ref, message)
 
-    async def _on_inbound(self, message: dict[str, Any], on_notification: NotificationHandler | None) -> None:
+    async def _on_inbound(self, message: dict[str, Any], relays: Relays) -> None:
         if "id" in message:
-            # A server-to-client request (sampling, elicitation, roots). Not relayed yet: refuse it so the backend
-            # does not wait forever.
-            await self._reply_error(message["id"], -32601, f"virtual-mcp does not relay {message.get('method')!r}")
+            # A request of its client (elicitation, sampling, roots), made while our request runs: answered by the
+            # caller through the relay (or refused there), the answer POSTed back on the backend's session. The
+            # 2026-07-28 era has no such requests (it asks with an `input_required` result): there is nowhere to
+            # send an answer, so none is sent.
+            if self.era is not Era.LEGACY:
+                logger.info("backend %s sent a request of its client outside its era; ignored", self.ref)
+                return
+            await self._reply(await relays.answer(self.ref, message))
             return
         method = message.get("method")
         if method in ("notifications/tools/list_changed",):
             self._list_changed()
             return
-        if on_notification is not None:
-            await on_notification(message)
+        await relays.notify(message)
 
-    async def _reply_error(self, request_id: Any, code: int, text: str) -> None:
-        body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": text}}
+    async def _reply(self, body: dict[str, Any]) -> None:
         try:
             await self._post(body, {**self._legacy_headers(), "accept": ACCEPT})
         except UpstreamError:
-            logger.debug("could not refuse a server request from %s", self.ref)
+            logger.info("could not answer a request of %s", self.ref)
+
+    async def _reply_error(self, request_id: Any, code: int, text: str) -> None:
+        await self._reply({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": text}})
 
     async def _notify_cancelled(self, request_id: int, session_id: str | None, version: str | None) -> None:
         body = {

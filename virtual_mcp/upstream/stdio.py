@@ -14,7 +14,8 @@ with jitter, reset once a process has lived `_HEALTHY` seconds. A line of its st
 or one that is not JSON, ends it the same way. Its stderr goes to the log line by line, each line cut at
 `_STDERR_LINE` characters and with the secrets of its environment removed; nothing of it is kept in memory.
 
-Requests the server makes of its client (sampling, elicitation, roots) are refused with -32601 (not relayed yet),
+Requests the server makes of its client (elicitation, sampling, roots) go to the caller whose call is in flight,
+answered off the reading task (a person may take minutes); without exactly one such call, they are refused at once,
 so the server never waits for an answer that will not come.
 """
 
@@ -28,6 +29,7 @@ import random
 import signal
 import subprocess
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -42,7 +44,8 @@ from virtual_mcp.errors import (
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, unwrap
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, unwrap
+from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.wire import CLIENT_INFO, LEGACY_VERSION
@@ -73,8 +76,9 @@ class StdioServer(BackendSession):
         secrets: Iterable[str] = (),
         clock: Callable[[], float] = anyio.current_time,
         listen: bool = True,
+        declared: Capabilities = NONE,
     ) -> None:
-        super().__init__(ref, entries)
+        super().__init__(ref, entries, declared)
         self._listen = listen
         self._clock = clock  # for the backoff (a test moves it rather than wait)
         self._command = command
@@ -91,7 +95,7 @@ class StdioServer(BackendSession):
         self._process: Process | None = None
         self._ready = False
         self._scope: anyio.CancelScope | None = None
-        self._pending: dict[int, tuple[anyio.Event, list[dict[str, Any]], NotificationHandler | None]] = {}
+        self._pending: dict[int, tuple[anyio.Event, list[dict[str, Any]], Relays]] = {}
         self._progress: dict[str, NotificationHandler] = {}
         self._next_id = 0
         self._backoff = 0.0
@@ -118,7 +122,7 @@ class StdioServer(BackendSession):
         self,
         method: str,
         params: Mapping[str, Any] | None,
-        on_notification: NotificationHandler | None,
+        relays: Relays,
         headers: Mapping[str, str] | None,
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
@@ -127,7 +131,7 @@ class StdioServer(BackendSession):
         body = dict(params or {})
         if meta:
             body["_meta"] = {**(body.get("_meta") or {}), **meta}
-        return await self._call(method, body, on_notification)
+        return await self._call(method, body, relays)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -167,8 +171,12 @@ class StdioServer(BackendSession):
         self._spawn(lambda: self._supervise(process, scope))
         try:
             with anyio.fail_after(_START_DEADLINE):
-                params = {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-                result = await self._call("initialize", params, None)
+                params = {
+                    "protocolVersion": LEGACY_VERSION,
+                    "capabilities": dict(self._declared),
+                    "clientInfo": CLIENT_INFO,
+                }
+                result = await self._call("initialize", params, Relays())
                 await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         except (TimeoutError, UpstreamError) as exc:
             reason = "no answer to initialize" if isinstance(exc, TimeoutError) else getattr(exc, "message", "")
@@ -223,9 +231,8 @@ class StdioServer(BackendSession):
     async def _dispatch(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
         if "method" in message:
-            if request_id is not None:  # its request of its client: not relayed (see the module's docstring)
-                text = f"virtual-mcp does not relay {message.get('method')!r}"
-                await self._send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": text}})
+            if request_id is not None:  # its request of its client: answered by a caller (module docstring)
+                self._spawn(partial(self._answer_request, message))
                 return
             method = message.get("method")
             params = message.get("params")
@@ -246,6 +253,22 @@ class StdioServer(BackendSession):
         if waiting is not None:
             waiting[1].append(message)
             waiting[0].set()
+
+    def _asker(self) -> Relays:
+        """Whose caller a request of the process goes to. stdio carries no link from the process's request to ours
+        that caused it: it goes to the one call in flight that can relay it, and is refused (no relay) when there is
+        none, or several (two callers of a shared process: neither may be asked what the other's call needs)."""
+        relaying = [relays for _, _, relays in self._pending.values() if relays.request is not None]
+        return relaying[0] if len(relaying) == 1 else Relays()
+
+    async def _answer_request(self, message: dict[str, Any]) -> None:
+        try:
+            reply = await self._asker().answer(self.ref, message)
+            await self._send(reply)
+        except UpstreamError:
+            logger.info("stdio server %s: could not answer its request", self.ref)
+        except Exception:  # runs in the gateway's task group: nothing here may end the gateway
+            logger.exception("stdio server %s: answering its request failed", self.ref)
 
     async def _log_stderr(self, process: Process) -> None:
         try:
@@ -309,18 +332,16 @@ class StdioServer(BackendSession):
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise UpstreamUnavailable(self.ref.key, "its process stopped reading") from None
 
-    async def _call(
-        self, method: str, params: dict[str, Any], on_notification: NotificationHandler | None
-    ) -> dict[str, Any]:
+    async def _call(self, method: str, params: dict[str, Any], relays: Relays) -> dict[str, Any]:
         self._next_id += 1
         request_id = self._next_id
         event = anyio.Event()
         answer: list[dict[str, Any]] = []
-        self._pending[request_id] = (event, answer, on_notification)
+        self._pending[request_id] = (event, answer, relays)
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
-        if token is not None and on_notification is not None:
-            self._progress[str(token)] = on_notification
+        if token is not None and relays.notification is not None:
+            self._progress[str(token)] = relays.notification
         try:
             await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
             try:

@@ -18,14 +18,19 @@ ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "virtual-mcp", "version": "0.1.0"}
 
 
-def modern_params(params: Mapping[str, Any] | None, extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`params` with the 2026-07-28 per-request envelope merged into `_meta`."""
+def modern_params(
+    params: Mapping[str, Any] | None,
+    extra_meta: Mapping[str, Any] | None = None,
+    declared: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`params` with the 2026-07-28 per-request envelope merged into `_meta`, declaring `declared` client
+    capabilities (the caller's relayed ones: upstream/capabilities.py)."""
     out = dict(params) if params else {}
     meta = dict(out.get("_meta") or {})
     if extra_meta:
         meta.update(extra_meta)
     meta[PROTOCOL_VERSION_META_KEY] = MODERN_VERSION
-    meta[CLIENT_CAPABILITIES_META_KEY] = {}
+    meta[CLIENT_CAPABILITIES_META_KEY] = dict(declared or {})
     meta[CLIENT_INFO_META_KEY] = CLIENT_INFO
     out["_meta"] = meta
     return out

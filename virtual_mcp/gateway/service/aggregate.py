@@ -25,7 +25,9 @@ import anyio
 from virtual_mcp.errors import GatewayError, InvalidParams
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.passthrough import without_rounds
 from virtual_mcp.gateway.service.relay import forward
+from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.naming import SEPARATOR, namespaced
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, Member
@@ -60,6 +62,7 @@ class Aggregate:
 
     def __init__(self, endpoint: Endpoint, parts: ServiceParts) -> None:
         self._parts = parts
+        self._path = endpoint.path
         self._budget = parts.registry.naming.budget
         self._members = tuple(m for m in endpoint.members if m.gate == m.source)
         self._by_ref = {m.source: m for m in self._members}
@@ -81,12 +84,25 @@ class Aggregate:
             return decide(ctx.caller.principal, self._parts.registry.gates[member.gate]).allowed
 
     async def _ask(
-        self, ctx: RequestContext, member: Member, method: str, params: Mapping[str, Any], timeout: float
+        self,
+        ctx: RequestContext,
+        member: Member,
+        method: str,
+        params: Mapping[str, Any],
+        timeout: float,
+        asked: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """`method` with `params` to the member's backend; `asked` is the caller's own request when it is one that
+        may take rounds (prompts/get, resources/read: service/rounds.py)."""
         parts = self._parts
         credential = await parts.credentials.credential_for(member.source, ctx.caller)
-        session = parts.pool.session(member.source, credential, ctx.caller.principal)
-        return await forward(ctx, session, method, params, timeout=timeout)
+        session = parts.pool.session(member.source, credential, ctx.caller.principal, ctx.declared)
+        if asked is None:
+            return await forward(ctx, session, method, params, timeout=timeout)
+        target = str(asked.get("name", asked.get("uri", "")))
+        issued = Issued.of(ctx.caller.principal.subject, self._path, method, target, asked.get("arguments"))
+        upstream = without_rounds(params)
+        return await parts.rounds.call(ctx, issued, asked, session, method, upstream, timeout=timeout)
 
     async def _gather(self, ctx: RequestContext, method: str, key: str) -> list[tuple[Member, dict[str, Any]]]:
         """Every entry of `method`'s list (under `key`) of every server the caller may use, in configuration order."""
@@ -140,7 +156,7 @@ class Aggregate:
             raise InvalidParams(f"Unknown prompt: {name}")
         member, original = route
         timeout = self._parts.settings.call_timeout_seconds
-        return await self._ask(ctx, member, "prompts/get", {**params, "name": original}, timeout)
+        return await self._ask(ctx, member, "prompts/get", {**params, "name": original}, timeout, params)
 
     async def _prompt_route(self, ctx: RequestContext, name: str) -> tuple[Member, str] | None:
         for member in self._members:
@@ -182,7 +198,7 @@ class Aggregate:
         if parsed is None or member is None or not self._allowed(ctx, member):
             raise InvalidParams(f"Resource not found: {uri}")
         timeout = self._parts.settings.call_timeout_seconds
-        result = await self._ask(ctx, member, "resources/read", {**params, "uri": parsed[1]}, timeout)
+        result = await self._ask(ctx, member, "resources/read", {**params, "uri": parsed[1]}, timeout, params)
         contents = result.get("contents")
         if isinstance(contents, list):  # the contents carry the URI as the caller knows it
             result = {**result, "contents": [_wrapped(member.source, c) for c in contents]}

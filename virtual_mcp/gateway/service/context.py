@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from virtual_mcp.gateway.service.asks import Asker
 from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.upstream.capabilities import NONE, Capabilities
 
 RequestId = int | str
 
@@ -34,6 +36,10 @@ class RequestContext:
     trace_id: str  # the gateway's id for the HTTP request (x-request-id, logs, audit)
     sink: Sink
     session: SessionState | None = None  # None: a 2026-07-28 request (no session)
+    # The client capabilities the caller declared that the gateway relays (upstream/capabilities.py): a session's
+    # from its initialize, a 2026-07-28 request's from its own `_meta`.
+    declared: Capabilities = field(default_factory=lambda: NONE)
+    asker: Asker | None = None  # how to ask the caller now, on its open stream (a 2025-11-25 session's call)
 
     @property
     def modern(self) -> bool:

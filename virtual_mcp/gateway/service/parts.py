@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
+from virtual_mcp.gateway.service.rounds import Rounds
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
 from virtual_mcp.upstream.catalog import ToolCatalog
@@ -20,3 +21,4 @@ class ServiceParts:
     pool: UpstreamPool  # backend sessions
     catalog: ToolCatalog  # backends' tool lists
     auditor: Auditor  # the audit trail of tool calls
+    rounds: Rounds  # 2026-07-28 callers' answers to what backends ask (held calls, sealed request states)

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from mcp_types.methods import INPUT_REQUIRED_METHODS
+
 from virtual_mcp.errors import METHOD_NOT_FOUND, InvalidParams, UpstreamRpcError
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.relay import forward
+from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint
 from virtual_mcp.timing import phase
@@ -30,6 +33,17 @@ _EMPTY: Mapping[str, Mapping[str, Any] | None] = {
     "completion/complete": {"completion": {"values": [], "hasMore": False}},
 }
 METHODS = frozenset(_EMPTY)
+_ROUND_PARAMS = frozenset({"inputResponses", "requestState"})
+
+
+def _target(params: Mapping[str, Any]) -> str:
+    """The prompt's name or the resource's URI: what a requestState is bound to, with the arguments."""
+    return str(params.get("name", params.get("uri", "")))
+
+
+def without_rounds(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's params without the round-trip ones (the gateway's state and the answers go upstream its way)."""
+    return {k: v for k, v in params.items() if k not in _ROUND_PARAMS}
 
 
 def passthrough(endpoint: Endpoint, parts: ServiceParts) -> dict[str, Handler]:
@@ -45,14 +59,16 @@ def passthrough(endpoint: Endpoint, parts: ServiceParts) -> dict[str, Handler]:
                     return dict(empty)
                 raise InvalidParams(f"{method}: not found")
             credential = await parts.credentials.credential_for(member.source, caller)
+            session = parts.pool.session(member.source, credential, caller.principal, ctx.declared)
+            timeout = parts.settings.call_timeout_seconds
             try:
-                return await forward(
-                    ctx,
-                    parts.pool.session(member.source, credential, caller.principal),
-                    method,
-                    params,
-                    timeout=parts.settings.call_timeout_seconds,
-                )
+                if method in INPUT_REQUIRED_METHODS:  # prompts/get, resources/read: the backend may ask first
+                    issued = Issued.of(
+                        caller.principal.subject, endpoint.path, method, _target(params), params.get("arguments")
+                    )
+                    upstream = without_rounds(params)
+                    return await parts.rounds.call(ctx, issued, params, session, method, upstream, timeout=timeout)
+                return await forward(ctx, session, method, params, timeout=timeout)
             except UpstreamRpcError as exc:
                 if method == "completion/complete" and exc.code == METHOD_NOT_FOUND and empty is not None:
                     return dict(empty)  # the backend offers no completions: no suggestions

@@ -8,15 +8,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_types import LOG_LEVEL_META_KEY, LoggingMessageNotificationParams
+from mcp_types import methods as spec_methods
 from pydantic import ValidationError
 
-from virtual_mcp.gateway.service.context import RequestContext
+from virtual_mcp.errors import INVALID_PARAMS, METHOD_NOT_FOUND, AskFailed, UpstreamProtocolError
+from virtual_mcp.gateway.service.asks import Asker, checked_request
+from virtual_mcp.gateway.service.context import RequestContext, Sink
 from virtual_mcp.timing import phase
-from virtual_mcp.upstream.backend import BackendSession
+from virtual_mcp.upstream.backend import BackendSession, RequestHandler
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _ALL_LEVELS = frozenset(LOG_LEVELS)
 _RESERVED_PREFIX = "io.modelcontextprotocol/"
+_ROUNDS = 16  # input_required rounds of one request answered by the gateway for a caller it can ask
 
 
 def caller_meta(params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -51,6 +55,18 @@ def _progress_token(meta: Mapping[str, Any]) -> str | int | None:
     return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
+def _asking(ctx: RequestContext, asker: Asker | None) -> RequestHandler:
+    """What a backend's request of its client goes through: the checks (service/asks.py), then the caller."""
+
+    async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        checked = checked_request(method, params, ctx.declared)
+        if asker is None:
+            raise AskFailed(METHOD_NOT_FOUND, f"the caller cannot be asked {method} during this request")
+        return await asker.ask(method, checked)
+
+    return ask
+
+
 async def forward(
     ctx: RequestContext,
     session: BackendSession,
@@ -59,9 +75,17 @@ async def forward(
     *,
     timeout: float,
     headers: Mapping[str, str] | None = None,
+    asker: Asker | None = None,
+    sink: Sink | None = None,
 ) -> dict[str, Any]:
     """Send `method` upstream with `params` (without `_meta`: the caller's is read from `ctx`'s request) and return
     the backend's raw result.
+
+    What the backend asks of its client meanwhile goes to `asker` (default: `ctx.asker`, a 2025-11-25 caller's open
+    stream), its notifications to `sink` (default: `ctx.sink`, the request's stream). A 2026-07-28 backend's
+    `input_required` result is answered through `ctx.asker` too, and the request sent again with the answers, until
+    the backend has its final result (at most `_ROUNDS` times); for a 2026-07-28 caller it is the result (the caller
+    answers by retrying: service/rounds.py).
 
     The caller's own `_meta` entries (trace context, application keys) travel with the request; the protocol's
     reserved entries are the gateway's to set for its own connection to the backend. A caller's progress token is
@@ -79,6 +103,7 @@ async def forward(
     else:
         upstream_meta[LOG_LEVEL_META_KEY] = "debug"  # every level upstream; the session's choice applies here
     levels = _deliverable_levels(ctx, inbound_meta)
+    out_to = sink if sink is not None else ctx.sink
 
     async def relay(message: dict[str, Any]) -> None:
         kind = message.get("method")
@@ -94,18 +119,47 @@ async def forward(
                     out["total"] = float(total)
                 if isinstance(note, str):
                     out["message"] = note
-                await ctx.sink.notify("notifications/progress", out)
+                await out_to.notify("notifications/progress", out)
         elif kind == "notifications/message" and p.get("level") in levels:
             try:
                 logged = LoggingMessageNotificationParams.model_validate(p, by_name=False)
             except ValidationError:
                 return  # not a log message: nothing to relay
-            await ctx.sink.notify(
+            await out_to.notify(
                 "notifications/message", logged.model_dump(by_alias=True, mode="json", exclude_none=True)
             )
 
     upstream_params = {k: v for k, v in params.items() if k != "_meta"}
+    on_request = _asking(ctx, asker if asker is not None else ctx.asker)
+    pushed = _asking(ctx, ctx.asker) if ctx.asker is not None else None
     with phase("upstream"):
-        return await session.request(
-            method, upstream_params, timeout=timeout, on_notification=relay, headers=headers, meta=upstream_meta or None
-        )
+        for _ in range(_ROUNDS):
+            result = await session.request(
+                method,
+                upstream_params,
+                timeout=timeout,
+                on_notification=relay,
+                headers=headers,
+                meta=upstream_meta or None,
+                on_request=on_request,
+            )
+            if pushed is None or not spec_methods.is_input_required(result):
+                return result
+            upstream_params = {**upstream_params, **await answer_rounds(result, pushed)}
+    raise UpstreamProtocolError(session.ref.key, f"asked for input more than {_ROUNDS} times in one request")
+
+
+async def answer_rounds(result: Mapping[str, Any], on_request: RequestHandler) -> dict[str, Any]:
+    """The params that answer an `input_required` result: `inputResponses` for its `inputRequests` (each put to the
+    caller through `on_request`) and its `requestState` back. A request that cannot be answered fails the call."""
+    requests = result.get("inputRequests")
+    responses: dict[str, Any] = {}
+    if isinstance(requests, Mapping):
+        for key, request in requests.items():
+            if not isinstance(request, Mapping):
+                raise AskFailed(INVALID_PARAMS, "malformed input request")
+            responses[str(key)] = await on_request(str(request.get("method")), request.get("params") or {})
+    out: dict[str, Any] = {"inputResponses": responses}
+    if isinstance(result.get("requestState"), str):
+        out["requestState"] = result["requestState"]
+    return out

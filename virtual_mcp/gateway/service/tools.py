@@ -12,7 +12,7 @@ from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
-from virtual_mcp.gateway.service.relay import forward
+from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.gateway.service.results import shape
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
@@ -80,9 +80,12 @@ class Tools:
             upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
             if "_meta" in params:
                 upstream_params["_meta"] = params["_meta"]
-            result = await forward(
+            issued = Issued.of(caller.principal.subject, self._endpoint.path, "tools/call", name, arguments)
+            result = await parts.rounds.call(
                 ctx,
-                parts.pool.session(source, credential, caller.principal),
+                issued,
+                params,
+                parts.pool.session(source, credential, caller.principal, ctx.declared),
                 "tools/call",
                 upstream_params,
                 timeout=settings.call_timeout_seconds,

@@ -1,7 +1,8 @@
 """The 2025-11-25 wire (the handshake era): `initialize` opens a session; every later request names it in
 `Mcp-Session-Id`; a POST's answer is an event stream (its notifications, then its response); a GET opens the
 session's stream for what the gateway sends outside requests (tool list changes); DELETE ends the session;
-`notifications/cancelled` cancels a request of the same session.
+`notifications/cancelled` cancels a request of the same session. What a backend asks of the caller during a call
+goes out on that call's stream, and the caller's answer comes back as a POSTed response (wire/asking.py).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.mcp import McpService
 from virtual_mcp.gateway.service.results import error_object
 from virtual_mcp.gateway.wire import framing
+from virtual_mcp.gateway.wire.asking import StreamAsker, is_response
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.messages import accepts, is_request
 from virtual_mcp.gateway.wire.session_quota import SessionQuota
 from virtual_mcp.gateway.wire.sessions import Session, SessionTable
 from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.upstream.capabilities import relayable
 
 logger = logging.getLogger(__name__)
 SESSION_HEADER = "mcp-session-id"
@@ -108,8 +111,18 @@ class LegacyWire:
         session = await self._session(caller, headers, send)
         if session is None:
             return
+        if is_response(message):
+            # The caller's answer to a question a backend asked it: to that question, or refused.
+            if not session.questions.deliver(message):
+                shown = str(message.get("id"))[:64]
+                await framing.refuse(
+                    send, 400, f"Bad Request: no question with id {shown!r} awaits an answer in this session"
+                )
+                return
+            await framing.send_json(send, None, 202, _session_header(session))
+            return
         if not is_request(message):
-            # A notification or a response: accepted (202) and, for a cancellation, acted on.
+            # A notification: accepted (202) and, for a cancellation, acted on.
             if message.get("method") == "notifications/cancelled":
                 self._cancel(session, message)
             await framing.send_json(send, None, 202, _session_header(session))
@@ -147,6 +160,7 @@ class LegacyWire:
                     release = None
                 session = self._table.open_session(caller.principal.subject, version)
             session.version = version
+            session.declared = relayable((message.get("params") or {}).get("capabilities"))
             answer = framing.Answer(send, self._keepalive, json_allowed=False, headers=_session_header(session))
             await answer.finish(framing.response(request_id, result))
         finally:
@@ -164,7 +178,10 @@ class LegacyWire:
                 await answer.finish(framing.error(request_id, failure))
                 return
             outcome: dict[str, Any] | None = None
-            ctx = RequestContext(caller, session.version, request_id, trace_id, answer, session)
+            asker = StreamAsker(session.questions, answer)
+            ctx = RequestContext(
+                caller, session.version, request_id, trace_id, answer, session, session.declared, asker
+            )
             with call.cancel:
                 try:
                     result = await self._service.handle(ctx, message["method"], message.get("params"))

@@ -18,6 +18,7 @@ from mcp.shared.inbound import (
     unsupported_protocol_version_rejection,
     validate_mcp_param_headers,
 )
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
 from starlette.datastructures import Headers
 from starlette.types import Receive, Send
 
@@ -31,6 +32,7 @@ from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.listen import Listens
 from virtual_mcp.gateway.wire.messages import accepts, is_notification, is_request
 from virtual_mcp.outbound.credentials import Caller
+from virtual_mcp.upstream.capabilities import relayable
 
 logger = logging.getLogger(__name__)
 _PARAM_PREFIX = "mcp-param-"
@@ -97,7 +99,10 @@ class ModernWire:
             await self._listens.serve(verdict.protocol_version, request_id, message.get("params"), receive, send)
             return
         answer = framing.Answer(send, self._keepalive, json_allowed=True)
-        ctx = RequestContext(caller, verdict.protocol_version, request_id, trace_id, answer)
+        params = message.get("params") or {}
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        declared = relayable(meta.get(CLIENT_CAPABILITIES_META_KEY)) if isinstance(meta, dict) else {}
+        ctx = RequestContext(caller, verdict.protocol_version, request_id, trace_id, answer, declared=declared)
         outcome: dict[str, Any] | None = None
         with anyio.CancelScope() as request, cancelled_on_disconnect(receive, request):
             try:

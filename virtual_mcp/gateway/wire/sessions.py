@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import anyio
 
 from virtual_mcp.config.settings import Limits
+from virtual_mcp.gateway.wire.asking import Questions
+from virtual_mcp.upstream.capabilities import NONE, Capabilities
 
 logger = logging.getLogger(__name__)
 RequestKey = int | str
@@ -63,6 +65,10 @@ class Session:
     stream: Stream | None = None  # the GET stream, while one is open
     ended: bool = False
     closed: anyio.Event = field(default_factory=anyio.Event)  # set when it ends
+    declared: Capabilities = field(
+        default_factory=lambda: NONE
+    )  # the relayed client capabilities it declared at initialize
+    questions: Questions = field(default_factory=Questions)  # backends' questions waiting for its answers
 
 
 class SessionTable:

@@ -1,0 +1,82 @@
+"""Asking a 2025-11-25 caller what a backend asks of it (elicitation, sampling, roots): the request goes out on the
+stream of the caller's call that it belongs to, with an id of the gateway's; the caller POSTs its answer to the
+session; the answer is handed to the asking call and nowhere else.
+
+An answer is accepted only from the session the question went to, only for a question still waiting, and only
+once: an answer to anything else (never asked, asked of another session, already answered, or whose call has ended)
+is refused with 400 and its text says which id. A question outlives neither its call nor its session.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from virtual_mcp.gateway.service.asks import caller_error, checked_answer
+
+
+class Stream(Protocol):
+    """The call's own event stream."""
+
+    async def event(self, message: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(eq=False)
+class Question:
+    method: str
+    answered: anyio.Event = field(default_factory=anyio.Event)
+    answer: Mapping[str, Any] | None = None
+
+
+class Questions:
+    """A session's questions waiting for their answers, by the id the gateway gave each."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, Question] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def deliver(self, message: Mapping[str, Any]) -> bool:
+        """Hand a caller's answer (a JSON-RPC response) to its question; False if no question waits for it."""
+        question_id = message.get("id")
+        question = self._waiting.pop(question_id, None) if isinstance(question_id, str) else None
+        if question is None:
+            return False
+        question.answer = message
+        question.answered.set()
+        return True
+
+    async def ask(self, stream: Stream, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Put the question on `stream` and wait for its answer (the caller's result, checked); AskFailed for the
+        caller's error or a malformed answer. Cancelled with the call or the session."""
+        question_id = f"vmcp-ask-{secrets.token_hex(8)}"
+        question = self._waiting[question_id] = Question(method)
+        try:
+            await stream.event({"jsonrpc": "2.0", "id": question_id, "method": method, "params": dict(params)})
+            await question.answered.wait()
+        finally:
+            self._waiting.pop(question_id, None)
+        answer = question.answer or {}
+        if "error" in answer:
+            raise caller_error(method, answer["error"])
+        return checked_answer(method, answer.get("result"))
+
+
+class StreamAsker:
+    """The `Asker` of one call: its session's questions, put on its own stream."""
+
+    def __init__(self, questions: Questions, stream: Stream) -> None:
+        self._questions = questions
+        self._stream = stream
+
+    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await self._questions.ask(self._stream, method, params)
+
+
+def is_response(message: Mapping[str, Any]) -> bool:
+    return "method" not in message and "id" in message and ("result" in message or "error" in message)
