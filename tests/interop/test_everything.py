@@ -2,7 +2,8 @@
 caller gets through `/mcp-server/...`, in both client eras. The reference server speaks the handshake era only, so a
 2026-07-28 client reaches it only through the gateway.
 
-What is not relayed yet (elicitation, sampling, roots, subscriptions) is not compared here.
+Its questions (elicitation in both modes, sampling) are compared too. Not compared: roots (the reference server
+asks for them outside any call, on the session's own stream) and subscriptions.
 """
 
 from __future__ import annotations
@@ -94,16 +95,15 @@ async def surface(client: Client[Any]) -> dict[str, Any]:
 
 async def test_the_reference_server_answers_through_the_gateway_as_it_does_directly(tmp_path: Path) -> None:
     async with everything_server() as everything:
-        async with Client(everything.url, mode="legacy") as direct:
+        async with Answers().client(everything.url, "legacy") as direct:
             expected = await surface(direct)
         assert len(expected["tools"]) >= 10 and expected["calls"][1]["content"][0]["text"].endswith("is 42.")
         assert [c["values"] for c in expected["completions"]] == [["Sales", "Support"], ["David", "Eve", "Frank"]]
         config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
         async with gateway(config) as gw:
-            async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
-                assert await surface(through) == expected
-            async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
-                assert await surface(through) == without_task_support(expected)
+            for mode in ("legacy", "2026-07-28"):
+                async with Answers().client(f"{gw.url}/mcp-server/lab/everything/server", mode) as through:
+                    assert await surface(through) == (expected if mode == "legacy" else without_task_support(expected))
             # On /mcp, its prompts and resources are there too, named to find their way back.
             for mode in ("legacy", "2026-07-28"):
                 async with Client(f"{gw.url}/mcp", mode=mode) as aggregate:
@@ -123,9 +123,14 @@ async def test_the_reference_server_answers_through_the_gateway_as_it_does_direc
 
 
 async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Path) -> None:
-    """The same server as a `transport: stdio` backend, started and supervised by the gateway."""
-    async with everything_server() as everything, Client(everything.url, mode="legacy") as direct:
-        expected = await surface(direct)
+    """The same server as a `transport: stdio` backend, started and supervised by the gateway: its answers and its
+    questions."""
+    async with everything_server() as everything:
+        async with Answers().client(everything.url, "legacy") as direct:
+            expected = await surface(direct)
+        direct_answers = Answers()
+        async with direct_answers.client(everything.url, "legacy") as direct:
+            asked = await questions(direct, direct_answers)
     node = PACKAGE.ensure_installed()
     server = remote("everything", "unused", [f"team:{TEAM}"])
     del server["url"]
@@ -135,7 +140,72 @@ async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Pa
     (config / "lab.yaml").write_text(group("lab", server))
     write_identities(config, {TEAM: [LOCAL_USER]})
     async with gateway(config) as gw:
-        async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="legacy") as through:
-            assert await surface(through) == expected
-        async with Client(f"{gw.url}/mcp-server/lab/everything/server", mode="2026-07-28") as through:
-            assert await surface(through) == without_task_support(expected)
+        for mode in ("legacy", "2026-07-28"):
+            answers = Answers()
+            async with answers.client(f"{gw.url}/mcp-server/lab/everything/server", mode) as through:
+                assert await surface(through) == (expected if mode == "legacy" else without_task_support(expected))
+                # Its questions reach the caller over stdio too.
+                assert await questions(through, answers) == era_of(asked, mode)
+
+
+class Answers:
+    """A client's answers to the reference server's questions, and what it was asked (for the comparison)."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    async def elicit(self, message: str, response_type: Any, params: Any, context: Any) -> Any:
+        self.asked.append(timeless(params.model_dump(exclude_none=True, exclude={"meta"})))
+        if getattr(params, "mode", None) == "url":
+            return mcp_types.ElicitResult(action="accept")
+        return {"name": "Ada Lovelace", "check": True, "email": "ada@example.com", "integer": 7}
+
+    async def sample(self, messages: Any, params: Any, context: Any) -> str:
+        self.asked.append({"sampling": [m.model_dump(exclude_none=True) for m in messages]})
+        return "a sampled answer"
+
+    def client(self, url: str, mode: str) -> Client[Any]:
+        return Client(
+            url, mode=mode, elicitation_handler=self.elicit, sampling_handler=self.sample, roots=["file:///work"]
+        )
+
+
+QUESTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("trigger-elicitation-request", {}),
+    ("trigger-url-elicitation", {"url": "https://example.com/connect", "elicitationId": "e-1"}),
+    ("trigger-sampling-request", {"prompt": "Say hello", "maxTokens": 20}),
+]
+
+
+async def questions(client: Client[Any], answers: Answers) -> dict[str, Any]:
+    listed = {t.name for t in await client.list_tools()}
+    results = []
+    for name, arguments in QUESTIONS:
+        result = await client.call_tool_mcp(name, arguments)
+        results.append(timeless(result.model_dump(exclude_none=True, exclude={"meta"})))
+    return {"listed": sorted(listed & {n for n, _ in QUESTIONS}), "results": results, "asked": answers.asked}
+
+
+def era_of(expected: dict[str, Any], mode: str) -> dict[str, Any]:
+    """What a client of `mode` is asked: a 2026-07-28 URL elicitation has no `elicitationId` (that era has no
+    `notifications/elicitation/complete` to name it in)."""
+    if mode == "legacy":
+        return expected
+    asked = [{k: v for k, v in entry.items() if k != "elicitation_id"} for entry in expected["asked"]]
+    return {**expected, "asked": asked}
+
+
+async def test_the_reference_servers_questions_reach_the_caller_as_they_do_directly(tmp_path: Path) -> None:
+    """Its form (every field type the spec allows), URL-mode elicitation and sampling: the caller is asked what it
+    is asked directly, and the backend gets the same answers, over streamable HTTP, in both client eras."""
+    async with everything_server() as everything:
+        direct = Answers()
+        async with direct.client(everything.url, "legacy") as client:
+            expected = await questions(client, direct)
+        assert expected["listed"] == sorted(n for n, _ in QUESTIONS) and len(expected["asked"]) == 3
+        config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
+        async with gateway(config) as gw:
+            for mode in ("legacy", "2026-07-28"):
+                through = Answers()
+                async with through.client(f"{gw.url}/mcp-server/lab/everything/server", mode) as client:
+                    assert await questions(client, through) == era_of(expected, mode)

@@ -18,6 +18,14 @@ Capabilities = Mapping[str, Any]
 NONE: Capabilities = MappingProxyType({})
 
 
+# What the gateway's own sessions declare (the tool catalog's): every capability it can relay, so that a backend that
+# offers some tools only to clients able to answer its questions lists them. A caller without the capability gets
+# the backend's own answer when it calls one.
+EVERYTHING: Capabilities = MappingProxyType(
+    {"elicitation": {"form": {}, "url": {}}, "sampling": {"tools": {}, "context": {}}, "roots": {}}
+)
+
+
 def _flags(value: object, known: tuple[str, ...]) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         return None
@@ -42,7 +50,7 @@ def relayable(declared: object) -> dict[str, Any]:
 
 def signature(capabilities: Capabilities) -> str:
     """A short stable key for a normalised set (part of a backend session's key)."""
-    return json.dumps(capabilities, sort_keys=True, separators=(",", ":")) if capabilities else ""
+    return json.dumps(dict(capabilities), sort_keys=True, separators=(",", ":")) if capabilities else ""
 
 
 def declares(capabilities: Capabilities, path: tuple[str, ...]) -> bool:

@@ -32,6 +32,7 @@ from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import Credential
 from virtual_mcp.timing import phase
 from virtual_mcp.types import Principal, ServerRef
+from virtual_mcp.upstream.capabilities import EVERYTHING
 from virtual_mcp.upstream.entries import Problems
 from virtual_mcp.upstream.pool import UpstreamPool
 
@@ -273,7 +274,7 @@ class ToolCatalog:
     async def _list_all(
         self, ref: ServerRef, credential: Credential, principal: Principal | None
     ) -> tuple[dict[str, Any], ...]:
-        session = self._pool.session(ref, credential, principal)
+        session = self._pool.session(ref, credential, principal, EVERYTHING)
         checks = self._pool.entries
         budget = checks.budget("tools/list")  # bounds and unique names across pages
         tools: list[dict[str, Any]] = []
