@@ -21,6 +21,7 @@ from mcp_types import (
     TextContent,
 )
 
+NAME_STATE = "asked:name"  # ':' is no base64url character: it cannot appear in a sealed state by chance
 NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 NESTED_SCHEMA = {"type": "object", "properties": {"address": {"type": "object", "properties": {}}}}
 
@@ -44,7 +45,9 @@ def asking_backend() -> FastMCP:
             answer = _response(ctx, "name")
             if answer is None:
                 params = ElicitRequestFormParams(message="What is your name?", requested_schema=NAME_SCHEMA)
-                return InputRequiredResult(input_requests={"name": ElicitRequest(params=params)}, request_state="n1")
+                return InputRequiredResult(
+                    input_requests={"name": ElicitRequest(params=params)}, request_state=NAME_STATE
+                )
             action, content = answer.action, answer.content or {}
         else:
             result = await ctx.session.elicit_form("What is your name?", NAME_SCHEMA, ctx.request_id)

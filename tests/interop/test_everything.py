@@ -139,7 +139,7 @@ async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Pa
     config.mkdir()
     (config / "lab.yaml").write_text(group("lab", server))
     write_identities(config, {TEAM: [LOCAL_USER]})
-    async with gateway(config) as gw:
+    async with gateway(config, list_deadline_seconds=30) as gw:
         for mode in ("legacy", "2026-07-28"):
             answers = Answers()
             async with answers.client(f"{gw.url}/mcp-server/lab/everything/server", mode) as through:

@@ -52,7 +52,8 @@ def write(config: Path, *servers: dict[str, Any]) -> Path:
 
 async def test_a_stdio_server_behind_the_gateway_in_both_eras(tmp_path: Path) -> None:
     config = write(tmp_path / "servers.d", stdio_server())
-    async with gateway(config, secrets={"tfy-secret://t:lab:token": TOKEN}) as gw:
+    # A process starts in its own time (a second or more on a loaded machine): the first list waits for it.
+    async with gateway(config, secrets={"tfy-secret://t:lab:token": TOKEN}, list_deadline_seconds=30) as gw:
         for mode in ("legacy", "2026-07-28"):
             async with Client(f"{gw.url}/mcp-server/lab/local/server", mode=mode) as client:
                 assert {"echo", "env", "crash"} <= {t.name for t in await client.list_tools()}

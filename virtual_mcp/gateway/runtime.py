@@ -16,6 +16,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.resource_updates import ResourceUpdates
 from virtual_mcp.gateway.service.rounds import Rounds
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.sessions import SessionTable
@@ -80,11 +81,19 @@ class Runtime:
             lambda: {(): float(sum(table.open for table in self.sessions.values()))},
         )
         self.rounds = Rounds()
+        self.updates = ResourceUpdates()
         self.ready = False
 
     def service_parts(self) -> ServiceParts:
         return ServiceParts(
-            self.registry, self.settings, self.credentials, self.pool, self.catalog, self.auditor, self.rounds
+            self.registry,
+            self.settings,
+            self.credentials,
+            self.pool,
+            self.catalog,
+            self.auditor,
+            self.rounds,
+            self.updates,
         )
 
     @property

@@ -77,6 +77,8 @@ class BackendSession:
         self._entries = entries
         self.in_flight = 0
         self.last_used = 0.0
+        # Where the backend's notifications outside any request go (resource updates): set by `watch`.
+        self._watcher: NotificationHandler | None = None
 
     @property
     def listens(self) -> bool:
@@ -86,6 +88,30 @@ class BackendSession:
     def touch(self) -> None:
         """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
         self.last_used = anyio.current_time()
+
+    def watch(self, handler: NotificationHandler) -> None:
+        """Hand the backend's notifications sent outside any request (a 2025-11-25 session's GET stream, a stdio
+        process's stdout) to `handler` from now on; the transport starts listening for them if it was not."""
+        self._watcher = handler
+
+    async def speaks_modern(self) -> bool:
+        """Whether the backend speaks 2026-07-28 (connecting first if need be)."""
+        return False
+
+    async def listen_resource(self, uri: str) -> None:
+        """2026-07-28: hold a `subscriptions/listen` stream for updates of `uri` (to the watcher)."""
+        raise UpstreamProtocolError(self.ref.key, "has no subscriptions/listen")
+
+    def stop_listening(self, uri: str) -> None:
+        """End the listen stream of `uri`, if there is one."""
+
+    async def _watched(self, message: dict[str, Any]) -> None:
+        if self._watcher is None:
+            return
+        try:
+            await self._watcher(message)
+        except Exception:  # a watcher's failure is its own: the session serves on
+            logger.exception("a watcher of %s failed", self.ref)
 
     def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""

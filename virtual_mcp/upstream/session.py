@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -28,7 +29,7 @@ from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, Relays, unwrap
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, unwrap
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
@@ -39,6 +40,7 @@ from virtual_mcp.upstream.wire import (
     CLIENT_INFO,
     LEGACY_VERSION,
     MODERN_VERSION,
+    Cursor,
     iter_sse_messages,
     modern_headers,
     modern_params,
@@ -56,6 +58,8 @@ class _SessionExpired(Exception):
 class _ConnectionDropped(Exception):
     """The connection closed before any response byte arrived (typically a pooled connection the backend closed)."""
 
+
+_RESUMES = 5  # times a stream that ended before its answer is resumed
 
 # Requests without side effects: resent once when a pooled connection turns out to be dead.
 _SAFE_TO_RESEND = frozenset(
@@ -107,6 +111,7 @@ class UpstreamSession(BackendSession):
         self.server_info: dict[str, Any] | None = None
         self._listening = False
         self._closed = False
+        self._resource_listens: dict[str, anyio.CancelScope] = {}  # 2026-07-28: a listen stream per resource
         # Only one session per backend holds a standing list_changed stream; per-caller sessions do not.
         self._listen = listen
 
@@ -146,6 +151,8 @@ class UpstreamSession(BackendSession):
     async def aclose(self) -> None:
         """End the backend session politely (DELETE for a legacy session) and stop listening."""
         self._closed = True
+        for scope in self._resource_listens.values():
+            scope.cancel()
         if self.era is Era.LEGACY and self.session_id:
             with anyio.move_on_after(2, shield=True):
                 try:
@@ -412,12 +419,11 @@ class UpstreamSession(BackendSession):
             raise UpstreamProtocolError(self.ref.key, "answered with a Content-Encoding the gateway did not ask for")
         try:
             if ctype.startswith("text/event-stream") and status < 400:
-                async for message in iter_sse_messages(lines(), self._max_answer, self._parse):
-                    if "method" in message:
-                        await self._on_inbound(message, relays)
-                    elif message.get("id") == request_id:
-                        return self._unwrap(message)
-                raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
+                cursor = Cursor()
+                answer = await self._read_stream(lines(), request_id, relays, cursor)
+                if answer is not None:
+                    return answer
+                return await self._resume(request_id, relays, cursor)
             content = await read()
         except AnswerTooLarge as exc:
             raise UpstreamProtocolError(self.ref.key, str(exc)) from None
@@ -438,6 +444,44 @@ class UpstreamSession(BackendSession):
                 raise UpstreamProtocolError(self.ref.key, f"HTTP {status} with the answer to another request")
             return self._unwrap(message)
         raise UpstreamProtocolError(self.ref.key, f"HTTP {status} without a JSON-RPC response")
+
+    async def _read_stream(
+        self, lines: AsyncIterator[str], request_id: Any, relays: Relays, cursor: Cursor
+    ) -> dict[str, Any] | None:
+        """The answer to `request_id` from an event stream (relaying what comes first); None if the stream ends
+        without it."""
+        async for message in iter_sse_messages(lines, self._max_answer, self._parse, cursor):
+            if "method" in message:
+                await self._on_inbound(message, relays)
+            elif message.get("id") == request_id:
+                return self._unwrap(message)
+        return None
+
+    async def _resume(self, request_id: Any, relays: Relays, cursor: Cursor) -> dict[str, Any]:
+        """A stream that ended before its answer, resumed where it stopped (a GET with `Last-Event-ID`, after the
+        backend's retry advice), up to `_RESUMES` times: what a 2025-11-25 backend that polls expects of a client.
+        A stream without event ids cannot be resumed."""
+        for _ in range(_RESUMES):
+            if cursor.last_id is None or self.era is not Era.LEGACY or not self.session_id:
+                break
+            await anyio.sleep(min(cursor.retry_ms if cursor.retry_ms is not None else 1000, 10_000) / 1000)
+            headers = {**self._legacy_headers(), "accept": "text/event-stream", "last-event-id": cursor.last_id}
+            try:
+                async with self._http.stream("GET", self.url, headers=headers) as response:
+                    if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+                        "text/event-stream"
+                    ):
+                        raise UpstreamProtocolError(
+                            self.ref.key,
+                            f"its stream ended without an answer; resuming it got HTTP {response.status_code}",
+                        )
+                    lines = capped_lines(response.aiter_raw(), self._max_answer)
+                    answer = await self._read_stream(lines, request_id, relays, cursor)
+            except httpx.HTTPError as exc:
+                raise UpstreamUnavailable(self.ref.key, f"resuming its stream failed: {type(exc).__name__}") from None
+            if answer is not None:
+                return answer
+        raise UpstreamProtocolError(self.ref.key, "response stream ended without an answer")
 
     def _parse(self, raw: bytes | str) -> Any:
         """Every message from the backend is decoded here: bounded in depth, the credentials it was sent removed."""
@@ -513,21 +557,90 @@ class UpstreamSession(BackendSession):
             headers["mcp-protocol-version"] = version
         return headers
 
+    # -- resource subscriptions of a 2026-07-28 backend ------------------------------------------------------
+
+    async def speaks_modern(self) -> bool:
+        await self._ensure_connected()
+        return self.era is Era.MODERN
+
+    async def listen_resource(self, uri: str) -> None:
+        """Hold a `subscriptions/listen` stream for `uri` (its updates to the watcher) until `stop_listening`; returns
+        once the backend acknowledged it. Raises UpstreamProtocolError if the backend does not honour it."""
+        if uri in self._resource_listens:
+            return
+        scope = self._resource_listens[uri] = anyio.CancelScope()
+        acknowledged = anyio.Event()
+        failure: list[UpstreamError] = []
+        if self._spawn is None:
+            raise UpstreamProtocolError(self.ref.key, "cannot hold a listen stream here")
+        self._spawn(partial(self._listen_modern, uri, scope, acknowledged, failure))
+        await acknowledged.wait()
+        if failure:
+            raise failure[0]
+
+    def stop_listening(self, uri: str) -> None:
+        scope = self._resource_listens.pop(uri, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _listen_modern(
+        self, uri: str, scope: anyio.CancelScope, acknowledged: anyio.Event, failure: list[UpstreamError]
+    ) -> None:
+        params = modern_params({"notifications": {"resourceSubscriptions": [uri]}}, None, self._declared)
+        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": "subscriptions/listen", "params": params}
+        headers = {**self._base_headers, "accept": ACCEPT, "content-type": "application/json"}
+        headers.update(modern_headers("subscriptions/listen", params))
+        try:
+            with scope:
+                async with self._http.stream(
+                    "POST", self.url, content=json.dumps(body), headers=headers, timeout=httpx.Timeout(5, read=None)
+                ) as response:
+                    if response.status_code != 200 or "text/event-stream" not in response.headers.get(
+                        "content-type", ""
+                    ):
+                        said = await read_capped(response.aiter_raw(), 64 * 1024, None)
+                        raise UpstreamProtocolError(self.ref.key, _no_listen(response.status_code, said))
+                    lines = capped_lines(response.aiter_raw(), self._max_answer)
+                    async for message in iter_sse_messages(lines, self._max_answer, self._parse):
+                        method = message.get("method")
+                        if method == "notifications/subscriptions/acknowledged":
+                            honored = ((message.get("params") or {}).get("notifications") or {}).get(
+                                "resourceSubscriptions"
+                            )
+                            if not isinstance(honored, list) or uri not in honored:
+                                raise UpstreamProtocolError(self.ref.key, "does not offer updates of that resource")
+                            acknowledged.set()
+                        elif method == "notifications/resources/updated" and acknowledged.is_set():
+                            await self._watched(message)
+                        elif "error" in message:
+                            self._unwrap(message)
+        except UpstreamError as exc:
+            failure.append(exc)
+        except (httpx.HTTPError, ValueError, AnswerTooLarge) as exc:
+            failure.append(UpstreamUnavailable(self.ref.key, f"subscriptions/listen failed: {type(exc).__name__}"))
+        finally:
+            if not acknowledged.is_set() and not failure:
+                failure.append(UpstreamProtocolError(self.ref.key, "subscriptions/listen ended unacknowledged"))
+            acknowledged.set()
+            if self._resource_listens.get(uri) is scope:
+                del self._resource_listens[uri]
+
     # -- list_changed ---------------------------------------------------------------------------------------
 
     def _list_changed(self) -> None:
         if self._on_list_changed is not None:
             self._on_list_changed()
 
+    def watch(self, handler: NotificationHandler) -> None:
+        super().watch(handler)
+        self._maybe_listen()
+
     def _maybe_listen(self) -> None:
         tools_cap = self.capabilities.get("tools")
-        if (
-            not self._listen
-            or self._spawn is None
-            or self._listening
-            or not isinstance(tools_cap, dict)
-            or not tools_cap.get("listChanged")
-        ):
+        wanted = self._watcher is not None or (
+            self._listen and isinstance(tools_cap, dict) and bool(tools_cap.get("listChanged"))
+        )
+        if not wanted or self._spawn is None or self._listening or self.era is not Era.LEGACY:
             return
         if not self.session_id:
             return
@@ -547,7 +660,10 @@ class UpstreamSession(BackendSession):
                     if message.get("method") == "notifications/tools/list_changed":
                         self._list_changed()
                     elif "id" in message and "method" in message:
-                        await self._reply_error(message["id"], -32601, "not relayed")
+                        # A request of its client outside any call: there is no caller to relay it to.
+                        await self._reply(await Relays().answer(self.ref, message))
+                    elif "method" in message:
+                        await self._watched(message)
         except (httpx.HTTPError, ValueError, AnswerTooLarge):
             logger.debug("backend %s: list_changed stream ended", self.ref)
         finally:
@@ -556,6 +672,16 @@ class UpstreamSession(BackendSession):
                 # The stream broke while the session looked alive: make the next request renegotiate,
                 # and tell the catalog its view may be stale.
                 self._list_changed()
+
+
+def _no_listen(status: int, body: bytes) -> str:
+    """Why a backend's answer to subscriptions/listen is no stream, in its own words where it gave a JSON-RPC error."""
+    try:
+        error = json.loads(body).get("error") or {}
+        said = f"{error.get('code')} {str(error.get('message'))[:200]}"
+    except (ValueError, AttributeError):
+        said = f"HTTP {status}"
+    return f"does not offer resource updates (subscriptions/listen: {said})"
 
 
 __all__ = ["UpstreamRpcError", "UpstreamSession"]

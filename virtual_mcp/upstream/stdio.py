@@ -246,8 +246,9 @@ class StdioServer(BackendSession):
                         await handler(message)
                     except Exception:  # a caller's stream that cannot take it: that caller's loss, not the process's
                         logger.debug("progress of %s not relayed", self.ref, exc_info=True)
-            else:  # a log message outside any one caller's request: the gateway's log, not a caller's
+            else:  # outside any one caller's request: to whoever watches the process (resource updates)
                 logger.debug("stdio server %s: %s", self.ref, method)
+                await self._watched(message)
             return
         waiting = self._pending.get(request_id) if isinstance(request_id, int) else None
         if waiting is not None:

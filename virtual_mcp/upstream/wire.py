@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
@@ -46,8 +47,19 @@ def modern_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
+@dataclass(slots=True)
+class Cursor:
+    """Where an event stream got to: its last event id and the retry advice it gave (milliseconds)."""
+
+    last_id: str | None = None
+    retry_ms: int | None = None
+
+
 async def iter_sse_messages(
-    lines: AsyncIterator[str], max_event_bytes: int, parse: Callable[[str], Any] = answers.parse
+    lines: AsyncIterator[str],
+    max_event_bytes: int,
+    parse: Callable[[str], Any] = answers.parse,
+    cursor: Cursor | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
     decoded by `parse` (which raises ValueError for what it refuses, AnswerTooDeep for JSON nested too deep).
@@ -55,6 +67,7 @@ async def iter_sse_messages(
     An event whose data is empty carries no message and is skipped, as an EventSource dispatches none: the spec's
     priming event (an id and `data:` with nothing after it, sent first so a client can resume), `retry:` advice, an
     event of ids only. An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge).
+    `cursor`, when given, keeps the last event id and retry advice seen (to resume the stream from there).
     """
     event = "message"
     data: list[str] = []
@@ -79,6 +92,10 @@ async def iter_sse_messages(
             data.append(value)
         elif name == "event":
             event = value or "message"
+        elif name == "id" and cursor is not None and "\0" not in value:
+            cursor.last_id = value[:256] or None
+        elif name == "retry" and cursor is not None and value.isdigit():
+            cursor.retry_ms = int(value[:9])
     if (payload := "\n".join(data)) and event == "message":
         message = _message(payload, parse)
         if isinstance(message, dict):

@@ -19,7 +19,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
 
-from tests.asking_backend import asking_backend
+from tests.asking_backend import NAME_STATE, asking_backend
 from tests.gateway.test_timing import LEGACY, MODERN, Raw
 from tests.gateway.wire.test_legacy import events
 from tests.lab_config import PLATFORM, group, remote, write_identities
@@ -249,7 +249,7 @@ async def test_a_request_state_is_the_gateways_bound_to_its_request_and_used_onc
             first = (await _modern(raw, {}))["result"]
             assert first["resultType"] == "input_required"
             state, (key,) = first["requestState"], first["inputRequests"]
-            assert state.startswith("vmcp1.") and "n1" not in state  # the backend's own state is sealed inside
+            assert state.startswith("vmcp1.") and NAME_STATE not in state  # the backend's own state is sealed inside
             answer = {key: {"action": "accept", "content": {"name": "Ada"}}}
             tampered = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
             refused = (await _modern(raw, {}, inputResponses=answer, requestState=tampered))["error"]
@@ -262,5 +262,5 @@ async def test_a_request_state_is_the_gateways_bound_to_its_request_and_used_onc
             assert "used already" in replayed["message"]
             orphan = (await _modern(raw, {}, inputResponses=answer))["error"]
             assert "without the requestState" in orphan["message"]
-            foreign = (await _modern(raw, {}, inputResponses=answer, requestState="n1"))["error"]
+            foreign = (await _modern(raw, {}, inputResponses=answer, requestState=NAME_STATE))["error"]
             assert "not issued by this gateway" in foreign["message"]

@@ -28,6 +28,7 @@ from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.passthrough import without_rounds
 from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.gateway.service.request_state import Issued
+from virtual_mcp.gateway.service.subscriptions import subscription_handlers
 from virtual_mcp.naming import SEPARATOR, namespaced
 from virtual_mcp.policy import decide
 from virtual_mcp.registry import Endpoint, Member
@@ -74,7 +75,15 @@ class Aggregate:
             "resources/list": self._resources,
             "resources/templates/list": self._templates,
             "resources/read": self._read,
+            **subscription_handlers(self._parts, self._resource_route),
         }
+
+    async def _resource_route(self, ctx: RequestContext, uri: str) -> tuple[Member, str] | None:
+        parsed = parse_uri(uri)
+        member = self._by_ref.get(parsed[0]) if parsed is not None else None
+        if parsed is None or member is None or not self._allowed(ctx, member):
+            return None
+        return member, parsed[1]
 
     def _prompt_name(self, member: Member, original: str) -> str:
         return namespaced(member.prefix, original, self._budget)
@@ -193,12 +202,12 @@ class Aggregate:
 
     async def _read(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         uri = params.get("uri")
-        parsed = parse_uri(uri) if isinstance(uri, str) else None
-        member = self._by_ref.get(parsed[0]) if parsed is not None else None
-        if parsed is None or member is None or not self._allowed(ctx, member):
+        route = await self._resource_route(ctx, uri) if isinstance(uri, str) else None
+        if route is None:
             raise InvalidParams(f"Resource not found: {uri}")
+        member, original = route
         timeout = self._parts.settings.call_timeout_seconds
-        result = await self._ask(ctx, member, "resources/read", {**params, "uri": parsed[1]}, timeout, params)
+        result = await self._ask(ctx, member, "resources/read", {**params, "uri": original}, timeout, params)
         contents = result.get("contents")
         if isinstance(contents, list):  # the contents carry the URI as the caller knows it
             result = {**result, "contents": [_wrapped(member.source, c) for c in contents]}

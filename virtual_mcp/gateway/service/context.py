@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from virtual_mcp.gateway.service.asks import Asker
+from virtual_mcp.gateway.service.resource_updates import Subscriber
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
 
@@ -40,6 +41,7 @@ class RequestContext:
     # from its initialize, a 2026-07-28 request's from its own `_meta`.
     declared: Capabilities = field(default_factory=lambda: NONE)
     asker: Asker | None = None  # how to ask the caller now, on its open stream (a 2025-11-25 session's call)
+    subscriber: Subscriber | None = None  # where resource updates for it go (a 2025-11-25 session)
 
     @property
     def modern(self) -> bool:

@@ -53,6 +53,14 @@ class McpService:
         self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}
 
     def _capabilities(self) -> dict[str, Any]:
+        if self.endpoint.kind is EndpointKind.AGGREGATE:
+            # Subscriptions are offered once one of its servers is known to offer them.
+            offered = [self._pool.learned(m.source) for m in self.endpoint.members]
+            subscribes = any(
+                learned is not None and (learned.capabilities.get("resources") or {}).get("subscribe") is True
+                for learned in offered
+            )
+            return capabilities(self.endpoint, {"resources": {"subscribe": True}} if subscribes else None)
         source = self.endpoint.members[0].source if self.endpoint.kind is EndpointKind.REMOTE else None
         learned = self._pool.learned(source) if source is not None else None
         return capabilities(self.endpoint, learned.capabilities if learned is not None else None)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
+from virtual_mcp.gateway.service.resource_updates import ResourceUpdates
 from virtual_mcp.gateway.service.rounds import Rounds
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
@@ -22,3 +23,4 @@ class ServiceParts:
     catalog: ToolCatalog  # backends' tool lists
     auditor: Auditor  # the audit trail of tool calls
     rounds: Rounds  # 2026-07-28 callers' answers to what backends ask (held calls, sealed request states)
+    updates: ResourceUpdates  # who subscribed to which backend resource, and where its updates go

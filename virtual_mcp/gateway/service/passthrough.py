@@ -18,8 +18,9 @@ from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.gateway.service.request_state import Issued
+from virtual_mcp.gateway.service.subscriptions import subscription_handlers
 from virtual_mcp.policy import decide
-from virtual_mcp.registry import Endpoint
+from virtual_mcp.registry import Endpoint, Member
 from virtual_mcp.timing import phase
 
 Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -76,4 +77,10 @@ def passthrough(endpoint: Endpoint, parts: ServiceParts) -> dict[str, Handler]:
 
         return handler
 
-    return {method: make(method, empty) for method, empty in _EMPTY.items()}
+    async def resolve(ctx: RequestContext, uri: str) -> tuple[Member, str] | None:
+        with phase("policy"):
+            allowed = decide(ctx.caller.principal, parts.registry.gates[member.gate]).allowed
+        return (member, uri) if allowed else None
+
+    handlers = {method: make(method, empty) for method, empty in _EMPTY.items()}
+    return {**handlers, **subscription_handlers(parts, resolve)}

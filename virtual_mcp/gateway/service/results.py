@@ -41,6 +41,11 @@ def server_info(endpoint: Endpoint) -> dict[str, Any]:
     return info
 
 
+def _subscribes(backend: Mapping[str, Any] | None) -> bool:
+    resources = backend.get("resources") if backend is not None else None
+    return isinstance(resources, Mapping) and resources.get("subscribe") is True
+
+
 def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the endpoint serves. Tool list changes are announced (to 2025-11-25 sessions on their GET stream, to
     2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on (on
@@ -50,7 +55,7 @@ def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -
     offered: dict[str, Any] = {"logging": {}, "tools": {"listChanged": True}}
     if endpoint.kind in (EndpointKind.REMOTE, EndpointKind.AGGREGATE):
         offered["prompts"] = {"listChanged": False}
-        offered["resources"] = {"listChanged": False, "subscribe": False}
+        offered["resources"] = {"listChanged": False, "subscribe": _subscribes(backend)}
     if endpoint.kind is EndpointKind.REMOTE and backend is not None and "completions" in backend:
         offered["completions"] = {}
     return offered

@@ -180,7 +180,7 @@ class LegacyWire:
             outcome: dict[str, Any] | None = None
             asker = StreamAsker(session.questions, answer)
             ctx = RequestContext(
-                caller, session.version, request_id, trace_id, answer, session, session.declared, asker
+                caller, session.version, request_id, trace_id, answer, session, session.declared, asker, session
             )
             with call.cancel:
                 try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,6 +69,23 @@ class Session:
         default_factory=lambda: NONE
     )  # the relayed client capabilities it declared at initialize
     questions: Questions = field(default_factory=Questions)  # backends' questions waiting for its answers
+    ending: list[Callable[[], None]] = field(default_factory=list)  # called once when it ends
+
+    # What a subscriber of resource updates is (service/resource_updates.py).
+    @property
+    def key(self) -> str:
+        return self.id
+
+    def push(self, message: Mapping[str, Any]) -> None:
+        """Send `message` on its GET stream, if it has one open (a message for a session without one is lost)."""
+        if self.stream is not None:
+            self.stream.push(message)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        if self.ended:
+            callback()
+        else:
+            self.ending.append(callback)
 
 
 class SessionTable:
@@ -143,6 +160,12 @@ class SessionTable:
             call.cancel.cancel()
         if session.stream is not None:
             session.stream.close()
+        for callback in session.ending:
+            try:
+                callback()
+            except Exception:
+                logger.exception("ending session %s", session.id[:8])
+        session.ending.clear()
         session.closed.set()
         logger.info("session %s ended", session.id[:8])
 

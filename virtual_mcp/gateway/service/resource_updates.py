@@ -1,0 +1,101 @@
+"""Resource subscriptions: a caller subscribes through the gateway to a resource of a backend; the backend's
+`notifications/resources/updated` for it reaches that caller, and only callers who subscribed to it.
+
+A subscription is made on the backend session that serves the caller (each principal's own, as for any request:
+upstream/pool.py), and recorded here with where its updates go (the caller's `Subscriber`: a 2025-11-25 session's
+GET stream). The backend session is watched for its notifications outside requests. An update for a resource
+nobody subscribed to on that session is dropped. Unsubscribing, or the caller's session ending, removes the
+record; the backend is told to unsubscribe when the last subscriber of a resource on that session goes.
+
+An update carries the resource's URI as the caller knows it (on /mcp, the wrapped `mcp-gateway://` URI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from virtual_mcp.upstream.backend import BackendSession
+
+logger = logging.getLogger(__name__)
+_MAX_PER_SUBSCRIBER = 256  # resources one caller session may watch at once
+
+
+class Subscriber(Protocol):
+    """A caller that can be told of updates outside its requests (a 2025-11-25 session)."""
+
+    @property
+    def key(self) -> str: ...
+
+    def push(self, message: Mapping[str, Any]) -> None: ...
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once when the subscriber goes (its session ends)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    subscriber: Subscriber
+    shown_uri: str  # the URI as the caller knows it
+
+
+class ResourceUpdates:
+    def __init__(self) -> None:
+        # backend session -> backend URI -> subscriber key -> entry
+        self._watched: dict[BackendSession, dict[str, dict[str, _Entry]]] = {}
+        self._counts: dict[str, int] = {}
+
+    def has_room(self, subscriber: Subscriber) -> bool:
+        """Whether `subscriber` may watch one more resource (at most `_MAX_PER_SUBSCRIBER`)."""
+        return self._counts.get(subscriber.key, 0) < _MAX_PER_SUBSCRIBER
+
+    def subscribed(self, session: BackendSession, uri: str, subscriber: Subscriber, shown_uri: str) -> None:
+        """Record that `subscriber` subscribed to `uri` on `session` (once per resource, however often asked)."""
+        per_uri = self._watched.setdefault(session, {})
+        entries = per_uri.setdefault(uri, {})
+        if subscriber.key not in entries:
+            self._counts[subscriber.key] = self._counts.get(subscriber.key, 0) + 1
+            if self._counts[subscriber.key] == 1:
+                subscriber.on_end(lambda: self._forget(subscriber.key))
+        entries[subscriber.key] = _Entry(subscriber, shown_uri)
+        if len(per_uri) == 1 and len(entries) == 1:
+            session.watch(lambda message: self._on_message(session, message))
+
+    def unsubscribed(self, session: BackendSession, uri: str, subscriber_key: str) -> bool:
+        """Remove the record; True if nobody else is subscribed to `uri` on `session` (tell the backend)."""
+        per_uri = self._watched.get(session, {})
+        entries = per_uri.get(uri, {})
+        if entries.pop(subscriber_key, None) is not None:
+            self._counts[subscriber_key] -= 1
+            if not self._counts[subscriber_key]:
+                del self._counts[subscriber_key]
+        if entries:
+            return False
+        per_uri.pop(uri, None)
+        if not per_uri:
+            self._watched.pop(session, None)
+        return True
+
+    def _forget(self, subscriber_key: str) -> None:
+        for session, per_uri in list(self._watched.items()):
+            for uri in list(per_uri):
+                if self.unsubscribed(session, uri, subscriber_key):
+                    session.stop_listening(uri)  # a 2026-07-28 backend's stream (a 2025-11-25 one keeps its own)
+        self._counts.pop(subscriber_key, None)
+
+    async def _on_message(self, session: BackendSession, message: Mapping[str, Any]) -> None:
+        if message.get("method") != "notifications/resources/updated":
+            return
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, Mapping) else None
+        entries = self._watched.get(session, {}).get(uri) if isinstance(uri, str) else None
+        if not entries:
+            logger.info("backend %s: an update for a resource nobody subscribed to; dropped", session.ref)
+            return
+        for entry in list(entries.values()):
+            entry.subscriber.push(
+                {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": entry.shown_uri}}
+            )
