@@ -5,20 +5,30 @@ them. On /mcp and on the server's own endpoint. Real fastmcp backend and clients
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types
 from fastmcp import Client, Context, FastMCP
 from mcp.server.context import ServerRequestContext
 
+from tests.gateway.test_timing import ACCEPT, MODERN
 from tests.support import LegacyOnly, Served, gateway, serve, write_config
 
 
-def watched_backend() -> FastMCP:
+class Probe:
+    """What the backend saw: an event set at each unsubscribe."""
+
+    def __init__(self) -> None:
+        self.unsubscribed = anyio.Event()
+
+
+def watched_backend(probe: Probe) -> FastMCP:
     mcp = FastMCP("watched")
     subscribed: set[str] = set()
 
@@ -42,6 +52,7 @@ def watched_backend() -> FastMCP:
 
     async def unsubscribe(ctx: ServerRequestContext[Any], params: mcp_types.UnsubscribeRequestParams) -> Any:
         subscribed.discard(str(params.uri))
+        probe.unsubscribed.set()
         return mcp_types.EmptyResult()
 
     mcp._mcp_server.add_request_handler("resources/subscribe", mcp_types.SubscribeRequestParams, subscribe)
@@ -68,8 +79,9 @@ class Inbox:
 
 
 @asynccontextmanager
-async def lab(tmp_path: Path) -> AsyncIterator[Served]:
-    async with serve(LegacyOnly(watched_backend().http_app(path="/mcp"))) as backend:  # type: ignore[arg-type]
+async def lab(tmp_path: Path, probe: Probe | None = None) -> AsyncIterator[Served]:
+    app = watched_backend(probe or Probe()).http_app(path="/mcp")
+    async with serve(LegacyOnly(app)) as backend:  # type: ignore[arg-type]
         config = write_config(tmp_path / "servers.d", {"notes": backend.url})
         async with gateway(config) as gw:
             yield gw
@@ -112,3 +124,62 @@ async def test_a_resource_the_caller_may_not_see_cannot_be_subscribed_to(tmp_pat
                 assert "Resource not found" in str(exc)
             else:
                 raise AssertionError(f"subscribed to {uri}")
+
+
+async def test_a_2026_listen_stream_gets_the_updates_of_the_resources_it_names(tmp_path: Path) -> None:
+    """A 2026-07-28 caller subscribes by naming resources in `subscriptions/listen`: the acknowledgement honours
+    those its backend accepted (a resource it may not see is left out), the updates arrive on the stream under its
+    subscription id, and closing the stream unsubscribes at the backend."""
+    envelope = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def headers(method: str, name: str | None = None) -> dict[str, str]:
+        out = {"accept": ACCEPT, "content-type": "application/json", "mcp-protocol-version": MODERN}
+        out["mcp-method"] = method
+        if name:
+            out["mcp-name"] = name
+        return out
+
+    probe = Probe()
+    async with lab(tmp_path, probe) as gw, httpx2.AsyncClient(timeout=10) as http:
+        url = f"{gw.url}/mcp"
+        mine = "mcp-gateway://lab/notes/note://a"
+        wanted = [mine, "mcp-gateway://lab/nobody/note://b"]  # the second names no server the caller may use
+        listen = {
+            "jsonrpc": "2.0",
+            "id": "watch-1",
+            "method": "subscriptions/listen",
+            "params": {"notifications": {"resourceSubscriptions": wanted}, "_meta": envelope},
+        }
+
+        async def touch(uri: str) -> Any:
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "lab__notes__touch", "arguments": {"uri": uri}, "_meta": envelope},
+            }
+            answer = await http.post(url, content=json.dumps(call), headers=headers("tools/call", "lab__notes__touch"))
+            return json.loads(answer.text)["result"]["structuredContent"]["result"]
+
+        async with http.stream("POST", url, content=json.dumps(listen), headers=headers("subscriptions/listen")) as s:
+            frames = s.aiter_lines()
+
+            async def next_message() -> dict[str, Any]:
+                with anyio.fail_after(10):
+                    async for line in frames:
+                        if line.startswith("data: "):
+                            return dict(json.loads(line[6:]))
+                raise AssertionError("the stream ended")
+
+            ack = await next_message()
+            assert ack["method"] == "notifications/subscriptions/acknowledged"
+            assert ack["params"]["notifications"] == {"resourceSubscriptions": [mine]}
+            assert await touch("note://a") == ["note://a"]  # subscribed at the backend
+            update = await next_message()
+            assert update["method"] == "notifications/resources/updated"
+            assert update["params"]["uri"] == mine
+            assert update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "watch-1"
+        # The stream closed: the backend is told to unsubscribe.
+        with anyio.fail_after(10):
+            await probe.unsubscribed.wait()
+        assert await touch("note://b") == []

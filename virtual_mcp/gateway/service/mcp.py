@@ -7,6 +7,7 @@ renders it). Policy, routing, credentials, audit and timing happen below this, a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from mcp_types import methods as spec_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from virtual_mcp.errors import InvalidParams, MethodNotFound
+from virtual_mcp.errors import GatewayError, InvalidParams, MethodNotFound
 from virtual_mcp.gateway.service.aggregate import Aggregate
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
@@ -26,6 +27,7 @@ from virtual_mcp.gateway.service.tools import Tools
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
 
+logger = logging.getLogger(__name__)
 Handler = Callable[[RequestContext, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -99,6 +101,27 @@ class McpService:
     def input_schema(self, caller: Caller, name: str) -> dict[str, Any] | None:
         """The input schema of a tool `caller` may use, from the cache (no I/O): for Mcp-Param header checks."""
         return self._tools.input_schema(caller, name)
+
+    async def watch(self, ctx: RequestContext, uri: str) -> bool:
+        """Subscribe `ctx.subscriber` to updates of `uri` (a 2026-07-28 listen stream's resource subscription);
+        False if the endpoint or the backend does not offer them for this caller (the listen stream omits it)."""
+        subscribe = self._handlers.get("resources/subscribe")
+        if subscribe is None:
+            return False
+        try:
+            await subscribe(ctx, {"uri": uri})
+        except GatewayError as exc:
+            logger.info("a listen stream's subscription was not honoured: %s", exc.message)
+            return False
+        return True
+
+    async def unwatch(self, ctx: RequestContext, uri: str) -> None:
+        unsubscribe = self._handlers.get("resources/unsubscribe")
+        if unsubscribe is not None:
+            try:
+                await unsubscribe(ctx, {"uri": uri})
+            except GatewayError as exc:
+                logger.info("ending a listen stream's subscription: %s", exc.message)
 
     async def _empty(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         return {}

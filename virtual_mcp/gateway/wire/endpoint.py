@@ -68,7 +68,7 @@ class EndpointApp:
         self.sessions = sessions
         quota.watch(sessions)
         self._bus = bus
-        self._listens = Listens(bus, keepalive, service.stamp)
+        self._listens = Listens(bus, keepalive, service)
         self._legacy = LegacyWire(service, self.sessions, quota, keepalive)
         self._modern = ModernWire(service, keepalive, self._listens)
 

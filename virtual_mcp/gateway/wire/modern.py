@@ -95,14 +95,14 @@ class ModernWire:
         if refused is not None:
             await _reject(send, refused, request_id)
             return
-        if message["method"] == "subscriptions/listen":
-            await self._listens.serve(verdict.protocol_version, request_id, message.get("params"), receive, send)
-            return
         answer = framing.Answer(send, self._keepalive, json_allowed=True)
         params = message.get("params") or {}
         meta = params.get("_meta") if isinstance(params, dict) else None
         declared = relayable(meta.get(CLIENT_CAPABILITIES_META_KEY)) if isinstance(meta, dict) else {}
         ctx = RequestContext(caller, verdict.protocol_version, request_id, trace_id, answer, declared=declared)
+        if message["method"] == "subscriptions/listen":
+            await self._listens.serve(ctx, message.get("params"), receive, send)
+            return
         outcome: dict[str, Any] | None = None
         with anyio.CancelScope() as request, cancelled_on_disconnect(receive, request):
             try:
