@@ -28,8 +28,7 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -44,14 +43,14 @@ from virtual_mcp.errors import (
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, unwrap
+from virtual_mcp.upstream.backend import Relays
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
+from virtual_mcp.upstream.channel import MessageChannel, Spawn
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.wire import CLIENT_INFO, LEGACY_VERSION
 
 logger = logging.getLogger(__name__)
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 _FIRST_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
 _HEALTHY = 60.0
@@ -60,7 +59,7 @@ _START_DEADLINE = 10.0  # the handshake of a new process
 _STOP_DEADLINE = 3.0
 
 
-class StdioServer(BackendSession):
+class StdioServer(MessageChannel):
     def __init__(
         self,
         ref: ServerRef,
@@ -78,15 +77,13 @@ class StdioServer(BackendSession):
         listen: bool = True,
         declared: Capabilities = NONE,
     ) -> None:
-        super().__init__(ref, entries, declared)
+        super().__init__(ref, entries, declared, spawn=spawn, on_list_changed=on_list_changed)
         self._listen = listen
         self._clock = clock  # for the backoff (a test moves it rather than wait)
         self._command = command
         # A clean environment: the gateway's own (its master key, its tokens) is never handed to a backend.
         self._env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
         self._cwd = cwd
-        self._spawn = spawn
-        self._on_list_changed = on_list_changed
         self._on_negotiated = on_negotiated
         self._max_line = max_answer_bytes
         self._secrets = [s for s in secrets if s]
@@ -95,9 +92,6 @@ class StdioServer(BackendSession):
         self._process: Process | None = None
         self._ready = False
         self._scope: anyio.CancelScope | None = None
-        self._pending: dict[int, tuple[anyio.Event, list[dict[str, Any]], Relays]] = {}
-        self._progress: dict[str, NotificationHandler] = {}
-        self._next_id = 0
         self._backoff = 0.0
         self._not_before = 0.0
         self._started_at = 0.0
@@ -228,49 +222,6 @@ class StdioServer(BackendSession):
             if isinstance(message, dict):
                 await self._dispatch(message)
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
-        request_id = message.get("id")
-        if "method" in message:
-            if request_id is not None:  # its request of its client: answered by a caller (module docstring)
-                self._spawn(partial(self._answer_request, message))
-                return
-            method = message.get("method")
-            params = message.get("params")
-            params = params if isinstance(params, dict) else {}
-            if method == "notifications/tools/list_changed":
-                self._on_list_changed()
-            elif method == "notifications/progress":
-                handler = self._progress.get(str(params.get("progressToken")))
-                if handler is not None:
-                    try:
-                        await handler(message)
-                    except Exception:  # a caller's stream that cannot take it: that caller's loss, not the process's
-                        logger.debug("progress of %s not relayed", self.ref, exc_info=True)
-            else:  # outside any one caller's request: to whoever watches the process (resource updates)
-                logger.debug("stdio server %s: %s", self.ref, method)
-                await self._watched(message)
-            return
-        waiting = self._pending.get(request_id) if isinstance(request_id, int) else None
-        if waiting is not None:
-            waiting[1].append(message)
-            waiting[0].set()
-
-    def _asker(self) -> Relays:
-        """Whose caller a request of the process goes to. stdio carries no link from the process's request to ours
-        that caused it: it goes to the one call in flight that can relay it, and is refused (no relay) when there is
-        none, or several (two callers of a shared process: neither may be asked what the other's call needs)."""
-        relaying = [relays for _, _, relays in self._pending.values() if relays.request is not None]
-        return relaying[0] if len(relaying) == 1 else Relays()
-
-    async def _answer_request(self, message: dict[str, Any]) -> None:
-        try:
-            reply = await self._asker().answer(self.ref, message)
-            await self._send(reply)
-        except UpstreamError:
-            logger.info("stdio server %s: could not answer its request", self.ref)
-        except Exception:  # runs in the gateway's task group: nothing here may end the gateway
-            logger.exception("stdio server %s: answering its request failed", self.ref)
-
     async def _log_stderr(self, process: Process) -> None:
         try:
             await self._copy_stderr(process)
@@ -300,9 +251,7 @@ class StdioServer(BackendSession):
         self._process = None
         was_ready, self._ready = self._ready, False
         self._failed()
-        for event, answer, _ in self._pending.values():
-            answer.append({"error": {"code": None, "message": reason}})
-            event.set()
+        self._fail_pending(reason)
         if was_ready and not self._closed:
             logger.warning("stdio server %s: %s; it is started again when next needed", self.ref, reason)
             self._on_list_changed()  # its tools leave the lists until it answers again
@@ -332,35 +281,6 @@ class StdioServer(BackendSession):
             await process.stdin.send(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             raise UpstreamUnavailable(self.ref.key, "its process stopped reading") from None
-
-    async def _call(self, method: str, params: dict[str, Any], relays: Relays) -> dict[str, Any]:
-        self._next_id += 1
-        request_id = self._next_id
-        event = anyio.Event()
-        answer: list[dict[str, Any]] = []
-        self._pending[request_id] = (event, answer, relays)
-        meta = params.get("_meta")
-        token = meta.get("progressToken") if isinstance(meta, dict) else None
-        if token is not None and relays.notification is not None:
-            self._progress[str(token)] = relays.notification
-        try:
-            await self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-            try:
-                await event.wait()
-            except anyio.get_cancelled_exc_class():
-                cancelled = {"requestId": request_id, "reason": "cancelled by the gateway's client"}
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1), contextlib.suppress(UpstreamError):
-                    await self._send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancelled})
-                raise
-        finally:
-            self._pending.pop(request_id, None)
-            if token is not None:
-                self._progress.pop(str(token), None)
-        message = answer[0]
-        error = message.get("error")
-        if isinstance(error, dict) and error.get("code") is None:  # the process ended under the request
-            raise UpstreamUnavailable(self.ref.key, str(error.get("message")))
-        return unwrap(self.ref, message)
 
 
 async def _terminate(process: Process) -> None:
