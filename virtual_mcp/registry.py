@@ -55,6 +55,7 @@ class RemoteEntry:
     tool_prefix: str | None = None  # its alias in namespaced tool names
     tool_overrides: Mapping[str, ToolOverride] = field(default_factory=dict)  # by the backend's own tool name
     stdio: StdioCommand | None = None  # transport stdio: the process to run (`url` is then empty)
+    sse: bool = False  # transport sse (HTTP+SSE, 2024-11-05): `url` is its event stream
 
     @property
     def alias(self) -> str:
@@ -340,6 +341,7 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         stdio=StdioCommand((model.command, *model.args), MappingProxyType(dict(model.env)), model.cwd)
         if model.command is not None
         else None,
+        sse=model.transport == "sse",
     )
 
 

@@ -215,7 +215,8 @@ class RemoteServer(_Strict):
     # Per tool (by the backend's own name): `rename` and `description` overrides.
     tool_overrides: dict[str, ToolOverride] = Field(default_factory=dict)
     url: Url | None = None
-    transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # streamable-http (the default), sse (the HTTP+SSE transport of 2024-11-05: `url` is its event stream), or stdio.
+    transport: Literal["streamable-http", "sse", "stdio"] = "streamable-http"
     # transport: stdio: the process the gateway starts and supervises (see virtual_mcp/upstream/stdio.py). `env`
     # values may hold `tfy-secret://` references; the process gets only PATH and this environment.
     command: str | None = Field(default=None, min_length=1)

@@ -38,6 +38,7 @@ from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Negotiated
 from virtual_mcp.upstream.http1 import Http1Pool
 from virtual_mcp.upstream.session import UpstreamSession
+from virtual_mcp.upstream.sse import SseServer
 from virtual_mcp.upstream.stdio import StdioServer
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,21 @@ class UpstreamPool:
             # A stdio server's session is its process: each principal's own, as for any backend, unless the operator
             # says it keeps no state (`upstream_session: shared`); counted and closed when idle like the others.
             session = self._stdio_server(ref, remote.stdio, listen, declared)
+        elif remote.sse:
+            session = SseServer(
+                ref,
+                remote.url,
+                self._http,
+                headers=credential.headers,
+                secrets=credential.secrets,
+                spawn=self._spawn,
+                on_list_changed=partial(self._changed, ref),
+                on_negotiated=partial(self._learned.__setitem__, ref),
+                max_answer_bytes=self._max_answer,
+                entries=self._entries,
+                listen=listen,
+                declared=declared,
+            )
         else:
             session = UpstreamSession(
                 ref,

@@ -55,30 +55,19 @@ class Cursor:
     retry_ms: int | None = None
 
 
-async def iter_sse_messages(
-    lines: AsyncIterator[str],
-    max_event_bytes: int,
-    parse: Callable[[str], Any] = answers.parse,
-    cursor: Cursor | None = None,
-) -> AsyncIterator[dict[str, Any]]:
-    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
-    decoded by `parse` (which raises ValueError for what it refuses, AnswerTooDeep for JSON nested too deep).
-
-    An event whose data is empty carries no message and is skipped, as an EventSource dispatches none: the spec's
-    priming event (an id and `data:` with nothing after it, sent first so a client can resume), `retry:` advice, an
-    event of ids only. An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge).
-    `cursor`, when given, keeps the last event id and retry advice seen (to resume the stream from there).
-    """
+async def iter_sse_events(
+    lines: AsyncIterator[str], max_event_bytes: int, cursor: Cursor | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """Yield (event name, data) for each event of an SSE body that carries data (an EventSource dispatches no
+    other). An event's data is bounded by `max_event_bytes` however many lines carry it (AnswerTooLarge). `cursor`,
+    when given, keeps the last event id and retry advice seen (to resume the stream from there)."""
     event = "message"
     data: list[str] = []
     size = 0
     async for line in lines:
         if line == "":
-            payload = "\n".join(data)
-            if payload and event == "message":
-                message = _message(payload, parse)
-                if isinstance(message, dict):
-                    yield message
+            if payload := "\n".join(data):
+                yield event, payload
             event, data, size = "message", [], 0
             continue
         if line.startswith(":"):
@@ -96,10 +85,28 @@ async def iter_sse_messages(
             cursor.last_id = value[:256] or None
         elif name == "retry" and cursor is not None and value.isdigit():
             cursor.retry_ms = int(value[:9])
-    if (payload := "\n".join(data)) and event == "message":
-        message = _message(payload, parse)
-        if isinstance(message, dict):
-            yield message
+    if payload := "\n".join(data):
+        yield event, payload
+
+
+async def iter_sse_messages(
+    lines: AsyncIterator[str],
+    max_event_bytes: int,
+    parse: Callable[[str], Any] = answers.parse,
+    cursor: Cursor | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield each JSON-RPC message carried by the lines of an SSE body (events named `message` or unnamed), each
+    decoded by `parse` (which raises ValueError for what it refuses, AnswerTooDeep for JSON nested too deep).
+
+    An event whose data is empty carries no message and is skipped, as an EventSource dispatches none: the spec's
+    priming event (an id and `data:` with nothing after it, sent first so a client can resume), `retry:` advice, an
+    event of ids only (iter_sse_events).
+    """
+    async for event, payload in iter_sse_events(lines, max_event_bytes, cursor):
+        if event == "message":
+            message = _message(payload, parse)
+            if isinstance(message, dict):
+                yield message
 
 
 def _message(payload: str, parse: Callable[[str], Any]) -> Any:
