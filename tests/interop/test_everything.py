@@ -55,7 +55,8 @@ def timeless(value: Any) -> Any:
 
 
 def without_task_support(surface: dict[str, Any]) -> dict[str, Any]:
-    """What a 2026-07-28 client is told: that era's tool has no `execution` (task support is 2025-11-25 only)."""
+    """What a caller is told through the gateway: no tool's `execution` (task-augmented calls are not relayed, so
+    none is offered)."""
     tools = [{k: v for k, v in tool.items() if k != "execution"} for tool in surface["tools"]]
     return {**surface, "tools": tools}
 
@@ -98,12 +99,13 @@ async def test_the_reference_server_answers_through_the_gateway_as_it_does_direc
         async with Answers().client(everything.url, "legacy") as direct:
             expected = await surface(direct)
         assert len(expected["tools"]) >= 10 and expected["calls"][1]["content"][0]["text"].endswith("is 42.")
+        assert any("execution" in tool for tool in expected["tools"])  # task support, which the gateway does not offer
         assert [c["values"] for c in expected["completions"]] == [["Sales", "Support"], ["David", "Eve", "Frank"]]
         config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
         async with gateway(config) as gw:
             for mode in ("legacy", "2026-07-28"):
                 async with Answers().client(f"{gw.url}/mcp-server/lab/everything/server", mode) as through:
-                    assert await surface(through) == (expected if mode == "legacy" else without_task_support(expected))
+                    assert await surface(through) == without_task_support(expected)
             # On /mcp, its prompts and resources are there too, named to find their way back.
             for mode in ("legacy", "2026-07-28"):
                 async with Client(f"{gw.url}/mcp", mode=mode) as aggregate:
@@ -143,7 +145,7 @@ async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Pa
         for mode in ("legacy", "2026-07-28"):
             answers = Answers()
             async with answers.client(f"{gw.url}/mcp-server/lab/everything/server", mode) as through:
-                assert await surface(through) == (expected if mode == "legacy" else without_task_support(expected))
+                assert await surface(through) == without_task_support(expected)
                 # Its questions reach the caller over stdio too.
                 assert await questions(through, answers) == era_of(asked, mode)
 

@@ -236,14 +236,17 @@ class EndpointView:
 
     def _expose(self, tool: dict[str, Any], exposed: str, member: Member, original: str) -> dict[str, Any]:
         """The tool as the endpoint lists it: under its exposed name (and configured description), with the
-        gateway's `_meta` keys (the source of a namespaced or renamed tool) set by the gateway alone."""
+        gateway's `_meta` keys (the source of a namespaced or renamed tool) set by the gateway alone, and without
+        `execution`: task-augmented calls (the 2025-11-25 tasks, `tasks/*`) are not relayed, so no caller is told
+        it may make one (a `task` sent anyway is not passed on: the call runs and answers as a plain call)."""
         meta = tool.get("_meta")
         claims = isinstance(meta, dict) and any(key.startswith(GATEWAY_META_PREFIX) for key in meta)
         override = self._registry.remotes[member.source].tool_overrides.get(original)
         named = bool(member.prefix) or exposed != original
-        if not named and not claims and (override is None or override.description is None):
+        if not named and not claims and (override is None or override.description is None) and "execution" not in tool:
             return tool
         out = dict(tool)
+        out.pop("execution", None)
         if override is not None and override.description is not None:
             out["description"] = override.description
         if isinstance(meta, dict) or named:
