@@ -7,6 +7,7 @@ a test needs to send what no well-behaved client sends."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.gateway.test_timing import LEGACY, MODERN, Raw
 from tests.gateway.wire.test_legacy import events
 from tests.lab_config import PLATFORM, group, remote, write_identities
 from tests.security_support import secure_gateway
-from tests.support import LegacyOnly, Served, gateway, serve, write_config
+from tests.support import LOCAL_USER, REPO, LegacyOnly, Served, gateway, serve, write_config
 from virtual_mcp.types import PrincipalKind
 
 ERAS = ("legacy", "modern")
@@ -264,3 +265,51 @@ async def test_a_request_state_is_the_gateways_bound_to_its_request_and_used_onc
             assert "without the requestState" in orphan["message"]
             foreign = (await _modern(raw, {}, inputResponses=answer, requestState=NAME_STATE))["error"]
             assert "not issued by this gateway" in foreign["message"]
+
+
+async def test_a_question_after_its_call_was_answered_is_refused_and_reaches_nobody(tmp_path: Path) -> None:
+    ada = Person("Ada")
+    server = remote("late", "unused", upstream_session="per_principal")
+    del server["url"]
+    server.update(transport="stdio", command=sys.executable, args=["-m", "tests.stdio_late_asker"], cwd=str(REPO))
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    (config / "lab.yaml").write_text(group("lab", server))
+    write_identities(config, {PLATFORM: [LOCAL_USER]})
+    async with gateway(config, list_deadline_seconds=30) as gw:
+        for mode in MODES:
+            async with ada.client(f"{gw.url}/mcp-server/lab/late/server", mode) as client:
+                assert text(await client.call_tool("late", {})) == "answered"
+                told = json.loads(text(await client.call_tool("told", {})))
+                assert told["error"]["code"] == -32601 and "no caller" in told["error"]["message"]
+        assert ada.asked == []
+
+
+async def test_a_legacy_callers_session_ending_under_a_question_ends_it(tmp_path: Path) -> None:
+    """The caller goes (its session is deleted) while asked: the call ends, the question's answer is refused
+    afterwards, nothing reaches anyone else, and the gateway serves on."""
+    async with lab(tmp_path) as gw, httpx2.AsyncClient(timeout=10) as http:
+        raw = Raw(http, f"{gw.url}/mcp-server/lab/legacy/server", LEGACY, "")
+        raw.capabilities = ELICITS
+        await raw.open()
+        asked: list[str] = []
+
+        class Leaving(Raw):
+            async def post(self, body: dict[str, Any]) -> httpx2.Response:
+                asked.append(str(body["id"]))
+                ended = await http.delete(self.url, headers={"mcp-session-id": str(self.session)})
+                assert ended.status_code == 200
+                return ended
+
+        leaving = Leaving(http, raw.url, LEGACY, "")
+        leaving.session = raw.session
+        body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "ask_name", "arguments": {}}}
+        seen = await _asked(leaving, body, [{"result": {"action": "accept", "content": {"name": "Ada"}}}])
+        assert seen and seen[-1].get("method") == "elicitation/create"  # the stream ended without an answer
+        other = Raw(http, raw.url, LEGACY, "")
+        other.capabilities = ELICITS
+        await other.open()
+        late = await other.post({"jsonrpc": "2.0", "id": asked[0], "result": {"action": "accept", "content": {}}})
+        assert late.status_code == 400 and asked[0] in late.text
+        done = await _asked(other, {**body, "id": 10}, [{"result": {"action": "accept", "content": {"name": "Bo"}}}])
+        assert done[-1]["result"]["content"][0]["text"] == "hello Bo"

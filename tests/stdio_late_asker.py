@@ -1,0 +1,60 @@
+"""A stdio MCP server that asks its client a question after it has answered the call (`python -m
+tests.stdio_late_asker`): `late` answers, then sends an elicitation/create nobody's call is waiting on; `told`
+answers with what the gateway replied to that question (waiting for the reply if it has not come yet)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+TOOLS = [
+    {"name": "late", "description": "asks after answering", "inputSchema": {"type": "object"}},
+    {"name": "told", "description": "what the late question got", "inputSchema": {"type": "object"}},
+]
+
+
+def send(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def text(request_id: Any, value: str) -> None:
+    send({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": value}]}})
+
+
+def main() -> None:
+    reply: dict[str, Any] | None = None
+    waiting: Any = None  # the id of a `told` call that came before the reply
+    for line in sys.stdin:
+        message = json.loads(line)
+        method, request_id = message.get("method"), message.get("id")
+        if method == "initialize":
+            result = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "late-asker", "version": "1"},
+            }
+            send({"jsonrpc": "2.0", "id": request_id, "result": result})
+        elif method == "tools/list":
+            send({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
+        elif method == "tools/call" and message["params"]["name"] == "late":
+            text(request_id, "answered")
+            schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+            params = {"message": "Too late?", "requestedSchema": schema}
+            send({"jsonrpc": "2.0", "id": "late-1", "method": "elicitation/create", "params": params})
+        elif method == "tools/call":
+            if reply is None:
+                waiting = request_id
+            else:
+                text(request_id, json.dumps(reply))
+        elif method is None and request_id == "late-1":
+            reply = message
+            if waiting is not None:
+                text(waiting, json.dumps(reply))
+                waiting = None
+        elif request_id is not None:
+            send({"jsonrpc": "2.0", "id": request_id, "result": {}})
+
+
+if __name__ == "__main__":
+    main()
