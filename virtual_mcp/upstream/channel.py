@@ -47,6 +47,24 @@ class MessageChannel(BackendSession):
         """Write one message to the backend; UpstreamUnavailable if it cannot be."""
         raise NotImplementedError
 
+    async def _ready_to_send(self) -> None:
+        """Connect (start the process, open the stream, make the handshake) if not connected yet."""
+        raise NotImplementedError
+
+    async def _exchange(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        relays: Relays,
+        headers: Mapping[str, str] | None,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        await self._ready_to_send()
+        body = dict(params or {})
+        if meta:
+            body["_meta"] = {**(body.get("_meta") or {}), **meta}
+        return await self._call(method, body, relays)
+
     def _fail_pending(self, reason: str) -> None:
         """The connection ended: every request in flight fails with `reason`."""
         for event, answer, _ in self._pending.values():

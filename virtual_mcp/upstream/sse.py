@@ -91,27 +91,16 @@ class SseServer(MessageChannel):
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "its session was closed; retry the request")
 
-    async def _exchange(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None,
-        relays: Relays,
-        headers: Mapping[str, str] | None,
-        meta: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
-        """`headers` (Mcp-Param) have no meaning in this protocol: they are not sent."""
-        await self._connected()
-        body = dict(params or {})
-        if meta:
-            body["_meta"] = {**(body.get("_meta") or {}), **meta}
-        return await self._call(method, body, relays)
-
     async def aclose(self) -> None:
         self._closed = True
         if self._scope is not None:
             self._scope.cancel()
 
     # -- the stream ----------------------------------------------------------------------------------------------
+
+    async def _ready_to_send(self) -> None:
+        """(`headers` of a request, Mcp-Param, have no meaning in this protocol: they are not sent.)"""
+        await self._connected()
 
     async def _connected(self) -> None:
         async with self._lock:

@@ -112,27 +112,16 @@ class StdioServer(MessageChannel):
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "the gateway is shutting down")
 
-    async def _exchange(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None,
-        relays: Relays,
-        headers: Mapping[str, str] | None,
-        meta: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:
-        """`headers` have no meaning here: a stdio server's credentials are its environment."""
-        await self._running()
-        body = dict(params or {})
-        if meta:
-            body["_meta"] = {**(body.get("_meta") or {}), **meta}
-        return await self._call(method, body, relays)
-
     async def aclose(self) -> None:
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._stop("the gateway is shutting down")
 
     # -- the process ---------------------------------------------------------------------------------------------
+
+    async def _ready_to_send(self) -> None:
+        """(`headers` of a request have no meaning here: a stdio server's credentials are its environment.)"""
+        await self._running()
 
     async def _running(self) -> None:
         async with self._lock:
