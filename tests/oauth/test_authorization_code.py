@@ -13,7 +13,10 @@ import anyio
 import httpx2
 import jwt
 import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
+from mcp_types import ElicitResult
 
 from tests.backends import Probe, build_lab, received
 from tests.lab_config import ALICE, BOB, CI, MALLORY, PLATFORM, group, identities, remote
@@ -275,3 +278,36 @@ async def test_fifty_concurrent_calls_on_an_expired_token_refresh_once(tmp_path:
         assert await s.auth.token_requests("refresh_token") == 1
         s.clock.offset += 150
         assert str((await s.call(alice))["authorization"]) not in (first, seen[0])  # the grant is alive
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_a_client_that_opens_links_is_asked_to_connect_and_its_call_goes_on(tmp_path: Path, mode: str) -> None:
+    """A caller that declared URL-mode elicitation is asked to open the consent link through the elicitation bridge
+    (2025-11-25: on the call's stream, the call waiting for the connection; 2026-07-28: `input_required`, then its
+    retry); once connected, the same call reaches the backend with the user's own token. A caller that declines is
+    told -32042, with the link."""
+    async with setup(tmp_path) as s:
+        alice = await s.gw.token(PrincipalKind.USER, "alice@northwind.example")
+        bob = await s.gw.token(PrincipalKind.USER, "bob@northwind.example")
+        opened: list[str] = []
+
+        async def opens_the_link(message: str, response_type: Any, params: Any, context: Any) -> Any:
+            assert params.mode == "url" and "connect your account for g/github" in message
+            opened.append(params.url)
+            page = await connect(params.url, alice)
+            assert page.status_code == 200 and "Connected" in page.text
+            return ElicitResult(action="accept")
+
+        async def declines(message: str, response_type: Any, params: Any, context: Any) -> Any:
+            return ElicitResult(action="decline")
+
+        url = f"{s.gw.url}/mcp-server/g/github/server"
+        transport = StreamableHttpTransport(url, auth=alice)
+        async with Client(transport, mode=mode, elicitation_handler=opens_the_link) as client:
+            seen = await received(client, s.probe)
+        assert len(opened) == 1 and opened[0].startswith(f"{s.gw.url}/oauth/start?ticket=")
+        assert str(seen["authorization"]).startswith("Bearer ")
+        async with Client(StreamableHttpTransport(url, auth=bob), mode=mode, elicitation_handler=declines) as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("headers", {})
+        assert refused.value.code == -32042 and "/oauth/start?ticket=" in str(refused.value)

@@ -7,14 +7,16 @@ overrides, and (for passthrough) a JWT that was verified inbound and whose audie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import anyio
 import httpx
 
 from virtual_mcp.config.models import HeaderAuthData, OAuth2AuthData, PassthroughAuthData
@@ -50,6 +52,14 @@ class Caller:
     @property
     def principal(self) -> Principal:
         return self.auth.principal
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """Calls waiting for one user to connect one account, and the event that tells them."""
+
+    connected: anyio.Event = field(default_factory=anyio.Event)
+    callers: int = 0
 
 
 def fingerprint(headers: Mapping[str, str]) -> str:
@@ -104,6 +114,8 @@ class OutboundCredentials:
             if isinstance(remote.auth, OAuth2AuthData)
         }
         self.consent = ConsentFlows()
+        # Callers waiting for a user to connect an account (a consent asked by URL elicitation), by (user, server).
+        self._connecting: dict[tuple[str, ServerRef], _Waiting] = {}
         self._per_user = sorted(
             ref
             for ref, remote in registry.remotes.items()
@@ -268,7 +280,27 @@ class OutboundCredentials:
         client = self._clients[finished.server]
         token = await client.exchange_code(self._http, finished.code, finished.redirect_uri, finished.verifier)
         await self._tokens.store(user_token_key(finished.server, finished.user), token)
+        waiting = self._connecting.pop((finished.user, finished.server), None)
+        if waiting is not None:
+            waiting.connected.set()
         return ConsentFor(finished.user, finished.server)
+
+    @contextlib.contextmanager
+    def connecting(self, user: str, ref: ServerRef) -> Iterator[anyio.Event]:
+        """An event set when `user` connects their account for `ref` through this process, from now on: taken
+        before the user is asked, so a consent finished before the answer arrives is not missed. The registration
+        ends with the block, so a consent never finished leaves nothing behind."""
+        key = (user, ref)
+        waiting = self._connecting.get(key)
+        if waiting is None:
+            waiting = self._connecting[key] = _Waiting()
+        waiting.callers += 1
+        try:
+            yield waiting.connected
+        finally:
+            waiting.callers -= 1
+            if waiting.callers == 0 and self._connecting.get(key) is waiting:
+                del self._connecting[key]
 
     async def consent_redirect(self, ticket: str, browser: str, signed_in: Principal, redirect_uri: str) -> str:
         """Where the browser goes once `signed_in` proved, in `browser`, to be the ticket's user: the provider's

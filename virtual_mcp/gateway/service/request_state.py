@@ -72,8 +72,24 @@ class RequestStates:
         sealed = nonce + self._aead.encrypt(nonce, json.dumps(document, separators=(",", ":")).encode(), _AAD)
         return _PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
+    def kind(self, state: object, issued: Issued) -> object:
+        """What kind of state `state` is (its content's "k"), if it is a good one for `issued`, without using it;
+        None otherwise (opening it says why)."""
+        try:
+            return self._read(state, issued)[1].get("k")
+        except InvalidParams:
+            return None
+
     def open(self, state: object, issued: Issued) -> dict[str, Any]:
         """The content sealed in `state`, once; InvalidParams saying what is wrong otherwise."""
+        document, content = self._read(state, issued)
+        one_time = str(document.get("id"))
+        if one_time in self._spent:
+            raise InvalidParams("requestState was used already; each one answers one retry")
+        self._remember(one_time, float(document["exp"]), self._clock())
+        return content
+
+    def _read(self, state: object, issued: Issued) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(state, str) or not state.startswith(_PREFIX) or len(state) > _MAX_STATE_CHARS:
             raise InvalidParams("requestState was not issued by this gateway")
         raw = state[len(_PREFIX) :]
@@ -95,16 +111,10 @@ class RequestStates:
             raise InvalidParams("requestState was issued for another request (endpoint, method or name)")
         if document.get("a") != issued.arguments:
             raise InvalidParams("requestState was issued for this request with other arguments")
-        now = self._clock()
-        expires = float(document.get("exp", 0))
-        if expires <= now:
+        if float(document.get("exp", 0)) <= self._clock():
             raise InvalidParams("requestState has expired; send the request again without it")
-        one_time = str(document.get("id"))
-        if one_time in self._spent:
-            raise InvalidParams("requestState was used already; each one answers one retry")
-        self._remember(one_time, expires, now)
         content = document.get("c")
-        return content if isinstance(content, dict) else {}
+        return document, content if isinstance(content, dict) else {}
 
     def _remember(self, one_time: str, expires: float, now: float) -> None:
         if len(self._spent) >= _MAX_SPENT:

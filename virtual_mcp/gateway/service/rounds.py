@@ -224,6 +224,25 @@ class Rounds:
 
         return await self.run(ctx, issued, params, send, timeout)
 
+    def asking(
+        self, issued: Issued, requests: Mapping[str, Any], content: Mapping[str, Any], ttl: float
+    ) -> dict[str, Any]:
+        """An `input_required` result of the gateway's own: `requests` for the caller, `content` sealed in its state."""
+        return {
+            "resultType": "input_required",
+            "inputRequests": dict(requests),
+            "requestState": self._states.seal(issued, ttl, content),
+        }
+
+    def kind(self, params: Mapping[str, Any], issued: Issued) -> object:
+        """The kind of the request's `requestState` (None: none, or not a good one), without using it."""
+        state = params.get("requestState")
+        return None if state is None else self._states.kind(state, issued)
+
+    def spend(self, params: Mapping[str, Any], issued: Issued) -> None:
+        """Use the request's `requestState` (it answers one retry)."""
+        self._states.open(params.get("requestState"), issued)
+
     def _outgoing(self, issued: Issued, result: dict[str, Any], ttl: float) -> dict[str, Any]:
         """A backend's result for the caller: its own `input_required` state sealed in the gateway's."""
         if not spec_methods.is_input_required(result):

@@ -9,6 +9,7 @@ from typing import Any
 from mcp.shared.inbound import mcp_param_headers
 
 from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound
+from virtual_mcp.gateway.service.consent import credential_or_consent
 from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
@@ -75,12 +76,15 @@ class Tools:
             note.server, note.tool = source, route.original
             header_map = parts.catalog.param_header_map(source, route.original, route.scope)
             headers = mcp_param_headers(header_map, arguments) if header_map else None
-            credential = await parts.credentials.credential_for(source, caller)
+            issued = Issued.of(caller.principal.subject, self._endpoint.path, "tools/call", name, arguments)
+            credential, params = await credential_or_consent(parts, ctx, source, issued, params)
+            if isinstance(credential, dict):  # a 2026-07-28 caller asked to connect their account first
+                note.result = credential
+                return shape("tools/call", ctx.version, credential, self._stamp)
             note.sent = credential.headers  # what this call presented upstream, scrubbed from what is recorded
             upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
             if "_meta" in params:
                 upstream_params["_meta"] = params["_meta"]
-            issued = Issued.of(caller.principal.subject, self._endpoint.path, "tools/call", name, arguments)
             result = await parts.rounds.call(
                 ctx,
                 issued,
