@@ -68,6 +68,7 @@ class StdioCommand:
     argv: tuple[str, ...]
     env: Mapping[str, str]  # values may hold secret references, resolved at start-up
     cwd: str | None
+    token_env: str | None = None  # where the access token goes (auth_data oauth2): each caller's, or the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +339,7 @@ def _remote_entry(ref: ServerRef, model: RemoteServer) -> RemoteEntry:
         shared_session=model.upstream_session == "shared",
         tool_prefix=model.tool_prefix,
         tool_overrides=MappingProxyType(dict(model.tool_overrides)),
-        stdio=StdioCommand((model.command, *model.args), MappingProxyType(dict(model.env)), model.cwd)
+        stdio=StdioCommand((model.command, *model.args), MappingProxyType(dict(model.env)), model.cwd, model.token_env)
         if model.command is not None
         else None,
         sse=model.transport == "sse",

@@ -18,6 +18,7 @@ from tests.security_support import secure_gateway
 from tests.sensitive import mark
 from tests.support import LOCAL_USER, REPO, gateway
 from virtual_mcp.config.loader import load_config_dir
+from virtual_mcp.config.settings import Limits
 from virtual_mcp.errors import ConfigError, UpstreamTimeout, UpstreamUnavailable
 from virtual_mcp.registry import build_registry
 from virtual_mcp.types import PrincipalKind, ServerRef
@@ -85,6 +86,30 @@ async def test_two_principals_never_share_a_process_unless_the_server_is_shared(
             assert (await as_alice.call_tool("recall", {})).data == "alice's draft"
             pids = {(await c.call_tool("pid", {})).data for c in (as_alice, as_bob)}
             assert len(pids) == (1 if shared else 2)
+
+
+async def test_stdio_processes_are_bounded_in_all(tmp_path: Path) -> None:
+    """At `limits.max_stdio_processes`, a newcomer's process replaces the least recently used idle caller's (the
+    server's own, which holds its tool list, stays); the one stopped is started again when next needed."""
+    config = write(tmp_path / "servers.d", stdio_server(authorized_subjects=[f"team:{PLATFORM}"]))
+    users = [ALICE, BOB, "carol@northwind.example"]
+    write_identities(config, {PLATFORM: users})
+    secrets = {"tfy-secret://t:lab:token": TOKEN}
+    limits = Limits(max_stdio_processes=2)
+    async with secure_gateway(config, tmp_path / "data", secrets, limits=limits, list_deadline_seconds=30) as gw:
+        pool = gw.runtime.pool
+
+        def processes() -> int:
+            return sum(isinstance(s, StdioServer) for s in pool._sessions.values())
+
+        pids: dict[str, Any] = {}
+        for user in [*users, ALICE]:
+            async with gw.client("/mcp-server/lab/local/server", await gw.token(PrincipalKind.USER, user)) as client:
+                pid = (await client.call_tool("pid", {})).data
+                assert processes() <= 2
+                assert pid not in pids.values() or pids.get(user) == pid  # nobody is served by another's process
+                pids[user] = pid
+        assert len(set(pids.values())) == 3  # each user had their own; Alice's was started again
 
 
 class Clock:

@@ -223,6 +223,9 @@ class RemoteServer(_Strict):
     args: list[str] = Field(default_factory=list)
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(default_factory=dict)
     cwd: str | None = None
+    # transport: stdio with `auth_data` (oauth2): the environment variable that carries the access token. With
+    # grant_type authorization_code it is each user's own, so each user gets their own process (upstream/stdio.py).
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     authorized_subjects: list[Subject] = Field(default_factory=list)
     auth_data: AuthData | None = None
     forwardable_headers: list[str] = Field(default_factory=list)
@@ -238,17 +241,29 @@ class RemoteServer(_Strict):
         if self.transport == "stdio":
             if self.command is None:
                 raise ValueError("transport stdio needs a command")
-            wrong = [name for name in ("url", "auth_data") if getattr(self, name) is not None]
+            wrong = ["url"] if self.url is not None else []
             wrong += ["forwardable_headers"] if self.forwardable_headers else []
             if wrong:
                 raise ValueError(f"transport stdio takes no {', '.join(wrong)} (its credentials go in env)")
+            if self.auth_data is not None and not isinstance(self.auth_data, OAuth2AuthData):
+                raise ValueError(
+                    "transport stdio takes auth_data of type oauth2 only (with token_env: the variable that carries "
+                    "the access token); put static secrets in env"
+                )
+            if (self.auth_data is None) != (self.token_env is None):
+                raise ValueError(
+                    "transport stdio: auth_data (oauth2) and token_env go together: token_env names the environment "
+                    "variable that carries the access token"
+                )
+            if self.token_env is not None and self.token_env in self.env:
+                raise ValueError(f"token_env {self.token_env}: also set in env; the token is the gateway's to set")
             for name, value in self.env.items():
                 if SECRET_SCHEME in value and not refs_in(value):
                     raise ValueError(f"env {name}: malformed secret reference")
         else:
             if self.url is None:
                 raise ValueError("url is required (or set transport: stdio with a command)")
-            extra = [n for n in ("command", "cwd") if getattr(self, n) is not None] + [
+            extra = [n for n in ("command", "cwd", "token_env") if getattr(self, n) is not None] + [
                 n for n in ("args", "env") if getattr(self, n)
             ]
             if extra:

@@ -29,6 +29,9 @@ class Limits(BaseModel):
     # x-tfy-mcp-headers overrides (each distinct value is a session of its own).
     upstream_sessions_per_principal: int = Field(default=64, gt=0)
     max_upstream_sessions: int = Field(default=4096, gt=0)
+    # stdio processes in all (each server's own, and each principal's where the server keeps per-user state or
+    # credentials); at the cap the least recently used idle caller's process is stopped for a newcomer.
+    max_stdio_processes: int = Field(default=64, gt=0)
     # A backend session nobody used for this long is ended (DELETE); the next call opens a new one.
     upstream_session_idle_seconds: float = Field(default=300.0, gt=0)
     # The largest backend answer the gateway reads: a JSON body, or one line or event of an event stream, checked as

@@ -251,8 +251,9 @@ class ConsentFlows:
             "state": state,
             "code_challenge": pkce_challenge(verifier),
             "code_challenge_method": "S256",
-            "resource": resource,
         }
+        if resource:  # RFC 8707: the backend the token is for (a stdio server has no URL to name)
+            query["resource"] = resource
         if scopes:
             query["scope"] = " ".join(scopes)
         separator = "&" if "?" in authorization_url else "?"

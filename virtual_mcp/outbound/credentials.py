@@ -81,6 +81,8 @@ class Credential:
     # The secret values among the headers (resolved secrets, tokens, a caller's JWT, forwarded values): the upstream
     # session removes them from everything the backend sends back. Literal text from the configuration is not secret.
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # A stdio server's: the environment variables that carry it (`token_env`), its headers then being none.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -197,15 +199,19 @@ class OutboundCredentials:
             headers, secrets = _bearer(jwt)
             identity = _passthrough_identity(jwt)
             shared = False
-        elif isinstance(auth, OAuth2AuthData) and auth.grant_type == "client_credentials":
-            token = await self._client_credentials_token(ref)
-            headers, secrets = _bearer(token.access_token)
-            identity = "oauth2-client-credentials"
         elif isinstance(auth, OAuth2AuthData):
-            token = await self._user_token(ref, caller)
+            if auth.grant_type == "client_credentials":
+                token = await self._client_credentials_token(ref)
+                identity = "oauth2-client-credentials"
+            else:
+                token = await self._user_token(ref, caller)
+                identity = _user_identity(caller)
+                shared = False
+            stdio = self._registry.remotes[ref].stdio
+            if stdio is not None and stdio.token_env is not None:  # a process's credential is its environment
+                env = {stdio.token_env: token.access_token}
+                return Credential({}, shared, identity, frozenset(env.values()), MappingProxyType(env))
             headers, secrets = _bearer(token.access_token)
-            identity = _user_identity(caller)
-            shared = False
         if overrides:
             headers.update(overrides)
             # A forwarded value may be the caller's own secret (their token for the backend): treated as one.
@@ -449,7 +455,7 @@ def secret_refs(registry: Registry) -> list[tuple[SecretRef, ServerRef]]:
         elif isinstance(auth, OAuth2AuthData):
             texts = [auth.client_id, auth.client_secret]
         if remote.stdio is not None:
-            texts = list(remote.stdio.env.values())
+            texts += list(remote.stdio.env.values())
         found.extend((secret, ref) for text in texts for secret in refs_in(text))
     return found
 

@@ -77,8 +77,11 @@ class BackendSession:
         self._entries = entries
         self.in_flight = 0
         self.last_used = 0.0
-        # Where the backend's notifications outside any request go (resource updates): set by `watch`.
-        self._watcher: NotificationHandler | None = None
+        # Whose principal's session this is (None: the server's own, or shared by every caller: pool.py).
+        self.owner: str | None = None
+        # Where the backend's notifications outside any request go (resource updates, log messages), by the
+        # watcher's key: set by `watch`.
+        self._watchers: dict[str, NotificationHandler] = {}
 
     @property
     def listens(self) -> bool:
@@ -89,10 +92,21 @@ class BackendSession:
         """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
         self.last_used = anyio.current_time()
 
-    def watch(self, handler: NotificationHandler) -> None:
+    def watch(self, key: str, handler: NotificationHandler) -> None:
         """Hand the backend's notifications sent outside any request (a 2025-11-25 session's GET stream, a stdio
-        process's stdout) to `handler` from now on; the transport starts listening for them if it was not."""
-        self._watcher = handler
+        process's stdout) to `handler` from now on, as watcher `key` (replacing any under that key); the transport
+        starts listening for them if it was not."""
+        self._watchers[key] = handler
+
+    def watches(self, key: str) -> bool:
+        return key in self._watchers
+
+    def unwatch(self, key: str) -> None:
+        self._watchers.pop(key, None)
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._watchers)
 
     async def speaks_modern(self) -> bool:
         """Whether the backend speaks 2026-07-28 (connecting first if need be)."""
@@ -106,15 +120,17 @@ class BackendSession:
         """End the listen stream of `uri`, if there is one."""
 
     async def _watched(self, message: dict[str, Any]) -> None:
-        if self._watcher is None:
-            return
-        try:
-            await self._watcher(message)
-        except Exception:  # a watcher's failure is its own: the session serves on
-            logger.exception("a watcher of %s failed", self.ref)
+        for handler in list(self._watchers.values()):
+            try:
+                await handler(message)
+            except Exception:  # a watcher's failure is its own: the session and the other watchers go on
+                logger.exception("a watcher of %s failed", self.ref)
 
     def use_headers(self, headers: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
         """Send these headers from now on (an access token rotated under the same credential identity)."""
+
+    def use_env(self, env: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
+        """A stdio process's credential variables from now on (a token rotated under the same identity)."""
 
     async def request(
         self,

@@ -89,7 +89,9 @@ class MessageChannel(BackendSession):
                         await handler(message)
                     except Exception:  # a caller's stream that cannot take it: that caller's loss, not the backend's
                         logger.debug("progress of %s not relayed", self.ref, exc_info=True)
-            else:  # outside any one caller's request: to whoever watches the session (resource updates)
+            elif method == "notifications/message" and (relay := self._asker().notification) is not None:
+                await relay(message)  # a log message while one call is in flight: that call's (as its requests)
+            else:  # outside any one caller's request: to whoever watches the session (resource updates, logs)
                 logger.debug("backend %s: %s", self.ref, method)
                 await self._watched(message)
             return
@@ -99,10 +101,11 @@ class MessageChannel(BackendSession):
             waiting[0].set()
 
     def _asker(self) -> Relays:
-        """Whose caller a request of the backend goes to. These transports carry no link from its request to ours
-        that caused it: it goes to the one call in flight that can relay it, and is refused (no relay) when there is
-        none, or several (two callers of a shared session: neither may be asked what the other's call needs)."""
-        relaying = [relays for _, _, relays in self._pending.values() if relays.request is not None]
+        """Whose caller a request or log message of the backend goes to. These transports carry no link from its
+        message to our request that caused it: it goes to the one call in flight, and a request is refused (no
+        relay; a log message goes to the session's watchers) when there is none, or several (two callers of a
+        shared session: neither may be asked, or told, what belongs to the other's call)."""
+        relaying = [relays for _, _, relays in self._pending.values() if relays.request or relays.notification]
         return relaying[0] if len(relaying) == 1 else Relays()
 
     async def _answer_request(self, message: dict[str, Any]) -> None:

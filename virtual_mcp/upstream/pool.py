@@ -86,6 +86,7 @@ class UpstreamPool:
         self._learned: dict[ServerRef, Negotiated] = {}
         self._max_total = limits.max_upstream_sessions
         self._max_owned = limits.upstream_sessions_per_principal
+        self._max_processes = limits.max_stdio_processes
         self._idle_seconds = limits.upstream_session_idle_seconds
 
     def start(self, task_group: TaskGroup) -> None:
@@ -132,6 +133,7 @@ class UpstreamPool:
         if session is not None:
             session.touch()
             session.use_headers(credential.headers, credential.secrets)  # a rotated token on the same identity
+            session.use_env(credential.env, credential.secrets)  # the same, for a stdio server's process
             return session
         if owner is not None:
             self._make_room(ref, owner)
@@ -140,7 +142,8 @@ class UpstreamPool:
         if remote.stdio is not None:
             # A stdio server's session is its process: each principal's own, as for any backend, unless the operator
             # says it keeps no state (`upstream_session: shared`); counted and closed when idle like the others.
-            session = self._stdio_server(ref, remote.stdio, listen, declared)
+            self._make_process_room(ref)
+            session = self._stdio_server(ref, remote.stdio, listen, declared, credential)
         elif remote.sse:
             session = SseServer(
                 ref,
@@ -174,18 +177,22 @@ class UpstreamPool:
                 declared=declared,
             )
         session.touch()
+        session.owner = owner
         self._sessions[key] = session
         if owner is not None:
             self._owned.setdefault(owner, set()).add(key)
             self._owned_count += 1
         return session
 
-    def _stdio_server(self, ref: ServerRef, command: StdioCommand, listen: bool, declared: Capabilities) -> StdioServer:
+    def _stdio_server(
+        self, ref: ServerRef, command: StdioCommand, listen: bool, declared: Capabilities, credential: Credential
+    ) -> StdioServer:
         env, secrets = self._stdio_env(ref) if self._stdio_env is not None else ({}, frozenset())
+        secrets = secrets | credential.secrets
         return StdioServer(
             ref,
             list(command.argv),
-            env,
+            {**env, **credential.env},
             command.cwd,
             spawn=self._spawn,
             on_list_changed=partial(self._changed, ref),
@@ -224,6 +231,19 @@ class UpstreamPool:
             f"the gateway holds its maximum of {self._max_total} backend sessions (limits.max_upstream_sessions), "
             "none of them idle; retry shortly",
         )
+
+    def _make_process_room(self, ref: ServerRef) -> None:
+        """Room for one more stdio process (at most `limits.max_stdio_processes`), closing the least recently used
+        idle caller's process if need be (the servers' own, which hold their tool lists, are never closed)."""
+        processes = {key for key, session in self._sessions.items() if isinstance(session, StdioServer)}
+        if len(processes) < self._max_processes:
+            return
+        if not self._close_lru({key for key in processes if not self._sessions[key].listens}):
+            raise UpstreamSessionsExhausted(
+                ref.key,
+                f"the gateway runs its maximum of {self._max_processes} stdio processes (limits.max_stdio_processes), "
+                "each with a call in flight; retry shortly",
+            )
 
     def _close_lru(self, keys: set[SessionKey]) -> bool:
         """Close the least recently used of `keys` that has no call in flight; False if each one has."""

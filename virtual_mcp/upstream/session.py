@@ -631,15 +631,13 @@ class UpstreamSession(BackendSession):
         if self._on_list_changed is not None:
             self._on_list_changed()
 
-    def watch(self, handler: NotificationHandler) -> None:
-        super().watch(handler)
+    def watch(self, key: str, handler: NotificationHandler) -> None:
+        super().watch(key, handler)
         self._maybe_listen()
 
     def _maybe_listen(self) -> None:
         tools_cap = self.capabilities.get("tools")
-        wanted = self._watcher is not None or (
-            self._listen and isinstance(tools_cap, dict) and bool(tools_cap.get("listChanged"))
-        )
+        wanted = self.watched or (self._listen and isinstance(tools_cap, dict) and bool(tools_cap.get("listChanged")))
         if not wanted or self._spawn is None or self._listening or self.era is not Era.LEGACY:
             return
         if not self.session_id:

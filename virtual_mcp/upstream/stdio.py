@@ -4,8 +4,11 @@ message per line on its stdin and stdout, the 2025-11-25 handshake, its stderr a
 `StdioServer` is the pool's session for such a server, a `backend.BackendSession` as `UpstreamSession` is: like a
 backend session, a process is each principal's own (state one user leaves in it is never another's) unless the
 server is configured `upstream_session: shared`, plus one for the gateway's own use (its tool list); the pool
-bounds how many there are and closes idle ones. The configured `env` is the server's own (static secrets), the
-same for each process.
+bounds how many there are (`limits.max_stdio_processes` in all) and closes idle ones. The configured `env` is the
+server's own (static secrets), the same for each process. With `auth_data` (oauth2) the access token is put in the
+variable `token_env` names: the server's token (client credentials), or each user's own (authorization code; the
+process is then that user's alone, as any per-user credential's session is). A renewed token starts the process
+again, when it is next needed and idle: a process reads its environment once.
 
 Supervision: the process is started on first use. When it exits or breaks the protocol, every request in flight
 fails at once (`UpstreamUnavailable`), the tool catalog is told its list changed (so its tools leave every list
@@ -88,6 +91,7 @@ class StdioServer(MessageChannel):
         self._max_line = max_answer_bytes
         self._secrets = [s for s in secrets if s]
         self._scrubber = Scrubber(self._secrets)
+        self._renewed = False  # its credential variables changed since the process started: restart it when idle
         self._lock = anyio.Lock()
         self._process: Process | None = None
         self._ready = False
@@ -112,6 +116,17 @@ class StdioServer(MessageChannel):
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "the gateway is shutting down")
 
+    def use_env(self, env: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
+        """A renewed token (`token_env`): the process, which read its environment when it started, is started again
+        with it before its next request that finds it idle. Until then it keeps the token it has (renewed at 80% of
+        its lifetime, so still valid). Both tokens are kept out of what it says."""
+        if all(self._env.get(name) == value for name, value in env.items()):
+            return
+        self._env.update(env)
+        self._secrets = [*self._secrets[-8:], *(s for s in secrets if s)]
+        self._scrubber = Scrubber(self._secrets)
+        self._renewed = True
+
     async def aclose(self) -> None:
         self._closed = True
         with anyio.CancelScope(shield=True):
@@ -125,8 +140,12 @@ class StdioServer(MessageChannel):
 
     async def _running(self) -> None:
         async with self._lock:
+            if self._process is not None and self._ready and self._renewed and self.in_flight <= 1:
+                logger.info("stdio server %s: started again with its renewed credential", self.ref)
+                await self._stop("its credential was renewed", planned=True)
             if self._process is not None and self._ready:
                 return
+            self._renewed = False
             now = self._clock()
             if now < self._not_before:
                 raise UpstreamUnavailable(
@@ -233,15 +252,17 @@ class StdioServer(MessageChannel):
             if text:
                 logger.info("stdio server %s: %s", self.ref, text[:_STDERR_LINE])
 
-    async def _ended(self, process: Process, reason: str) -> None:
-        """Once per process, whoever sees its end first (its reader, a failed start, a stop)."""
+    async def _ended(self, process: Process, reason: str, planned: bool = False) -> None:
+        """Once per process, whoever sees its end first (its reader, a failed start, a stop). A planned stop (a
+        restart with a renewed credential) is no failure: no backoff, and its tools stay listed."""
         if self._process is not process:
             return
         self._process = None
         was_ready, self._ready = self._ready, False
-        self._failed()
+        if not planned:
+            self._failed()
         self._fail_pending(reason)
-        if was_ready and not self._closed:
+        if was_ready and not self._closed and not planned:
             logger.warning("stdio server %s: %s; it is started again when next needed", self.ref, reason)
             self._on_list_changed()  # its tools leave the lists until it answers again
         await _terminate(process)
@@ -253,12 +274,12 @@ class StdioServer(MessageChannel):
         )
         self._not_before = self._clock() + self._backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
 
-    async def _stop(self, reason: str) -> None:
+    async def _stop(self, reason: str, planned: bool = False) -> None:
         process = self._process
         if self._scope is not None:
             self._scope.cancel()
         if process is not None:
-            await self._ended(process, reason)
+            await self._ended(process, reason, planned)
 
     # -- messages ------------------------------------------------------------------------------------------------
 

@@ -50,6 +50,44 @@ def _deliverable_levels(ctx: RequestContext, meta: Mapping[str, Any]) -> frozens
     return at_or_above(ctx.session.log_level if ctx.session is not None else None)
 
 
+def log_message(params: Mapping[str, Any], levels: frozenset[str]) -> dict[str, Any] | None:
+    """A backend's log message as the caller gets it, if it is one at one of `levels` (None: drop it)."""
+    if params.get("level") not in levels:
+        return None
+    try:
+        logged = LoggingMessageNotificationParams.model_validate(params, by_name=False)
+    except ValidationError:
+        return None  # not a log message: nothing to relay
+    return logged.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def hear_outside_calls(ctx: RequestContext, session: BackendSession) -> None:
+    """From now on, the log messages `session`'s backend sends outside any request reach the caller's 2025-11-25
+    session on its GET stream, at the level it chose, until it ends: if it chose one (`logging/setLevel`, its
+    opt-in) and `session` is its principal's own. A backend session shared by every caller of a server
+    (`upstream_session: shared`) cannot say whom such a message is for: it stays in the gateway's log.
+    2026-07-28 has no channel for them (`subscriptions/listen` carries no log messages)."""
+    subscriber, state = ctx.subscriber, ctx.session
+    if ctx.modern or subscriber is None or state is None or state.log_level is None:
+        return
+    if session.owner != ctx.caller.principal.subject:
+        return
+    key = f"logs:{subscriber.key}"
+    if session.watches(key):
+        return
+
+    async def relay(message: dict[str, Any]) -> None:
+        params = message.get("params")
+        if message.get("method") != "notifications/message" or not isinstance(params, dict):
+            return
+        logged = log_message(params, at_or_above(state.log_level))
+        if logged is not None:
+            subscriber.push({"jsonrpc": "2.0", "method": "notifications/message", "params": logged})
+
+    session.watch(key, relay)
+    subscriber.on_end(lambda: session.unwatch(key))
+
+
 def _progress_token(meta: Mapping[str, Any]) -> str | int | None:
     token = meta.get("progressToken")
     return token if isinstance(token, str | int) and not isinstance(token, bool) else None
@@ -120,15 +158,12 @@ async def forward(
                 if isinstance(note, str):
                     out["message"] = note
                 await out_to.notify("notifications/progress", out)
-        elif kind == "notifications/message" and p.get("level") in levels:
-            try:
-                logged = LoggingMessageNotificationParams.model_validate(p, by_name=False)
-            except ValidationError:
-                return  # not a log message: nothing to relay
-            await out_to.notify(
-                "notifications/message", logged.model_dump(by_alias=True, mode="json", exclude_none=True)
-            )
+        elif kind == "notifications/message":
+            logged = log_message(p, levels)
+            if logged is not None:
+                await out_to.notify("notifications/message", logged)
 
+    hear_outside_calls(ctx, session)
     upstream_params = {k: v for k, v in params.items() if k != "_meta"}
     on_request = _asking(ctx, asker if asker is not None else ctx.asker)
     pushed = _asking(ctx, ctx.asker) if ctx.asker is not None else None

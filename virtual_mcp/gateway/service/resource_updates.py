@@ -62,7 +62,7 @@ class ResourceUpdates:
                 subscriber.on_end(lambda: self._forget(subscriber.key))
         entries[subscriber.key] = _Entry(subscriber, shown_uri)
         if len(per_uri) == 1 and len(entries) == 1:
-            session.watch(lambda message: self._on_message(session, message))
+            session.watch("resource-updates", lambda message: self._on_message(session, message))
 
     def unsubscribed(self, session: BackendSession, uri: str, subscriber_key: str) -> bool:
         """Remove the record; True if nobody else is subscribed to `uri` on `session` (tell the backend)."""
