@@ -239,14 +239,15 @@ async def test_an_oauth_backend_call_records_its_token_and_vault_phases(tmp_path
     sealed into the vault), a later one finds it in memory."""
     async with client_credentials_setup(tmp_path) as s, httpx2.AsyncClient() as http:
         raw = Raw(http, f"{s.gw.url}/mcp-server/g/analytics/server", era, s.alice)
-        await raw.open()
+        opened = await raw.open()
         first = await raw.call("tools/call", {"name": "echo", "arguments": {"text": "oauth"}})
         assert first.status_code == 200, first.text
         assert rpc(first)["result"]["structuredContent"] == {"result": "oauth"}
-        timing = server_timing(first)
-        assert {"auth", "policy", "token_lookup", "token_lock_wait", "token_provider", "vault", "upstream"} <= set(
-            timing
-        ), timing
+        assert {"auth", "policy", "token_lookup", "upstream"} <= set(server_timing(first))
+        # The first request to reach the backend obtains the token: a 2025-11-25 session's handshake (it meets the
+        # backend, to offer what it offers), a 2026-07-28 client's first call.
+        timing = server_timing(opened if opened is not None else first)
+        assert {"token_lookup", "token_lock_wait", "token_provider", "vault"} <= set(timing), timing
         assert timing["token_provider"] > 0
         again = await raw.call("tools/call", {"name": "echo", "arguments": {"text": "again"}})
         assert again.status_code == 200, again.text

@@ -18,6 +18,7 @@ from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.resource_updates import ResourceUpdates
 from virtual_mcp.gateway.service.rounds import Rounds
+from virtual_mcp.gateway.service.tasks import TaskRoutes, relays_tasks
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.sessions import SessionTable
 from virtual_mcp.inbound.revocations import RevocationList
@@ -67,7 +68,8 @@ class Runtime:
         self.catalog = ToolCatalog(self.pool, settings, on_change=self._catalog_changed, metrics=self.metrics)
         # What each endpoint's callers see and where their calls go.
         self.views = {
-            path: EndpointView(ep, registry, self.catalog, credentials) for path, ep in registry.endpoints.items()
+            path: EndpointView(ep, registry, self.catalog, credentials, self._relays_tasks)
+            for path, ep in registry.endpoints.items()
         }
         self._tg: TaskGroup | None = None
         # One bus per endpoint carries "tools changed" to its 2026-07-28 listen streams.
@@ -82,7 +84,11 @@ class Runtime:
         )
         self.rounds = Rounds()
         self.updates = ResourceUpdates()
+        self.tasks = TaskRoutes()
         self.ready = False
+
+    def _relays_tasks(self, ref: ServerRef) -> bool:
+        return relays_tasks(self.pool.learned(ref))
 
     def service_parts(self) -> ServiceParts:
         return ServiceParts(
@@ -94,6 +100,7 @@ class Runtime:
             self.auditor,
             self.rounds,
             self.updates,
+            self.tasks,
         )
 
     @property

@@ -92,16 +92,23 @@ class Auditor:
 
     @asynccontextmanager
     async def tool_call(
-        self, request_id: str, caller: Caller, endpoint: str, called: str, arguments: dict[str, Any]
+        self,
+        request_id: str,
+        caller: Caller,
+        endpoint: str,
+        called: str,
+        arguments: dict[str, Any],
+        method: str = "tools/call",
     ) -> AsyncIterator[CallNote]:
-        """Wrap one `tools/call`: the event is recorded (and counted) when the block ends, however it ends."""
+        """Wrap one `tools/call` (or a request about a task one created: `method`): the event is recorded (and
+        counted) when the block ends, however it ends."""
         note = CallNote()
         if self._log is None and self._metrics is None:
             yield note
             return
         started = time.perf_counter()
         failure: BaseException | None = None
-        event = self._event(request_id, caller.principal, endpoint, "tools/call", called)
+        event = self._event(request_id, caller.principal, endpoint, method, called)
         try:
             yield note
             if note.result is not None and note.result.get("isError") is True:

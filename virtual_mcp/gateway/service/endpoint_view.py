@@ -11,7 +11,7 @@ servers with one configured credential each has one table for every caller.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +59,10 @@ class EndpointView:
         registry: Registry,
         catalog: ToolCatalog,
         credentials: OutboundCredentials,
+        relays_tasks: Callable[[ServerRef], bool] = lambda ref: False,
     ) -> None:
         self.endpoint = endpoint
+        self._relays_tasks = relays_tasks
         self._credentials = credentials
         self._registry = registry
         self._catalog = catalog
@@ -236,17 +238,20 @@ class EndpointView:
 
     def _expose(self, tool: dict[str, Any], exposed: str, member: Member, original: str) -> dict[str, Any]:
         """The tool as the endpoint lists it: under its exposed name (and configured description), with the
-        gateway's `_meta` keys (the source of a namespaced or renamed tool) set by the gateway alone, and without
-        `execution`: task-augmented calls (the 2025-11-25 tasks, `tasks/*`) are not relayed, so no caller is told
-        it may make one (a `task` sent anyway is not passed on: the call runs and answers as a plain call)."""
+        gateway's `_meta` keys (the source of a namespaced or renamed tool) set by the gateway alone, and with its
+        `execution` (task support) only where task-augmented calls to its backend are relayed (service/tasks.py):
+        elsewhere no caller is told it may make one (a `task` sent anyway is not passed on: the call runs and
+        answers as a plain call)."""
         meta = tool.get("_meta")
         claims = isinstance(meta, dict) and any(key.startswith(GATEWAY_META_PREFIX) for key in meta)
         override = self._registry.remotes[member.source].tool_overrides.get(original)
         named = bool(member.prefix) or exposed != original
-        if not named and not claims and (override is None or override.description is None) and "execution" not in tool:
+        tasks = "execution" not in tool or self._relays_tasks(member.source)
+        if not named and not claims and (override is None or override.description is None) and tasks:
             return tool
         out = dict(tool)
-        out.pop("execution", None)
+        if not tasks:
+            out.pop("execution", None)
         if override is not None and override.description is not None:
             out["description"] = override.description
         if isinstance(meta, dict) or named:

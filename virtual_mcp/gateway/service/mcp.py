@@ -23,6 +23,7 @@ from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.passthrough import passthrough
 from virtual_mcp.gateway.service.results import capabilities, server_info, shape
+from virtual_mcp.gateway.service.tasks import TASK_METHODS, relays_tasks
 from virtual_mcp.gateway.service.tools import Tools
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -68,6 +69,10 @@ class McpService:
         return capabilities(self.endpoint, learned.capabilities if learned is not None else None)
 
     async def handle(self, ctx: RequestContext, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        if method in TASK_METHODS and not ctx.modern and self._relays_tasks():
+            if not isinstance(params, Mapping):
+                raise InvalidParams(f"{method} needs params with a taskId")
+            return await self._tools.task(ctx, method, params)
         if method not in spec_methods.SPEC_CLIENT_METHODS:
             raise MethodNotFound(method)
         try:
@@ -84,15 +89,28 @@ class McpService:
             raise MethodNotFound(method)
         return shape(method, ctx.version, await handler(ctx, params or {}), self.stamp)
 
-    def initialize(self, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
-        """A 2025-11-25 `initialize`: its result and the negotiated version (the client's, if the gateway speaks it)."""
+    async def initialize(self, caller: Caller, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+        """A 2025-11-25 `initialize`: its result and the negotiated version (the client's, if the gateway speaks it).
+
+        What the endpoint offers depends on what its backends offer (completions, subscriptions, tasks): a backend
+        the gateway has not met yet is met first, as a tool list would (within the list deadline; one that does not
+        answer in time is offered as what the gateway knows of it)."""
         try:
             requested = InitializeRequestParams.model_validate(params or {}, by_name=False).protocol_version
         except ValidationError:
             raise _invalid_params() from None
+        if any(self._pool.learned(m.source) is None for m in self.endpoint.members):
+            await self._tools.meet(caller)
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-        result = {"protocolVersion": version, "capabilities": self._capabilities(), "serverInfo": self.stamp}
+        offered = self._capabilities()
+        if self._relays_tasks():  # 2025-11-25 only: task-augmented tool calls, passed through (service/tasks.py)
+            offered["tasks"] = {"cancel": {}, "requests": {"tools": {"call": {}}}}
+        result = {"protocolVersion": version, "capabilities": offered, "serverInfo": self.stamp}
         return shape("initialize", version, result, self.stamp), version
+
+    def _relays_tasks(self) -> bool:
+        """Whether one of the endpoint's backends takes task-augmented tool calls (as it said when last connected)."""
+        return any(relays_tasks(self._pool.learned(m.source)) for m in self.endpoint.members)
 
     def declares_param_headers(self, caller: Caller, name: str) -> bool:
         """Whether a tool `caller` may use declares `Mcp-Param` headers (from the cache, no I/O)."""

@@ -8,6 +8,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.resource_updates import ResourceUpdates
 from virtual_mcp.gateway.service.rounds import Rounds
+from virtual_mcp.gateway.service.tasks import TaskRoutes
 from virtual_mcp.outbound.credentials import OutboundCredentials
 from virtual_mcp.registry import Registry
 from virtual_mcp.upstream.catalog import ToolCatalog
@@ -24,3 +25,4 @@ class ServiceParts:
     auditor: Auditor  # the audit trail of tool calls
     rounds: Rounds  # 2026-07-28 callers' answers to what backends ask (held calls, sealed request states)
     updates: ResourceUpdates  # who subscribed to which backend resource, and where its updates go
+    tasks: TaskRoutes  # where each of the gateway's task ids leads (2025-11-25 task-augmented calls)

@@ -3,6 +3,7 @@ credential, forwarded and audited."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -11,10 +12,21 @@ from mcp.shared.inbound import mcp_param_headers
 from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound
 from virtual_mcp.gateway.service.consent import credential_or_consent
 from virtual_mcp.gateway.service.context import RequestContext
-from virtual_mcp.gateway.service.endpoint_view import EndpointView
+from virtual_mcp.gateway.service.endpoint_view import EndpointView, Route
 from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.gateway.service.results import shape
+from virtual_mcp.gateway.service.tasks import (
+    TaskAsker,
+    TaskRoute,
+    TaskSink,
+    created,
+    relays_tasks,
+    shown,
+    task_support,
+    without_execution,
+)
 from virtual_mcp.outbound.consent import ConsentRequired
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -51,11 +63,19 @@ class Tools:
         cache_key = (ctx.version, key)
         shaped = self._shaped.get(cache_key)
         if shaped is None:
+            if ctx.modern:  # 2026-07-28 moved tasks into an extension the gateway does not relay (service/tasks.py)
+                tools = [without_execution(tool) for tool in tools]
             shaped = shape("tools/list", ctx.version, {"tools": tools}, self._stamp)
             if len(self._shaped) >= _SHAPED_LISTS:
                 self._shaped.pop(next(iter(self._shaped)))
             self._shaped[cache_key] = shaped
         return shaped
+
+    async def meet(self, caller: Caller) -> None:
+        """Reach the backends `caller` may use through this endpoint, as a tool list does (within the list deadline),
+        so the gateway knows what they offer. Whatever fails here is the list's or the call's to say."""
+        with contextlib.suppress(GatewayError):
+            await self._view.listing(caller, self._parts.settings.list_deadline_seconds)
 
     async def call(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         parts = self._parts
@@ -85,18 +105,79 @@ class Tools:
             upstream_params: dict[str, Any] = {"name": route.original, "arguments": arguments}
             if "_meta" in params:
                 upstream_params["_meta"] = params["_meta"]
+            session = parts.pool.session(source, credential, caller.principal, ctx.declared)
+            as_task = "task" in params and self._relays_task(ctx, route)
+            if as_task:
+                upstream_params["task"] = params["task"]
             result = await parts.rounds.call(
                 ctx,
                 issued,
                 params,
-                parts.pool.session(source, credential, caller.principal, ctx.declared),
+                session,
                 "tools/call",
                 upstream_params,
                 timeout=settings.call_timeout_seconds,
                 headers=headers,
             )
+            upstream_id = created(source, result) if as_task else None
+            if upstream_id is not None:
+                expires = parts.tasks.lifetime(result)
+                task = TaskRoute(
+                    caller.principal.subject, self._endpoint.path, name, source, session, upstream_id, expires
+                )
+                result = shown(result, "tools/call", source, upstream_id, parts.tasks.add(task))
+                note.result = result
+                return result
             note.result = result
             return shape("tools/call", ctx.version, result, self._stamp)
+
+    def _relays_task(self, ctx: RequestContext, route: Route) -> bool:
+        """Whether this call's `task` goes to the backend (service/tasks.py): a 2025-11-25 caller, a backend that
+        takes task-augmented calls, and a tool it lists as taking them."""
+        if ctx.modern or not relays_tasks(self._parts.pool.learned(route.member.source)):
+            return False
+        tool = self._parts.catalog.cached_tool(route.member.source, route.original, route.scope)
+        return task_support(tool) != "forbidden"
+
+    async def task(self, ctx: RequestContext, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`tasks/get`, `tasks/result` or `tasks/cancel` of a task this caller created on this endpoint, sent to the
+        backend session that holds it, while the caller may still use its tool; audited with that tool."""
+        parts = self._parts
+        caller = ctx.caller
+        task_id = params.get("taskId")
+        if not isinstance(task_id, str):
+            raise InvalidParams("taskId must be a string")
+        route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
+        async with parts.auditor.tool_call(
+            ctx.trace_id, caller, self._endpoint.path, route.tool, {}, method=method
+        ) as note:
+            with phase("policy"):
+                current = await self._view.resolve(caller, route.tool, parts.settings.list_deadline_seconds)
+            note.server, note.tool = route.server, route.tool
+            if current is None or current.member.source != route.server:
+                note.denial = "the caller may no longer use the task's tool"
+                raise ToolNotFound(route.tool)
+            note.tool = current.original
+            credential = await parts.credentials.credential_for(route.server, caller)
+            note.sent = credential.headers
+            route.session.use_headers(credential.headers, credential.secrets)  # a token renewed since
+            upstream: dict[str, Any] = {"taskId": route.upstream_id}
+            if "_meta" in params:
+                upstream["_meta"] = params["_meta"]
+            result = await forward(
+                ctx,
+                route.session,
+                method,
+                upstream,
+                timeout=parts.settings.call_timeout_seconds,
+                asker=TaskAsker(ctx.asker, route.upstream_id, task_id) if ctx.asker is not None else None,
+                sink=TaskSink(ctx.sink, route.upstream_id, task_id),
+            )
+            result = shown(result, method, route.server, route.upstream_id, task_id)
+            note.result = result
+            if method == "tasks/result":  # the result of the task's tools/call
+                return shape("tools/call", ctx.version, result, self._stamp)
+            return result
 
     def declares_param_headers(self, caller: Caller, name: str) -> bool:
         return self._view.declares_param_headers(name, caller)

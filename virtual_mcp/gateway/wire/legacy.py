@@ -149,7 +149,7 @@ class LegacyWire:
             session = None
         try:
             try:
-                result, version = self._service.initialize(message.get("params"))
+                result, version = await self._service.initialize(caller, message.get("params"))
             except GatewayError as exc:
                 answer = framing.Answer(send, self._keepalive, json_allowed=False)
                 await answer.finish(framing.error(request_id, error_object(exc)))
