@@ -47,6 +47,7 @@ from virtual_mcp.upstream.wire import (
 )
 
 logger = logging.getLogger(__name__)
+_HANDSHAKE_SUBSCRIBE = 30.0  # resources/subscribe on the side session (the caller's own deadline applies too)
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
@@ -110,8 +111,13 @@ class UpstreamSession(BackendSession):
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] | None = None
         self._listening = False
+        self._stream_tried = anyio.Event()  # set once its first GET stream was answered (open, or refused)
         self._closed = False
         self._resource_listens: dict[str, anyio.CancelScope] = {}  # 2026-07-28: a listen stream per resource
+        # A 2026-07-28 backend without `subscriptions/listen` that also speaks the handshake era: its resources are
+        # subscribed to on a 2025-11-25 session of the same credential, made for that (`_subscribe_by_handshake`).
+        self._handshake: UpstreamSession | None = None
+        self._by_handshake: set[str] = set()
         # Only one session per backend holds a standing list_changed stream; per-caller sessions do not.
         self._listen = listen
 
@@ -129,6 +135,8 @@ class UpstreamSession(BackendSession):
             check_headers(headers, self.ref.key)
             self._base_headers = dict(headers)
             self._scrubber = self._scrubber.rotated(secrets)
+            if self._handshake is not None:
+                self._handshake.use_headers(headers, secrets)
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -153,6 +161,8 @@ class UpstreamSession(BackendSession):
         self._closed = True
         for scope in self._resource_listens.values():
             scope.cancel()
+        if self._handshake is not None:
+            await self._handshake.aclose()
         if self.era is Era.LEGACY and self.session_id:
             with anyio.move_on_after(2, shield=True):
                 try:
@@ -565,7 +575,51 @@ class UpstreamSession(BackendSession):
 
     async def listen_resource(self, uri: str) -> None:
         """Hold a `subscriptions/listen` stream for `uri` (its updates to the watcher) until `stop_listening`; returns
-        once the backend acknowledged it. Raises UpstreamProtocolError if the backend does not honour it."""
+        once the backend acknowledged it. A backend that has no `subscriptions/listen` is asked on a 2025-11-25
+        session instead, if it speaks that era too. Raises UpstreamProtocolError if the backend does not honour
+        it either way."""
+        try:
+            await self._listen_resource(uri)
+        except ListenNotOffered as refused:
+            try:
+                await self._subscribe_by_handshake(uri)
+            except UpstreamError as exc:
+                logger.info("backend %s: resources/subscribe on a 2025-11-25 session failed: %s", self.ref, exc)
+                raise refused from None
+
+    async def _subscribe_by_handshake(self, uri: str) -> None:
+        side = self._handshake
+        if side is None or side.closed:
+            side = self._handshake = UpstreamSession(
+                self.ref,
+                self.url,
+                self._http,
+                headers=self._base_headers,
+                spawn=self._spawn,
+                listen=False,
+                max_answer_bytes=self._max_answer,
+                learned=Negotiated(Era.LEGACY, LEGACY_VERSION, {}, None),  # the handshake, not server/discover
+                declared=self._declared,
+            )
+            side._scrubber = self._scrubber
+            side.watch("updates", self._watched)  # its GET stream's updates are this session's
+        await side.request("resources/subscribe", {"uri": uri}, timeout=_HANDSHAKE_SUBSCRIBE)
+        if side.era is not Era.LEGACY:
+            raise UpstreamProtocolError(self.ref.key, "speaks no 2025-11-25 to subscribe on")
+        self._by_handshake.add(uri)
+        # Its updates come on that session's GET stream: subscribed once the stream is there to carry them (a
+        # backend drops what it would send on a stream not yet open).
+        with anyio.move_on_after(_HANDSHAKE_SUBSCRIBE):
+            await side._stream_tried.wait()
+
+    async def _unsubscribe_by_handshake(self, uri: str) -> None:
+        side = self._handshake
+        if side is None or side.closed:
+            return
+        with contextlib.suppress(UpstreamError):
+            await side.request("resources/unsubscribe", {"uri": uri}, timeout=_HANDSHAKE_SUBSCRIBE)
+
+    async def _listen_resource(self, uri: str) -> None:
         if uri in self._resource_listens:
             return
         scope = self._resource_listens[uri] = anyio.CancelScope()
@@ -582,6 +636,9 @@ class UpstreamSession(BackendSession):
         scope = self._resource_listens.pop(uri, None)
         if scope is not None:
             scope.cancel()
+        if uri in self._by_handshake and self._spawn is not None:
+            self._by_handshake.discard(uri)
+            self._spawn(partial(self._unsubscribe_by_handshake, uri))
 
     async def _listen_modern(
         self, uri: str, scope: anyio.CancelScope, acknowledged: anyio.Event, failure: list[UpstreamError]
@@ -599,7 +656,7 @@ class UpstreamSession(BackendSession):
                         "content-type", ""
                     ):
                         said = await read_capped(response.aiter_raw(), 64 * 1024, None)
-                        raise UpstreamProtocolError(self.ref.key, _no_listen(response.status_code, said))
+                        raise ListenNotOffered(self.ref.key, _no_listen(response.status_code, said))
                     lines = capped_lines(response.aiter_raw(), self._max_answer)
                     async for message in iter_sse_messages(lines, self._max_answer, self._parse):
                         method = message.get("method")
@@ -651,6 +708,7 @@ class UpstreamSession(BackendSession):
         headers = {**self._legacy_headers(), "accept": "text/event-stream"}
         try:
             async with self._http.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)) as resp:
+                self._stream_tried.set()
                 if resp.status_code != 200:
                     return
                 lines = capped_lines(resp.aiter_raw(), self._max_answer)
@@ -665,11 +723,16 @@ class UpstreamSession(BackendSession):
         except (httpx.HTTPError, ValueError, AnswerTooLarge):
             logger.debug("backend %s: list_changed stream ended", self.ref)
         finally:
+            self._stream_tried.set()
             self._listening = False
             if not self._closed and self.session_id == session_id:
                 # The stream broke while the session looked alive: make the next request renegotiate,
                 # and tell the catalog its view may be stale.
                 self._list_changed()
+
+
+class ListenNotOffered(UpstreamProtocolError):
+    """A 2026-07-28 backend answered `subscriptions/listen` with no stream (it has none)."""
 
 
 def _no_listen(status: int, body: bytes) -> str:

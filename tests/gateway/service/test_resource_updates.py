@@ -183,3 +183,49 @@ async def test_a_2026_listen_stream_gets_the_updates_of_the_resources_it_names(t
         with anyio.fail_after(10):
             await probe.unsubscribed.wait()
         assert await touch("note://b") == []
+
+
+def broadcasting_backend() -> FastMCP:
+    """A backend of both eras whose 2026-07-28 side has no `subscriptions/listen` (fastmcp's): a client subscribes
+    on a 2025-11-25 session, and `touch` tells every session subscribed to the resource, from whatever request."""
+    mcp = FastMCP("broadcasting")
+    subscribers: dict[str, list[Any]] = {}
+
+    @mcp.resource("note://a", mime_type="text/plain")
+    def a() -> str:
+        return "a"
+
+    @mcp.tool
+    async def touch(uri: str) -> int:
+        for session in subscribers.get(uri, []):
+            await session.send_resource_updated(uri)
+        return len(subscribers.get(uri, []))
+
+    async def subscribe(ctx: ServerRequestContext[Any], params: mcp_types.SubscribeRequestParams) -> Any:
+        subscribers.setdefault(str(params.uri), []).append(ctx.session)
+        return mcp_types.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any], params: mcp_types.UnsubscribeRequestParams) -> Any:
+        subscribers.pop(str(params.uri), None)  # (its one subscriber, in this test)
+        return mcp_types.EmptyResult()
+
+    mcp._mcp_server.add_request_handler("resources/subscribe", mcp_types.SubscribeRequestParams, subscribe)
+    mcp._mcp_server.add_request_handler("resources/unsubscribe", mcp_types.UnsubscribeRequestParams, unsubscribe)
+    return mcp
+
+
+async def test_a_backend_without_subscriptions_listen_is_subscribed_to_on_a_handshake_session(tmp_path: Path) -> None:
+    """The gateway speaks 2026-07-28 to this backend, which has no `subscriptions/listen`: the subscription is made on
+    a 2025-11-25 session to it (it speaks both), and its updates reach the subscriber; unsubscribing ends it."""
+    async with serve(broadcasting_backend().http_app(path="/mcp")) as backend:  # type: ignore[arg-type]
+        config = write_config(tmp_path / "servers.d", {"notes": backend.url})
+        async with gateway(config) as gw:
+            inbox = Inbox()
+            async with Client(f"{gw.url}/mcp-server/lab/notes/server", mode="legacy", message_handler=inbox) as c:
+                await c.session.subscribe_resource("note://a")
+                assert (await c.call_tool("touch", {"uri": "note://a"})).data == 1
+                assert await inbox.next() == "note://a"
+                await c.session.unsubscribe_resource("note://a")
+                with anyio.fail_after(10):
+                    while (await c.call_tool("touch", {"uri": "note://a"})).data != 0:
+                        await anyio.wait_all_tasks_blocked()  # the backend is told in the background
