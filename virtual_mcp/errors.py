@@ -251,6 +251,13 @@ class AskFailed(GatewayError):
         self.code = code
 
 
+class CannotAsk(AskFailed):
+    """This caller cannot be asked now (no stream to ask on, or it declared no such capability): another may be."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(METHOD_NOT_FOUND, message)
+
+
 class NotSupportedYet(GatewayError):
     """A configured feature this build of the gateway cannot serve yet."""
 

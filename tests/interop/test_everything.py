@@ -2,9 +2,9 @@
 caller gets through `/mcp-server/...`, in both client eras. The reference server speaks the handshake era only, so a
 2026-07-28 client reaches it only through the gateway.
 
-Its questions (elicitation in both modes, sampling) are compared too; its tasks in test_everything_tasks.py. Not
-compared: roots (the reference server asks for them outside any call, on the session's own stream) and
-subscriptions.
+Its questions (elicitation in both modes, sampling), progress, and what it sends a 2025-11-25 session outside any
+call (its request for the client's roots, resource updates, simulated logging) are compared too; its tasks in
+test_everything_tasks.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types
 from fastmcp import Client
 
@@ -215,3 +218,105 @@ async def test_the_reference_servers_questions_reach_the_caller_as_they_do_direc
                 through = Answers()
                 async with through.client(f"{gw.url}/mcp-server/lab/everything/server", mode) as client:
                     assert await questions(client, through) == era_of(expected, mode)
+
+
+class Inbox:
+    """What a client session is told outside its calls: resource updates and log messages."""
+
+    def __init__(self) -> None:
+        self.updated: list[str] = []
+        self.logged: list[tuple[str, str]] = []
+        self._arrived = anyio.Event()
+
+    async def __call__(self, message: Any) -> None:
+        root = getattr(message, "root", message)
+        if isinstance(root, mcp_types.ResourceUpdatedNotification):
+            self.updated.append(str(root.params.uri))
+        elif isinstance(root, mcp_types.LoggingMessageNotification):
+            # The reference server names its own session in the text: the gateway's is another one.
+            self.logged.append((root.params.level, re.sub(r" - SessionId \S+", "", str(root.params.data))))
+        else:
+            return
+        self._arrived.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        with anyio.fail_after(15):
+            while not done():
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+
+
+async def session_features(client: Client[Any], inbox: Inbox, uri: str, mode: str) -> dict[str, Any]:
+    """Progress of a long call (both eras); and for a 2025-11-25 session: the roots the server asked it for after
+    its handshake, a subscribed resource's update, and simulated logging, both sent outside any call."""
+    progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total))
+
+    long = await client.call_tool_mcp("trigger-long-running-operation", {"duration": 1, "steps": 2}, on_progress)
+    seen: dict[str, Any] = {
+        "long": timeless(long.model_dump(exclude_none=True, exclude={"meta"})),
+        "progress": progress,
+    }
+    if mode != "legacy":
+        return seen
+    roots = await client.call_tool_mcp("get-roots-list", {})
+    seen["roots"] = roots.model_dump(exclude_none=True, exclude={"meta"})
+    await client.session.subscribe_resource(uri)  # type: ignore[arg-type]
+    await client.call_tool_mcp("toggle-subscriber-updates", {})  # tells once at once, then every 5 s
+    await inbox.until(lambda: bool(inbox.updated))
+    await client.call_tool_mcp("toggle-subscriber-updates", {})
+    seen["updated"] = inbox.updated[0]
+    await client.set_logging_level("debug")
+    await client.call_tool_mcp("toggle-simulated-logging", {})
+    await inbox.until(lambda: any(level != "info" or "Roots" not in text for level, text in inbox.logged))
+    await client.call_tool_mcp("toggle-simulated-logging", {})
+    simulated = [text for level, text in inbox.logged if "level message" in text or "level-message" in text]
+    seen["logged"] = bool(simulated)
+    return seen
+
+
+async def test_the_reference_servers_session_features_reach_the_caller_as_they_do_directly(tmp_path: Path) -> None:
+    """Over streamable HTTP, on the server's own endpoint and on /mcp: progress in both eras; for a 2025-11-25
+    session, its roots (asked by the server outside any call, right after its handshake), a resource update and
+    simulated log messages (sent outside any call)."""
+    resource = "demo://resource/dynamic/text/1"
+    async with everything_server() as everything:
+        inbox = Inbox()
+        async with Client(everything.url, mode="legacy", roots=["file:///work"], message_handler=inbox) as direct:
+            expected = await session_features(direct, inbox, resource, "legacy")
+        assert "file:///work" in json.dumps(expected["roots"]) and expected["logged"]
+        assert expected["progress"] == [(1.0, 2.0), (2.0, 2.0)] and expected["updated"] == resource
+        config = write_config(tmp_path / "servers.d", {"everything": everything.url.removesuffix("/mcp")})
+        async with gateway(config) as gw:
+            for endpoint, shown in (
+                ("/mcp-server/lab/everything/server", resource),
+                ("/mcp", f"mcp-gateway://lab/everything/{resource}"),
+            ):
+                prefix = "lab__everything__" if endpoint == "/mcp" else ""
+                for mode in ("legacy", "2026-07-28"):
+                    inbox = Inbox()
+                    url = f"{gw.url}{endpoint}"
+                    async with Client(url, mode=mode, roots=["file:///work"], message_handler=inbox) as through:
+                        seen = await session_features(Named(through, prefix), inbox, shown, mode)  # type: ignore[arg-type]
+                    want = (
+                        {**expected, "updated": shown}
+                        if mode == "legacy"
+                        else {k: expected[k] for k in ("long", "progress")}
+                    )
+                    assert seen == want, (endpoint, mode)
+
+
+class Named:
+    """A client whose tool calls name the tools as an endpoint shows them (on /mcp, namespaced)."""
+
+    def __init__(self, client: Client[Any], prefix: str) -> None:
+        self._client, self._prefix = client, prefix
+        self.session = client.session
+
+    async def call_tool_mcp(self, name: str, arguments: dict[str, Any], progress: Any = None) -> Any:
+        return await self._client.call_tool_mcp(f"{self._prefix}{name}", arguments, progress)
+
+    async def set_logging_level(self, level: str) -> None:
+        await self._client.set_logging_level(level)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from virtual_mcp.errors import (
     INTERNAL_ERROR,
     METHOD_NOT_FOUND,
     AskFailed,
+    CannotAsk,
     GatewayError,
     UpstreamProtocolError,
     UpstreamRpcError,
@@ -82,6 +83,9 @@ class BackendSession:
         # Where the backend's notifications outside any request go (resource updates, log messages), by the
         # watcher's key: set by `watch`.
         self._watchers: dict[str, NotificationHandler] = {}
+        # Who is asked what the backend asks of its client outside any request (roots/list after its handshake,
+        # say), by key: set by `watch_requests`; the newest that can be asked is.
+        self._askers: dict[str, RequestHandler] = {}
 
     @property
     def listens(self) -> bool:
@@ -98,15 +102,33 @@ class BackendSession:
         starts listening for them if it was not."""
         self._watchers[key] = handler
 
+    def watch_requests(self, key: str, handler: RequestHandler) -> None:
+        """Hand the backend's requests of its client made outside any request of ours to `handler` from now on (the
+        newest registered first; one raising CannotAsk passes it on to the next)."""
+        self._askers[key] = handler
+
     def watches(self, key: str) -> bool:
-        return key in self._watchers
+        return key in self._watchers or key in self._askers
 
     def unwatch(self, key: str) -> None:
         self._watchers.pop(key, None)
+        self._askers.pop(key, None)
 
     @property
     def watched(self) -> bool:
-        return bool(self._watchers)
+        return bool(self._watchers or self._askers)
+
+    def outside(self) -> Relays:
+        """Where a request the backend makes outside any request of ours goes."""
+        return Relays(request=self._ask_outside)
+
+    async def _ask_outside(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        for handler in reversed(list(self._askers.values())):
+            try:
+                return await handler(method, params)
+            except CannotAsk:
+                continue
+        raise AskFailed(METHOD_NOT_FOUND, f"virtual-mcp has no caller to relay {method!r} to outside a call")
 
     async def speaks_modern(self) -> bool:
         """Whether the backend speaks 2026-07-28 (connecting first if need be)."""

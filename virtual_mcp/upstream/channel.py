@@ -110,7 +110,10 @@ class MessageChannel(BackendSession):
 
     async def _answer_request(self, message: dict[str, Any]) -> None:
         try:
-            reply = await self._asker().answer(self.ref, message)
+            relays = self._asker()
+            if relays.request is None:  # no one call it can belong to: as outside any call
+                relays = self.outside()
+            reply = await relays.answer(self.ref, message)
             await self._send(reply)
         except UpstreamError:
             logger.info("backend %s: could not answer its request", self.ref)

@@ -29,7 +29,7 @@ from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, unwrap
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, RequestHandler, unwrap
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
@@ -692,6 +692,16 @@ class UpstreamSession(BackendSession):
         super().watch(key, handler)
         self._maybe_listen()
 
+    def watch_requests(self, key: str, handler: RequestHandler) -> None:
+        super().watch_requests(key, handler)
+        self._maybe_listen()
+
+    async def _answer_outside(self, message: dict[str, Any]) -> None:
+        try:
+            await self._reply(await self.outside().answer(self.ref, message))
+        except Exception:  # runs in the gateway's task group: nothing here may end the gateway
+            logger.exception("backend %s: answering its request outside a call failed", self.ref)
+
     def _maybe_listen(self) -> None:
         tools_cap = self.capabilities.get("tools")
         wanted = self.watched or (self._listen and isinstance(tools_cap, dict) and bool(tools_cap.get("listChanged")))
@@ -716,8 +726,10 @@ class UpstreamSession(BackendSession):
                     if message.get("method") == "notifications/tools/list_changed":
                         self._list_changed()
                     elif "id" in message and "method" in message:
-                        # A request of its client outside any call: there is no caller to relay it to.
-                        await self._reply(await Relays().answer(self.ref, message))
+                        # A request of its client outside any call: to a caller watching this session, answered
+                        # off this stream (a person may take minutes).
+                        if self._spawn is not None:
+                            self._spawn(partial(self._answer_outside, message))
                     elif "method" in message:
                         await self._watched(message)
         except (httpx.HTTPError, ValueError, AnswerTooLarge):

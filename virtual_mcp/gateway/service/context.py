@@ -42,6 +42,7 @@ class RequestContext:
     declared: Capabilities = field(default_factory=lambda: NONE)
     asker: Asker | None = None  # how to ask the caller now, on its open stream (a 2025-11-25 session's call)
     subscriber: Subscriber | None = None  # where resource updates for it go (a 2025-11-25 session)
+    outside: Asker | None = None  # how to ask its session outside any call (a 2025-11-25 session's GET stream)
 
     @property
     def modern(self) -> bool:

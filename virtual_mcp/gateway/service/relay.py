@@ -11,11 +11,12 @@ from mcp_types import LOG_LEVEL_META_KEY, LoggingMessageNotificationParams
 from mcp_types import methods as spec_methods
 from pydantic import ValidationError
 
-from virtual_mcp.errors import INVALID_PARAMS, METHOD_NOT_FOUND, AskFailed, UpstreamProtocolError
+from virtual_mcp.errors import INVALID_PARAMS, METHOD_NOT_FOUND, AskFailed, CannotAsk, UpstreamProtocolError
 from virtual_mcp.gateway.service.asks import Asker, checked_request
 from virtual_mcp.gateway.service.context import RequestContext, Sink
 from virtual_mcp.timing import phase
 from virtual_mcp.upstream.backend import BackendSession, RequestHandler
+from virtual_mcp.upstream.capabilities import declares
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _ALL_LEVELS = frozenset(LOG_LEVELS)
@@ -62,18 +63,33 @@ def log_message(params: Mapping[str, Any], levels: frozenset[str]) -> dict[str, 
 
 
 def hear_outside_calls(ctx: RequestContext, session: BackendSession) -> None:
-    """From now on, the log messages `session`'s backend sends outside any request reach the caller's 2025-11-25
-    session on its GET stream, at the level it chose, until it ends: if it chose one (`logging/setLevel`, its
-    opt-in) and `session` is its principal's own. A backend session shared by every caller of a server
-    (`upstream_session: shared`) cannot say whom such a message is for: it stays in the gateway's log.
-    2026-07-28 has no channel for them (`subscriptions/listen` carries no log messages)."""
+    """From now on, until the caller's 2025-11-25 session ends, if `session` is its principal's own:
+
+    - the log messages `session`'s backend sends outside any request reach it on its GET stream, at the level it
+      chose, if it chose one (`logging/setLevel`, its opt-in);
+    - the backend's `roots/list` outside any request (its client's roots, asked after its handshake) is put to it on
+      its GET stream, if it declared roots (the newest such session of the principal is asked). Elicitation and
+      sampling outside any call are refused: a question for a call already answered must not reach anyone.
+
+    A backend session shared by every caller of a server (`upstream_session: shared`) cannot say whom such a
+    message is for: logs stay in the gateway's log, questions are refused. 2026-07-28 has no channel for either
+    (`subscriptions/listen` carries neither)."""
     subscriber, state = ctx.subscriber, ctx.session
-    if ctx.modern or subscriber is None or state is None or state.log_level is None:
+    if ctx.modern or subscriber is None or state is None or session.owner != ctx.caller.principal.subject:
         return
-    if session.owner != ctx.caller.principal.subject:
-        return
+    outside = ctx.outside
+    asks = f"asks:{subscriber.key}"
+    if outside is not None and declares(ctx.declared, ("roots",)) and not session.watches(asks):
+
+        async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            if method != "roots/list":
+                raise CannotAsk(f"{method} outside a call is not relayed")
+            return await outside.ask(method, checked_request(method, params, ctx.declared))
+
+        session.watch_requests(asks, ask)
+        subscriber.on_end(lambda: session.unwatch(asks))
     key = f"logs:{subscriber.key}"
-    if session.watches(key):
+    if state.log_level is None or session.watches(key):
         return
 
     async def relay(message: dict[str, Any]) -> None:

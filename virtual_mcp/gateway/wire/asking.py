@@ -10,12 +10,13 @@ is refused with 400 and its text says which id. A question outlives neither its 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 
+from virtual_mcp.errors import INTERNAL_ERROR, AskFailed, CannotAsk
 from virtual_mcp.gateway.service.asks import caller_error, checked_answer
 
 
@@ -76,6 +77,52 @@ class StreamAsker:
 
     async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         return await self._questions.ask(self._stream, method, params)
+
+
+_FIRST_STREAM_GRACE = 5.0
+
+
+class _Pushed:
+    """A session's GET stream as a `Stream`."""
+
+    def __init__(self, push: Callable[[Mapping[str, Any]], None]) -> None:
+        self._push = push
+
+    async def event(self, message: Mapping[str, Any]) -> None:
+        self._push(message)
+
+
+class SessionAsker:
+    """The `Asker` of a session outside its calls: its questions put on its GET stream, if it has one open, within
+    `timeout` (a question outlives neither; CannotAsk when it has none, so another session may be asked)."""
+
+    def __init__(self, session: AskedSession, timeout: float) -> None:
+        self._session = session
+        self._timeout = timeout
+
+    async def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session
+        if not session.stream_opened.is_set():  # a client opens it right after its handshake: a moment's grace
+            with anyio.move_on_after(_FIRST_STREAM_GRACE):
+                await session.stream_opened.wait()
+        if session.stream is None or session.ended:
+            raise CannotAsk("the caller's session has no stream open to be asked on")
+        try:
+            with anyio.fail_after(self._timeout):
+                return await session.questions.ask(_Pushed(session.push), method, params)
+        except TimeoutError:
+            raise AskFailed(INTERNAL_ERROR, f"the caller did not answer {method} in time") from None
+
+
+class AskedSession(Protocol):
+    questions: Questions
+    ended: bool
+    stream_opened: anyio.Event
+
+    @property
+    def stream(self) -> object | None: ...
+
+    def push(self, message: Mapping[str, Any]) -> None: ...
 
 
 def is_response(message: Mapping[str, Any]) -> bool:

@@ -22,7 +22,7 @@ from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.mcp import McpService
 from virtual_mcp.gateway.service.results import error_object
 from virtual_mcp.gateway.wire import framing
-from virtual_mcp.gateway.wire.asking import StreamAsker, is_response
+from virtual_mcp.gateway.wire.asking import SessionAsker, StreamAsker, is_response
 from virtual_mcp.gateway.wire.keepalive import Keepalive
 from virtual_mcp.gateway.wire.messages import accepts, is_request
 from virtual_mcp.gateway.wire.session_quota import SessionQuota
@@ -32,6 +32,8 @@ from virtual_mcp.upstream.capabilities import relayable
 
 logger = logging.getLogger(__name__)
 SESSION_HEADER = "mcp-session-id"
+# A backend's question outside any call (roots/list) waits this long for the session's answer on its GET stream.
+_OUTSIDE_QUESTION_SECONDS = 120.0
 _STREAM_BACKLOG = 16  # messages waiting for a slow GET stream; past that the stream is ended (the client reopens)
 
 
@@ -180,7 +182,16 @@ class LegacyWire:
             outcome: dict[str, Any] | None = None
             asker = StreamAsker(session.questions, answer)
             ctx = RequestContext(
-                caller, session.version, request_id, trace_id, answer, session, session.declared, asker, session
+                caller,
+                session.version,
+                request_id,
+                trace_id,
+                answer,
+                session,
+                session.declared,
+                asker,
+                session,
+                SessionAsker(session, _OUTSIDE_QUESTION_SECONDS),
             )
             with call.cancel:
                 try:
@@ -217,6 +228,7 @@ class LegacyWire:
             await framing.refuse(send, 409, "Conflict: Only one SSE stream is allowed per session")
             return
         stream = session.stream = _GetStream()
+        session.stream_opened.set()
         answer = framing.Answer(send, self._keepalive, json_allowed=False, headers=_session_header(session))
         try:
             with self._table.holding(session):

@@ -63,6 +63,7 @@ class Session:
     in_flight: int = 0
     calls: dict[RequestKey, Call] = field(default_factory=dict)
     stream: Stream | None = None  # the GET stream, while one is open
+    stream_opened: anyio.Event = field(default_factory=anyio.Event)  # set when its first GET stream opens
     ended: bool = False
     closed: anyio.Event = field(default_factory=anyio.Event)  # set when it ends
     declared: Capabilities = field(
