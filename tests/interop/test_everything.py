@@ -40,6 +40,7 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+RESOURCE = "demo://resource/dynamic/text/1"
 _CLOCK = re.compile(r"\b\d{1,2}:\d{2}:\d{2}\s?[AP]M\b")
 
 
@@ -140,6 +141,9 @@ async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Pa
         direct_answers = Answers()
         async with direct_answers.client(everything.url, "legacy") as direct:
             asked = await questions(direct, direct_answers)
+        inbox = Inbox()
+        async with Answers().client(everything.url, "legacy", inbox) as direct:
+            features = await session_features(direct, inbox, RESOURCE, "legacy")
     node = PACKAGE.ensure_installed()
     server = remote("everything", "unused", [f"team:{TEAM}"])
     del server["url"]
@@ -155,6 +159,10 @@ async def test_the_reference_server_over_stdio_answers_as_over_http(tmp_path: Pa
                 assert await surface(through) == era_surface(expected, mode)
                 # Its questions reach the caller over stdio too.
                 assert await questions(through, answers) == era_of(asked, mode)
+            inbox = Inbox()
+            async with Answers().client(f"{gw.url}/mcp-server/lab/everything/server", mode, inbox) as through:
+                seen = await session_features(through, inbox, RESOURCE, mode)
+            assert seen == (features if mode == "legacy" else {k: features[k] for k in ("long", "progress")})
 
 
 class Answers:
@@ -173,9 +181,14 @@ class Answers:
         self.asked.append({"sampling": [m.model_dump(exclude_none=True) for m in messages]})
         return "a sampled answer"
 
-    def client(self, url: str, mode: str) -> Client[Any]:
+    def client(self, url: str, mode: str, inbox: Inbox | None = None) -> Client[Any]:
         return Client(
-            url, mode=mode, elicitation_handler=self.elicit, sampling_handler=self.sample, roots=["file:///work"]
+            url,
+            mode=mode,
+            elicitation_handler=self.elicit,
+            sampling_handler=self.sample,
+            roots=["file:///work"],
+            message_handler=inbox,
         )
 
 
@@ -281,7 +294,7 @@ async def test_the_reference_servers_session_features_reach_the_caller_as_they_d
     """Over streamable HTTP, on the server's own endpoint and on /mcp: progress in both eras; for a 2025-11-25
     session, its roots (asked by the server outside any call, right after its handshake), a resource update and
     simulated log messages (sent outside any call)."""
-    resource = "demo://resource/dynamic/text/1"
+    resource = RESOURCE
     async with everything_server() as everything:
         inbox = Inbox()
         async with Client(everything.url, mode="legacy", roots=["file:///work"], message_handler=inbox) as direct:
