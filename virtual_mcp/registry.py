@@ -6,6 +6,7 @@ backends under which name prefix, and which subjects may use each of them.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -78,6 +79,7 @@ class VirtualEntry:
     authorized_subjects: frozenset[str]
     sources: tuple[tuple[ServerRef, frozenset[str] | None], ...]
     tool_prefix: str | None = None  # its alias in namespaced tool names on /mcp
+    offers: Mapping[ServerRef, Offers] = field(default_factory=dict)  # per source: its prompts and resources offered
 
 
 class EndpointKind(StrEnum):
@@ -99,6 +101,27 @@ class Member:
     prefix: tuple[str, ...]
     tools: frozenset[str] | None
     gate: ServerRef
+    # A virtual server's curation of the source's prompts and resources (None: a remote server's own, all of them).
+    offers: Offers | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offers:
+    """Which prompts (by name) and resources and templates (by URI or URI template) of a source a virtual server
+    offers: shell-style patterns, none unless listed."""
+
+    prompts: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+
+    def prompt(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.prompts)
+
+    def resource(self, uri: str) -> bool:
+        return any(fnmatch.fnmatchcase(uri, pattern) for pattern in self.resources)
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.prompts or self.resources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +203,7 @@ def build_registry(config: LoadedConfig) -> Registry:
     for ref, (file, model) in virtual_models.items():
         entry = f"integration {model.name!r}"
         sources: list[tuple[ServerRef, frozenset[str] | None]] = []
+        offers: dict[ServerRef, Offers] = {}
         names: dict[str, ServerRef] = {}
         for i, src in enumerate(model.servers):
             where = f"servers[{i}].server"
@@ -213,8 +237,11 @@ def build_registry(config: LoadedConfig) -> Registry:
             if tools is not None and len(set(tools)) != len(tools):
                 issues.append(ConfigIssue(file, entry, f"servers[{i}].tools", "lists a tool more than once"))
             sources.append((src_ref, frozenset(tools) if tools is not None else None))
+            offers[src_ref] = Offers(tuple(src.prompts), tuple(src.resources))
         subjects = frozenset(model.authorized_subjects)
-        virtuals[ref] = VirtualEntry(ref, model.description, subjects, tuple(sources), model.tool_prefix)
+        virtuals[ref] = VirtualEntry(
+            ref, model.description, subjects, tuple(sources), model.tool_prefix, MappingProxyType(offers)
+        )
     _check_tool_prefixes(config, group_files, issues)
 
     team_members, virtual_accounts, known_teams = _identities(config, issues)
@@ -407,12 +434,15 @@ def _endpoints(
         )
         aggregate.append(Member(ref, (remote.tool_prefix,) if remote.tool_prefix else (ref.group, ref.name), None, ref))
     for ref, virtual in sorted(virtuals.items()):
-        members = tuple(Member(src, (remotes[src].alias,), tools, ref) for src, tools in virtual.sources)
+        members = tuple(
+            Member(src, (remotes[src].alias,), tools, ref, virtual.offers.get(src, Offers()))
+            for src, tools in virtual.sources
+        )
         endpoints[server_path(ref)] = Endpoint(
             server_path(ref), EndpointKind.VIRTUAL, ref, ref.key, virtual.description, members
         )
         outer = (virtual.tool_prefix,) if virtual.tool_prefix else (ref.group, ref.name)
-        aggregate.extend(Member(m.source, (*outer, *m.prefix), m.tools, ref) for m in members)
+        aggregate.extend(Member(m.source, (*outer, *m.prefix), m.tools, ref, m.offers) for m in members)
     endpoints[AGGREGATE_PATH] = Endpoint(
         AGGREGATE_PATH, EndpointKind.AGGREGATE, None, "virtual-mcp", "Every tool the caller may use.", tuple(aggregate)
     )

@@ -293,6 +293,11 @@ class RemoteServer(_Strict):
 class VirtualSource(_Strict):
     server: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")]
     tools: list[str] | None = Field(default=None, min_length=1)
+    # The source's prompts (by name) and resources and resource templates (by URI, or URI template) this virtual
+    # server offers too: shell-style patterns (`*`, `?`, `[...]`); none unless listed, since a virtual server offers
+    # exactly what it names, and what it leaves out of a server must not come back through its prompts or resources.
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    resources: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
 
 class VirtualServer(_Strict):

@@ -1,4 +1,6 @@
-"""Prompts, resources and resource templates of every remote server a caller may use, on `/mcp`.
+"""Prompts, resources and resource templates of every remote server a caller may use, on `/mcp`; and of a virtual
+server's sources, those it offers (`prompts` and `resources` of each source in its configuration), on its own
+endpoint.
 
 Each is the backend's own, named so that it finds its way back:
 - a prompt as a tool is: `{group}__{server}__{prompt}` (or the server's `tool_prefix`), by `naming.namespaced`;
@@ -10,8 +12,10 @@ cannot answer (down, slow, the caller not connected to its per-user OAuth) is le
 as for tools. A prompt or resource of a server the caller may not use does not exist for them (the same answer
 as one that does not exist at all).
 
-Only remote servers' own members of `/mcp` take part: a virtual server curates tools, and what it leaves out of a
-server must not come back through that server's prompts or resources.
+On `/mcp`, only remote servers' own members take part (a caller sees a server's prompts and resources there if they
+may use that server). A virtual server offers only what it names of each source (shell-style patterns; none by
+default): what it leaves out of a server must not come back through that server's prompts or resources. Its gate is
+the virtual server's own `authorized_subjects`, as for its tools.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.gateway.service.subscriptions import subscription_handlers
 from virtual_mcp.naming import SEPARATOR, namespaced
 from virtual_mcp.policy import decide
-from virtual_mcp.registry import Endpoint, Member
+from virtual_mcp.registry import Endpoint, EndpointKind, Member
 from virtual_mcp.timing import phase
 from virtual_mcp.types import ServerRef
 
@@ -65,7 +69,10 @@ class Aggregate:
         self._parts = parts
         self._path = endpoint.path
         self._budget = parts.registry.naming.budget
-        self._members = tuple(m for m in endpoint.members if m.gate == m.source)
+        if endpoint.kind is EndpointKind.AGGREGATE:
+            self._members = tuple(m for m in endpoint.members if m.gate == m.source)
+        else:
+            self._members = tuple(m for m in endpoint.members if m.offers is None or m.offers.anything)
         self._by_ref = {m.source: m for m in self._members}
 
     def handlers(self) -> dict[str, Handler]:
@@ -83,6 +90,8 @@ class Aggregate:
         member = self._by_ref.get(parsed[0]) if parsed is not None else None
         if parsed is None or member is None or not self._allowed(ctx, member):
             return None
+        if member.offers is not None and not member.offers.resource(parsed[1]):
+            return None  # not offered here: no such resource, as for one that does not exist
         return member, parsed[1]
 
     def _prompt_name(self, member: Member, original: str) -> str:
@@ -141,7 +150,7 @@ class Aggregate:
                 for member in self._members:
                     if self._allowed(ctx, member):
                         tg.start_soon(fetch, member)
-        return [(m, entry) for m in self._members for entry in found.get(m.source, ())]
+        return [(m, entry) for m in self._members for entry in found.get(m.source, ()) if _entry_offered(m, key, entry)]
 
     async def _prompts(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         _no_cursor(params)
@@ -173,9 +182,9 @@ class Aggregate:
             if not name.startswith(prefix) or not self._allowed(ctx, member):
                 continue
             original = name[len(prefix) :]
-            if self._prompt_name(member, original) == name:
+            if self._prompt_name(member, original) == name and _offered(member, "prompts", original):
                 return member, original
-        # A shortened name: which prompt it stands for is in the lists.
+        # A shortened name: which prompt it stands for is in the lists (which hold only what is offered).
         for member, prompt in await self._gather(ctx, "prompts/list", "prompts"):
             listed = prompt.get("name")
             if isinstance(listed, str) and self._prompt_name(member, listed) == name:
@@ -212,6 +221,21 @@ class Aggregate:
         if isinstance(contents, list):  # the contents carry the URI as the caller knows it
             result = {**result, "contents": [_wrapped(member.source, c) for c in contents]}
         return result
+
+
+_ENTRY_KEYS = {"prompts": "name", "resources": "uri", "resourceTemplates": "uriTemplate"}
+
+
+def _offered(member: Member, kind: str, key: str) -> bool:
+    """Whether `member` offers the prompt (kind "prompts") or resource or template named `key`."""
+    if member.offers is None:
+        return True
+    return member.offers.prompt(key) if kind == "prompts" else member.offers.resource(key)
+
+
+def _entry_offered(member: Member, kind: str, entry: Mapping[str, Any]) -> bool:
+    key = entry.get(_ENTRY_KEYS[kind])
+    return isinstance(key, str) and _offered(member, kind, key)
 
 
 def _wrapped(ref: ServerRef, content: Any) -> Any:

@@ -22,7 +22,7 @@ from virtual_mcp.gateway.service.context import RequestContext
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.passthrough import passthrough
-from virtual_mcp.gateway.service.results import capabilities, server_info, shape
+from virtual_mcp.gateway.service.results import capabilities, offers_more_than_tools, server_info, shape
 from virtual_mcp.gateway.service.tasks import TASK_METHODS, relays_tasks
 from virtual_mcp.gateway.service.tools import Tools
 from virtual_mcp.outbound.credentials import Caller
@@ -50,7 +50,7 @@ class McpService:
         }
         if endpoint.kind is EndpointKind.REMOTE:
             self._handlers.update(passthrough(endpoint, parts))
-        elif endpoint.kind is EndpointKind.AGGREGATE:
+        elif endpoint.kind is EndpointKind.AGGREGATE or offers_more_than_tools(endpoint):
             self._handlers.update(Aggregate(endpoint, parts).handlers())
         # These shape their own results (tools/list keeps its shaped answer; tools/call shapes inside its audit).
         self._shaping: dict[str, Handler] = {"tools/list": self._tools.list, "tools/call": self._tools.call}

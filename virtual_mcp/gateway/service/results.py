@@ -46,6 +46,13 @@ def _subscribes(backend: Mapping[str, Any] | None) -> bool:
     return isinstance(resources, Mapping) and resources.get("subscribe") is True
 
 
+def offers_more_than_tools(endpoint: Endpoint) -> bool:
+    """Whether a virtual server offers prompts or resources of its sources (its `prompts` and `resources`)."""
+    return endpoint.kind is EndpointKind.VIRTUAL and any(
+        m.offers is not None and m.offers.anything for m in endpoint.members
+    )
+
+
 def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the endpoint serves. Tool list changes are announced (to 2025-11-25 sessions on their GET stream, to
     2026-07-28 clients on `subscriptions/listen`); a single remote server's resources and prompts are passed on (on
@@ -53,7 +60,7 @@ def capabilities(endpoint: Endpoint, backend: Mapping[str, Any] | None = None) -
     capabilities it announced when last connected) is known to offer them: an endpoint never promises what its
     backend may lack."""
     offered: dict[str, Any] = {"logging": {}, "tools": {"listChanged": True}}
-    if endpoint.kind in (EndpointKind.REMOTE, EndpointKind.AGGREGATE):
+    if endpoint.kind in (EndpointKind.REMOTE, EndpointKind.AGGREGATE) or offers_more_than_tools(endpoint):
         offered["prompts"] = {"listChanged": False}
         offered["resources"] = {"listChanged": False, "subscribe": _subscribes(backend)}
     if endpoint.kind is EndpointKind.REMOTE and backend is not None and "completions" in backend:
