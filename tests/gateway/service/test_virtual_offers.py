@@ -123,3 +123,34 @@ def test_check_refuses_an_empty_pattern(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         load_config_dir(config)
     assert "prompts" in str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_on_mcp_a_caller_of_the_virtual_server_only_finds_what_it_offers(tmp_path: Path, mode: str) -> None:
+    """The caller may use the virtual server but not the remote server behind it: on /mcp, they find the virtual
+    server's tools, prompts and resources, and nothing else of that server."""
+    async with serve(documented_backend().http_app(path="/mcp")) as backend:  # type: ignore[arg-type]
+        config = write_config(tmp_path / "servers.d", {}, VIRTUALS)
+        group = (config / "lab.yaml").read_text()
+        remote = (
+            "  - name: docs\n    type: integration/mcp-server/remote\n"
+            f"    url: {backend.url}/mcp\n    authorized_subjects: [team:nobody]\n"
+        )
+        (config / "lab.yaml").write_text(group.replace("integrations:\n", "integrations:\n" + remote, 1))
+        async with gateway(config) as gw, Client(f"{gw.url}/mcp", mode=mode) as client:
+            assert [t.name for t in await client.list_tools()] == [
+                "lab__curated__docs__echo",
+                "lab__tools-only__docs__echo",
+            ]
+            assert [p.name for p in await client.list_prompts()] == ["lab__curated__docs__summarize"]
+            got = await client.get_prompt("lab__curated__docs__summarize", {"topic": "names"})
+            assert "Summarize names." in str(got.messages[0].content)
+            assert [str(r.uri) for r in await client.list_resources()] == [wrapped("doc://public/readme")]
+            read = await client.read_resource(wrapped("doc://public/readme"))
+            assert getattr(read[0], "text", None) == "read me"
+            for uri in (wrapped("doc://private/salaries"), wrapped("doc://private/row/2")):
+                with pytest.raises(MCPError) as missing:
+                    await client.read_resource(uri)
+                assert "Resource not found" in str(missing.value)
+            with pytest.raises(MCPError):
+                await client.get_prompt("lab__docs__drop_tables")

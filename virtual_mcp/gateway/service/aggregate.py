@@ -12,10 +12,11 @@ cannot answer (down, slow, the caller not connected to its per-user OAuth) is le
 as for tools. A prompt or resource of a server the caller may not use does not exist for them (the same answer
 as one that does not exist at all).
 
-On `/mcp`, only remote servers' own members take part (a caller sees a server's prompts and resources there if they
-may use that server). A virtual server offers only what it names of each source (shell-style patterns; none by
-default): what it leaves out of a server must not come back through that server's prompts or resources. Its gate is
-the virtual server's own `authorized_subjects`, as for its tools.
+A virtual server offers only what it names of each source (shell-style patterns; none by default): what it leaves
+out of a server must not come back through that server's prompts or resources. Its gate is the virtual server's own
+`authorized_subjects`, as for its tools. On `/mcp` its prompts are named like its tools; a resource keeps the
+source's wrapped URI, listed once however many of the caller's servers offer it, and read through any of them that
+offers it to the caller.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from virtual_mcp.gateway.service.request_state import Issued
 from virtual_mcp.gateway.service.subscriptions import subscription_handlers
 from virtual_mcp.naming import SEPARATOR, namespaced
 from virtual_mcp.policy import decide
-from virtual_mcp.registry import Endpoint, EndpointKind, Member
+from virtual_mcp.registry import Endpoint, Member
 from virtual_mcp.timing import phase
 from virtual_mcp.types import ServerRef
 
@@ -69,11 +70,11 @@ class Aggregate:
         self._parts = parts
         self._path = endpoint.path
         self._budget = parts.registry.naming.budget
-        if endpoint.kind is EndpointKind.AGGREGATE:
-            self._members = tuple(m for m in endpoint.members if m.gate == m.source)
-        else:
-            self._members = tuple(m for m in endpoint.members if m.offers is None or m.offers.anything)
-        self._by_ref = {m.source: m for m in self._members}
+        # A remote server's own members offer everything; a virtual server's, what it names.
+        self._members = tuple(m for m in endpoint.members if m.offers is None or m.offers.anything)
+        self._by_source: dict[ServerRef, list[Member]] = {}
+        for member in self._members:
+            self._by_source.setdefault(member.source, []).append(member)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -87,12 +88,13 @@ class Aggregate:
 
     async def _resource_route(self, ctx: RequestContext, uri: str) -> tuple[Member, str] | None:
         parsed = parse_uri(uri)
-        member = self._by_ref.get(parsed[0]) if parsed is not None else None
-        if parsed is None or member is None or not self._allowed(ctx, member):
+        if parsed is None:
             return None
-        if member.offers is not None and not member.offers.resource(parsed[1]):
-            return None  # not offered here: no such resource, as for one that does not exist
-        return member, parsed[1]
+        for member in self._by_source.get(parsed[0], ()):
+            # Through any member the caller may use that offers it (not offered: as for one that does not exist).
+            if _offered(member, "resources", parsed[1]) and self._allowed(ctx, member):
+                return member, parsed[1]
+        return None
 
     def _prompt_name(self, member: Member, original: str) -> str:
         return namespaced(member.prefix, original, self._budget)
@@ -145,12 +147,24 @@ class Aggregate:
                 return
             found[member.source] = entries
 
+        allowed = [m for m in self._members if self._allowed(ctx, m)]
         with phase("upstream"), anyio.move_on_after(deadline + 1):
             async with anyio.create_task_group() as tg:
-                for member in self._members:
-                    if self._allowed(ctx, member):
-                        tg.start_soon(fetch, member)
-        return [(m, entry) for m in self._members for entry in found.get(m.source, ()) if _entry_offered(m, key, entry)]
+                for source in dict.fromkeys(m.source for m in allowed):  # each backend asked once
+                    tg.start_soon(fetch, self._by_source[source][0])
+        out: list[tuple[Member, dict[str, Any]]] = []
+        shown: set[tuple[ServerRef, str]] = set()  # a resource offered by two members is listed once
+        for member in allowed:
+            for entry in found.get(member.source, ()):
+                if not _entry_offered(member, key, entry):
+                    continue
+                if key != "prompts":
+                    seen = (member.source, str(entry.get(_ENTRY_KEYS[key])))
+                    if seen in shown:
+                        continue
+                    shown.add(seen)
+                out.append((member, entry))
+        return out
 
     async def _prompts(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         _no_cursor(params)
