@@ -173,6 +173,23 @@ async def test_a_crashed_server_is_started_again_after_a_backoff(tmp_path: Path)
         assert await call(server, "pid") not in (first, second)
 
 
+async def test_a_renewed_token_starts_the_process_again_and_no_secret_is_ever_let_through(tmp_path: Path) -> None:
+    """However often its token is renewed, the configuration's secrets and its newest tokens are removed from what
+    the process says; a renewal starts it again, with the new token, when it is next used."""
+    changes: list[str] = []
+    async with supervised(Clock(), changes) as server:
+        first = await call(server, "pid")
+        tokens = [f"renewed-token-{i}-0123456789abcdef" for i in range(12)]
+        mark(*tokens)
+        for token in tokens:
+            server.use_env({"GH_TOKEN": token}, [token])
+        assert await call(server, "pid") != first  # started again, once
+        for name in ("LAB_TOKEN", "GH_TOKEN"):
+            said = str(await call(server, "env", name=name))
+            assert TOKEN not in said and tokens[-1] not in said, name
+        assert changes == []  # a planned restart: its tools never left the lists
+
+
 async def test_a_call_given_up_on_is_cancelled_and_the_process_serves_on() -> None:
     async with supervised(Clock(), []) as server:
         first = await call(server, "pid")

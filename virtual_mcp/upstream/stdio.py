@@ -60,6 +60,7 @@ _HEALTHY = 60.0
 _STDERR_LINE = 2000
 _START_DEADLINE = 10.0  # the handshake of a new process
 _STOP_DEADLINE = 3.0
+_KEPT_TOKENS = 8  # renewed tokens still removed from what a process says (besides its configuration's secrets)
 
 
 class StdioServer(MessageChannel):
@@ -89,7 +90,9 @@ class StdioServer(MessageChannel):
         self._cwd = cwd
         self._on_negotiated = on_negotiated
         self._max_line = max_answer_bytes
-        self._secrets = [s for s in secrets if s]
+        self._static_secrets = [s for s in secrets if s]  # its configuration's, and its first token
+        self._renewed_tokens: list[str] = []  # tokens it was given since: the last few (an old one may be echoed)
+        self._secrets = list(self._static_secrets)
         self._scrubber = Scrubber(self._secrets)
         self._renewed = False  # its credential variables changed since the process started: restart it when idle
         self._lock = anyio.Lock()
@@ -123,7 +126,8 @@ class StdioServer(MessageChannel):
         if all(self._env.get(name) == value for name, value in env.items()):
             return
         self._env.update(env)
-        self._secrets = [*self._secrets[-8:], *(s for s in secrets if s)]
+        self._renewed_tokens = [*self._renewed_tokens, *(s for s in secrets if s)][-_KEPT_TOKENS:]
+        self._secrets = [*self._static_secrets, *self._renewed_tokens]
         self._scrubber = Scrubber(self._secrets)
         self._renewed = True
 
