@@ -6,6 +6,7 @@ never closes another's session."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -173,12 +174,27 @@ async def test_a_session_with_a_call_in_flight_is_never_closed(tmp_path: Path) -
             assert full.value.code == -32010
             assert full.value.message == (
                 "backend 'lab/private': you hold 2 backend sessions (limits.upstream_sessions_per_principal), each "
-                "with a call in flight; retry when one ends"
+                "busy (a call in flight, or a task it holds); retry when one ends"
             )
             assert await t.call(BOB, "recall") == "nothing"  # everyone else is served meanwhile
             t.seen.release.set()
         assert results == ["released", "released"]
         assert len(t.seen.deleted) == 1
+
+
+async def test_a_session_holding_a_task_is_neither_evicted_nor_idle_closed(tmp_path: Path) -> None:
+    """A backend session that holds a caller's task (pinned until the task expires) stays open: idle past its time,
+    and when its principal needs room for another."""
+    async with lab(tmp_path, limits=Limits(upstream_sessions_per_principal=1, upstream_session_idle_seconds=0.2)) as t:
+        assert await t.call(ALICE, "remember", value="a task's state") == "remembered"
+        [held] = [s for key, s in t.gw.runtime.pool._sessions.items() if key[1] is not None]
+        held.pin(time.monotonic() + 60)
+        with pytest.raises(MCPError) as full:
+            await t.call(ALICE, "recall", org="other")  # a second credential: needs her only slot
+        assert full.value.code == -32010 and "a task it holds" in full.value.message
+        await t.call(BOB, "remember", value="bob's")  # Bob's session is closed when idle; Alice's is not
+        await t.seen.until(lambda: len(t.seen.deleted) == 1)
+        assert not held.closed and await t.call(ALICE, "recall") == "a task's state"
 
 
 async def test_idle_sessions_are_closed_and_reopened_on_demand(tmp_path: Path) -> None:

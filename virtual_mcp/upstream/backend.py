@@ -5,6 +5,7 @@ bounded by a timeout, its lists' entries checked, the calls in flight counted fo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,9 @@ class BackendSession:
         self._entries = entries
         self.in_flight = 0
         self.last_used = 0.0
+        # Until when it holds a caller's task (service/tasks.py, on the monotonic clock): the pool keeps it open,
+        # and a stdio process is not started again, until then.
+        self.pinned_until = 0.0
         # Whose principal's session this is (None: the server's own, or shared by every caller: pool.py).
         self.owner: str | None = None
         # Where the backend's notifications outside any request go (resource updates, log messages), by the
@@ -86,11 +90,25 @@ class BackendSession:
         # Who is asked what the backend asks of its client outside any request (roots/list after its handshake,
         # say), by key: set by `watch_requests`; the newest that can be asked is.
         self._askers: dict[str, RequestHandler] = {}
+        self._asking_outside = False
 
     @property
     def listens(self) -> bool:
         """Whether the pool must keep it open however idle (it holds the backend's change stream)."""
         return False
+
+    @property
+    def closed(self) -> bool:
+        """Whether it was closed (by the pool, or at shutdown): it serves nothing more."""
+        return False
+
+    def pin(self, until: float) -> None:
+        """Keep it open until `until` (monotonic): it holds a caller's task that lives that long."""
+        self.pinned_until = max(self.pinned_until, until)
+
+    @property
+    def pinned(self) -> bool:
+        return self.pinned_until > time.monotonic()
 
     def touch(self) -> None:
         """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
@@ -123,11 +141,17 @@ class BackendSession:
         return Relays(request=self._ask_outside)
 
     async def _ask_outside(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        for handler in reversed(list(self._askers.values())):
-            try:
-                return await handler(method, params)
-            except CannotAsk:
-                continue
+        if self._asking_outside:  # one at a time: a backend cannot queue questions at its callers
+            raise AskFailed(METHOD_NOT_FOUND, f"virtual-mcp relays one question outside a call at a time ({method!r})")
+        self._asking_outside = True
+        try:
+            for handler in reversed(list(self._askers.values())):
+                try:
+                    return await handler(method, params)
+                except CannotAsk:
+                    continue
+        finally:
+            self._asking_outside = False
         raise AskFailed(METHOD_NOT_FOUND, f"virtual-mcp has no caller to relay {method!r} to outside a call")
 
     async def speaks_modern(self) -> bool:

@@ -89,8 +89,15 @@ class MessageChannel(BackendSession):
                         await handler(message)
                     except Exception:  # a caller's stream that cannot take it: that caller's loss, not the backend's
                         logger.debug("progress of %s not relayed", self.ref, exc_info=True)
-            elif method == "notifications/message" and (relay := self._asker().notification) is not None:
-                await relay(message)  # a log message while one call is in flight: that call's (as its requests)
+            elif (
+                method == "notifications/message"
+                and self.owner is not None  # one principal's process: a shared one's logs are nobody's call's
+                and (relay := self._asker().notification) is not None
+            ):
+                try:  # a log message while one call is in flight: that call's (as its requests)
+                    await relay(message)
+                except Exception:  # a caller's stream that cannot take it: that caller's loss, not the backend's
+                    logger.debug("a log of %s not relayed", self.ref, exc_info=True)
             else:  # outside any one caller's request: to whoever watches the session (resource updates, logs)
                 logger.debug("backend %s: %s", self.ref, method)
                 await self._watched(message)

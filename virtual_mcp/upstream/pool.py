@@ -10,7 +10,8 @@ keep apart, but the same keys apply (the objects are cheap, and what one of them
 
 Sessions are bounded per principal and in all. A principal over its quota loses its own least recently used idle
 session; at the total cap a newcomer takes one from the principal holding the most, never from one holding fewer;
-a session with a call in flight is never closed; sessions idle past `upstream_session_idle_seconds` are closed.
+a session with a call in flight, or holding a caller's task (service/tasks.py), is never closed; other sessions idle
+past `upstream_session_idle_seconds` are closed.
 """
 
 from __future__ import annotations
@@ -212,8 +213,8 @@ class UpstreamPool:
             if not self._close_lru(mine):
                 raise UpstreamSessionsExhausted(
                     ref.key,
-                    f"you hold {len(mine)} backend sessions (limits.upstream_sessions_per_principal), each with a call "
-                    "in flight; retry when one ends",
+                    f"you hold {len(mine)} backend sessions (limits.upstream_sessions_per_principal), each busy (a "
+                    "call in flight, or a task it holds); retry when one ends",
                 )
             return
         if self._owned_count < self._max_total:
@@ -229,7 +230,7 @@ class UpstreamPool:
         raise UpstreamSessionsExhausted(
             ref.key,
             f"the gateway holds its maximum of {self._max_total} backend sessions (limits.max_upstream_sessions), "
-            "none of them idle; retry shortly",
+            "none of them idle (a call in flight, or a task it holds); retry shortly",
         )
 
     def _make_process_room(self, ref: ServerRef) -> None:
@@ -242,12 +243,13 @@ class UpstreamPool:
             raise UpstreamSessionsExhausted(
                 ref.key,
                 f"the gateway runs its maximum of {self._max_processes} stdio processes (limits.max_stdio_processes), "
-                "each with a call in flight; retry shortly",
+                "each busy (a call in flight, or a task it holds); retry shortly",
             )
 
     def _close_lru(self, keys: set[SessionKey]) -> bool:
-        """Close the least recently used of `keys` that has no call in flight; False if each one has."""
-        idle = [key for key in keys if not self._sessions[key].in_flight]
+        """Close the least recently used of `keys` that is not busy (no call in flight, no task held); False if
+        each one is."""
+        idle = [key for key in keys if not self._sessions[key].in_flight and not self._sessions[key].pinned]
         if not idle:
             return False
         self._close(min(idle, key=lambda k: self._sessions[k].last_used))
@@ -257,7 +259,7 @@ class UpstreamPool:
         """Close every session unused for `upstream_session_idle_seconds` (but the list_changed listeners)."""
         cutoff = anyio.current_time() - self._idle_seconds
         for key, session in list(self._sessions.items()):
-            if not session.in_flight and not session.listens and session.last_used < cutoff:
+            if not session.in_flight and not session.listens and not session.pinned and session.last_used < cutoff:
                 self._close(key)
 
     def _close(self, key: SessionKey) -> None:

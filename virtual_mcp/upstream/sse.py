@@ -87,6 +87,10 @@ class SseServer(MessageChannel):
             self._headers = dict(headers)
             self._scrubber = self._scrubber.rotated(secrets)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "its session was closed; retry the request")

@@ -115,6 +115,10 @@ class StdioServer(MessageChannel):
     def healthy(self) -> bool:
         return self._ready
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise UpstreamUnavailable(self.ref.key, "the gateway is shutting down")
@@ -144,7 +148,8 @@ class StdioServer(MessageChannel):
 
     async def _running(self) -> None:
         async with self._lock:
-            if self._process is not None and self._ready and self._renewed and self.in_flight <= 1:
+            # Not while it holds a caller's task: a process started again would not know it.
+            if self._process is not None and self._ready and self._renewed and self.in_flight <= 1 and not self.pinned:
                 logger.info("stdio server %s: started again with its renewed credential", self.ref)
                 await self._stop("its credential was renewed", planned=True)
             if self._process is not None and self._ready:

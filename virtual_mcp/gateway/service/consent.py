@@ -55,6 +55,8 @@ async def credential_or_consent(
                     raise
                 with anyio.move_on_after(parts.settings.call_timeout_seconds):
                     await connected.wait()
+                if not connected.is_set():
+                    raise needed from None  # not connected in time: -32042, with the link
             await ctx.sink.notify("notifications/elicitation/complete", {"elicitationId": needed.elicitation_id})
             return await credentials.credential_for(ref, ctx.caller), params
         if ctx.modern:

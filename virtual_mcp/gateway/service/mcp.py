@@ -23,7 +23,7 @@ from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.passthrough import passthrough
 from virtual_mcp.gateway.service.results import capabilities, offers_more_than_tools, server_info, shape
-from virtual_mcp.gateway.service.tasks import TASK_METHODS, relays_tasks
+from virtual_mcp.gateway.service.tasks import TASK_METHODS, cancels_tasks, relays_tasks
 from virtual_mcp.gateway.service.tools import Tools
 from virtual_mcp.outbound.credentials import Caller
 from virtual_mcp.registry import Endpoint, EndpointKind
@@ -104,7 +104,9 @@ class McpService:
         version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         offered = self._capabilities()
         if self._relays_tasks():  # 2025-11-25 only: task-augmented tool calls, passed through (service/tasks.py)
-            offered["tasks"] = {"cancel": {}, "requests": {"tools": {"call": {}}}}
+            offered["tasks"] = {"requests": {"tools": {"call": {}}}}
+            if any(cancels_tasks(self._pool.learned(m.source)) for m in self.endpoint.members):
+                offered["tasks"]["cancel"] = {}
         result = {"protocolVersion": version, "capabilities": offered, "serverInfo": self.stamp}
         return shape("initialize", version, result, self.stamp), version
 

@@ -55,6 +55,12 @@ def relays_tasks(learned: Negotiated | None) -> bool:
     return isinstance(tools, dict) and isinstance(tools.get("call"), dict)
 
 
+def cancels_tasks(learned: Negotiated | None) -> bool:
+    """Whether a backend that takes task-augmented calls said it takes `tasks/cancel` too."""
+    tasks = learned.capabilities.get("tasks") if relays_tasks(learned) and learned is not None else None
+    return isinstance(tasks, dict) and isinstance(tasks.get("cancel"), dict)
+
+
 def without_execution(tool: dict[str, Any]) -> dict[str, Any]:
     """The tool as a caller that cannot make task-augmented calls is shown it."""
     return {k: v for k, v in tool.items() if k != "execution"} if "execution" in tool else tool
@@ -114,6 +120,10 @@ class TaskRoutes:
         now = self._clock()
         for task_id in [t for t, r in self._routes.items() if r.expires <= now][:64]:
             self._forget(task_id)
+
+    def forget(self, task_id: str) -> None:
+        """Forget a task whose backend session ended: it is gone."""
+        self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:
         route = self._routes.pop(task_id, None)
@@ -178,12 +188,20 @@ def created(ref: ServerRef, result: dict[str, Any]) -> str | None:
         raise UpstreamProtocolError(ref.key, "answered a task-augmented call with a malformed task") from None
 
 
+def _kept_ttl(ttl: object) -> int:
+    """The task's `ttl` (ms) as the gateway keeps it: the backend's, a day at most (and for none or unlimited)."""
+    longest = int(_LONGEST * 1000)
+    if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
+        return min(int(ttl), longest)
+    return longest
+
+
 def shown(result: dict[str, Any], method: str, ref: ServerRef, upstream_id: str, task_id: str) -> dict[str, Any]:
     """The backend's answer to a request about its task `upstream_id` as the caller gets it: the task named by the
     gateway's id `task_id` wherever the answer names it."""
     out = _related(result, upstream_id, task_id)
     if method == "tools/call":  # a CreateTaskResult (checked by `created`)
-        out["task"] = {**out["task"], "taskId": task_id}
+        out["task"] = {**out["task"], "taskId": task_id, "ttl": _kept_ttl(out["task"].get("ttl"))}
     elif method in ("tasks/get", "tasks/cancel"):
         try:
             GetTaskResult.model_validate(out, by_name=False)

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import anyio
 from mcp.shared.inbound import mcp_param_headers
 
 from virtual_mcp.errors import GatewayError, InvalidParams, ToolNotFound
@@ -16,7 +17,7 @@ from virtual_mcp.gateway.service.endpoint_view import EndpointView, Route
 from virtual_mcp.gateway.service.parts import ServiceParts
 from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.gateway.service.request_state import Issued
-from virtual_mcp.gateway.service.results import shape
+from virtual_mcp.gateway.service.results import for_version, shape
 from virtual_mcp.gateway.service.tasks import (
     TaskAsker,
     TaskRoute,
@@ -44,6 +45,7 @@ class Tools:
         # A list of 1,000 tools costs milliseconds to validate against the protocol surface: the shaped answer for
         # one version, one set of subjects and one state of the backends' lists is computed once.
         self._shaped: dict[tuple[str, Hashable], dict[str, Any]] = {}
+        self._next_meet = 0.0  # when a handshake may next meet the backends (`meet`)
 
     async def list(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         """Already shaped for the caller's version (the caller must not modify it: it is shared)."""
@@ -72,10 +74,17 @@ class Tools:
         return shaped
 
     async def meet(self, caller: Caller) -> None:
-        """Reach the backends `caller` may use through this endpoint, as a tool list does (within the list deadline),
-        so the gateway knows what they offer. Whatever fails here is the list's or the call's to say."""
-        with contextlib.suppress(GatewayError):
-            await self._view.listing(caller, self._parts.settings.list_deadline_seconds)
+        """Reach the backends `caller` may use through this endpoint, as a tool list does, so the gateway knows what
+        they offer: within the list deadline, and at most once per `backend_retry_seconds` for the endpoint (a
+        backend that cannot be met costs a handshake one deadline, not every handshake one). Whatever fails here is
+        the list's or the call's to say."""
+        settings = self._parts.settings
+        now = anyio.current_time()
+        if now < self._next_meet:
+            return
+        self._next_meet = now + settings.backend_retry_seconds
+        with contextlib.suppress(GatewayError), anyio.move_on_after(settings.list_deadline_seconds):
+            await self._view.listing(caller, settings.list_deadline_seconds)
 
     async def call(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         parts = self._parts
@@ -122,12 +131,13 @@ class Tools:
             upstream_id = created(source, result) if as_task else None
             if upstream_id is not None:
                 expires = parts.tasks.lifetime(result)
+                session.pin(expires)  # the backend session holding it stays open while the task lives
                 task = TaskRoute(
                     caller.principal.subject, self._endpoint.path, name, source, session, upstream_id, expires
                 )
                 result = shown(result, "tools/call", source, upstream_id, parts.tasks.add(task))
                 note.result = result
-                return result
+                return for_version(result, ctx.version)
             note.result = result
             return shape("tools/call", ctx.version, result, self._stamp)
 
@@ -148,6 +158,9 @@ class Tools:
         if not isinstance(task_id, str):
             raise InvalidParams("taskId must be a string")
         route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
+        if route.session.closed:  # ended with its backend session (the gateway stopping, a process that died)
+            parts.tasks.forget(task_id)
+            route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
         async with parts.auditor.tool_call(
             ctx.trace_id, caller, self._endpoint.path, route.tool, {}, method=method
         ) as note:
@@ -177,7 +190,7 @@ class Tools:
             note.result = result
             if method == "tasks/result":  # the result of the task's tools/call
                 return shape("tools/call", ctx.version, result, self._stamp)
-            return result
+            return for_version(result, ctx.version)  # the backend's word only: no key the gateway alone sets
 
     def declares_param_headers(self, caller: Caller, name: str) -> bool:
         return self._view.declares_param_headers(name, caller)
