@@ -200,3 +200,26 @@ async def test_a_stdio_servers_log_while_no_call_is_in_flight_reaches_its_princi
         async with Client(transport, mode="2026-07-28", message_handler=modern) as m:
             await m.call_tool("hello", {})
         assert modern.said == ["during hello"]
+
+
+async def test_a_shared_stdio_process_logs_to_no_callers_call(tmp_path: Path) -> None:
+    """A process every caller shares (`upstream_session: shared`) cannot say whose call a log is about: it reaches
+    nobody, not even the one call in flight."""
+    script = tmp_path / "chatty.py"
+    script.write_text(STDIO_CHATTY)
+    os.mkfifo(tmp_path / "triggers")
+    server = remote("chatty", "unused", upstream_session="shared")
+    del server["url"]
+    server.update(transport="stdio", command=sys.executable, args=[str(script)], cwd=str(REPO))
+    server["env"] = {"CHATTY_FIFO": str(tmp_path / "triggers")}
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    (config / "lab.yaml").write_text(group("lab", server))
+    write_identities(config, {PLATFORM: [ALICE]})
+    async with secure_gateway(config, tmp_path / "data", list_deadline_seconds=30) as gw:
+        alice = await gw.token(PrincipalKind.USER, ALICE)
+        inbox = Inbox()
+        async with client(f"{gw.url}/mcp-server/lab/chatty/server", alice, inbox) as a:
+            await a.set_logging_level("debug")
+            assert (await a.call_tool("hello", {})).content
+        assert inbox.said == []

@@ -130,3 +130,9 @@ def test_tasks_are_relayed_only_where_the_backend_speaks_them() -> None:
     assert task_support({"execution": {"taskSupport": "required"}}) == "required"
     assert task_support({"execution": {"taskSupport": "always"}}) == "forbidden"
     assert task_support({"execution": 5}) == "forbidden" and task_support(None) == "forbidden"
+
+
+def test_the_ttl_a_caller_is_told_is_what_the_gateway_keeps() -> None:
+    for ttl, told in ((5000, 5000), (10**12, 86_400_000), (None, 86_400_000), (0, 86_400_000)):
+        result = shown({"task": {**TASK, "ttl": ttl}}, "tools/call", REF, "backend-1", "gw-1")
+        assert result["task"]["ttl"] == told, ttl
