@@ -8,36 +8,20 @@ import json
 import sys
 from typing import Any
 
+from tests.stdio_script import messages, send, text
+
 TOOLS = [
     {"name": "late", "description": "asks after answering", "inputSchema": {"type": "object"}},
     {"name": "told", "description": "what the late question got", "inputSchema": {"type": "object"}},
 ]
 
 
-def send(message: dict[str, Any]) -> None:
-    print(json.dumps(message), flush=True)
-
-
-def text(request_id: Any, value: str) -> None:
-    send({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": value}]}})
-
-
 def main() -> None:
     reply: dict[str, Any] | None = None
     waiting: Any = None  # the id of a `told` call that came before the reply
-    for line in sys.stdin:
-        message = json.loads(line)
+    for message in messages(sys.stdin, "late-asker", TOOLS):
         method, request_id = message.get("method"), message.get("id")
-        if method == "initialize":
-            result = {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "late-asker", "version": "1"},
-            }
-            send({"jsonrpc": "2.0", "id": request_id, "result": result})
-        elif method == "tools/list":
-            send({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
-        elif method == "tools/call" and message["params"]["name"] == "late":
+        if method == "tools/call" and message["params"]["name"] == "late":
             text(request_id, "answered")
             schema = {"type": "object", "properties": {"name": {"type": "string"}}}
             params = {"message": "Too late?", "requestedSchema": schema}

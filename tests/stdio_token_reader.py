@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any
 
+from tests.stdio_script import messages, send, text
+
 TOOLS = [
     {"name": "whoami", "description": "whose token this process holds", "inputSchema": {"type": "object"}},
     {"name": "token", "description": "the token itself", "inputSchema": {"type": "object"}},
@@ -22,31 +24,16 @@ def claims(token: str) -> dict[str, Any]:
     return decoded
 
 
-def send(message: dict[str, Any]) -> None:
-    print(json.dumps(message), flush=True)
-
-
 def main() -> None:
     token = os.environ.get("GITHUB_TOKEN", "")
-    for line in sys.stdin:
-        message = json.loads(line)
+    for message in messages(sys.stdin, "token-reader", TOOLS):
         method, request_id = message.get("method"), message.get("id")
-        if method == "initialize":
-            result = {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "token-reader", "version": "1"},
-            }
-            send({"jsonrpc": "2.0", "id": request_id, "result": result})
-        elif method == "tools/list":
-            send({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
-        elif method == "tools/call":
+        if method == "tools/call":
             if message["params"]["name"] == "whoami":
                 seen = claims(token)
-                text = json.dumps({"sub": seen.get("sub"), "jti": seen.get("jti"), "pid": os.getpid()})
+                text(request_id, json.dumps({"sub": seen.get("sub"), "jti": seen.get("jti"), "pid": os.getpid()}))
             else:
-                text = token
-            send({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": text}]}})
+                text(request_id, token)
         elif request_id is not None:
             send({"jsonrpc": "2.0", "id": request_id, "result": {}})
 

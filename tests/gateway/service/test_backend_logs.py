@@ -169,13 +169,12 @@ for line in sys.stdin:
 """
 
 
-async def test_a_stdio_servers_log_while_no_call_is_in_flight_reaches_its_principal(tmp_path: Path) -> None:
-    """The stdio server logs during a call (to that call's caller, in either era), and when the test writes to its
-    FIFO, with no call in flight: to the caller session that opted in, on its GET stream."""
+def chatty_stdio(tmp_path: Path, **fields: Any) -> tuple[Path, Path]:
+    """A servers.d with the chatty stdio server (`fields`: the rest of its entry), and the FIFO that makes it log."""
     script, triggers = tmp_path / "chatty.py", tmp_path / "triggers"
     script.write_text(STDIO_CHATTY)
     os.mkfifo(triggers)
-    server = remote("chatty", "unused")
+    server = remote("chatty", "unused", **fields)
     del server["url"]
     server.update(transport="stdio", command=sys.executable, args=[str(script)], cwd=str(REPO))
     server["env"] = {"CHATTY_FIFO": str(triggers)}
@@ -183,6 +182,13 @@ async def test_a_stdio_servers_log_while_no_call_is_in_flight_reaches_its_princi
     config.mkdir()
     (config / "lab.yaml").write_text(group("lab", server))
     write_identities(config, {PLATFORM: [ALICE]})
+    return config, triggers
+
+
+async def test_a_stdio_servers_log_while_no_call_is_in_flight_reaches_its_principal(tmp_path: Path) -> None:
+    """The stdio server logs during a call (to that call's caller, in either era), and when the test writes to its
+    FIFO, with no call in flight: to the caller session that opted in, on its GET stream."""
+    config, triggers = chatty_stdio(tmp_path)
     async with secure_gateway(config, tmp_path / "data", list_deadline_seconds=30) as gw:
         alice = await gw.token(PrincipalKind.USER, ALICE)
         inbox = Inbox()
@@ -205,17 +211,7 @@ async def test_a_stdio_servers_log_while_no_call_is_in_flight_reaches_its_princi
 async def test_a_shared_stdio_process_logs_to_no_callers_call(tmp_path: Path) -> None:
     """A process every caller shares (`upstream_session: shared`) cannot say whose call a log is about: it reaches
     nobody, not even the one call in flight."""
-    script = tmp_path / "chatty.py"
-    script.write_text(STDIO_CHATTY)
-    os.mkfifo(tmp_path / "triggers")
-    server = remote("chatty", "unused", upstream_session="shared")
-    del server["url"]
-    server.update(transport="stdio", command=sys.executable, args=[str(script)], cwd=str(REPO))
-    server["env"] = {"CHATTY_FIFO": str(tmp_path / "triggers")}
-    config = tmp_path / "servers.d"
-    config.mkdir()
-    (config / "lab.yaml").write_text(group("lab", server))
-    write_identities(config, {PLATFORM: [ALICE]})
+    config, _ = chatty_stdio(tmp_path, upstream_session="shared")
     async with secure_gateway(config, tmp_path / "data", list_deadline_seconds=30) as gw:
         alice = await gw.token(PrincipalKind.USER, ALICE)
         inbox = Inbox()
