@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastmcp import Context, FastMCP
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
@@ -37,6 +38,33 @@ def _response(ctx: Context, key: str) -> Any:
 
 def asking_backend() -> FastMCP:
     mcp = FastMCP("asker")
+    withdraw = anyio.Event()  # set by `withdraw`: `ask_then_withdraw` takes its question back
+
+    @mcp.tool
+    async def ask_then_withdraw(ctx: Context) -> str:
+        """(2025-11-25) Asks the caller's name, and takes the question back (the SDK tells the client it is
+        cancelled) once `withdraw` is called."""
+        nonlocal withdraw
+        outcome = "answered"
+        async with anyio.create_task_group() as tg:
+
+            async def take_back() -> None:
+                nonlocal outcome
+                await withdraw.wait()
+                outcome = "withdrawn"
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(take_back)
+            await ctx.session.elicit_form("What is your name?", NAME_SCHEMA, ctx.request_id)
+            tg.cancel_scope.cancel()
+        withdraw = anyio.Event()
+        return outcome
+
+    @mcp.tool
+    def withdraw_question() -> str:
+        """Makes `ask_then_withdraw` take its question back."""
+        withdraw.set()
+        return "done"
 
     @mcp.tool
     async def ask_name(ctx: Context) -> Any:

@@ -91,6 +91,9 @@ class BackendSession:
         # say), by key: set by `watch_requests`; the newest that can be asked is.
         self._askers: dict[str, RequestHandler] = {}
         self._asking_outside = False
+        # The backend's requests of its client being answered now, by their id: it may withdraw one
+        # (`notifications/cancelled`), and its caller is then no longer asked.
+        self._answering: dict[str, anyio.CancelScope] = {}
 
     @property
     def listens(self) -> bool:
@@ -135,6 +138,35 @@ class BackendSession:
     @property
     def watched(self) -> bool:
         return bool(self._watchers or self._askers)
+
+    async def answer_request(
+        self, relays: Relays, message: Mapping[str, Any], reply: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Answer the backend's request `message` through `relays` and `reply` with the answer, unless the backend
+        withdraws the request meanwhile (then nothing is sent: a withdrawn request is never answered)."""
+        key = _request_key(message.get("id"))
+        scope = self._answering[key] = anyio.CancelScope()
+        try:
+            with scope:
+                response = await relays.answer(self.ref, message)
+            if scope.cancelled_caught:
+                logger.info("backend %s withdrew its %s", self.ref, message.get("method"))
+                return
+            await reply(response)
+        finally:
+            if self._answering.get(key) is scope:
+                del self._answering[key]
+
+    def withdrawn(self, message: Mapping[str, Any]) -> bool:
+        """Whether `message` is the backend withdrawing a request of its client being answered (which then stops)."""
+        params = message.get("params")
+        if message.get("method") != "notifications/cancelled" or not isinstance(params, Mapping):
+            return False
+        scope = self._answering.get(_request_key(params.get("requestId")))
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
 
     def outside(self) -> Relays:
         """Where a request the backend makes outside any request of ours goes."""
@@ -224,6 +256,11 @@ class BackendSession:
         meta: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _request_key(request_id: object) -> str:
+    """One key for an id however the backend spells it (7 and "7" are one request to a JSON peer)."""
+    return str(request_id)
 
 
 def unwrap(ref: ServerRef, message: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class MessageChannel(BackendSession):
             params = params if isinstance(params, dict) else {}
             if method == "notifications/tools/list_changed":
                 self._on_list_changed()
+            elif self.withdrawn(message):  # it withdrew a request of its client: the caller is no longer asked
+                return
             elif method == "notifications/progress":
                 handler = self._progress.get(str(params.get("progressToken")))
                 if handler is not None:
@@ -120,8 +122,7 @@ class MessageChannel(BackendSession):
             relays = self._asker()
             if relays.request is None:  # no one call it can belong to: as outside any call
                 relays = self.outside()
-            reply = await relays.answer(self.ref, message)
-            await self._send(reply)
+            await self.answer_request(relays, message, self._send)
         except UpstreamError:
             logger.info("backend %s: could not answer its request", self.ref)
         except Exception:  # runs in the gateway's task group: nothing here may end the gateway

@@ -460,12 +460,28 @@ class UpstreamSession(BackendSession):
     ) -> dict[str, Any] | None:
         """The answer to `request_id` from an event stream (relaying what comes first); None if the stream ends
         without it."""
-        async for message in iter_sse_messages(lines, self._max_answer, self._parse, cursor):
-            if "method" in message:
-                await self._on_inbound(message, relays)
-            elif message.get("id") == request_id:
-                return self._unwrap(message)
-        return None
+        answer: dict[str, Any] | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as questions:
+            try:
+                async for message in iter_sse_messages(lines, self._max_answer, self._parse, cursor):
+                    if "method" in message and "id" in message and self.era is Era.LEGACY:
+                        # A request of its client: answered beside this stream, which reads on (the backend may
+                        # withdraw it); the answer POSTed back on its session.
+                        questions.start_soon(self.answer_request, relays, message, self._reply)
+                    elif "method" in message:
+                        await self._on_inbound(message, relays)
+                    elif message.get("id") == request_id:
+                        answer = message
+                        break
+            except Exception as exc:  # noqa: BLE001 - raised as itself below, not wrapped in a group
+                failure = exc
+            if answer is not None or failure is not None:
+                questions.cancel_scope.cancel()  # a question outlives not the call it belongs to
+            # A stream that ended without the answer (to be resumed): its questions are answered first.
+        if failure is not None:
+            raise failure
+        return self._unwrap(answer) if answer is not None else None
 
     async def _resume(self, request_id: Any, relays: Relays, cursor: Cursor) -> dict[str, Any]:
         """A stream that ended before its answer, resumed where it stopped (a GET with `Last-Event-ID`, after the
@@ -506,18 +522,16 @@ class UpstreamSession(BackendSession):
 
     async def _on_inbound(self, message: dict[str, Any], relays: Relays) -> None:
         if "id" in message:
-            # A request of its client (elicitation, sampling, roots), made while our request runs: answered by the
-            # caller through the relay (or refused there), the answer POSTed back on the backend's session. The
+            # A 2025-11-25 backend's requests of its client are answered beside the stream (`_read_stream`). The
             # 2026-07-28 era has no such requests (it asks with an `input_required` result): there is nowhere to
             # send an answer, so none is sent.
-            if self.era is not Era.LEGACY:
-                logger.info("backend %s sent a request of its client outside its era; ignored", self.ref)
-                return
-            await self._reply(await relays.answer(self.ref, message))
+            logger.info("backend %s sent a request of its client outside its era; ignored", self.ref)
             return
         method = message.get("method")
         if method in ("notifications/tools/list_changed",):
             self._list_changed()
+            return
+        if self.withdrawn(message):  # it withdrew a request of its client: the caller is no longer asked
             return
         await relays.notify(message)
 
@@ -698,7 +712,7 @@ class UpstreamSession(BackendSession):
 
     async def _answer_outside(self, message: dict[str, Any]) -> None:
         try:
-            await self._reply(await self.outside().answer(self.ref, message))
+            await self.answer_request(self.outside(), message, self._reply)
         except Exception:  # runs in the gateway's task group: nothing here may end the gateway
             logger.exception("backend %s: answering its request outside a call failed", self.ref)
 
@@ -730,7 +744,7 @@ class UpstreamSession(BackendSession):
                         # off this stream (a person may take minutes).
                         if self._spawn is not None:
                             self._spawn(partial(self._answer_outside, message))
-                    elif "method" in message:
+                    elif "method" in message and not self.withdrawn(message):
                         await self._watched(message)
         except (httpx.HTTPError, ValueError, AnswerTooLarge):
             logger.debug("backend %s: list_changed stream ended", self.ref)

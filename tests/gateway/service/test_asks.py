@@ -305,7 +305,9 @@ async def test_a_legacy_callers_session_ending_under_a_question_ends_it(tmp_path
         leaving.session = raw.session
         body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "ask_name", "arguments": {}}}
         seen = await _asked(leaving, body, [{"result": {"action": "accept", "content": {"name": "Ada"}}}])
-        assert seen and seen[-1].get("method") == "elicitation/create"  # the stream ended without an answer
+        # The stream ended without an answer, the question withdrawn.
+        assert [m.get("method") for m in seen] == ["elicitation/create", "notifications/cancelled"]
+        assert seen[1]["params"]["requestId"] == seen[0]["id"]
         other = Raw(http, raw.url, LEGACY, "")
         other.capabilities = ELICITS
         await other.open()
@@ -313,3 +315,33 @@ async def test_a_legacy_callers_session_ending_under_a_question_ends_it(tmp_path
         assert late.status_code == 400 and asked[0] in late.text
         done = await _asked(other, {**body, "id": 10}, [{"result": {"action": "accept", "content": {"name": "Bo"}}}])
         assert done[-1]["result"]["content"][0]["text"] == "hello Bo"
+
+
+async def test_a_question_the_backend_withdraws_is_withdrawn_from_the_caller(tmp_path: Path) -> None:
+    """A 2025-11-25 backend cancels its own elicitation while the caller is asked: the caller is told (its handler
+    is cancelled), no answer is sent for it, and the call goes on to its end."""
+    async with lab(tmp_path) as gw:
+        asked, stopped = anyio.Event(), anyio.Event()
+
+        async def waits(message: str, response_type: Any, params: Any, context: Any) -> Any:
+            asked.set()
+            try:
+                await anyio.sleep_forever()  # a person who has not answered yet
+            finally:
+                stopped.set()
+
+        url = f"{gw.url}/mcp-server/lab/legacy/server"
+        outcome: list[str] = []
+        async with Client(url, mode="legacy", elicitation_handler=waits) as caller, Client(url, mode="legacy") as other:
+
+            async def call() -> None:
+                outcome.append(text(await caller.call_tool("ask_then_withdraw", {})))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    await asked.wait()
+                assert text(await other.call_tool("withdraw_question", {})) == "done"
+                with anyio.fail_after(10):
+                    await stopped.wait()
+        assert outcome == ["withdrawn"]

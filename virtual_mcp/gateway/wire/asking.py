@@ -9,6 +9,7 @@ is refused with 400 and its text says which id. A question outlives neither its 
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,13 @@ class Questions:
         try:
             await stream.event({"jsonrpc": "2.0", "id": question_id, "method": method, "params": dict(params)})
             await question.answered.wait()
+        except anyio.get_cancelled_exc_class():
+            # Withdrawn (the backend cancelled it, or the call ended): the caller is told, so it stops asking its
+            # user; on a stream that is gone already this is lost, which is fine.
+            withdrawn = {"requestId": question_id, "reason": "the server no longer needs the answer"}
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1), contextlib.suppress(Exception):
+                await stream.event({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": withdrawn})
+            raise
         finally:
             self._waiting.pop(question_id, None)
         answer = question.answer or {}
