@@ -23,6 +23,7 @@ demo: $(STAMP)
 # `virtual-mcp serve` the tests start would otherwise compile the same sources again.
 TEST_WORKERS ?= 3
 test: $(STAMP)
+	scripts/system-packages
 	env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache \
 		$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 

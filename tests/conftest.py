@@ -13,6 +13,7 @@ import httpx2._transports.default
 import pytest
 
 from tests.sensitive import SENSITIVE
+from tests.services import Postgres, Redis, postgres_server, redis_server
 
 # The gateway's own loggers, its upstream HTTP client, the MCP SDK's server side and uvicorn (these two are shared
 # with the in-process test backends, whose lines are scanned too). Not scanned: the test clients (mcp.client over
@@ -53,6 +54,21 @@ _one_default_tls_context(httpx2._transports.default)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server per test process (tests/services.py); each test that needs a clean one makes its own
+    database in it."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Redis]:
+    """One Redis server per test process (tests/services.py)."""
+    with redis_server() as server:
+        yield server
 
 
 class _Capture(logging.Handler):
