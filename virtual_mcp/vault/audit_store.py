@@ -5,8 +5,7 @@ a million records is answered in well under a second."""
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from virtual_mcp.audit import AuditEvent
 from virtual_mcp.audit_bounds import detail_json, render_detail
 from virtual_mcp.identity import identity
-from virtual_mcp.vault.db import Database
+from virtual_mcp.vault.sql import Row, SqlDatabase
 
 _COLUMNS = (
     "ts, request_id, subject, kind, name, teams, endpoint, method, server, tool, called, outcome, error, "
@@ -47,13 +46,13 @@ class AuditQuery:
 
 
 class AuditStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
         """Append `events` in one transaction (ids assigned here, under the write lock), on a worker thread: the
-        event loop that serves requests does none of a batch's work (see `Database.write_batch`)."""
-        await self._db.write_batch(partial(_append, events))
+        event loop that serves requests does none of a batch's work (see `Database.insert_batch`)."""
+        await self._db.insert_batch("SELECT COALESCE(MAX(id), 0) + 1 FROM audit", partial(_statements, events))
 
     async def query(self, q: AuditQuery) -> list[AuditEvent]:
         """The newest events matching `q`, newest first, at most `q.limit`. Filtering by a user or a virtual account
@@ -71,7 +70,7 @@ class AuditStore:
         """Whether any record was made by `subject` (`user:alice@x`)."""
         return await self._db.fetchone("SELECT 1 FROM audit WHERE subject = ? LIMIT 1", (subject,)) is not None
 
-    async def _rows(self, q: AuditQuery, column: str | None, who: str | None) -> list[sqlite3.Row]:
+    async def _rows(self, q: AuditQuery, column: str | None, who: str | None) -> list[Row]:
         # With a team, the team's index range drives the query newest first (no sort of all the team ever did);
         # its rows carry the event's time, so the time range is applied there.
         by_team = q.team is not None
@@ -99,24 +98,23 @@ class AuditStore:
         else:
             sql = f"{_SELECT} {where} ORDER BY ts DESC, id DESC LIMIT ?"
         params.append(max(q.limit, 0))
-        return await self._db.fetchall(sql, params)
+        return list(await self._db.fetchall(sql, params))
 
 
-def _append(events: Sequence[AuditEvent], conn: sqlite3.Connection) -> None:
-    first = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]) + 1
+def _statements(events: Sequence[AuditEvent], first: int) -> Iterator[tuple[str, Iterable[tuple[Any, ...]]]]:
+    """The batch's inserts, its ids from `first` on."""
     teams: list[tuple[Any, ...]] = []
 
     def rows() -> Iterator[tuple[Any, ...]]:
-        # Made one at a time as executemany takes them: the thread lets go of the GIL between two rows (while
-        # SQLite inserts one), so the event loop's thread is never kept waiting for a whole batch's rows.
+        # Made one at a time as executemany takes them: on SQLite's worker thread, which lets go of the GIL between
+        # two rows (while SQLite inserts one), so the event loop's thread is never kept waiting for a whole batch.
         for offset, e in enumerate(events):
             # Not the marker of teams left out of a bounded record (it has a space: no team can be named so).
             teams.extend((team, e.ts, first + offset) for team in e.teams if " " not in team)
             yield (first + offset, *_values(e))
 
-    conn.executemany(_INSERT, rows())
-    if teams:
-        conn.executemany("INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams)
+    yield _INSERT, rows()
+    yield "INSERT INTO audit_teams (team, ts, audit_id) VALUES (?, ?, ?)", teams  # filled as the rows are made
 
 
 def _subject(q: AuditQuery) -> str | None:
@@ -159,7 +157,7 @@ def _detail(detail: dict[str, Any] | None) -> str | None:
     return detail_json(detail) or detail_json({"unrendered": render_detail(detail)})
 
 
-def _event(row: sqlite3.Row) -> AuditEvent:
+def _event(row: Row) -> AuditEvent:
     return AuditEvent(
         ts=row["ts"],
         request_id=row["request_id"],

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from virtual_mcp.vault.crypto import Envelope, KeyProvider
-from virtual_mcp.vault.db import Database
 from virtual_mcp.vault.errors import MasterKeyError, VaultError
 from virtual_mcp.vault.keys import LocalKeyProvider
+from virtual_mcp.vault.sql import SqlDatabase
 
 _TABLES = ("secrets", "oauth_tokens")
 
 
-async def sealed_records(db: Database) -> int:
+async def sealed_records(db: SqlDatabase) -> int:
     total = 0
     for table in _TABLES:
         row = await db.fetchone(f"SELECT count(*) AS n FROM {table}")  # noqa: S608 - fixed table names
@@ -20,7 +20,7 @@ async def sealed_records(db: Database) -> int:
     return total
 
 
-async def check_master_key(db: Database, keys: KeyProvider) -> None:
+async def check_master_key(db: SqlDatabase, keys: KeyProvider) -> None:
     """Every master key id the stored records were sealed with must be available."""
     needed: set[str] = set()
     for table in _TABLES:
@@ -35,7 +35,7 @@ async def check_master_key(db: Database, keys: KeyProvider) -> None:
         )
 
 
-async def health(db: Database, data_dir: Path, *others: Database) -> dict[str, str | None]:
+async def health(db: SqlDatabase, data_dir: Path, *others: SqlDatabase) -> dict[str, str | None]:
     """For readiness: the database answers and this process can still trust it (every connection of its own,
     `others` too), and the master key (as it is on disk now) opens what is stored. Each check's problem, or None."""
     problems: dict[str, str | None] = {"database": None, "vault": None}

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import string
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -301,6 +301,28 @@ class Database:
         except sqlite3.Error as e:
             raise self.failed(e, f"cannot read {self.path}") from e
         return row
+
+    async def lookup(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """One row of a small indexed read made on every request: on the event loop (`read_now`), or, when the
+        database is busy (a checkpoint, a recovery), waited for off the loop."""
+        try:
+            return self.read_now(sql, params)
+        except DatabaseError:
+            return await self.fetchone(sql, params)
+
+    async def insert_batch(
+        self, first_id_sql: str, statements: Callable[[int], Iterable[tuple[str, Iterable[Params]]]]
+    ) -> None:
+        """Under the write lock, the first free id (`first_id_sql`), then each (statement, rows) of
+        `statements(first)`: all of it, rows made as they are inserted, on a worker thread (`write_batch`)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            row = conn.execute(first_id_sql).fetchone()
+            first = int(row[0]) if row is not None and row[0] is not None else 1
+            for sql, rows in statements(first):
+                conn.executemany(sql, rows)
+
+        await self.write_batch(work)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

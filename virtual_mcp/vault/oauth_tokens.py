@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from virtual_mcp.vault.crypto import Envelope, KeyProvider, RecordContext, open_envelope, rewrap, seal
-from virtual_mcp.vault.db import Database
 from virtual_mcp.vault.errors import DecryptError
+from virtual_mcp.vault.sql import SqlDatabase
 
 TokenRecord = dict[str, Any]  # access_token, refresh_token, obtained_at, expires_in, scope, token_type
 
@@ -22,7 +22,7 @@ def token_context(server: str, account: str) -> RecordContext:
 
 
 class OAuthTokenStore:
-    def __init__(self, db: Database, keys: KeyProvider, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: SqlDatabase, keys: KeyProvider, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._keys = keys
         self._clock = clock

@@ -4,11 +4,11 @@ running gateway (see `inbound/revocations.py`)."""
 from __future__ import annotations
 
 from virtual_mcp.types import Revocation
-from virtual_mcp.vault.db import Database
+from virtual_mcp.vault.sql import SqlDatabase
 
 
 class RevocationStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def add(self, subject: str, revoked_at: float) -> Revocation:

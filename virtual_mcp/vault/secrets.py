@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.vault.crypto import Envelope, KeyProvider, RecordContext, open_envelope, rewrap, seal
-from virtual_mcp.vault.db import Database
 from virtual_mcp.vault.errors import DecryptError, SecretNotFound
+from virtual_mcp.vault.sql import SqlDatabase
 
 
 def secret_context(ref: SecretRef) -> RecordContext:
@@ -21,7 +21,7 @@ def _key(ref: SecretRef) -> tuple[str, str, str]:
 
 
 class SecretStore:
-    def __init__(self, db: Database, keys: KeyProvider, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: SqlDatabase, keys: KeyProvider, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._keys = keys
         self._clock = clock

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,8 +15,7 @@ from dataclasses import dataclass, replace
 from virtual_mcp.errors import BadRequest
 from virtual_mcp.identity import identity
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault.db import Database
-from virtual_mcp.vault.errors import DatabaseError
+from virtual_mcp.vault.sql import Row, SqlDatabase
 
 TOKEN_PREFIX = "vmcp_"  # noqa: S105 - a prefix, not a token
 # The secret is base64 with "-" and "." for "+" and "/": URL- and header-safe, and free of "_", the separator.
@@ -57,7 +55,7 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
 
-def _info(row: sqlite3.Row) -> TokenInfo:
+def _info(row: Row) -> TokenInfo:
     return TokenInfo(
         id=row["id"],
         kind=PrincipalKind(row["subject_kind"]),
@@ -71,7 +69,7 @@ def _info(row: sqlite3.Row) -> TokenInfo:
 
 
 class TokenStore:
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: SqlDatabase, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
@@ -108,10 +106,7 @@ class TokenStore:
         if m is None:
             return None
         token_id, secret = m.group(1), m.group(2)
-        try:
-            row = self._db.read_now(_SELECT + " WHERE id = ?", (token_id,))  # every request: on the loop, no thread hop
-        except DatabaseError:  # busy (a checkpoint, a recovery): wait for it off the loop
-            row = await self._db.fetchone(_SELECT + " WHERE id = ?", (token_id,))
+        row = await self._db.lookup(_SELECT + " WHERE id = ?", (token_id,))  # every request: as cheap as can be
         if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
             return None
         info = _info(row)
