@@ -26,8 +26,10 @@ from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
+from virtual_mcp.vault.engines import open_database
+from virtual_mcp.vault.sql import SqlDatabase
 
 ISSUER = "https://idp.northwind.example"
 GATEWAY_AUDIENCE = "https://mcp.northwind.example"
@@ -62,7 +64,7 @@ class SecureGateway:
     registry: Registry
     tokens: TokenStore
     secrets: SecretStore
-    db: Database
+    db: SqlDatabase
     audit_log: AuditLog
     data_dir: Path
     runtime: Runtime
@@ -103,9 +105,10 @@ def idp_jwt(subject: str, audience: list[str] | str, now: float, **claims: Any) 
     return token
 
 
-async def store_secrets(data_dir: Path, secrets: dict[str, str]) -> None:
-    """Put `secrets` (URI -> value) in the data directory's vault, as `virtual-mcp secrets set` does."""
-    async with Database.open(data_dir) as db:
+async def store_secrets(data_dir: Path, secrets: dict[str, str], database_url: str | None = None) -> None:
+    """Put `secrets` (URI -> value) in the vault (the data directory's, or the database at `database_url`) sealed
+    with the data directory's master key, as `virtual-mcp secrets set` does."""
+    async with open_database(data_dir, database_url) as db:
         store = SecretStore(db, LocalKeyProvider.load(data_dir))
         for uri, value in secrets.items():
             mark(value)
@@ -125,7 +128,9 @@ async def secure_gateway(
     vault in `data_dir`, HS256 JWTs from ISSUER accepted, and `secrets` stored as `virtual-mcp secrets set` would."""
     (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
     registry = build_registry(load_config_dir(config_dir))
-    await store_secrets(data_dir, {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})})
+    await store_secrets(
+        data_dir, {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})}, settings.get("database_url")
+    )
     options: dict[str, Any] = {"list_deadline_seconds": 2.0, "data_dir": data_dir, **settings}
     async with (
         assembled(registry, GatewaySettings(**options), clock=clock) as gateway,

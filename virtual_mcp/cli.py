@@ -22,6 +22,7 @@ from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
+from virtual_mcp.vault.engines import database_url
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8080)
     serve.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"), help="gateway state (tokens, vault)")
+    serve.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="postgresql://... to keep the state there (replicas share it); default: $VIRTUAL_MCP_DATABASE_URL, "
+        "else the data directory's SQLite file",
+    )
     serve.add_argument(
         "--local-user", metavar="EMAIL", help="loopback-only local mode: treat every request as this user"
     )
@@ -201,6 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
+        database_url=database_url(args.database_url),
         local_user=args.local_user,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),

@@ -52,6 +52,9 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     data_dir: Path = Path(".virtual-mcp")
+    # Where the state lives when not in the data directory's SQLite file: postgresql://... (replicas that share it).
+    # The master key stays in the data directory (or VIRTUAL_MCP_MASTER_KEY).
+    database_url: str | None = Field(default=None, repr=False)
     # The identity used for unauthenticated requests in loopback-only local mode.
     local_user: str | None = None
     # Extra browser origins allowed to call the gateway (DNS-rebinding protection); loopback origins always are.

@@ -31,13 +31,15 @@ from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.tls import client_context
 from virtual_mcp.upstream.cookies import no_cookie_jar
-from virtual_mcp.vault import Database, LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
+from virtual_mcp.vault import LocalKeyProvider, SecretNotFound, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditStore
 from virtual_mcp.vault.check import check_master_key, sealed_records
 from virtual_mcp.vault.check import health as vault_health
+from virtual_mcp.vault.engines import open_database
 from virtual_mcp.vault.lock import serving
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
+from virtual_mcp.vault.sql import SqlDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class Assembled:
     the tests look into (the same objects the app uses, not copies)."""
 
     app: Starlette
-    db: Database
+    db: SqlDatabase
     secrets: SecretStore
     tokens: TokenStore
     audit: AuditLog
@@ -102,8 +104,8 @@ async def assembled(
     with serving(settings.data_dir):
         # The audit writer has a connection of its own: its batches never hold up a request's token check.
         async with (
-            Database.open(settings.data_dir) as db,
-            Database.open(settings.data_dir) as audit_db,
+            open_database(settings.data_dir, settings.database_url) as db,
+            open_database(settings.data_dir, settings.database_url) as audit_db,
             # Token endpoints, JWKS, provider metadata: one user's provider cookies never reach another's request.
             httpx.AsyncClient(timeout=10, cookies=no_cookie_jar(), verify=client_context()) as http,
         ):
@@ -113,8 +115,8 @@ async def assembled(
 async def _assemble(
     registry: Registry,
     settings: GatewaySettings,
-    db: Database,
-    audit_db: Database,
+    db: SqlDatabase,
+    audit_db: SqlDatabase,
     http: httpx.AsyncClient,
     clock: Callable[[], float],
 ) -> Assembled:
