@@ -18,6 +18,7 @@ from virtual_mcp.audit_report import FORMATS, visible
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import GatewayError
+from virtual_mcp.fleet.connection import redis_url
 from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="postgresql://... to keep the state there (replicas share it); default: $VIRTUAL_MCP_DATABASE_URL, "
         "else the data directory's SQLite file",
+    )
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="redis://... for what replicas share live (one token refresh in the fleet); default: "
+        "$VIRTUAL_MCP_REDIS_URL, else none",
     )
     serve.add_argument(
         "--local-user", metavar="EMAIL", help="loopback-only local mode: treat every request as this user"
@@ -209,6 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=args.data_dir,
         database_url=database_url(args.database_url),
+        redis_url=redis_url(args.redis_url),
         local_user=args.local_user,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),

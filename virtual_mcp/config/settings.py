@@ -55,6 +55,8 @@ class GatewaySettings(BaseModel):
     # Where the state lives when not in the data directory's SQLite file: postgresql://... (replicas that share it).
     # The master key stays in the data directory (or VIRTUAL_MCP_MASTER_KEY).
     database_url: str | None = Field(default=None, repr=False)
+    # Redis for what replicas share live (the token refresh lock): redis://... (virtual_mcp/fleet).
+    redis_url: str | None = Field(default=None, repr=False)
     # The identity used for unauthenticated requests in loopback-only local mode.
     local_user: str | None = None
     # Extra browser origins allowed to call the gateway (DNS-rebinding protection); loopback origins always are.

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from functools import partial
 
 import httpx
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from virtual_mcp.audit import AuditLog, JsonLinesSink
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
+from virtual_mcp.fleet.connection import fleet_redis
+from virtual_mcp.fleet.locks import RedisLocks
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
@@ -108,8 +111,9 @@ async def assembled(
             open_database(settings.data_dir, settings.database_url) as audit_db,
             # Token endpoints, JWKS, provider metadata: one user's provider cookies never reach another's request.
             httpx.AsyncClient(timeout=10, cookies=no_cookie_jar(), verify=client_context()) as http,
+            fleet_redis(settings.redis_url) as redis,
         ):
-            yield await _assemble(registry, settings, db, audit_db, http, clock)
+            yield await _assemble(registry, settings, db, audit_db, http, clock, redis)
 
 
 async def _assemble(
@@ -119,6 +123,7 @@ async def _assemble(
     audit_db: SqlDatabase,
     http: httpx.AsyncClient,
     clock: Callable[[], float],
+    redis: Redis | None = None,
 ) -> Assembled:
     # A new master key only for an empty vault: with sealed records, a missing key is an error to fix.
     keys = LocalKeyProvider.load(settings.data_dir, create=await sealed_records(db) == 0)
@@ -150,9 +155,9 @@ async def _assemble(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
     )
     metrics = Metrics()
-    upstream_tokens = TokenManager(
-        VaultTokenCache(OAuthTokenStore(db, keys)), InProcessLocks(), clock=clock, metrics=metrics
-    )
+    # One refresh per key in the fleet (Redis), or in this process (no Redis).
+    locks = RedisLocks(redis) if redis is not None else InProcessLocks()
+    upstream_tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), locks, clock=clock, metrics=metrics)
     credentials = OutboundCredentials(
         registry, values.__getitem__, upstream_tokens, http, token_timeout=settings.token_timeout_seconds
     )

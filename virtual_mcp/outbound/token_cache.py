@@ -53,13 +53,14 @@ class VaultTokenCache:
         self._store = store
         self._memory: dict[str, TokenSet] = {}
 
-    async def get(self, key: str) -> TokenSet | None:
-        token = self._memory.get(key)
+    async def get(self, key: str, fresh: bool = False) -> TokenSet | None:
+        token = None if fresh else self._memory.get(key)
         if token is not None:
             return token
         with phase("vault"):
             record = await self._store.get(*_split(key))
         if record is None:
+            self._memory.pop(key, None)  # gone from the store (disconnected, revoked): gone here too
             return None
         token = self._memory[key] = _from_record(record)
         return token

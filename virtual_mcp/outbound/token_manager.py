@@ -52,7 +52,11 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 class TokenCache(Protocol):
-    async def get(self, key: str) -> TokenSet | None: ...
+    async def get(self, key: str, fresh: bool = False) -> TokenSet | None:
+        """The token for `key`; `fresh`: as the shared store has it now (another process or replica may have
+        renewed it), not this process's copy."""
+        ...
+
     async def set(self, key: str, token: TokenSet) -> None: ...
     async def delete(self, key: str) -> None: ...
     def evict(self, key: str) -> None:
@@ -67,7 +71,7 @@ class MemoryTokenCache:
     def __init__(self) -> None:
         self._tokens: dict[str, TokenSet] = {}
 
-    async def get(self, key: str) -> TokenSet | None:
+    async def get(self, key: str, fresh: bool = False) -> TokenSet | None:
         return self._tokens.get(key)
 
     async def set(self, key: str, token: TokenSet) -> None:
@@ -285,9 +289,9 @@ class TokenManager:
             lock = self._locks.lock(key)
             await lock.__aenter__()
         try:
-            current = await self._settle(
-                key, await self._cache.get(key)
-            )  # double-checked: a waiter ahead may have renewed it
+            # Double-checked, in the shared store: a waiter ahead (in this process, or another replica) may have
+            # renewed it.
+            current = await self._settle(key, await self._cache.get(key, fresh=True))
             now = self._clock()
             if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
                 return current
