@@ -6,9 +6,10 @@ import argparse
 import gc
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -26,6 +27,21 @@ from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault.engines import database_url
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _state_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a command finds the gateway's state: the data directory (its master key, and its SQLite database unless
+    a database URL is given), and the database URL `serve` uses, if any."""
+    parser.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+    parser.add_argument(
+        "--database-url", metavar="URL", help="the database serve uses (default: $VIRTUAL_MCP_DATABASE_URL, else none)"
+    )
+
+
+def _on_state(command: Callable[..., Awaitable[T]], args: argparse.Namespace) -> Callable[..., Awaitable[T]]:
+    """`command` with the database its arguments name."""
+    return partial(command, database_url=database_url(args.database_url))
 
 
 def _port(text: str) -> int:
@@ -95,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke a token by id; effective on the next request")
     revoke.add_argument("token_id", metavar="ID")
     for p in (create, listing, revoke):
-        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+        _state_arguments(p)
 
     secrets = sub.add_parser("secrets", help="manage secrets referenced as tfy-secret://TENANT:GROUP:KEY")
     secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
@@ -105,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     delete = secrets_sub.add_parser("delete", help="delete a secret")
     delete.add_argument("reference", metavar="TENANT:GROUP:KEY")
     for p in (put, secret_listing, delete):
-        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+        _state_arguments(p)
 
     conns = sub.add_parser("connections", help="a user's connected accounts (per-user OAuth)")
     conns_sub = conns.add_subparsers(dest="connections_action", required=True)
@@ -115,12 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     conn_drop.add_argument("--user", metavar="EMAIL", required=True)
     conn_drop.add_argument("server", metavar="GROUP/SERVER")
     for p in (conn_list, conn_drop):
-        p.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+        _state_arguments(p)
 
     keys = sub.add_parser("keys", help="manage the master key that wraps every stored secret and token")
     keys_sub = keys.add_subparsers(dest="keys_action", required=True)
     rotate = keys_sub.add_parser("rotate", help="new master key; re-wrap every data key online, payloads untouched")
-    rotate.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+    _state_arguments(rotate)
 
     revoke_cmd = sub.add_parser(
         "revoke", help="cut a user off: gateway tokens, stored upstream tokens (revoked at the provider), IdP JWTs"
@@ -129,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke_cmd.add_argument(
         "--config", type=Path, help="servers.d, to revoke upstream tokens at their providers (RFC 7009)"
     )
-    revoke_cmd.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+    _state_arguments(revoke_cmd)
 
     audit = sub.add_parser("audit", help="who called what: query the audit trail, newest first")
     audit.add_argument("--user", metavar="EMAIL")
@@ -144,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", metavar="WHEN", help="same forms as --since; exclusive")
     audit.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
     audit.add_argument("--format", choices=FORMATS, default="table")
-    audit.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
+    _state_arguments(audit)
 
     check = sub.add_parser("check", help="validate a configuration directory and print every problem")
     check.add_argument("--config", type=Path, default=Path("servers.d"))
@@ -178,12 +194,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     if action == "create":
         kind = PrincipalKind.USER if args.user else PrincipalKind.VIRTUAL_ACCOUNT
         name = args.user or args.virtual_account
-        anyio.run(commands.token_create, args.data_dir, kind, name, args.expires_in, args.description, sys.stdout)
+        anyio.run(
+            _on_state(commands.token_create, args),
+            args.data_dir,
+            kind,
+            name,
+            args.expires_in,
+            args.description,
+            sys.stdout,
+        )
         return 0
     if action == "list":
-        anyio.run(commands.token_list, args.data_dir, args.all, sys.stdout)
+        anyio.run(_on_state(commands.token_list, args), args.data_dir, args.all, sys.stdout)
         return 0
-    if not anyio.run(commands.token_revoke, args.data_dir, args.token_id):
+    if not anyio.run(_on_state(commands.token_revoke, args), args.data_dir, args.token_id):
         print(f"error: no active token with id {args.token_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.token_id}")
@@ -194,13 +218,13 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     from virtual_mcp import commands
 
     if args.secrets_command == "set":
-        ref = anyio.run(commands.secret_set, args.data_dir, args.reference, sys.stdin.read())
+        ref = anyio.run(_on_state(commands.secret_set, args), args.data_dir, args.reference, sys.stdin.read())
         print(f"stored {ref.uri}")
         return 0
     if args.secrets_command == "list":
-        anyio.run(commands.secret_list, args.data_dir, sys.stdout)
+        anyio.run(_on_state(commands.secret_list, args), args.data_dir, sys.stdout)
         return 0
-    if not anyio.run(commands.secret_delete, args.data_dir, args.reference):
+    if not anyio.run(_on_state(commands.secret_delete, args), args.data_dir, args.reference):
         print(f"error: no secret {args.reference!r}", file=sys.stderr)
         return 1
     print(f"deleted {args.reference}")
@@ -271,9 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             user = identity(args.user, "user")
             if args.connections_action == "list":
-                anyio.run(commands.connections_list, args.data_dir, user, sys.stdout)
+                anyio.run(_on_state(commands.connections_list, args), args.data_dir, user, sys.stdout)
                 return 0
-            if not anyio.run(commands.connections_disconnect, args.data_dir, user, args.server):
+            if not anyio.run(_on_state(commands.connections_disconnect, args), args.data_dir, user, args.server):
                 print(f"error: {user} has no connection to {args.server}", file=sys.stderr)
                 return 1
             print(f"disconnected {user} from {args.server}")
@@ -281,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "revoke":
             from virtual_mcp import commands
 
-            detail = anyio.run(commands.revoke_user, args.data_dir, args.config, args.user)
+            detail = anyio.run(_on_state(commands.revoke_user, args), args.data_dir, args.config, args.user)
             print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
             for server, outcome in detail["upstream"].items():
                 print(f"  {server}: {visible(outcome)}")  # may quote a provider's error: shown, never obeyed
@@ -304,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             from virtual_mcp import commands
 
-            kid, secrets, tokens = anyio.run(commands.keys_rotate, args.data_dir)
+            kid, secrets, tokens = anyio.run(_on_state(commands.keys_rotate, args), args.data_dir)
             print(f"new master key {kid}; re-wrapped {secrets} secret(s) and {tokens} token record(s)")
             return 0
         if args.command == "demo":

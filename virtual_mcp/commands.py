@@ -23,12 +23,14 @@ from virtual_mcp.registry import Registry
 from virtual_mcp.tls import client_context
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.upstream.cookies import no_cookie_jar
-from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.check import check_master_key
 from virtual_mcp.vault.db import DB_FILE_NAME
+from virtual_mcp.vault.engines import check_database_url, database_url, open_database
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
+from virtual_mcp.vault.sql import SqlDatabase
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -81,12 +83,19 @@ def _when(ts: float | None) -> str:
 
 
 async def token_create(
-    data_dir: Path, kind: PrincipalKind, name: str, expires_in: str | None, text: str | None, out: TextIO
+    data_dir: Path,
+    kind: PrincipalKind,
+    name: str,
+    expires_in: str | None,
+    text: str | None,
+    out: TextIO,
+    *,
+    database_url: str | None = None,
 ) -> None:
     description_text = description(text)
     if expires_in:
         parse_duration(expires_in)  # refused before anything is written
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         info, token = await TokenStore(db).create(
             kind,
             name,
@@ -100,9 +109,9 @@ async def token_create(
     print(token, file=out)
 
 
-async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None:
-    require_database(data_dir)
-    async with Database.open(data_dir) as db:
+async def token_list(data_dir: Path, include_revoked: bool, out: TextIO, *, database_url: str | None = None) -> None:
+    require_database(data_dir, database_url)
+    async with open_database(data_dir, database_url) as db:
         tokens = await TokenStore(db).list(include_revoked=include_revoked)
     now = time.time()
     print(f"{'ID':14} {'SUBJECT':44} {'CREATED':16} {'EXPIRES':16} {'LAST USED':16} STATE", file=out)
@@ -115,9 +124,9 @@ async def token_list(data_dir: Path, include_revoked: bool, out: TextIO) -> None
         )
 
 
-async def token_revoke(data_dir: Path, token_id: str) -> bool:
-    require_database(data_dir)
-    async with Database.open(data_dir) as db:
+async def token_revoke(data_dir: Path, token_id: str, *, database_url: str | None = None) -> bool:
+    require_database(data_dir, database_url)
+    async with open_database(data_dir, database_url) as db:
         store = TokenStore(db)
         info = await store.get(token_id)
         revoked = await store.revoke(token_id)
@@ -126,7 +135,9 @@ async def token_revoke(data_dir: Path, token_id: str) -> bool:
     return revoked
 
 
-async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dict[str, Any]:
+async def revoke_user(
+    data_dir: Path, config_dir: Path | None, user: str, *, database_url: str | None = None
+) -> dict[str, Any]:
     """Cut a user off everywhere: every gateway token revoked, every stored upstream token deleted (revoked at the
     provider first where the server's configuration has a `revocation_url`), running gateways told (they drop what
     they hold in memory within a poll and refuse the user's IdP JWTs issued before now). Audited, with whatever part
@@ -137,7 +148,7 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
     configured (`_known`): when not, the name is probably misspelt, and the CLI says so. The revocation
     is recorded either way, so an IdP JWT issued before it is refused even for a user the gateway never saw."""
     user = identity(user, "user")
-    require_database(data_dir)
+    require_database(data_dir, database_url)
     registry = None
     if config_dir is not None:
         from virtual_mcp.config.loader import load_config_dir
@@ -145,7 +156,7 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
 
         registry = build_registry(load_config_dir(config_dir))
     keys = LocalKeyProvider.load(data_dir, create=False)
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         store = OAuthTokenStore(db, keys)
         credentials = await _provider_credentials(db, keys, registry, store) if registry is not None else None
         detail: dict[str, Any] = {"user": user}
@@ -166,7 +177,7 @@ async def revoke_user(data_dir: Path, config_dir: Path | None, user: str) -> dic
     return detail
 
 
-async def _known(db: Database, store: OAuthTokenStore, registry: Registry | None, user: str) -> bool:
+async def _known(db: SqlDatabase, store: OAuthTokenStore, registry: Registry | None, user: str) -> bool:
     """Whether `user` was ever seen or configured: a token (any state), a connected account, a record of their own,
     a team membership or a subject in the configuration. (Not an earlier revocation: a misspelt name revoked twice
     is still misspelt.)"""
@@ -183,7 +194,7 @@ async def _known(db: Database, store: OAuthTokenStore, registry: Registry | None
 
 
 async def _provider_credentials(
-    db: Database, keys: LocalKeyProvider, registry: Registry, store: OAuthTokenStore
+    db: SqlDatabase, keys: LocalKeyProvider, registry: Registry, store: OAuthTokenStore
 ) -> Callable[[str], Awaitable[dict[str, str]]]:
     """How to revoke a user's tokens at their providers, with every secret the configuration needs resolved now."""
     from virtual_mcp.gateway.assemble import resolve_secrets
@@ -214,43 +225,45 @@ async def _forget_upstream(
     return outcomes
 
 
-def require_database(data_dir: Path) -> None:
-    """Management commands that read what a gateway wrote refuse a directory without its database."""
-    if not (data_dir / DB_FILE_NAME).is_file():
+def require_database(data_dir: Path, url: str | None = None) -> None:
+    """Management commands that read what a gateway wrote refuse a directory without its database (a database
+    named by URL is checked by opening it)."""
+    check_database_url(url)
+    if url is None and not (data_dir / DB_FILE_NAME).is_file():
         raise BadRequest(f"no gateway database in {data_dir} (is --data-dir the directory serve uses?)")
 
 
-async def _audit_revocation(db: Database, data_dir: Path, detail: dict[str, Any], target: str) -> None:
+async def _audit_revocation(db: SqlDatabase, data_dir: Path, detail: dict[str, Any], target: str) -> None:
     event = bound(revocation_event(getpass.getuser(), detail, time.time(), target))
     await AuditStore(db).write([event])
     await JsonLinesSink(data_dir / "audit.jsonl").write([event])
 
 
-async def secret_set(data_dir: Path, reference: str, value: str) -> SecretRef:
+async def secret_set(data_dir: Path, reference: str, value: str, *, database_url: str | None = None) -> SecretRef:
     ref = _ref(reference)
     if value.endswith("\n"):
         value = value[:-1]
     if not value:
         raise BadRequest("refusing to store an empty secret (the value is read from standard input)")
     keys = LocalKeyProvider.load(data_dir)
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         await SecretStore(db, keys).set(ref, value)
     return ref
 
 
-async def secret_list(data_dir: Path, out: TextIO) -> None:
-    require_database(data_dir)
+async def secret_list(data_dir: Path, out: TextIO, *, database_url: str | None = None) -> None:
+    require_database(data_dir, database_url)
     keys = LocalKeyProvider.load(data_dir, create=False)
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         for ref in await SecretStore(db, keys).list_refs():
             print(ref.uri, file=out)
 
 
-async def secret_delete(data_dir: Path, reference: str) -> bool:
+async def secret_delete(data_dir: Path, reference: str, *, database_url: str | None = None) -> bool:
     ref = _ref(reference)
-    require_database(data_dir)
+    require_database(data_dir, database_url)
     keys = LocalKeyProvider.load(data_dir, create=False)
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         return await SecretStore(db, keys).delete(ref)
 
 
@@ -262,12 +275,12 @@ def _ref(reference: str) -> SecretRef:
         raise BadRequest(f"expected TENANT:GROUP:KEY (or tfy-secret://TENANT:GROUP:KEY), got {reference!r}") from None
 
 
-async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
+async def keys_rotate(data_dir: Path, *, database_url: str | None = None) -> tuple[str, int, int]:
     """A new current master key; every stored data key is re-wrapped under it (payloads untouched). A running
     gateway keeps working throughout: it re-reads the key file when it meets the new key id."""
-    require_database(data_dir)
+    require_database(data_dir, database_url)
     keys = LocalKeyProvider.load(data_dir, create=False)
-    async with Database.open(data_dir) as db:
+    async with open_database(data_dir, database_url) as db:
         await check_master_key(db, keys)
         kid = keys.add_key()
         secrets = await SecretStore(db, keys).rewrap_all()
@@ -275,20 +288,20 @@ async def keys_rotate(data_dir: Path) -> tuple[str, int, int]:
     return kid, secrets, tokens
 
 
-async def connections_list(data_dir: Path, user: str, out: TextIO) -> None:
+async def connections_list(data_dir: Path, user: str, out: TextIO, *, database_url: str | None = None) -> None:
     """The servers a user has connected (per-user OAuth tokens held in the vault); never the tokens."""
     user = identity(user, "user")
-    require_database(data_dir)
-    async with Database.open(data_dir) as db:
+    require_database(data_dir, database_url)
+    async with open_database(data_dir, database_url) as db:
         for server in await OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False)).accounts(f"user:{user}"):
             print(server, file=out)
 
 
-async def connections_disconnect(data_dir: Path, user: str, server: str) -> bool:
+async def connections_disconnect(data_dir: Path, user: str, server: str, *, database_url: str | None = None) -> bool:
     user = identity(user, "user")
     server_key(server)
-    require_database(data_dir)
-    async with Database.open(data_dir) as db:
+    require_database(data_dir, database_url)
+    async with open_database(data_dir, database_url) as db:
         store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
         return await store.delete(server, f"user:{user}")
 
@@ -319,7 +332,7 @@ async def audit_query(args: argparse.Namespace, out: TextIO) -> None:
         until=until,
         limit=args.limit,
     )
-    require_database(args.data_dir)
-    async with Database.open(args.data_dir) as db:
+    require_database(args.data_dir, database_url(args.database_url))
+    async with open_database(args.data_dir, database_url(args.database_url)) as db:
         events = await AuditStore(db).query(query)
     render(events, args.format, out)
