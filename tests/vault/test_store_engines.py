@@ -16,7 +16,7 @@ from tests.services import Postgres
 from virtual_mcp.audit import AuditEvent
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault import Database, DatabaseError, LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.postgres import PostgresDatabase, numbered
@@ -158,3 +158,14 @@ async def test_a_database_url_never_shows_its_password(postgres: Postgres) -> No
     url = postgres.url.replace("postgres@", "postgres:hunter2-pass@")
     async with PostgresDatabase.open(url) as db:
         assert "hunter2-pass" not in str(db.path) and "***" in str(db.path)
+
+
+async def test_a_postgres_schema_of_another_version_is_refused(postgres: Postgres) -> None:
+    url = await fresh_postgres(postgres)
+    async with PostgresDatabase.open(url) as db:
+        version = await db.schema_version()
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (version + 1,))
+    with pytest.raises(DatabaseError) as newer:
+        await PostgresDatabase.connect(url)
+    assert f"schema version {version + 1}, newer than this gateway's" in newer.value.message

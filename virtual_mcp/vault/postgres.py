@@ -232,6 +232,11 @@ class PostgresDatabase:
                     f"database {self.path} has schema version {current}, newer than this gateway's"
                     f" {SCHEMA_VERSION}; upgrade virtual-mcp"
                 )
+            if 0 < current < SCHEMA_VERSION:  # a migration added to db.py without its PostgreSQL rendering here
+                raise DatabaseError(
+                    f"database {self.path} has schema version {current}; this gateway has no PostgreSQL migration"
+                    f" to {SCHEMA_VERSION}"
+                )
             if current == 0:
                 for statement in SCHEMA:
                     await tx.execute(statement)
