@@ -136,3 +136,16 @@ def test_the_ttl_a_caller_is_told_is_what_the_gateway_keeps() -> None:
     for ttl, told in ((5000, 5000), (10**12, 86_400_000), (None, 86_400_000), (0, 86_400_000)):
         result = shown({"task": {**TASK, "ttl": ttl}}, "tools/call", REF, "backend-1", "gw-1")
         assert result["task"]["ttl"] == told, ttl
+
+
+def test_a_task_whose_backend_session_ended_is_gone() -> None:
+    class Ended(BackendSession):
+        @property
+        def closed(self) -> bool:
+            return True
+
+    routes = TaskRoutes(Clock())
+    task_id = routes.add(TaskRoute("user:alice", "/mcp", "t", REF, Ended(REF, None), "backend-1", 2000.0))
+    with pytest.raises(InvalidParams) as gone:
+        routes.find(task_id, "user:alice", "/mcp")
+    assert gone.value.message == "no such task (unknown, expired, or not yours)" and len(routes) == 0

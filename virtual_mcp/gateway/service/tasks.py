@@ -112,6 +112,9 @@ class TaskRoutes:
         """The route of `task_id` if it is `subject`'s, made on `endpoint`; InvalidParams otherwise (another's task
         is answered exactly as one that never existed)."""
         route = self._routes.get(task_id) if isinstance(task_id, str) else None
+        if route is not None and route.session.closed:  # ended with its backend session: gone
+            self._forget(str(task_id))
+            route = None
         if route is None or route.subject != subject or route.endpoint != endpoint or route.expires <= self._clock():
             raise InvalidParams("no such task (unknown, expired, or not yours)")
         return route
@@ -120,10 +123,6 @@ class TaskRoutes:
         now = self._clock()
         for task_id in [t for t, r in self._routes.items() if r.expires <= now][:64]:
             self._forget(task_id)
-
-    def forget(self, task_id: str) -> None:
-        """Forget a task whose backend session ended: it is gone."""
-        self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:
         route = self._routes.pop(task_id, None)
@@ -138,9 +137,7 @@ class TaskRoutes:
     def lifetime(self, result: Mapping[str, Any]) -> float:
         """When a route for the task in `result` expires (its `ttl` in ms; a day at most, and for null)."""
         task = result.get("task")
-        ttl = task.get("ttl") if isinstance(task, dict) else None
-        seconds = ttl / 1000 if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0 else _LONGEST
-        return self._clock() + min(seconds, _LONGEST)
+        return self._clock() + _ttl_seconds(task.get("ttl") if isinstance(task, dict) else None)
 
 
 def _related(params: Mapping[str, Any], upstream_id: str, task_id: str) -> dict[str, Any]:
@@ -188,12 +185,12 @@ def created(ref: ServerRef, result: dict[str, Any]) -> str | None:
         raise UpstreamProtocolError(ref.key, "answered a task-augmented call with a malformed task") from None
 
 
-def _kept_ttl(ttl: object) -> int:
-    """The task's `ttl` (ms) as the gateway keeps it: the backend's, a day at most (and for none or unlimited)."""
-    longest = int(_LONGEST * 1000)
+def _ttl_seconds(ttl: object) -> float:
+    """How long the gateway keeps a task whose `ttl` (ms) is this: the backend's, a day at most (and for none or
+    unlimited)."""
     if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
-        return min(int(ttl), longest)
-    return longest
+        return min(ttl / 1000, _LONGEST)
+    return _LONGEST
 
 
 def shown(result: dict[str, Any], method: str, ref: ServerRef, upstream_id: str, task_id: str) -> dict[str, Any]:
@@ -201,7 +198,7 @@ def shown(result: dict[str, Any], method: str, ref: ServerRef, upstream_id: str,
     gateway's id `task_id` wherever the answer names it."""
     out = _related(result, upstream_id, task_id)
     if method == "tools/call":  # a CreateTaskResult (checked by `created`)
-        out["task"] = {**out["task"], "taskId": task_id, "ttl": _kept_ttl(out["task"].get("ttl"))}
+        out["task"] = {**out["task"], "taskId": task_id, "ttl": round(_ttl_seconds(out["task"].get("ttl")) * 1000)}
     elif method in ("tasks/get", "tasks/cancel"):
         try:
             GetTaskResult.model_validate(out, by_name=False)

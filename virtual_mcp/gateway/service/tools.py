@@ -158,9 +158,6 @@ class Tools:
         if not isinstance(task_id, str):
             raise InvalidParams("taskId must be a string")
         route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
-        if route.session.closed:  # ended with its backend session (the gateway stopping, a process that died)
-            parts.tasks.forget(task_id)
-            route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
         async with parts.auditor.tool_call(
             ctx.trace_id, caller, self._endpoint.path, route.tool, {}, method=method
         ) as note:
