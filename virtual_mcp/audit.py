@@ -87,6 +87,13 @@ _EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
 def revocation_event(operator: str, detail: dict[str, Any], ts: float, target: str | None = None) -> AuditEvent:
     """A revocation by an operator (`virtual-mcp revoke`, `token revoke`) of `target` (`user:dave@x`), recorded
     like a call, so `audit --user dave@x` finds it beside dave's own calls."""
+    return operator_event(operator, "revoke", detail, ts, target)
+
+
+def operator_event(
+    operator: str, method: str, detail: dict[str, Any], ts: float, target: str | None = None
+) -> AuditEvent:
+    """What an operator did from the command line (`revoke`, `audit prune`, `db copy`), recorded like a call."""
     return AuditEvent(
         ts=ts,
         request_id="cli",
@@ -95,7 +102,7 @@ def revocation_event(operator: str, detail: dict[str, Any], ts: float, target: s
         name=operator,
         teams=(),
         endpoint="cli",
-        method="revoke",
+        method=method,
         detail=render_detail(detail, by_name=False),
         target=target,
     )

@@ -18,7 +18,7 @@ from virtual_mcp.audit import OUTCOMES
 from virtual_mcp.audit_report import FORMATS, visible
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
-from virtual_mcp.errors import GatewayError
+from virtual_mcp.errors import BadRequest, GatewayError
 from virtual_mcp.fleet.connection import redis_url
 from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
@@ -147,7 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _state_arguments(revoke_cmd)
 
-    audit = sub.add_parser("audit", help="who called what: query the audit trail, newest first")
+    audit = sub.add_parser(
+        "audit", help="who called what: query the audit trail, newest first (`audit prune --before WHEN` to trim it)"
+    )
+    audit.add_argument("action", nargs="?", choices=["prune"], help="prune: delete the events older than --before")
+    audit.add_argument("--before", metavar="WHEN", help="with prune: ISO 8601 time, or 90d/12h ago")
     audit.add_argument("--user", metavar="EMAIL")
     audit.add_argument("--team", metavar="NAME")
     audit.add_argument("--virtual-account", metavar="NAME")
@@ -161,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
     audit.add_argument("--format", choices=FORMATS, default="table")
     _state_arguments(audit)
+
+    db = sub.add_parser("db", help="the gateway's database: bring its schema up to date, or copy it elsewhere")
+    db_sub = db.add_subparsers(dest="db_action", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply this version's schema migrations (before replicas start)")
+    _state_arguments(upgrade)
+    copy = db_sub.add_parser("copy", help="copy every row into a new, empty database (e.g. SQLite to PostgreSQL)")
+    copy.add_argument("--from", dest="source", metavar="URL", required=True, help="sqlite:DIR or postgresql://...")
+    copy.add_argument("--to", dest="target", metavar="URL", required=True, help="postgresql://... or sqlite:DIR")
+    copy.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"), help="where the copy is audited")
 
     check = sub.add_parser("check", help="validate a configuration directory and print every problem")
     check.add_argument("--config", type=Path, default=Path("servers.d"))
@@ -278,6 +291,46 @@ async def _serve(registry: Registry, settings: GatewaySettings) -> None:
         await uvicorn.Server(config).serve()
 
 
+_AUDIT_FILTERS = (
+    "user",
+    "team",
+    "virtual_account",
+    "server",
+    "tool",
+    "outcome",
+    "method",
+    "request_id",
+    "since",
+    "until",
+)
+
+
+def cmd_audit_prune(args: argparse.Namespace) -> int:
+    from virtual_mcp import commands
+
+    if args.before is None:
+        raise BadRequest("audit prune needs --before WHEN (e.g. --before 90d: what is older than 90 days)")
+    given = [f"--{name.replace('_', '-')}" for name in _AUDIT_FILTERS if getattr(args, name) is not None]
+    if given:
+        raise BadRequest(f"audit prune deletes by time only (--before); {', '.join(given)} is for queries")
+    deleted = anyio.run(_on_state(commands.audit_prune, args), args.data_dir, args.before)
+    print(f"deleted {deleted} audit event(s) older than {args.before}; the prune itself is recorded")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from virtual_mcp import commands
+
+    if args.db_action == "upgrade":
+        name, version = anyio.run(_on_state(commands.db_upgrade, args), args.data_dir)
+        print(f"{name}: schema version {version}")
+        return 0
+    copied = anyio.run(commands.db_copy, args.data_dir, args.source, args.target)
+    print(f"copied {sum(copied.values())} row(s): " + ", ".join(f"{t} {n}" for t, n in copied.items()))
+    print("the master key is not in the database: give the replicas the same key file or VIRTUAL_MCP_MASTER_KEY")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(args.log_level, args.log_json)
@@ -323,8 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             from virtual_mcp import commands
 
+            if args.action == "prune":
+                return cmd_audit_prune(args)
+            if args.before is not None:
+                raise BadRequest("--before is for `audit prune`; to query, use --until")
             anyio.run(commands.audit_query, args, sys.stdout)
             return 0
+        if args.command == "db":
+            return cmd_db(args)
         if args.command == "keys":
             from virtual_mcp import commands
 

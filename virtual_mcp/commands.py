@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from virtual_mcp.audit import JsonLinesSink, bound, revocation_event
+from virtual_mcp.audit import AuditEvent, JsonLinesSink, bound, operator_event, revocation_event
 from virtual_mcp.audit_report import parse_time, render, visible
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.errors import BadRequest
@@ -26,8 +26,9 @@ from virtual_mcp.upstream.cookies import no_cookie_jar
 from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.check import check_master_key
+from virtual_mcp.vault.copy import copy_database
 from virtual_mcp.vault.db import DB_FILE_NAME
-from virtual_mcp.vault.engines import check_database_url, database_url, open_database
+from virtual_mcp.vault.engines import check_database_url, database_url, open_database, sqlite_dir
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
 from virtual_mcp.vault.sql import SqlDatabase
@@ -234,7 +235,15 @@ def require_database(data_dir: Path, url: str | None = None) -> None:
 
 
 async def _audit_revocation(db: SqlDatabase, data_dir: Path, detail: dict[str, Any], target: str) -> None:
-    event = bound(revocation_event(getpass.getuser(), detail, time.time(), target))
+    await _record(db, data_dir, revocation_event(getpass.getuser(), detail, time.time(), target))
+
+
+async def _audit_operator(db: SqlDatabase, data_dir: Path, method: str, detail: dict[str, Any]) -> None:
+    await _record(db, data_dir, operator_event(getpass.getuser(), method, detail, time.time()))
+
+
+async def _record(db: SqlDatabase, data_dir: Path, event: AuditEvent) -> None:
+    event = bound(event)
     await AuditStore(db).write([event])
     await JsonLinesSink(data_dir / "audit.jsonl").write([event])
 
@@ -304,6 +313,39 @@ async def connections_disconnect(data_dir: Path, user: str, server: str, *, data
     async with open_database(data_dir, database_url) as db:
         store = OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False))
         return await store.delete(server, f"user:{user}")
+
+
+async def db_upgrade(data_dir: Path, *, database_url: str | None = None) -> tuple[str, int]:
+    """`virtual-mcp db upgrade`: bring the database to this gateway's schema; (its name, the version it is at)."""
+    async with open_database(data_dir, database_url, upgrade=True) as db:
+        return str(db.path), await db.schema_version()
+
+
+async def db_copy(data_dir: Path, source: str, target: str) -> dict[str, int]:
+    """`virtual-mcp db copy --from URL --to URL`: every row of `source` into the empty `target` (vault/copy.py);
+    the rows copied, per table. A source that is an embedded database must exist already."""
+    for url in (source, target):
+        check_database_url(url)
+    if source.startswith("sqlite:") and not (sqlite_dir(source) / DB_FILE_NAME).is_file():
+        raise BadRequest(f"no gateway database in {sqlite_dir(source)} (--from sqlite:DIR names a data directory)")
+    async with open_database(data_dir, source) as src, open_database(data_dir, target, upgrade=True) as dst:
+        copied = await copy_database(src, dst)
+        detail = {"from": str(src.path), "to": str(dst.path), "rows": copied}
+        await _audit_operator(dst, data_dir, "db copy", detail)
+    return copied
+
+
+async def audit_prune(data_dir: Path, before: str, *, database_url: str | None = None) -> int:
+    """`virtual-mcp audit prune --before WHEN`: delete older events; the prune itself is recorded."""
+    now = time.time()
+    cut = when(before, now)
+    if cut > now:
+        raise BadRequest(f"--before {before[:40]!r} is in the future: that would delete events still being written")
+    require_database(data_dir, database_url)
+    async with open_database(data_dir, database_url) as db:
+        deleted = await AuditStore(db).prune(cut)
+        await _audit_operator(db, data_dir, "audit prune", {"before": cut, "deleted": deleted})
+    return deleted
 
 
 async def audit_query(args: argparse.Namespace, out: TextIO) -> None:

@@ -37,7 +37,9 @@ def arm(point: str) -> None:
     execute = db.Transaction.execute
     writing_new_pair = False
 
-    async def crashing_put(self: OAuthTokenStore, server: str, account: str, record: dict[str, Any]) -> None:
+    async def crashing_put(
+        self: OAuthTokenStore, server: str, account: str, record: dict[str, Any], *, expect: int | None = None
+    ) -> int | None:
         nonlocal writing_new_pair
         stored = await self.get(server, account)
         # The new pair of a refresh replaces a set this process marked before sending its refresh token.
@@ -45,9 +47,10 @@ def arm(point: str) -> None:
             if point == "received":
                 _die()
             writing_new_pair = True
-        await put(self, server, account, record)
+        version = await put(self, server, account, record, expect=expect)
         if writing_new_pair and point == "committed":
             _die()
+        return version
 
     async def crashing_execute(self: db.Transaction, sql: str, params: db.Params = ()) -> int:
         changed = await execute(self, sql, params)

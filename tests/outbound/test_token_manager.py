@@ -6,6 +6,7 @@ in tests/oauth/.)"""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -44,6 +45,7 @@ class Provider:
 
     async def obtain(self, current: TokenSet | None) -> TokenSet:
         self.calls += 1
+        n = self.calls  # named for the request, whenever its answer comes
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.entered.set()
@@ -53,7 +55,7 @@ class Provider:
                 await self.gate.wait()
             if self.failures:
                 raise self.failures.pop(0)
-            self.last = TokenSet(f"token-{self.calls}", self.clock.now, self.lifetime, f"refresh-{self.calls}")
+            self.last = TokenSet(f"token-{n}", self.clock.now, self.lifetime, f"refresh-{n}")
             return self.last
         finally:
             self.in_flight -= 1
@@ -257,7 +259,7 @@ async def test_a_refresh_is_marked_before_the_refresh_token_leaves_and_another_p
         provider.gate.set()
     # ...but a process that died would not have written its result. Put the store back as the crash left it.
     assert marked is not None
-    await shared.set("k", marked)
+    await shared.set("k", replace(marked, version=None))  # unconditionally
     clock.now = START + 10  # pretend the stored set is still valid for the next process
     next_process = manager(clock, cache=shared)
     seen = await next_process.token("k", provider.obtain)
@@ -328,3 +330,107 @@ async def test_a_caller_that_goes_away_does_not_abandon_the_refresh() -> None:
         provider.gate.set()
     stored = await tokens.peek("k")
     assert stored is not None and stored.access_token == "token-2" and stored.refresh_token == "refresh-2"
+
+
+class PausingCache(MemoryTokenCache):
+    """Holds the first write-ahead mark written while `armed` until `resume` is set: a holder paused (SIGSTOP)
+    between reading the token set under its lock and marking it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.paused = anyio.Event()
+        self.resume = anyio.Event()
+
+    async def set(self, key: str, token: TokenSet) -> TokenSet | None:
+        if self.armed and token.refreshing_by is not None:
+            self.armed = False
+            self.paused.set()
+            await self.resume.wait()
+        return await super().set(key, token)
+
+
+async def test_a_holder_paused_past_its_lock_before_marking_sends_nothing() -> None:
+    """Fencing. Two managers with their own locks on one store are two replicas after the first holder's lease ran
+    out while it was paused, here between reading the token set and marking it. The second refreshes; the first,
+    resumed, has its mark refused (the record moved on), reads the new set and sends nothing: one refresh, and the
+    spent refresh token is never presented again (a provider would take that for reuse and revoke the grant)."""
+    clock = Clock()
+    provider = Provider(clock)
+    shared = PausingCache()
+    first, second = manager(clock, cache=shared), manager(clock, cache=shared)
+    await first.token("k", provider.obtain)
+    clock.now += 150  # expired
+    shared.armed = True
+    seen: dict[str, TokenSet] = {}
+
+    async def run(name: str, tokens: TokenManager) -> None:
+        seen[name] = await tokens.token("k", provider.obtain)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "first", first)
+        with anyio.fail_after(5):
+            await shared.paused.wait()
+        await run("second", second)
+        shared.resume.set()
+    assert provider.calls == 2  # the first token, then one refresh
+    assert seen["first"].access_token == seen["second"].access_token == "token-2"
+    assert provider.refresh_tokens_seen.count("refresh-1") == 1
+    stored = await shared.get("k")
+    assert stored is not None and stored.access_token == "token-2" and stored.refreshing_by is None
+
+
+async def test_a_holder_paused_past_its_lock_never_overwrites_a_newer_token_set() -> None:
+    """The first holder is paused with its refresh in flight; its lease runs out. The second finds its mark, drops
+    the refresh token, and (the token having expired) obtains a new set. The first's answer, arriving late, must not
+    replace that newer set: it is discarded and the newer one served."""
+    clock = Clock()
+    provider = Provider(clock)
+    shared = MemoryTokenCache()
+    first, second = manager(clock, cache=shared), manager(clock, cache=shared)
+    await first.token("k", provider.obtain)
+    clock.now += 150  # expired
+    gate = provider.gate = anyio.Event()
+    provider.entered = anyio.Event()
+    seen: dict[str, TokenSet] = {}
+
+    async def run(name: str, tokens: TokenManager) -> None:
+        seen[name] = await tokens.token("k", provider.obtain)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "first", first)
+        with anyio.fail_after(5):
+            await provider.entered.wait()
+        provider.gate = None
+        await run("second", second)  # token-3, without a refresh token
+        gate.set()  # token-2, late
+    assert provider.refresh_tokens_seen == [None, "refresh-1", None]
+    stored = await shared.get("k")
+    assert stored is not None and stored.access_token == "token-3"
+    assert seen["first"].access_token == seen["second"].access_token == "token-3"
+
+
+async def test_a_late_answer_replaces_the_set_it_refreshed_when_nothing_newer_came() -> None:
+    """Fencing refuses only what is stale: the first holder, paused with its refresh in flight, comes back to find
+    its token set merely settled by the second (refresh token dropped, access token still served, nothing sent).
+    Its answer is the newest token set there is, so it is stored, refresh token and all."""
+    clock = Clock()
+    provider = Provider(clock)
+    shared = MemoryTokenCache()
+    first, second = manager(clock, cache=shared), manager(clock, cache=shared)
+    await first.token("k", provider.obtain)
+    clock.now += 150
+    gate = provider.gate = anyio.Event()
+    provider.entered = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.token, "k", provider.obtain)
+        with anyio.fail_after(5):
+            await provider.entered.wait()
+        clock.now = START + 10  # the stored set is valid again for the second
+        served = await second.token("k", provider.obtain)
+        assert served.access_token == "token-1" and served.refresh_lost
+        gate.set()
+    assert provider.calls == 2
+    stored = await shared.get("k")
+    assert stored is not None and stored.access_token == "token-2" and stored.refresh_token == "refresh-2"
+    assert not stored.refresh_lost and stored.refreshing_by is None

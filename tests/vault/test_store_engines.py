@@ -18,8 +18,9 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database, DatabaseError, LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
+from virtual_mcp.vault.db import SCHEMA_VERSION
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
-from virtual_mcp.vault.postgres import PostgresDatabase, numbered
+from virtual_mcp.vault.postgres import BASE_VERSION, PostgresDatabase, numbered
 from virtual_mcp.vault.revocations import RevocationStore
 from virtual_mcp.vault.sql import SqlDatabase
 
@@ -89,6 +90,24 @@ async def test_sealed_secrets_and_oauth_tokens(engine: tuple[str, str | Path], t
         for value in (b"s3cret-value", b"at-0123456789abcdef", b"rt-0123456789abcdef"):
             assert value not in stored  # sealed, never in plain text
         assert await tokens.delete("g/github", "user:alice@x") and await tokens.get("g/github", "user:alice@x") is None
+
+
+async def test_an_oauth_token_set_is_written_only_over_the_version_its_writer_read(
+    engine: tuple[str, str | Path], tmp_path: Path
+) -> None:
+    """The fence of a token refresh: a conditional write (`expect`) lands only if the row is still at the version the
+    writer read (0: no row yet), so a writer that fell behind never overwrites what another wrote since."""
+    keys = LocalKeyProvider.load(tmp_path / "keys")
+    async with opened(engine) as db:  # type: ignore[attr-defined]
+        tokens = OAuthTokenStore(db, keys)
+        first = await tokens.put("g/s", "user:a", {"access_token": "one"}, expect=0)
+        assert first == 1
+        assert await tokens.put("g/s", "user:a", {"access_token": "late"}, expect=0) is None  # not absent any more
+        assert await tokens.put("g/s", "user:a", {"access_token": "two"}, expect=1) == 2
+        assert await tokens.put("g/s", "user:a", {"access_token": "stale"}, expect=1) is None
+        assert await tokens.get_versioned("g/s", "user:a") == ({"access_token": "two"}, 2)
+        assert await tokens.put("g/s", "user:a", {"access_token": "three"}) == 3  # unconditional: still counted
+        assert await tokens.get_versioned("g/s", "user:a") == ({"access_token": "three"}, 3)
 
 
 async def test_revocations_and_the_audit_trail(engine: tuple[str, str | Path]) -> None:
@@ -169,3 +188,23 @@ async def test_a_postgres_schema_of_another_version_is_refused(postgres: Postgre
     with pytest.raises(DatabaseError) as newer:
         await PostgresDatabase.connect(url)
     assert f"schema version {version + 1}, newer than this gateway's" in newer.value.message
+
+
+async def test_an_older_postgres_schema_is_upgraded_only_when_asked(postgres: Postgres) -> None:
+    """A fleet's schema changes when its operator runs `db upgrade`, not when one replica of a newer version starts:
+    an older schema is refused (naming the command), then brought up to date by `upgrade=True`, rows kept."""
+    url = await fresh_postgres(postgres)
+    async with PostgresDatabase.open(url) as db, db.transaction() as tx:  # as a gateway of BASE_VERSION left it
+        await tx.execute("ALTER TABLE oauth_tokens DROP COLUMN version")
+        await tx.execute("DELETE FROM schema_version WHERE version > ?", (BASE_VERSION,))
+        await tx.execute(
+            "INSERT INTO oauth_tokens (server, account, envelope, updated_at) VALUES ('g/s', 'user:a', ?, 0)",
+            (b"sealed",),
+        )
+    with pytest.raises(DatabaseError) as older:
+        await PostgresDatabase.connect(url)
+    assert "older than this gateway's" in older.value.message and "virtual-mcp db upgrade" in older.value.message
+    async with PostgresDatabase.open(url, upgrade=True) as db:
+        assert await db.schema_version() == SCHEMA_VERSION
+        row = await db.fetchone("SELECT version FROM oauth_tokens WHERE server = 'g/s'")
+        assert row is not None and row["version"] == 1

@@ -65,6 +65,9 @@ class TokenSet:
     refreshing_by: str | None = None
     # The refresh token was given up for that reason; the access token serves until it expires.
     refresh_lost: bool = False
+    # The version of the stored record this set was read as (None: not read from a store). A write of a set with a
+    # version happens only if the record is still at it: see TokenCache.set.
+    version: int | None = field(default=None, compare=False)
 
     def expires_at(self, default_lifetime: float) -> float:
         return self.obtained_at + (self.expires_in if self.expires_in is not None else default_lifetime)

@@ -6,6 +6,7 @@ dict lookup; a miss decrypts the stored record once. A write goes to the vault f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from virtual_mcp.outbound.oauth_client import TokenSet
@@ -58,17 +59,21 @@ class VaultTokenCache:
         if token is not None:
             return token
         with phase("vault"):
-            record = await self._store.get(*_split(key))
-        if record is None:
+            found = await self._store.get_versioned(*_split(key))
+        if found is None:
             self._memory.pop(key, None)  # gone from the store (disconnected, revoked): gone here too
             return None
-        token = self._memory[key] = _from_record(record)
+        token = self._memory[key] = replace(_from_record(found[0]), version=found[1])
         return token
 
-    async def set(self, key: str, token: TokenSet) -> None:
+    async def set(self, key: str, token: TokenSet) -> TokenSet | None:
         with phase("vault"):
-            await self._store.put(*_split(key), _to_record(token))
-        self._memory[key] = token
+            version = await self._store.put(*_split(key), _to_record(token), expect=token.version)
+        if version is None:
+            self._memory.pop(key, None)  # the store has moved on: read it again when next asked
+            return None
+        stored = self._memory[key] = replace(token, version=version)
+        return stored
 
     async def delete(self, key: str) -> None:
         self._memory.pop(key, None)

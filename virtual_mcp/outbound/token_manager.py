@@ -16,6 +16,12 @@ token serves until it expires, then the obtain function decides (a new client-cr
 to connect again). The same holds when a refresh request got no answer (`RefreshInDoubt`). The provider call runs
 shielded from the caller's cancellation, so a caller going away never abandons a refresh half done.
 
+Fencing: every write under the lock is a compare-and-set on the stored record's version (`TokenSet.version`). A
+holder whose lock ran out while it was paused (a shared lock has a lease) finds its writes refused once another
+holder has written: its mark is not written (so it sends nothing), and its result replaces the record only if that
+is still the token set its refresh replaced (another holder dropped its refresh token meanwhile, nothing newer);
+a newer token set is never overwritten.
+
 Transient provider errors are retried a few times with exponential backoff and jitter; terminal ones propagate.
 The cache and the locks are Protocols: the in-process defaults can be replaced by shared (e.g. Redis) ones.
 """
@@ -49,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 Obtain = Callable[[TokenSet | None], Awaitable[TokenSet]]  # given the current token (maybe None), get a new one
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+_TRIES = 5  # compare-and-set attempts before a renewal gives up (each refusal means another holder wrote)
 
 
 class TokenCache(Protocol):
@@ -57,7 +64,12 @@ class TokenCache(Protocol):
         renewed it), not this process's copy."""
         ...
 
-    async def set(self, key: str, token: TokenSet) -> None: ...
+    async def set(self, key: str, token: TokenSet) -> TokenSet | None:
+        """Store `token`; the token as stored (with its new version). A token with a `version` is written only if
+        the stored record is still at that version (0: there is none); otherwise nothing is written and the answer
+        is None: the record moved on (another holder of the key's lock wrote it)."""
+        ...
+
     async def delete(self, key: str) -> None: ...
     def evict(self, key: str) -> None:
         """Forget what this process holds for `key`, leaving the shared store as it is."""
@@ -74,8 +86,13 @@ class MemoryTokenCache:
     async def get(self, key: str, fresh: bool = False) -> TokenSet | None:
         return self._tokens.get(key)
 
-    async def set(self, key: str, token: TokenSet) -> None:
-        self._tokens[key] = token
+    async def set(self, key: str, token: TokenSet) -> TokenSet | None:
+        held = self._tokens.get(key)
+        version = held.version or 0 if held is not None else 0
+        if token.version is not None and token.version != version:
+            return None
+        stored = self._tokens[key] = replace(token, version=version + 1)
+        return stored
 
     async def delete(self, key: str) -> None:
         self._tokens.pop(key, None)
@@ -200,7 +217,7 @@ class TokenManager:
     async def store(self, key: str, token: TokenSet) -> None:
         """A token obtained outside a refresh (an authorization-code exchange)."""
         async with self._locks.lock(key):
-            await self._cache.set(key, replace(token, obtained_at=self._clock()))
+            await self._cache.set(key, replace(token, obtained_at=self._clock(), version=None))
 
     def wake(self) -> None:
         """Make the refresh timer look at its keys now (after the clock moved, or a key was added)."""
@@ -222,9 +239,10 @@ class TokenManager:
         if token is None or not self._foreign(token):
             return token
         logger.warning("a token refresh was interrupted (the gateway stopped during it); its refresh token is dropped")
-        token = replace(token, refresh_token=None, refreshing_by=None, refresh_lost=True)
-        await self._cache.set(key, token)
-        return token
+        settled = await self._cache.set(key, replace(token, refresh_token=None, refreshing_by=None, refresh_lost=True))
+        if settled is None:  # the record moved on since it was read: settle what is there now
+            return await self._settle(key, await self._cache.get(key, fresh=True))
+        return settled
 
     def _touch(self, key: str, obtain: Obtain, now: float, token: TokenSet) -> None:
         due = token.refresh_due_at(self._default_lifetime, self._fraction)
@@ -289,24 +307,27 @@ class TokenManager:
             lock = self._locks.lock(key)
             await lock.__aenter__()
         try:
-            # Double-checked, in the shared store: a waiter ahead (in this process, or another replica) may have
-            # renewed it.
-            current = await self._settle(key, await self._cache.get(key, fresh=True))
-            now = self._clock()
-            if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
-                return current
-            # Shielded: a caller that goes away must not abandon a refresh the provider may already have done.
-            with anyio.CancelScope(shield=True), phase("token_provider"):
-                token = await self._obtain_and_store(key, obtain, current)
-            return token
+            for _ in range(_TRIES):
+                # Double-checked, in the shared store: a waiter ahead (in this process, or another replica) may
+                # have renewed it.
+                current = await self._settle(key, await self._cache.get(key, fresh=True))
+                now = self._clock()
+                if current is not None and now < current.refresh_due_at(self._default_lifetime, self._fraction):
+                    return current
+                # Shielded: a caller that goes away must not abandon a refresh the provider may already have done.
+                with anyio.CancelScope(shield=True), phase("token_provider"):
+                    token = await self._obtain_and_store(key, obtain, current)
+                if token is not None:
+                    return token
+            raise TransientTokenError("the upstream token kept changing while it was being renewed; try again")
         finally:
             await lock.__aexit__(None, None, None)
 
-    async def _obtain_and_store(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
+    async def _obtain_and_store(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet | None:
         outcome = "error"
         try:
             token = await self._obtain_and_store_once(key, obtain, current)
-            outcome = "ok"
+            outcome = "ok" if token is not None else "overtaken"
             return token
         except TerminalGrantError:
             outcome = "terminal"
@@ -324,30 +345,56 @@ class TokenManager:
             if self._metrics is not None:
                 self._metrics.child(self._metrics.token_refreshes, key.partition("|")[0], outcome).inc()
 
-    async def _obtain_and_store_once(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet:
+    async def _obtain_and_store_once(self, key: str, obtain: Obtain, current: TokenSet | None) -> TokenSet | None:
+        """The renewed token, stored; None when the record moved on before anything was sent (read it again)."""
         marked = None
         if current is not None and current.refresh_token:
-            marked = replace(current, refreshing_by=self.instance)
-            await self._cache.set(key, marked)  # write-ahead, before the refresh token leaves
+            # Write-ahead, before the refresh token leaves; refused if another holder wrote since it was read.
+            marked = await self._cache.set(key, replace(current, refreshing_by=self.instance))
+            if marked is None:
+                return None
+        base = marked.version if marked is not None else (current.version if current is not None else 0)
         try:
             token = await self._obtain_with_retries(obtain, current)
         except RefreshInDoubt:
             assert current is not None
-            lost = replace(current, refresh_token=None, refreshing_by=None, refresh_lost=True)
-            await self._cache.set(key, lost)
+            lost = replace(current, refresh_token=None, refreshing_by=None, refresh_lost=True, version=base)
+            stored = await self._write_result(key, current, lost)
             logger.warning("a token refresh got no answer; its refresh token is dropped rather than reused")
-            if self._clock() < current.expires_at(self._default_lifetime):
-                return lost
-            token = await self._obtain_with_retries(obtain, lost)  # without a refresh token: obtain decides
+            if stored.access_token != current.access_token or self._clock() < current.expires_at(
+                self._default_lifetime
+            ):
+                return stored
+            token = await self._obtain_with_retries(obtain, stored)  # without a refresh token: obtain decides
+            base = stored.version
         except BaseException:
-            if current is not None and marked is not None and await self._cache.get(key) == marked:
-                await self._cache.set(key, current)  # answered (or never sent): the refresh token is as it was
+            if current is not None and marked is not None:  # answered or never sent: as it was, if still ours
+                await self._cache.set(key, replace(current, version=marked.version))
             raise
         # Lifetimes are measured on this manager's clock, whatever stamped the response. One write replaces the
         # marked set with the new access and refresh token together.
-        token = replace(token, obtained_at=self._clock(), refreshing_by=None, refresh_lost=False)
-        await self._cache.set(key, token)
-        return token
+        token = replace(token, obtained_at=self._clock(), refreshing_by=None, refresh_lost=False, version=base)
+        return await self._write_result(key, current, token)
+
+    async def _write_result(self, key: str, current: TokenSet | None, token: TokenSet) -> TokenSet:
+        """Write what a refresh of `current` produced, fenced: if the record moved on meanwhile (this holder's lock
+        ran out), it is written over only while it still holds `current`'s token set (another holder merely dropped
+        its refresh token); a newer token set stays, and is the answer."""
+        for _ in range(_TRIES):
+            stored = await self._cache.set(key, token)
+            if stored is not None:
+                return stored
+            latest = await self._cache.get(key, fresh=True)
+            if latest is None:  # removed meanwhile (disconnected, revoked): not brought back
+                logger.warning("a token was removed while it was being renewed; the renewed one is not stored")
+                return token
+            if current is None or latest.access_token != current.access_token:
+                logger.warning("a newer token set was stored while this refresh ran (its lock ran out); it stays")
+                settled = await self._settle(key, latest)
+                assert settled is not None
+                return settled
+            token = replace(token, version=latest.version)
+        raise TransientTokenError("the upstream token kept changing while it was being renewed; try again")
 
     async def _obtain_with_retries(self, obtain: Obtain, current: TokenSet | None) -> TokenSet:
         for attempt in range(1, self._attempts + 1):

@@ -66,6 +66,12 @@ class AuditStore:
             rows = [r for i, r in enumerate(rows) if i == 0 or r["id"] != rows[i - 1]["id"]][: max(q.limit, 0)]
         return [_event(r) for r in rows]
 
+    async def prune(self, before: float) -> int:
+        """Delete the events older than `before` (Unix seconds), with their team index rows; how many events."""
+        async with self._db.transaction() as tx:
+            await tx.execute("DELETE FROM audit_teams WHERE ts < ?", (before,))
+            return await tx.execute("DELETE FROM audit WHERE ts < ?", (before,))
+
     async def acted(self, subject: str) -> bool:
         """Whether any record was made by `subject` (`user:alice@x`)."""
         return await self._db.fetchone("SELECT 1 FROM audit WHERE subject = ? LIMIT 1", (subject,)) is not None

@@ -141,6 +141,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS audit_target_ts ON audit (target, ts)",
         _REVOCATION_TARGETS,
     ),
+    (
+        # Each OAuth token set's version, raised by every write: a refresh writes its result only if the row is
+        # still at the version it read (compare-and-set), so a holder whose lock ran out while it was paused
+        # cannot overwrite a newer token set (outbound/token_manager.py). Rows written before start at 1.
+        "ALTER TABLE oauth_tokens ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -391,6 +397,9 @@ class Database:
         if getattr(error, "sqlite_errorcode", None) in _CORRUPT and self._broken is None:
             self._broken = f"{what}: {error}"
         return DatabaseError(f"{what}: {error}")
+
+    async def identity(self) -> str:
+        return f"sqlite:{self.path.resolve()}"
 
     def trust_problem(self) -> str | None:
         """Why this process can no longer trust what it reads from and writes to the database, or None.

@@ -31,11 +31,23 @@ def check_database_url(url: str | None) -> None:
     raise BadRequest(f"unsupported database URL scheme {scheme!r}: use postgresql://... or sqlite:DIRECTORY")
 
 
-def open_database(data_dir: Path, url: str | None) -> AbstractAsyncContextManager[SqlDatabase]:
-    """The gateway's database, open for as long as the block runs."""
+def open_database(
+    data_dir: Path, url: str | None, *, upgrade: bool = False
+) -> AbstractAsyncContextManager[SqlDatabase]:
+    """The gateway's database, open for as long as the block runs. The embedded database is brought to this
+    gateway's schema when opened; a PostgreSQL one only with `upgrade` (`virtual-mcp db upgrade`), else an older
+    schema is refused."""
     check_database_url(url)
     if url is None:
         return Database.open(data_dir)
     if url.startswith("sqlite:"):
-        return Database.open(Path(url.removeprefix("sqlite:")))
-    return PostgresDatabase.open(url)
+        return Database.open(sqlite_dir(url))
+    return PostgresDatabase.open(url, upgrade=upgrade)
+
+
+def sqlite_dir(url: str) -> Path:
+    """The directory a `sqlite:DIR` URL names (where its gateway.db is)."""
+    where = url.removeprefix("sqlite:")
+    if not where:
+        raise BadRequest("sqlite: needs a directory: sqlite:DIRECTORY (the one holding gateway.db)")
+    return Path(where)

@@ -27,20 +27,50 @@ class OAuthTokenStore:
         self._keys = keys
         self._clock = clock
 
-    async def put(self, server: str, account: str, record: TokenRecord) -> None:
-        """Store the whole token set atomically (one row, one transaction)."""
+    async def put(self, server: str, account: str, record: TokenRecord, *, expect: int | None = None) -> int | None:
+        """Store the whole token set atomically (one row, one transaction); its new version.
+
+        `expect`: the version the writer read (0: there was no row). The row is written only if it is still at that
+        version, so a writer that fell behind (its refresh lock ran out while it was paused) never overwrites a
+        newer token set: None is returned instead, nothing written. Without `expect` the write is unconditional.
+        """
         blob = seal(json.dumps(record).encode(), token_context(server, account), self._keys).to_bytes()
+        now = self._clock()
         async with self._db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO oauth_tokens (server, account, envelope, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (server, account) DO UPDATE SET envelope = excluded.envelope,"
-                " updated_at = excluded.updated_at",
-                (server, account, blob, self._clock()),
+            if expect is None:
+                await tx.execute(
+                    "INSERT INTO oauth_tokens (server, account, envelope, updated_at, version) VALUES (?, ?, ?, ?, 1)"
+                    " ON CONFLICT (server, account) DO UPDATE SET envelope = excluded.envelope,"
+                    " updated_at = excluded.updated_at, version = oauth_tokens.version + 1",
+                    (server, account, blob, now),
+                )
+            elif expect == 0:
+                if not await tx.execute(
+                    "INSERT INTO oauth_tokens (server, account, envelope, updated_at, version) VALUES (?, ?, ?, ?, 1)"
+                    " ON CONFLICT (server, account) DO NOTHING",
+                    (server, account, blob, now),
+                ):
+                    return None
+            elif not await tx.execute(
+                "UPDATE oauth_tokens SET envelope = ?, updated_at = ?, version = version + 1"
+                " WHERE server = ? AND account = ? AND version = ?",
+                (blob, now, server, account, expect),
+            ):
+                return None
+            row = await tx.fetchone(
+                "SELECT version FROM oauth_tokens WHERE server = ? AND account = ?", (server, account)
             )
+            assert row is not None
+            return int(row["version"])
 
     async def get(self, server: str, account: str) -> TokenRecord | None:
+        found = await self.get_versioned(server, account)
+        return None if found is None else found[0]
+
+    async def get_versioned(self, server: str, account: str) -> tuple[TokenRecord, int] | None:
+        """The token set and its version (what `put(expect=...)` compares)."""
         row = await self._db.fetchone(
-            "SELECT envelope FROM oauth_tokens WHERE server = ? AND account = ?", (server, account)
+            "SELECT envelope, version FROM oauth_tokens WHERE server = ? AND account = ?", (server, account)
         )
         if row is None:
             return None
@@ -53,7 +83,7 @@ class OAuthTokenStore:
         record = json.loads(plaintext)
         if not isinstance(record, dict):
             raise DecryptError(f"stored token for {server} / {account}: not a token record")
-        return record
+        return record, int(row["version"])
 
     async def delete(self, server: str, account: str) -> bool:
         async with self._db.transaction() as tx:

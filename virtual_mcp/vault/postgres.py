@@ -28,8 +28,9 @@ Params = Sequence[Any]
 _WRITE_LOCK = 0x766D6370  # "vmcp": the advisory lock every write transaction holds
 _POOL_SIZE = 10
 
-# The schema at version SCHEMA_VERSION (vault/db.py MIGRATIONS), in PostgreSQL's types. A migration added there is
-# added here too, as statements that bring this schema from the previous version to the new one.
+# The schema at version BASE_VERSION (vault/db.py MIGRATIONS up to it), in PostgreSQL's types: what a new database
+# is created with. Then one entry of `STEPS` per later migration of db.py, in the same order (append only).
+BASE_VERSION = 4
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS tokens (
         id TEXT PRIMARY KEY,
@@ -98,6 +99,12 @@ SCHEMA: tuple[str, ...] = (
         revoked_at DOUBLE PRECISION NOT NULL
     )""",
 )
+STEPS: tuple[tuple[str, ...], ...] = (
+    # 5: each OAuth token set's version, for compare-and-set refreshes (see db.py).
+    ("ALTER TABLE oauth_tokens ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 1",),
+)
+if BASE_VERSION + len(STEPS) != SCHEMA_VERSION:  # pragma: no cover - a db.py migration without its rendering here
+    raise ImportError(f"vault/postgres.py renders schema {BASE_VERSION + len(STEPS)}, vault/db.py has {SCHEMA_VERSION}")
 
 
 def numbered(sql: str) -> str:
@@ -154,22 +161,25 @@ class PostgresDatabase:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str) -> AsyncIterator[PostgresDatabase]:
-        db = await cls.connect(url)
+    async def open(cls, url: str, *, upgrade: bool = False) -> AsyncIterator[PostgresDatabase]:
+        db = await cls.connect(url, upgrade=upgrade)
         try:
             yield db
         finally:
             await db.close()
 
     @classmethod
-    async def connect(cls, url: str, *, pool_size: int = _POOL_SIZE) -> PostgresDatabase:
+    async def connect(cls, url: str, *, pool_size: int = _POOL_SIZE, upgrade: bool = False) -> PostgresDatabase:
+        """Open a pool. An empty database gets this gateway's schema; one at an older version is brought to it only
+        with `upgrade` (`virtual-mcp db upgrade`), otherwise refused, naming that command: a fleet's schema changes
+        when its operator says so, not when one replica of a new version starts."""
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, command_timeout=30)
         except (OSError, asyncpg.PostgresError) as e:
             raise DatabaseError(f"cannot open database {_without_password(url)}: {e}") from e
         db = cls(pool, url)
         try:
-            await db._migrate()
+            await db._migrate(upgrade)
         except BaseException:
             await pool.close()
             raise
@@ -212,6 +222,13 @@ class PostgresDatabase:
             for sql, rows in statements(first):
                 await tx.executemany(sql, rows)
 
+    async def identity(self) -> str:
+        row = await self.fetchone(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
+        )
+        assert row is not None
+        return f"postgresql:{row[0]}"
+
     def trust_problem(self) -> str | None:
         """Nothing of a file to lose under this process: PostgreSQL's own durability applies."""
         return None
@@ -220,7 +237,7 @@ class PostgresDatabase:
         row = await self.fetchone("SELECT MAX(version) FROM schema_version")
         return int(row[0]) if row is not None and row[0] is not None else 0
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, upgrade: bool) -> None:
         async with self.transaction() as tx:
             await tx.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at DOUBLE PRECISION)"
@@ -232,16 +249,25 @@ class PostgresDatabase:
                     f"database {self.path} has schema version {current}, newer than this gateway's"
                     f" {SCHEMA_VERSION}; upgrade virtual-mcp"
                 )
-            if 0 < current < SCHEMA_VERSION:  # a migration added to db.py without its PostgreSQL rendering here
+            if 0 < current < BASE_VERSION:  # never released on PostgreSQL
+                raise DatabaseError(f"database {self.path} has schema version {current}, unknown on PostgreSQL")
+            if 0 < current < SCHEMA_VERSION and not upgrade:
                 raise DatabaseError(
-                    f"database {self.path} has schema version {current}; this gateway has no PostgreSQL migration"
-                    f" to {SCHEMA_VERSION}"
+                    f"database {self.path} has schema version {current}, older than this gateway's {SCHEMA_VERSION};"
+                    " run `virtual-mcp db upgrade --database-url ...` first"
                 )
             if current == 0:
                 for statement in SCHEMA:
                     await tx.execute(statement)
+                current = BASE_VERSION
                 await tx.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (SCHEMA_VERSION, time.time())
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (current, time.time())
+                )
+            for version, statements in enumerate(STEPS[current - BASE_VERSION :], start=current + 1):
+                for statement in statements:
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time())
                 )
 
 

@@ -13,7 +13,13 @@ class RevocationStore:
 
     async def add(self, subject: str, revoked_at: float) -> Revocation:
         async with self._db.transaction() as tx:
-            await tx.execute("INSERT INTO revocations (subject, revoked_at) VALUES (?, ?)", (subject, revoked_at))
+            # The id is the next after the highest, under the write lock, on either engine (no engine's own
+            # sequence, which a copied database would not have advanced).
+            await tx.execute(
+                "INSERT INTO revocations (id, subject, revoked_at) SELECT COALESCE(MAX(id), 0) + 1, ?, ?"
+                " FROM revocations",
+                (subject, revoked_at),
+            )
             row = await tx.fetchone("SELECT MAX(id) FROM revocations")
         assert row is not None
         return Revocation(int(row[0]), subject, revoked_at)
