@@ -21,11 +21,17 @@ demo: $(STAMP)
 # processes, so one more worker than cores keeps both cores busy. Compiled modules (and pytest's rewritten test
 # modules) are cached under .venv/pycache even where PYTHONDONTWRITEBYTECODE is set: every worker and every
 # `virtual-mcp serve` the tests start would otherwise compile the same sources again.
+# The whole suite runs once per store (TEST_STORES): the embedded SQLite file and in-process locks, then PostgreSQL
+# and Redis as replicas use them (tests/store_mode.py). `make test TEST_STORES=embedded` for one pass.
 TEST_WORKERS ?= 3
+TEST_STORES ?= embedded postgres
 test: $(STAMP)
 	scripts/system-packages
-	env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache \
-		$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+	for store in $(TEST_STORES); do \
+		echo "== the suite on the $$store store"; \
+		env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache \
+			$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --store=$$store || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virtual_mcp tests examples bench

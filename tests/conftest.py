@@ -14,6 +14,9 @@ import pytest
 
 from tests.sensitive import SENSITIVE
 from tests.services import Postgres, Redis, postgres_server, redis_server
+from tests.store_mode import STORES, TestDatabases, uses_module_fixtures
+from virtual_mcp.fleet.connection import REDIS_URL_ENV
+from virtual_mcp.vault.engines import DATABASE_URL_ENV
 
 # The gateway's own loggers, its upstream HTTP client, the MCP SDK's server side and uvicorn (these two are shared
 # with the in-process test backends, whose lines are scanned too). Not scanned: the test clients (mcp.client over
@@ -54,6 +57,73 @@ _one_default_tls_context(httpx2._transports.default)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "embedded_only(why): a test of the embedded SQLite file itself; skipped with --store=postgres"
+    )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store",
+        choices=STORES,
+        default="embedded",
+        help="where gateways keep their state: the embedded SQLite file and in-process locks (default), or "
+        "PostgreSQL and Redis, as replicas do (tests/store_mode.py)",
+    )
+
+
+@pytest.fixture(scope="session")
+def test_databases(request: pytest.FixtureRequest) -> Iterator[TestDatabases | None]:
+    if request.config.getoption("--store") == "embedded":
+        yield None
+        return
+    databases = TestDatabases(request.getfixturevalue("postgres"), request.getfixturevalue("redis"))
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_store(test_databases: TestDatabases | None) -> Iterator[str | None]:
+    """On PostgreSQL, the database of a module's own gateways (module-scoped fixtures are made before any test's
+    own fixtures), named in the environment while they are made and used; None on the embedded store."""
+    if test_databases is None:
+        yield None
+        return
+    url = test_databases.create()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATABASE_URL_ENV, url)
+        patch.setenv(REDIS_URL_ENV, test_databases.redis_url)
+        yield url
+    test_databases.drop(url)
+
+
+@pytest.fixture(autouse=True)
+def store(
+    request: pytest.FixtureRequest,
+    test_databases: TestDatabases | None,
+    module_store: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str]:
+    """The engine this run keeps the gateway's state in (`--store`). On PostgreSQL: a test that uses its module's
+    gateways (a module-scoped fixture) works in the module's database; any other gets a database of its own and a
+    flushed Redis, named by the variables serve, every state command and the test gateways read."""
+    if test_databases is None:
+        yield "embedded"
+        return
+    embedded_only = request.node.get_closest_marker("embedded_only")
+    if embedded_only is not None:
+        pytest.skip(f"about the embedded store only: {embedded_only.args[0]}")
+    if uses_module_fixtures(request):
+        yield "postgres"
+        return
+    url = test_databases.create()
+    test_databases.flush_redis()
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    yield "postgres"
+    test_databases.drop(url)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from virtual_mcp.audit import AuditEvent, AuditLog
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.fleet.connection import redis_url
 from virtual_mcp.gateway.assemble import assembled
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.metrics import Metrics
@@ -28,7 +29,7 @@ from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
-from virtual_mcp.vault.engines import open_database
+from virtual_mcp.vault.engines import database_url, open_database
 from virtual_mcp.vault.sql import SqlDatabase
 
 ISSUER = "https://idp.northwind.example"
@@ -128,10 +129,15 @@ async def secure_gateway(
     vault in `data_dir`, HS256 JWTs from ISSUER accepted, and `secrets` stored as `virtual-mcp secrets set` would."""
     (config_dir / "gateway.yaml").write_text(GATEWAY_DOC)
     registry = build_registry(load_config_dir(config_dir))
-    await store_secrets(
-        data_dir, {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})}, settings.get("database_url")
-    )
-    options: dict[str, Any] = {"list_deadline_seconds": 2.0, "data_dir": data_dir, **settings}
+    # The engines `serve` would use with this environment (tests/store_mode.py), unless the test names its own.
+    options: dict[str, Any] = {
+        "list_deadline_seconds": 2.0,
+        "data_dir": data_dir,
+        "database_url": database_url(None),
+        "redis_url": redis_url(None),
+        **settings,
+    }
+    await store_secrets(data_dir, {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})}, options["database_url"])
     async with (
         assembled(registry, GatewaySettings(**options), clock=clock) as gateway,
         serve(gateway.app, sock) as served,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.store_mode import state_database
 from virtual_mcp.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_keys_rotate_rewraps_everything_and_keeps_it_readable(
     import anyio
 
     from virtual_mcp.config.secrets import SecretRef
-    from virtual_mcp.vault import Database, Envelope, LocalKeyProvider, SecretStore
+    from virtual_mcp.vault import Envelope, LocalKeyProvider, SecretStore
     from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
     data = ["--data-dir", str(tmp_path)]
@@ -94,7 +95,7 @@ def test_keys_rotate_rewraps_everything_and_keeps_it_readable(
     run(["secrets", "set", "t:g:two", *data], capsys, stdin="value-two-456")
 
     async def put_token() -> None:
-        async with Database.open(tmp_path) as db:
+        async with state_database(tmp_path) as db:
             await OAuthTokenStore(db, LocalKeyProvider.load(tmp_path)).put("g/s", "user:a@x", {"access_token": "a"})
 
     anyio.run(put_token)
@@ -104,7 +105,7 @@ def test_keys_rotate_rewraps_everything_and_keeps_it_readable(
 
     async def read_back() -> tuple[list[str], set[str]]:
         keys = LocalKeyProvider.load(tmp_path)
-        async with Database.open(tmp_path) as db:
+        async with state_database(tmp_path) as db:
             store = SecretStore(db, keys)
             values = [await store.get(SecretRef.parse(f"tfy-secret://t:g:{k}")) for k in ("one", "two")]
             rows = await db.fetchall("SELECT envelope FROM secrets UNION ALL SELECT envelope FROM oauth_tokens")
@@ -139,11 +140,11 @@ def test_a_missing_or_wrong_master_key_stops_serve_before_it_starts(
 def test_connected_accounts_can_be_listed_and_disconnected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import anyio
 
-    from virtual_mcp.vault import Database, LocalKeyProvider
+    from virtual_mcp.vault import LocalKeyProvider
     from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
     async def connect() -> None:
-        async with Database.open(tmp_path) as db:
+        async with state_database(tmp_path) as db:
             store = OAuthTokenStore(db, LocalKeyProvider.load(tmp_path))
             for server in ("g/github", "g/jira"):
                 await store.put(server, "user:alice@x.example", {"access_token": "at-0123456789", "obtained_at": 1.0})

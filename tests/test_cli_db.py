@@ -20,6 +20,7 @@ from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 from virtual_mcp.vault.copy import TABLES
 from virtual_mcp.vault.db import SCHEMA_VERSION, Database
+from virtual_mcp.vault.engines import DATABASE_URL_ENV
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.postgres import PostgresDatabase
 from virtual_mcp.vault.revocations import RevocationStore
@@ -120,8 +121,9 @@ def test_db_copy_refuses_what_it_cannot_do(
 
 
 def test_db_upgrade_names_the_schema_it_leaves(
-    tmp_path: Path, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, postgres: Postgres, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)  # this test names its databases itself
     url = anyio.run(fresh_postgres, postgres)
     code, out, _ = run(["db", "upgrade", "--database-url", url], capsys)
     assert code == 0 and f"schema version {SCHEMA_VERSION}" in out
@@ -131,8 +133,13 @@ def test_db_upgrade_names_the_schema_it_leaves(
 
 @pytest.mark.parametrize("where", ["sqlite", "postgres"])
 def test_audit_prune_deletes_what_is_older_and_records_that_it_did(
-    where: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+    where: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)  # this test names its databases itself
     state = ["--data-dir", str(tmp_path)]
     if where == "postgres":
         state += ["--database-url", anyio.run(fresh_postgres, request.getfixturevalue("postgres"))]
@@ -153,7 +160,10 @@ def test_audit_prune_deletes_what_is_older_and_records_that_it_did(
     assert code == 0 and '"deleted": 2' in out
 
 
-def test_audit_prune_refuses_what_would_surprise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_prune_refuses_what_would_surprise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)  # the embedded database's own refusals
     state = ["--data-dir", str(tmp_path)]
     code, _, err = run(["audit", "prune", *state], capsys)
     assert code == 2 and "needs --before" in err

@@ -37,6 +37,7 @@ from virtual_mcp.audit_bounds import (
     bounded_list,
     clip,
     detail_json,
+    plain,
     redacted,
     render_detail,
 )
@@ -118,7 +119,7 @@ def bound(event: AuditEvent) -> AuditEvent:
     event passes here on its way to the sinks, whoever made it."""
     for name, limit in _FIELDS:
         value = getattr(event, name)
-        if value is not None and (len(value) > limit or not value.isascii()):  # else clip would return it as is
+        if value is not None and (len(value) > limit or not plain(value)):  # else clip would return it as is
             setattr(event, name, clip(value, limit))
     if event.teams:
         event.teams = bounded_list(event.teams, MAX_TEAMS, MAX_TEAM_CHARS)

@@ -6,7 +6,8 @@ encode, a NaN that JSON cannot hold, a value JSON does not know) or absent (an a
 recursion cannot walk). So:
 
 - every field is cut to its limit, with a visible marker saying how long it was (`clip`);
-- every string is made encodable: a lone surrogate is written as its escape (`\\udc80`), never dropped silently;
+- every string is made storable on either engine: a lone surrogate is written as its escape (`\\udc80`), and so is
+  a NUL in a field of its own (`\\x00`; PostgreSQL's text cannot hold one), never dropped silently;
 - `detail` (a server's opted-in arguments and results) is rendered by `render_detail` within a depth, a length per
   string, a number of entries per list or object, and a total size, each with a marker where something was left out.
 
@@ -70,17 +71,28 @@ def storable(text: str) -> str:
     return text
 
 
+def _column_text(text: str) -> str:
+    """`text` storable as a column of its own on either engine: also a NUL (valid in SQLite's text, never in
+    PostgreSQL's) as its escape. (Inside `detail`, JSON escapes it.)"""
+    return storable(text).replace("\x00", "\\x00")
+
+
+def plain(text: str) -> bool:
+    """Whether `text` is stored as it is (ASCII, no NUL): what `clip` within its limit returns unchanged."""
+    return text.isascii() and "\x00" not in text
+
+
 def clip(text: str, limit: int, full: int | None = None) -> str:
     """`text` in at most `limit` characters, storable; when cut, it ends with a marker giving its full length (or
     `full`, when `text` is already a cut of something longer)."""
-    if full is None and len(text) <= limit and text.isascii():
+    if full is None and len(text) <= limit and plain(text):
         return text
     if full is None and len(text) <= limit:
-        text = storable(text)
+        text = _column_text(text)
         if len(text) <= limit:
             return text
     marker = f"…[truncated, {full or len(text)} chars]"
-    return storable(text[: limit * 2])[: max(limit - len(marker), 0)] + marker
+    return _column_text(text[: limit * 2])[: max(limit - len(marker), 0)] + marker
 
 
 def redacted(text: str, limit: int) -> str:

@@ -397,7 +397,8 @@ TOOL_NAMES = [
     pytest.param("t" * 256, "t" * 256, id="tool name at the bound"),
     pytest.param("t" * 257, "t" * 233 + "…[truncated, 257 chars]", id="tool name one past"),
     pytest.param("t" * 1_000_000, "t" * 229 + "…[truncated, 1000000 chars]", id="tool name of a megabyte"),
-    pytest.param("a\x00b\x1b[2J\u202ec", "a\x00b\x1b[2J\u202ec", id="controls kept exactly"),
+    # Controls kept exactly, but a NUL (which no PostgreSQL text can hold) as its escape, on either engine.
+    pytest.param("a\x00b\x1b[2J\u202ec", "a\\x00b\x1b[2J\u202ec", id="controls kept, NUL escaped"),
     pytest.param("é" * 300, clipped("é" * 300, 256), id="non-ascii past the bound"),
 ]
 

@@ -18,6 +18,7 @@ import pytest
 from tests.backends import build_lab
 from tests.processes import cli, gateway_process, tools_list
 from tests.sensitive import mark
+from tests.store_mode import state_database
 from tests.support import LOCAL_USER, free_ports, serve, write_config
 from virtual_mcp.cli import main
 from virtual_mcp.vault.db import DB_FILE_NAME
@@ -122,6 +123,7 @@ def test_bad_cli_input_is_refused_precisely(
     intact(data, capsys)
 
 
+@pytest.mark.embedded_only("a data directory without its SQLite file")
 @pytest.mark.parametrize("args", NO_DATABASE, ids=[" ".join(a[:2]) for a in NO_DATABASE])
 def test_a_data_directory_without_a_database_is_refused_and_not_created(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
@@ -132,6 +134,7 @@ def test_a_data_directory_without_a_database_is_refused_and_not_created(
     assert not typo.exists()
 
 
+@pytest.mark.embedded_only("the data directory's SQLite file")
 def test_a_file_as_data_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "file"
     path.write_text("not a directory")
@@ -168,7 +171,10 @@ async def test_bad_commands_beside_a_running_serve_leave_it_serving(tmp_path: Pa
             assert ready.status_code == 200, ready.text
             answer = await tools_list(f"http://127.0.0.1:{port}", alice.strip())
             assert answer.status_code == 200 and "lab__echo__echo" in answer.text
-        with sqlite3.connect(data / DB_FILE_NAME) as raw:
-            assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-            assert raw.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
-        raw.close()
+        async with state_database(data) as db:
+            row = await db.fetchone("SELECT count(*) FROM tokens")
+            assert row is not None and row[0] == 1
+        if (data / DB_FILE_NAME).exists():
+            with sqlite3.connect(data / DB_FILE_NAME) as raw:
+                assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            raw.close()

@@ -4,7 +4,7 @@ Run as `python -m tests.oauth.crash_child POINT CLOCK_OFFSET serve ARGS...`. CLO
 manager's clock forward, so the test need not wait for tokens to age. The points (`none`: no crash), all while
 the new token pair of a refresh is being stored:
 - `received`: the provider's answer is in memory, nothing of it written yet;
-- `in_transaction`: the row is written inside the open transaction, not committed;
+- `in_transaction`: the row is written inside the open transaction, not committed (SQLite or PostgreSQL);
 - `committed`: the transaction is committed.
 Earlier writes (the consent's first token set, the write-ahead mark) go through untouched.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from tests.serve_child import announce_ready
 from virtual_mcp.cli import main
 from virtual_mcp.outbound.token_manager import TokenManager
-from virtual_mcp.vault import db
+from virtual_mcp.vault import db, postgres
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 POINTS = ("received", "in_transaction", "committed")
@@ -35,6 +35,7 @@ def arm(point: str) -> None:
         raise SystemExit(f"unknown crash point {point!r}; one of {POINTS}")
     put = OAuthTokenStore.put
     execute = db.Transaction.execute
+    pg_execute = postgres.PgTransaction.execute
     writing_new_pair = False
 
     async def crashing_put(
@@ -58,8 +59,15 @@ def arm(point: str) -> None:
             _die()
         return changed
 
+    async def crashing_pg_execute(self: postgres.PgTransaction, sql: str, params: db.Params = ()) -> int:
+        changed = await pg_execute(self, sql, params)
+        if writing_new_pair and point == "in_transaction" and "oauth_tokens" in sql:
+            _die()
+        return changed
+
     OAuthTokenStore.put = crashing_put  # type: ignore[method-assign]
     db.Transaction.execute = crashing_execute  # type: ignore[method-assign]
+    postgres.PgTransaction.execute = crashing_pg_execute  # type: ignore[method-assign]
 
 
 def offset_clock(seconds: float) -> None:

@@ -22,8 +22,9 @@ from tests.oauth.test_authorization_code import Setup, setup
 from tests.oauth.test_crash_safety import Scene, scene
 from tests.processes import gateway_process
 from tests.sensitive import mark
+from tests.store_mode import state_database
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import Database, LocalKeyProvider, TokenStore
+from virtual_mcp.vault import LocalKeyProvider, TokenStore
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 
@@ -175,7 +176,7 @@ async def test_in_local_mode_the_local_user_is_signed_in_and_only_their_links_co
     the page only asks to confirm; a link made for any other account (a token on the same data directory) still
     connects nothing."""
     async with scene(tmp_path) as s:
-        async with Database.open(s.data) as db:
+        async with state_database(s.data) as db:
             _, mallory = await TokenStore(db).create(PrincipalKind.USER, MALLORY)
             mark(mallory)
         args = ["--config", str(s.config), "--port", str(s.port), "--data-dir", str(s.data), "--local-user", ALICE]

@@ -26,10 +26,11 @@ from tests.oauth.test_authorization_code import IDS, group_doc
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.processes import gateway_process
 from tests.sensitive import mark
+from tests.store_mode import state_database
 from tests.support import Served, free_ports, serve
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import Database, LocalKeyProvider, SecretStore, TokenStore
+from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore
 from virtual_mcp.vault.db import DB_FILE_NAME
 
 TTL = 4  # seconds: the gateway's timer refreshes at 80%, 3.2 s after the token was issued
@@ -89,7 +90,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
         (config / "ids.yaml").write_text(IDS)
         data = tmp_path / "data"
         keys = LocalKeyProvider.load(data, create=True)
-        async with Database.open(data) as db:
+        async with state_database(data) as db:
             secret = auth.secret(CODE_CLIENT_ID)
             mark(secret)
             await SecretStore(db, keys).set(SecretRef.parse("tfy-secret://t:github:client_secret"), secret)
@@ -112,8 +113,9 @@ async def connect_and_wait_for_the_crash(s: Scene, point: str) -> str:
             await doomed.wait()
         assert doomed.returncode == -9  # SIGKILL, at the chosen point
     assert await s.auth.token_requests("refresh_token") == 1  # the provider answered: the old refresh token is spent
-    with sqlite3.connect(s.data / DB_FILE_NAME) as raw:
-        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if (s.data / DB_FILE_NAME).exists():  # the embedded store (on PostgreSQL, its own recovery applies)
+        with sqlite3.connect(s.data / DB_FILE_NAME) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     return first
 
 

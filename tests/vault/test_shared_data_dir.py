@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
@@ -40,6 +41,7 @@ async def status(url: str, bearer: str) -> int:
     return (await tools_list(url, bearer)).status_code
 
 
+@pytest.mark.embedded_only("processes sharing one SQLite file (tests/gateway/test_shared_state.py: on PostgreSQL)")
 async def test_cli_commands_beside_a_running_serve_lose_nothing(tmp_path: Path) -> None:
     [port] = free_ports(1)
     url = f"http://127.0.0.1:{port}"
@@ -113,6 +115,7 @@ async def test_cli_commands_beside_a_running_serve_lose_nothing(tmp_path: Path) 
             assert await status(url, created[0]) == 200
 
 
+@pytest.mark.embedded_only("the SQLite file replaced or its lock lost under a running gateway")
 async def test_readiness_fails_once_the_store_cannot_be_trusted(tmp_path: Path) -> None:
     """The files a running gateway writes to removed under it (what a CLI process did when it took itself for the
     database's last user): /readyz says so, so a load balancer stops sending it requests."""

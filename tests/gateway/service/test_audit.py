@@ -21,10 +21,10 @@ from tests.backends import build_lab
 from tests.lab_config import ALICE, CI, PLATFORM, group, header_auth, remote, write_identities
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt, secure_gateway
 from tests.sensitive import mark
+from tests.store_mode import state_database
 from tests.support import Served, serve
 from virtual_mcp.audit import AuditEvent
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault import Database
 from virtual_mcp.vault.audit_store import AuditQuery, AuditStore
 
 LOGISTICS_AUDIENCE = "https://logistics.northwind.example/mcp"
@@ -231,7 +231,7 @@ async def test_no_audit_record_is_lost_when_the_gateway_stops(tmp_path: Path) ->
     async with lab(tmp_path) as t:
         for i in range(20):
             await t.call("/mcp-server/lab/plain/server", "echo", {"text": str(i)})
-    async with Database.open(tmp_path / "data") as db:
+    async with state_database(tmp_path / "data") as db:
         events = await AuditStore(db).query(AuditQuery())
     assert len(events) == 20 and {e.outcome for e in events} == {"allowed"}
     assert len((tmp_path / "data" / "audit.jsonl").read_text().splitlines()) == 20
