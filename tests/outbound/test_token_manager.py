@@ -350,18 +350,27 @@ class PausingCache(MemoryTokenCache):
         return await super().set(key, token)
 
 
-async def test_a_holder_paused_past_its_lock_before_marking_sends_nothing() -> None:
-    """Fencing. Two managers with their own locks on one store are two replicas after the first holder's lease ran
-    out while it was paused, here between reading the token set and marking it. The second refreshes; the first,
-    resumed, has its mark refused (the record moved on), reads the new set and sends nothing: one refresh, and the
-    spent refresh token is never presented again (a provider would take that for reuse and revoke the grant)."""
+async def two_replicas(shared: MemoryTokenCache) -> tuple[Clock, Provider, TokenManager, TokenManager]:
+    """Two managers with their own locks on one store: two replicas once the first holder's lease ran out while it
+    was paused. The first has obtained token-1, and the clock is past its expiry."""
     clock = Clock()
     provider = Provider(clock)
-    shared = PausingCache()
     first, second = manager(clock, cache=shared), manager(clock, cache=shared)
     await first.token("k", provider.obtain)
-    clock.now += 150  # expired
-    shared.armed = True
+    clock.now += 150
+    return clock, provider, first, second
+
+
+async def first_paused_second_runs(
+    first: TokenManager,
+    second: TokenManager,
+    provider: Provider,
+    paused: anyio.Event,
+    resume: Callable[[], None],
+    before_second: Callable[[], None] = lambda: None,
+) -> dict[str, TokenSet]:
+    """The first manager's renewal runs until `paused` (its holder stopped there), the second's runs whole (after
+    `before_second`), then the first resumes (`resume`); what each was served."""
     seen: dict[str, TokenSet] = {}
 
     async def run(name: str, tokens: TokenManager) -> None:
@@ -370,9 +379,22 @@ async def test_a_holder_paused_past_its_lock_before_marking_sends_nothing() -> N
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, "first", first)
         with anyio.fail_after(5):
-            await shared.paused.wait()
+            await paused.wait()
+        before_second()
         await run("second", second)
-        shared.resume.set()
+        resume()
+    return seen
+
+
+async def test_a_holder_paused_past_its_lock_before_marking_sends_nothing() -> None:
+    """Fencing. The first holder is paused between reading the token set and marking it; its lease runs out. The
+    second refreshes; the first, resumed, has its mark refused (the record moved on), reads the new set and sends
+    nothing: one refresh, and the spent refresh token is never presented again (a provider would take that for
+    reuse and revoke the grant)."""
+    shared = PausingCache()
+    _, provider, first, second = await two_replicas(shared)
+    shared.armed = True
+    seen = await first_paused_second_runs(first, second, provider, shared.paused, shared.resume.set)
     assert provider.calls == 2  # the first token, then one refresh
     assert seen["first"].access_token == seen["second"].access_token == "token-2"
     assert provider.refresh_tokens_seen.count("refresh-1") == 1
@@ -384,27 +406,16 @@ async def test_a_holder_paused_past_its_lock_never_overwrites_a_newer_token_set(
     """The first holder is paused with its refresh in flight; its lease runs out. The second finds its mark, drops
     the refresh token, and (the token having expired) obtains a new set. The first's answer, arriving late, must not
     replace that newer set: it is discarded and the newer one served."""
-    clock = Clock()
-    provider = Provider(clock)
     shared = MemoryTokenCache()
-    first, second = manager(clock, cache=shared), manager(clock, cache=shared)
-    await first.token("k", provider.obtain)
-    clock.now += 150  # expired
+    _, provider, first, second = await two_replicas(shared)
     gate = provider.gate = anyio.Event()
     provider.entered = anyio.Event()
-    seen: dict[str, TokenSet] = {}
 
-    async def run(name: str, tokens: TokenManager) -> None:
-        seen[name] = await tokens.token("k", provider.obtain)
+    def ungate() -> None:
+        provider.gate = None  # the second's request is answered at once: token-3, without a refresh token
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run, "first", first)
-        with anyio.fail_after(5):
-            await provider.entered.wait()
-        provider.gate = None
-        await run("second", second)  # token-3, without a refresh token
-        gate.set()  # token-2, late
-    assert provider.refresh_tokens_seen == [None, "refresh-1", None]
+    seen = await first_paused_second_runs(first, second, provider, provider.entered, gate.set, ungate)
+    assert provider.refresh_tokens_seen == [None, "refresh-1", None]  # token-2 (refresh-1's) came late
     stored = await shared.get("k")
     assert stored is not None and stored.access_token == "token-3"
     assert seen["first"].access_token == seen["second"].access_token == "token-3"
@@ -414,12 +425,8 @@ async def test_a_late_answer_replaces_the_set_it_refreshed_when_nothing_newer_ca
     """Fencing refuses only what is stale: the first holder, paused with its refresh in flight, comes back to find
     its token set merely settled by the second (refresh token dropped, access token still served, nothing sent).
     Its answer is the newest token set there is, so it is stored, refresh token and all."""
-    clock = Clock()
-    provider = Provider(clock)
     shared = MemoryTokenCache()
-    first, second = manager(clock, cache=shared), manager(clock, cache=shared)
-    await first.token("k", provider.obtain)
-    clock.now += 150
+    clock, provider, first, second = await two_replicas(shared)
     gate = provider.gate = anyio.Event()
     provider.entered = anyio.Event()
     async with anyio.create_task_group() as tg:

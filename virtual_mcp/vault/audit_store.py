@@ -15,10 +15,28 @@ from virtual_mcp.audit_bounds import detail_json, render_detail
 from virtual_mcp.identity import identity
 from virtual_mcp.vault.sql import Row, SqlDatabase
 
-_COLUMNS = (
-    "ts, request_id, subject, kind, name, teams, endpoint, method, server, tool, called, outcome, error, "
-    "latency_ms, auth_mode, forwarded_headers, detail, target"
+# The audit table's columns after its id (also what `db copy` moves: vault/copy.py).
+COLUMNS = (
+    "ts",
+    "request_id",
+    "subject",
+    "kind",
+    "name",
+    "teams",
+    "endpoint",
+    "method",
+    "server",
+    "tool",
+    "called",
+    "outcome",
+    "error",
+    "latency_ms",
+    "auth_mode",
+    "forwarded_headers",
+    "detail",
+    "target",
 )
+_COLUMNS = ", ".join(COLUMNS)
 # Every query is built from these fixed column names and `?` placeholders only; values are always parameters.
 _INSERT = f"INSERT INTO audit (id, {_COLUMNS}) VALUES ({', '.join('?' * 19)})"  # noqa: S608
 _SELECT = f"SELECT id, {_COLUMNS} FROM audit"  # noqa: S608

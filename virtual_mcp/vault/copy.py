@@ -10,6 +10,7 @@ copy is one consistent moment of it. The target is written in one transaction: a
 from __future__ import annotations
 
 from virtual_mcp.errors import BadRequest
+from virtual_mcp.vault.audit_store import COLUMNS as AUDIT_COLUMNS
 from virtual_mcp.vault.sql import SqlDatabase, SqlTransaction
 
 # Every table of the schema (vault/db.py) but `schema_version`, with its columns and the column it is paged by.
@@ -31,30 +32,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str]] = {
     "secrets": (("tenant", "grp", "key", "envelope", "updated_at"), "tenant, grp, key"),
     "oauth_tokens": (("server", "account", "envelope", "updated_at", "version"), "server, account"),
     "revocations": (("id", "subject", "revoked_at"), "id"),
-    "audit": (
-        (
-            "id",
-            "ts",
-            "request_id",
-            "subject",
-            "kind",
-            "name",
-            "teams",
-            "endpoint",
-            "method",
-            "server",
-            "tool",
-            "called",
-            "outcome",
-            "error",
-            "latency_ms",
-            "auth_mode",
-            "forwarded_headers",
-            "detail",
-            "target",
-        ),
-        "id",
-    ),
+    "audit": (("id", *AUDIT_COLUMNS), "id"),
     "audit_teams": (("team", "ts", "audit_id"), "audit_id, team"),  # after `audit`: it refers to its rows
 }
 _PAGE = 2000
