@@ -35,6 +35,10 @@ async def gateway_process(args: Sequence[str], child: Sequence[str] = SERVE_CHIL
                 async for line in TextReceiveStream(process.stdout):
                     if "READY" in line:
                         break
+                else:  # it exited before listening (a port taken, a refused config): never a stranger's server
+                    assert process.stderr is not None
+                    why = b"".join([chunk async for chunk in process.stderr]).decode(errors="replace")
+                    raise AssertionError(f"serve exited ({await process.wait()}) before it listened:\n{why[-4000:]}")
             yield process
         finally:
             if process.returncode is None:

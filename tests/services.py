@@ -20,14 +20,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_ports
+
 _START_DEADLINE = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _binary(name: str) -> str:
@@ -64,7 +59,7 @@ def postgres_server(database: str = "vmcp") -> Iterator[Postgres]:
         os.chown(base, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = base / "data", base / "server.log"
-    port = _free_port()
+    port = free_ports(1)[0]
 
     def run(*argv: str) -> None:
         done = subprocess.run([*as_user, *argv], capture_output=True, check=False, timeout=_START_DEADLINE)  # noqa: S603
@@ -90,7 +85,7 @@ def postgres_server(database: str = "vmcp") -> Iterator[Postgres]:
 @contextmanager
 def redis_server() -> Iterator[Redis]:
     base = Path(tempfile.mkdtemp(prefix="vmcp-redis-"))
-    port = _free_port()
+    port = free_ports(1)[0]
     argv = [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base)]
     argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603

@@ -30,16 +30,6 @@ LOCAL_USER = "alice@northwind.example"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def bind(port: int = 0) -> socket.socket:
     """A listening loopback socket (port 0: any free one; SO_REUSEADDR lets a restarted server take its old port)."""
     return bind_loopback(port)

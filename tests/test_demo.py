@@ -11,7 +11,8 @@ from pathlib import Path
 import anyio
 from anyio.streams.text import TextReceiveStream
 
-from tests.support import REPO, free_ports
+from tests.ports import free_ports
+from tests.support import REPO
 
 BIN = Path(sys.executable).parent
 

@@ -14,10 +14,11 @@ import httpx
 
 from tests.audit_lab import ALICE, HIDDEN, MODERN_META, PLAIN, Lab, audit_lab, in_both_sinks
 from tests.backends import build_lab
+from tests.ports import free_ports
 from tests.processes import cli, gateway_process, tools_list
 from tests.security_support import GATEWAY_AUDIENCE, idp_jwt
 from tests.sensitive import mark
-from tests.support import free_ports, serve
+from tests.support import serve
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import Database
 from virtual_mcp.vault.db import DB_FILE_NAME, MIGRATIONS

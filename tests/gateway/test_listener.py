@@ -13,11 +13,13 @@ from pathlib import Path
 import anyio
 import httpx
 import mcp
+import pytest
 from anyio.abc import SocketStream
 
 from tests.lab_config import write_identities
+from tests.ports import free_ports
 from tests.processes import gateway_process
-from tests.support import LOCAL_USER, free_ports
+from tests.support import LOCAL_USER, bind
 
 TIMEOUT = 1.0  # seconds, for the head and for the body
 GENEROUS = 6.0  # how late the cut-off may come on a busy two-core machine
@@ -146,3 +148,17 @@ async def test_a_head_without_end_is_refused_at_the_size_limit(tmp_path: Path) -
         assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
         assert answer.endswith(b"Request head larger than 65536 bytes")
         await still_serves(url)
+
+
+async def test_a_serve_that_cannot_take_its_port_is_never_taken_for_ready(tmp_path: Path) -> None:
+    """Whoever holds the port answers there; a test kit that took `serve`'s exit for READY would talk to it."""
+    config = tmp_path / "servers.d"
+    config.mkdir()
+    write_identities(config, {"t": [LOCAL_USER]})
+    with bind() as taken:
+        port = taken.getsockname()[1]
+        args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(port)]
+        with pytest.raises(AssertionError, match="before it listened") as refused:
+            async with gateway_process(args):
+                pass
+    assert "address already in use" in str(refused.value).lower()

@@ -16,10 +16,11 @@ import httpx
 import pytest
 
 from tests.backends import build_lab
+from tests.ports import free_ports
 from tests.processes import cli, gateway_process, tools_list
 from tests.sensitive import mark
 from tests.store_mode import state_database
-from tests.support import LOCAL_USER, free_ports, serve, write_config
+from tests.support import LOCAL_USER, serve, write_config
 from virtual_mcp.cli import main
 from virtual_mcp.vault.db import DB_FILE_NAME
 

@@ -19,7 +19,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.text import TextReceiveStream
 
 from tests.node_packages import NodePackage, stop_process_group
-from tests.support import free_ports
+from tests.ports import free_ports
 
 PACKAGE = NodePackage(Path(__file__).parent / "everything", "server-everything")
 ENTRY = PACKAGE.directory / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"

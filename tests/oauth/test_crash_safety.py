@@ -24,10 +24,11 @@ from tests.backends import Probe, build_lab, received
 from tests.oauth.browser import connect
 from tests.oauth.test_authorization_code import IDS, group_doc
 from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
+from tests.ports import free_ports
 from tests.processes import gateway_process
 from tests.sensitive import mark
 from tests.store_mode import state_database
-from tests.support import Served, free_ports, serve
+from tests.support import Served, serve
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.types import PrincipalKind
 from virtual_mcp.vault import LocalKeyProvider, SecretStore, TokenStore

@@ -19,9 +19,10 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.backends import build_lab
+from tests.ports import free_ports
 from tests.processes import cli, gateway_process, tools_list
 from tests.sensitive import mark
-from tests.support import LOCAL_USER, free_ports, serve, write_config
+from tests.support import LOCAL_USER, serve, write_config
 from virtual_mcp.vault.db import DB_FILE_NAME
 
 AUDITED = "    audit: {arguments: true}\n"
