@@ -10,8 +10,8 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
+from tests.ports import free_ports
 from tests.services import Redis as RedisServer
-from tests.services import _free_port
 from virtual_mcp.fleet.locks import RedisLocks
 
 
@@ -69,7 +69,7 @@ async def test_a_slow_holder_keeps_its_lease(redis: RedisServer) -> None:
 
 
 async def test_redis_down_leaves_each_replica_its_own_lock(caplog: pytest.LogCaptureFixture) -> None:
-    client = Redis.from_url(f"redis://127.0.0.1:{_free_port()}/0", socket_connect_timeout=1)
+    client = Redis.from_url(f"redis://127.0.0.1:{free_ports(1)[0]}/0", socket_connect_timeout=1)
     degraded: list[str] = []
     locks = RedisLocks(client, on_degraded=lambda: degraded.append("down"))
     holding, most = 0, 0
