@@ -83,9 +83,10 @@ def postgres_server(database: str = "vmcp") -> Iterator[Postgres]:
 
 
 @contextmanager
-def redis_server() -> Iterator[Redis]:
+def redis_server(port: int | None = None) -> Iterator[Redis]:
+    """A Redis server on `port` (default: a free one), until the block ends."""
     base = Path(tempfile.mkdtemp(prefix="vmcp-redis-"))
-    port = free_ports(1)[0]
+    port = port or free_ports(1)[0]
     argv = [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base)]
     argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603

@@ -20,6 +20,7 @@ from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, GatewayError
 from virtual_mcp.fleet.connection import redis_url
+from virtual_mcp.fleet.events import FleetEvent, announce
 from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
@@ -36,6 +37,12 @@ def _state_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".virtual-mcp"))
     parser.add_argument(
         "--database-url", metavar="URL", help="the database serve uses (default: $VIRTUAL_MCP_DATABASE_URL, else none)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="the Redis serve uses, to tell running replicas of a revocation at once (default: "
+        "$VIRTUAL_MCP_REDIS_URL, else none: they find it at their next database poll)",
     )
 
 
@@ -71,8 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis-url",
         metavar="URL",
-        help="redis://... for what replicas share live (one token refresh in the fleet); default: "
-        "$VIRTUAL_MCP_REDIS_URL, else none",
+        help="redis://... for what replicas share live (one token refresh in the fleet, revocation and catalog "
+        "events, request rates); default: $VIRTUAL_MCP_REDIS_URL, else none",
+    )
+    serve.add_argument(
+        "--refresh-lock-lease",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="with Redis: how long a replica that stopped (crashed, paused) keeps the fleet's token refresh lock "
+        "for a key before another may take it (default 30)",
     )
     serve.add_argument(
         "--local-user", metavar="EMAIL", help="loopback-only local mode: treat every request as this user"
@@ -259,6 +274,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allow_host),
         limits=registry.limits,
         request_head_timeout_seconds=args.request_head_timeout,
+        refresh_lock_lease_seconds=args.refresh_lock_lease,
         request_body_timeout_seconds=args.request_body_timeout,
     )
     anyio.run(_serve, registry, settings, backend_options=_event_loop())
@@ -362,7 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
             for server, outcome in detail["upstream"].items():
                 print(f"  {server}: {visible(outcome)}")  # may quote a provider's error: shown, never obeyed
-            print("running gateways drop what they hold for this user within seconds")
+            told = anyio.run(announce, redis_url(args.redis_url), FleetEvent("revoked"))
+            if told:
+                print("running gateways were told at once (Redis); they drop what they hold for this user")
+            else:
+                why = " (Redis unreachable)" if told is False else ""
+                print(f"running gateways drop what they hold for this user at their next poll (within seconds){why}")
             if not detail["known"]:
                 where = "" if args.config else " (give --config to look there too)"
                 print(

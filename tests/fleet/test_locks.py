@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 from tests.ports import free_ports
 from tests.services import Redis as RedisServer
 from virtual_mcp.fleet.locks import RedisLocks
+from virtual_mcp.fleet.status import FleetStatus
+from virtual_mcp.metrics import Metrics
 
 
 async def test_one_holder_at_a_time_across_replicas(redis: RedisServer) -> None:
     one, two = Redis.from_url(redis.url), Redis.from_url(redis.url)
-    replicas = [RedisLocks(one), RedisLocks(two)]
+    replicas = [RedisLocks(one, FleetStatus()), RedisLocks(two, FleetStatus())]
     holding, most = 0, 0
 
     async def work(locks: RedisLocks) -> None:
@@ -44,7 +46,7 @@ async def test_a_holder_that_stopped_loses_the_lock_and_cannot_free_the_next_one
     try:
         # A replica that took the lock and stopped (paused, crashed): its lease runs out.
         await client.set("vmcp:lock:k", "stopped-holder", px=300)
-        locks = RedisLocks(client, lease_seconds=5)
+        locks = RedisLocks(client, FleetStatus(), lease_seconds=5)
         with anyio.fail_after(5):
             async with locks.lock("k"):
                 mine = await client.get("vmcp:lock:k")
@@ -58,7 +60,7 @@ async def test_a_holder_that_stopped_loses_the_lock_and_cannot_free_the_next_one
 async def test_a_slow_holder_keeps_its_lease(redis: RedisServer) -> None:
     client = Redis.from_url(redis.url)
     try:
-        locks = RedisLocks(client, lease_seconds=0.3)
+        locks = RedisLocks(client, FleetStatus(), lease_seconds=0.3)
         async with locks.lock("slow"):
             held = await client.get("vmcp:lock:slow")
             start = anyio.current_time()
@@ -70,8 +72,9 @@ async def test_a_slow_holder_keeps_its_lease(redis: RedisServer) -> None:
 
 async def test_redis_down_leaves_each_replica_its_own_lock(caplog: pytest.LogCaptureFixture) -> None:
     client = Redis.from_url(f"redis://127.0.0.1:{free_ports(1)[0]}/0", socket_connect_timeout=1)
-    degraded: list[str] = []
-    locks = RedisLocks(client, on_degraded=lambda: degraded.append("down"))
+    metrics = Metrics()
+    status = FleetStatus(metrics)
+    locks = RedisLocks(client, status)
     holding, most = 0, 0
 
     async def work() -> None:
@@ -82,10 +85,14 @@ async def test_redis_down_leaves_each_replica_its_own_lock(caplog: pytest.LogCap
             await anyio.wait_all_tasks_blocked()
             holding -= 1
 
-    with caplog.at_level(logging.WARNING, logger="virtual_mcp.fleet.locks"):
+    with caplog.at_level(logging.WARNING, logger="virtual_mcp.fleet.status"):
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(work)
     await client.aclose()
-    assert most == 1 and degraded == ["down"]
-    assert "Redis unreachable" in caplog.text
+    assert most == 1 and status.degraded("locks")
+    # One line for the outage, not one per waiter; every failure counted; readiness says which part is alone.
+    assert caplog.text.count("Redis unreachable for locks") == 1
+    assert 'vmcp_fleet_redis_errors_total{part="locks"} 5.0' in metrics.exposition().decode()
+    assert 'vmcp_fleet_degraded{part="locks"} 1.0' in metrics.exposition().decode()
+    assert status.problem() == "degraded: Redis unreachable (locks: ConnectionError)"

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.service.test_audit import ALICE, lab
 from tests.sensitive import SENSITIVE
+from virtual_mcp.fleet.connection import redis_url
 from virtual_mcp.logs import JsonFormatter, RedactionFilter, RequestIdFilter
 from virtual_mcp.vault.keys import KEY_FILE_NAME
 
@@ -91,10 +92,10 @@ async def test_readiness_follows_the_vault(tmp_path: Path) -> None:
     async with lab(tmp_path) as t, httpx.AsyncClient() as http:
         ready = await http.get(f"{t.gw.url}/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {
-            "status": "ready",
-            "checks": {"config": "5 endpoint(s)", "database": "ok", "vault": "ok"},
-        }
+        checks = {"config": "5 endpoint(s)", "database": "ok", "vault": "ok"}
+        if redis_url(None) is not None:  # the PostgreSQL and Redis pass: Redis is checked too
+            checks["redis"] = "ok"
+        assert ready.json() == {"status": "ready", "checks": checks}
         key_file = t.gw.data_dir / KEY_FILE_NAME
         saved = key_file.read_bytes()
         key_file.unlink()

@@ -55,8 +55,12 @@ class GatewaySettings(BaseModel):
     # Where the state lives when not in the data directory's SQLite file: postgresql://... (replicas that share it).
     # The master key stays in the data directory (or VIRTUAL_MCP_MASTER_KEY).
     database_url: str | None = Field(default=None, repr=False)
-    # Redis for what replicas share live (the token refresh lock): redis://... (virtual_mcp/fleet).
+    # Redis for what replicas share live (the token refresh lock, revocation and catalog events, request rates):
+    # redis://... (virtual_mcp/fleet).
     redis_url: str | None = Field(default=None, repr=False)
+    # How long a replica holds the fleet's token refresh lock without extending it: a holder that stops (crashed,
+    # paused) lets the next one in after this long. The holder extends it every third of it while it works.
+    refresh_lock_lease_seconds: float = Field(default=30.0, ge=0.1)
     # The identity used for unauthenticated requests in loopback-only local mode.
     local_user: str | None = None
     # Extra browser origins allowed to call the gateway (DNS-rebinding protection); loopback origins always are.

@@ -3,30 +3,36 @@
 - Taken with `SET key token NX PX lease`: one holder at a time in the fleet, for at most the lease. Waiters ask
   again after a short, growing pause (at most `_MAX_PAUSE`); within one replica, waiters queue on a local lock first,
   so only one of them asks Redis.
-- Released only by its holder: a script deletes the key only if it still holds that holder's random token, so a
-  holder whose lease ran out never releases the next holder's lock.
+- Released only by its holder: a script deletes the key only if it still holds that holder's value, so a holder
+  whose lease ran out never releases the next holder's lock. The value names the holder for an operator
+  (`host:pid:random`); the random part makes it unique.
 - While the holder works, the lease is extended (every third of it), so a slow provider does not let a second
   replica in; a holder that stops (crashed, paused) loses the lock when its lease runs out.
-- Redis unreachable: the lock is the replica's own (`InProcessLocks`), the outage logged once and counted
-  (`vmcp_fleet_degraded_total`). The token manager's write-ahead marks in the database still keep a refresh token
-  from being sent twice after an interrupted refresh.
+- Redis unreachable: the lock is the replica's own (`InProcessLocks`), the outage reported to the fleet's status
+  (fleet/status.py: logged once, counted). The token manager's write-ahead marks in the database, and the
+  compare-and-set on each token set's version, still keep a refresh token from being sent twice and a late answer
+  from overwriting a newer set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.outbound.token_manager import InProcessLocks
 
 logger = logging.getLogger(__name__)
 _PREFIX = "vmcp:lock:"
+_HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 _FIRST_PAUSE = 0.005
 _MAX_PAUSE = 0.1
 # Deletes the lock only if it is still this holder's; extends it the same way.
@@ -37,19 +43,16 @@ _EXTEND = (
 
 
 class RedisLocks:
-    def __init__(
-        self, redis: Redis, lease_seconds: float = 30.0, on_degraded: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, status: FleetStatus, lease_seconds: float = 30.0) -> None:
         self._redis = redis
         self._lease_ms = max(int(lease_seconds * 1000), 100)
         self._local = InProcessLocks()
-        self._degraded = False
-        self._on_degraded = on_degraded
+        self._status = status
 
     @asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[None]:
         async with self._local.lock(key):
-            token = secrets.token_hex(16)
+            token = f"{_HOLDER}:{secrets.token_hex(12)}"
             name = _PREFIX + key
             if not await self._acquire(name, token):
                 yield  # Redis is down: this replica's own lock (held above) is all there is
@@ -69,7 +72,7 @@ class RedisLocks:
         while True:
             try:
                 if await self._redis.set(name, token, nx=True, px=self._lease_ms):
-                    self._recovered()
+                    self._status.succeeded("locks")
                     return True
             except (RedisError, OSError) as exc:
                 self._degrade(exc)
@@ -96,13 +99,4 @@ class RedisLocks:
             self._degrade(exc)  # the lease lets the next holder in when it runs out
 
     def _degrade(self, exc: BaseException) -> None:
-        if not self._degraded:
-            logger.warning("Redis unreachable (%s): token refresh locks are this replica's own", type(exc).__name__)
-            self._degraded = True
-            if self._on_degraded is not None:
-                self._on_degraded()
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            logger.warning("Redis reachable again: token refresh locks are the fleet's")
-            self._degraded = False
+        self._status.failed("locks", exc)

@@ -19,6 +19,7 @@ from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue
+from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.gateway.middleware.endpoints import McpEndpoints
 from virtual_mcp.gateway.middleware.front_guard import FrontGuard
 from virtual_mcp.gateway.middleware.request_scope import RequestScope
@@ -63,6 +64,8 @@ class Security:
     health: Health | None = None
     # The value of the gateway document's `metrics.bearer_token`; None: /metrics is for loopback clients only.
     metrics_token: str | None = field(default=None, repr=False)
+    # What the replicas tell each other (revocations, backends' list changes); None: this process alone.
+    events: FleetEvents | None = None
 
     @classmethod
     def local(
@@ -93,7 +96,9 @@ def create_app(
         raise BadRequest("--local-user is only allowed on a loopback listener (127.0.0.1, ::1, localhost)")
     security = security or Security.local(registry, settings)
     metrics = metrics or Metrics()
-    runtime = Runtime(registry, settings, security.credentials, security.audit, security.revocations, metrics)
+    runtime = Runtime(
+        registry, settings, security.credentials, security.audit, security.revocations, metrics, security.events
+    )
     quota = SessionQuota(settings.limits)
     parts = runtime.service_parts()
     endpoints = {

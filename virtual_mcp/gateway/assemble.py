@@ -18,19 +18,22 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
 from virtual_mcp.fleet.connection import fleet_redis
+from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.locks import RedisLocks
+from virtual_mcp.fleet.rate import FleetRequestLimiter
+from virtual_mcp.fleet.status import FleetStatus, redis_health
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
-from virtual_mcp.inbound.rate_limit import RequestLimiter
+from virtual_mcp.inbound.rate_limit import Admission, RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
-from virtual_mcp.outbound.token_manager import InProcessLocks, TokenManager
+from virtual_mcp.outbound.token_manager import InProcessLocks, KeyedLocks, TokenManager
 from virtual_mcp.registry import Registry
 from virtual_mcp.tls import client_context
 from virtual_mcp.upstream.cookies import no_cookie_jar
@@ -145,7 +148,15 @@ async def _assemble(
     local = LocalIdentity(registry, settings.local_user) if settings.local_user else None
     revocations = RevocationList(RevocationStore(db))
     limits = settings.limits
-    limiter = RequestLimiter(limits.requests_per_second_per_principal, limits.request_burst_per_principal)
+    metrics = Metrics()
+    rate, burst = limits.requests_per_second_per_principal, limits.request_burst_per_principal
+    status = FleetStatus(metrics) if redis is not None else None
+    # Counted over the fleet (Redis), or by this process (no Redis).
+    limiter: Admission = (
+        FleetRequestLimiter(redis, status, rate, burst)
+        if redis is not None and status is not None
+        else RequestLimiter(rate, burst)
+    )
     gateway_tokens = TokenStore(db)
     authenticator = Authenticator(
         registry, tokens=gateway_tokens, jwt=verifier, local=local, revocations=revocations, limiter=limiter
@@ -154,18 +165,33 @@ async def _assemble(
     metadata = ResourceMetadata(
         authorization_servers=(jwt_settings.issuer,) if jwt_settings else (), public_url=public_url
     )
-    metrics = Metrics()
     # One refresh per key in the fleet (Redis), or in this process (no Redis).
-    locks = RedisLocks(redis) if redis is not None else InProcessLocks()
+    locks: KeyedLocks = InProcessLocks()
+    events = None
+    health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
+    if redis is not None and status is not None:
+        locks = RedisLocks(redis, status, lease_seconds=settings.refresh_lock_lease_seconds)
+        events = FleetEvents(redis, status)
+        health_checks.append(partial(redis_health, redis, status))
     upstream_tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), locks, clock=clock, metrics=metrics)
     credentials = OutboundCredentials(
         registry, values.__getitem__, upstream_tokens, http, token_timeout=settings.token_timeout_seconds
     )
     audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
-    health = partial(vault_health, db, settings.data_dir, audit_db)
+
+    async def health() -> dict[str, str | None]:
+        return {name: problem for check in health_checks for name, problem in (await check()).items()}
+
     metrics_token = values[SecretRef.parse(registry.metrics.bearer_token)] if registry.metrics.bearer_token else None
     security = Security(
-        authenticator, credentials, metadata, audit, revocations, health=health, metrics_token=metrics_token
+        authenticator,
+        credentials,
+        metadata,
+        audit,
+        revocations,
+        health=health,
+        metrics_token=metrics_token,
+        events=events,
     )
     app = create_app(registry, settings, security, metrics)
     return Assembled(app, db, store, gateway_tokens, audit, metrics)

@@ -13,6 +13,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.fleet.events import FleetEvent, FleetEvents
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
@@ -41,6 +42,7 @@ class Runtime:
         audit_log: AuditLog | None = None,
         revocations: RevocationList | None = None,
         metrics: Metrics | None = None,
+        events: FleetEvents | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -48,6 +50,10 @@ class Runtime:
         self._audit_log = audit_log
         self._revocations = revocations
         self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
+        self._revocation_nudge = anyio.Event()  # set when another process says it revoked something: look now
+        self._events = events
+        self._server_refs = {ref.key: ref for ref in registry.remotes}
+        self._events_subscribed = anyio.Event()
         self.metrics = metrics or Metrics()
         # Nothing to scrub here: the credentials a call presented were removed from its answer where it was read.
         self.auditor = Auditor(audit_log, registry, metrics=self.metrics, known_tool=self._known_tool)
@@ -126,6 +132,8 @@ class Runtime:
             if self._revocations is not None:
                 await self._revocations.refresh()  # what was revoked before this start: JWT cut-offs only
                 tg.start_soon(self._watch_revocations, self._revocations)
+            if self._events is not None:
+                tg.start_soon(self._events.run, self._fleet_event, self._fleet_missed, self._events_subscribed.set)
             self.pool.start(tg)
             self.rounds.start(tg)
             self.catalog.start(tg)
@@ -143,9 +151,12 @@ class Runtime:
                     tg.cancel_scope.cancel()
 
     async def _watch_revocations(self, revocations: RevocationList) -> None:
-        """Identities revoked by any process: what this one holds in memory for them goes within a poll."""
+        """Identities revoked by any process: what this one holds in memory for them goes within a poll, or at once
+        when the revoking process says so on the fleet's channel."""
         while True:
-            await anyio.sleep(self.settings.revocation_poll_seconds)
+            with anyio.move_on_after(self.settings.revocation_poll_seconds):
+                await self._revocation_nudge.wait()
+            self._revocation_nudge = anyio.Event()  # a nudge from now on is a look after this one
             try:
                 subjects = await revocations.refresh()
             except Exception:  # the top of a background task: log, keep watching
@@ -170,6 +181,33 @@ class Runtime:
 
     def _backend_changed(self, ref: ServerRef) -> None:
         self.catalog.invalidate(ref)
+        if self._events is not None and self._tg is not None:
+            self._tg.start_soon(self._events.publish, FleetEvent("list_changed", ref.key))
+
+    def _fleet_event(self, event: FleetEvent) -> None:
+        """Another replica's news: a revocation (look at once), or a backend whose list changed there."""
+        if event.kind == "revoked":
+            self._revocation_nudge.set()
+        elif event.kind == "list_changed" and event.server is not None:
+            ref = self._server_refs.get(event.server)
+            if ref is not None:  # (a replica on another configuration may name a server this one does not have)
+                self.catalog.invalidate(ref)
+
+    def _fleet_missed(self) -> None:
+        """The channel was broken for a while: what it carried meanwhile is caught up (revocations from the
+        database; every catalog refetched)."""
+        self._revocation_nudge.set()
+        for ref in self._server_refs.values():
+            self.catalog.invalidate(ref)
+
+    async def fleet_subscribed(self) -> None:
+        """Wait until this replica hears the fleet's channel (tests; at once without Redis)."""
+        if self._events is not None:
+            await self._events_subscribed.wait()
+
+    def revoked_elsewhere(self) -> None:
+        """A revocation was recorded through this process (or is to be looked for now): look at once."""
+        self._revocation_nudge.set()
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

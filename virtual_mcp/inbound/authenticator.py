@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from virtual_mcp.errors import InvalidIdentity, InvalidToken, MalformedCredentialRequest, Unauthorized
 from virtual_mcp.identity import identity
 from virtual_mcp.inbound.local import LocalIdentity
-from virtual_mcp.inbound.rate_limit import RequestLimiter
+from virtual_mcp.inbound.rate_limit import Admission
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.registry import Registry
 from virtual_mcp.types import Authentication, AuthMethod, Principal, PrincipalKind
@@ -61,14 +61,14 @@ class Authenticator:
     jwt: JwtCheck | None = None
     local: LocalIdentity | None = None
     revocations: RevocationList | None = None
-    limiter: RequestLimiter | None = None
+    limiter: Admission | None = None
 
     async def authenticate(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:
         """Who is calling. Raises Unauthorized (no credential), InvalidToken (a credential that was refused) or
         TooManyRequests (the caller is over its request rate)."""
         auth = await self._identify(headers, query, client_host)
         if self.limiter is not None:
-            self.limiter.admit(auth.principal)
+            await self.limiter.admit(auth.principal)
         return auth
 
     async def _identify(self, headers: Mapping[str, str], query: str, client_host: str | None) -> Authentication:

@@ -1,13 +1,28 @@
 """How fast one caller may send requests: a token bucket per principal, so one busy or hostile caller is slowed
-down alone and everyone else keeps being served."""
+down alone and everyone else keeps being served. `RequestLimiter` counts in this process; replicas that share Redis
+count together (fleet/rate.py), behind the same `Admission` Protocol."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from virtual_mcp.errors import TooManyRequests
 from virtual_mcp.types import Principal
+
+
+class Admission(Protocol):
+    async def admit(self, principal: Principal) -> None:
+        """Take one request from the principal's allowance, or raise TooManyRequests saying when to retry."""
+        ...
+
+
+def too_many(rate: float, burst: float, wait: float) -> TooManyRequests:
+    return TooManyRequests(
+        f"Too many requests: at most {rate:g} per second (bursts of {burst:g}) for one caller; retry in {wait:.2f} s",
+        retry_after=wait,
+    )
 
 
 class RequestLimiter:
@@ -23,7 +38,7 @@ class RequestLimiter:
         # subject -> (tokens left, when counted). A bucket refilled to the brim is the same as no bucket.
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def admit(self, principal: Principal) -> None:
+    async def admit(self, principal: Principal) -> None:
         """Take one request from the principal's bucket, or raise TooManyRequests saying when to retry."""
         now = self._clock()
         subject = principal.subject
@@ -31,12 +46,7 @@ class RequestLimiter:
         tokens = min(self._burst, tokens + (now - then) * self._rate)
         if tokens < 1.0:
             self._buckets[subject] = (tokens, now)
-            wait = (1.0 - tokens) / self._rate
-            raise TooManyRequests(
-                f"Too many requests: at most {self._rate:g} per second (bursts of {self._burst:g}) for one caller; "
-                f"retry in {wait:.2f} s",
-                retry_after=wait,
-            )
+            raise too_many(self._rate, self._burst, (1.0 - tokens) / self._rate)
         self._buckets[subject] = (tokens - 1.0, now)
         if len(self._buckets) > self._max_tracked:
             self._forget_full(now)

@@ -1,0 +1,85 @@
+"""Whether this replica reaches the fleet's Redis, as each part that uses it finds it (`locks`: the token refresh
+lock; `events`: revocation and catalog events; `rate_limit`: the request counters).
+
+A part that cannot reach Redis falls back to this replica's own behaviour (see each part) and says so here: one
+warning when it goes down and one when it comes back (never one per request), `vmcp_fleet_redis_errors_total{part}`
+counts every failure, `vmcp_fleet_degraded{part}` is 1 while it is down, and `/readyz` reports it (the replica stays
+ready: it serves correctly on its own).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from virtual_mcp.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("locks", "events", "rate_limit")
+_FALLBACK = {
+    "locks": "token refresh locks are this replica's own (the database's write-ahead marks still keep a refresh "
+    "token from being sent twice)",
+    "events": "revocations reach this replica by the database poll, and backends' list changes on other replicas "
+    "by the catalog's expiry",
+    "rate_limit": "request rates are counted by this replica alone",
+}
+
+
+class FleetStatus:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._down: dict[str, str] = {}  # part -> the failure's kind
+        self._errors: Counter | None = None
+        self._metrics = metrics
+        if metrics is not None:
+            self._errors = Counter(
+                "vmcp_fleet_redis_errors_total",
+                "failed Redis operations by part (locks, events, rate_limit); the part then runs on this replica alone",
+                ["part"],
+                registry=metrics.registry,
+            )
+            metrics.gauge(
+                "vmcp_fleet_degraded",
+                "1 while a part (locks, events, rate_limit) cannot reach Redis and runs on this replica alone",
+                lambda: {(part,): float(part in self._down) for part in PARTS},
+                labels=("part",),
+            )
+
+    def failed(self, part: str, exc: BaseException) -> None:
+        """`part` could not reach Redis (`exc`): counted; logged if it was up."""
+        if self._errors is not None and self._metrics is not None:
+            self._metrics.child(self._errors, part).inc()
+        if part not in self._down:
+            self._down[part] = type(exc).__name__
+            logger.warning("Redis unreachable for %s (%s): %s", part, type(exc).__name__, _FALLBACK[part])
+
+    def succeeded(self, part: str) -> None:
+        """`part` reached Redis: logged if it was down."""
+        if self._down.pop(part, None) is not None:
+            logger.warning("Redis reachable again for %s: it is the fleet's again", part)
+
+    def degraded(self, part: str) -> bool:
+        return part in self._down
+
+    def problem(self) -> str | None:
+        """For `/readyz`: which parts run on this replica alone, and why; None while every part reaches Redis."""
+        if not self._down:
+            return None
+        return "degraded: Redis unreachable (" + ", ".join(f"{p}: {why}" for p, why in sorted(self._down.items())) + ")"
+
+
+async def redis_health(redis: Redis, status: FleetStatus) -> dict[str, str | None]:
+    """For `/readyz`: {"redis": None} while Redis answers and every part reaches it, else what runs alone and why.
+    (A part that failed earlier and has not asked since is not held against a Redis that answers now: the lock asks
+    afresh at each refresh.)"""
+    try:
+        with anyio.fail_after(1.0):
+            await redis.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return {"redis": f"degraded: Redis unreachable ({type(exc).__name__}); each replica runs on its own"}
+    status.succeeded("locks")
+    return {"redis": status.problem()}
