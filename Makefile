@@ -47,6 +47,7 @@ $(VENV)/.bench-installed: $(STAMP)
 	touch $(VENV)/.bench-installed
 
 bench: $(VENV)/.bench-installed
+	scripts/system-packages
 	$(PY) -m bench.run
 
 bench-audit: $(STAMP)

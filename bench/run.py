@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import chart, protocol, scenarios
+from bench import chart, protocol, scale, scenarios
 from bench.gateway import (
     GROUP,
     SERVER,
@@ -373,6 +373,8 @@ def run_scenarios(
             results["soak"] = scenarios.soak(procs, wrk, server_core, client_core, tmp, args.soak_seconds)
         print("bench: serve start-up ...", flush=True)
         results["startup"] = scenarios.startup(server_core, tmp)
+        print("bench: scale, PostgreSQL and Redis ...", flush=True)
+        results["scale"] = scale.scale(procs, wrk, server_core, client_core, tmp, args.duration)
     except (
         ProcessFailed,
         WrkError,

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import jwt
 
-from bench import protocol
+from bench import protocol, scale
 from bench.gateway import (
     BENCH_LIMITS,
     GROUP,
@@ -487,4 +487,6 @@ def markdown(results: dict[str, Any]) -> str:
     if start:
         measured = f"median {start['median_s']} s of {start['ready_s']}"
         rows.append(f"| `serve` ready with {start['servers']} servers | {measured} | < 2 s |")
+    if results.get("scale"):
+        rows += scale.markdown(results["scale"])
     return "\n".join(rows)

@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import asyncpg
 import pytest
 import redis
 
 from tests.services import Postgres, Redis
-from virtual_mcp.vault.engines import database_url, open_database
+from virtual_mcp.vault.engines import database_url, is_remote, open_database
 from virtual_mcp.vault.sql import SqlDatabase
 
 T = TypeVar("T")
@@ -83,3 +84,15 @@ def uses_module_fixtures(request: pytest.FixtureRequest) -> bool:
         for name, defs in definitions.items()
         if defs
     )
+
+
+async def refused_after_revocation(status: Callable[[], Awaitable[int]]) -> None:
+    """A revoked credential's requests are refused (401): on the embedded store from the very next request; on
+    PostgreSQL and Redis within the revocation poll (the `revoked` event clears what each replica verified a moment
+    ago at once, but it reaches the replica on its own, after the command that sent it has returned)."""
+    if not is_remote(database_url(None)):
+        assert await status() == 401
+        return
+    with anyio.fail_after(2):
+        while await status() != 401:  # (asked as fast as it answers, the caller may meet its rate limit meanwhile)
+            pass

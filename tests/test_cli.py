@@ -35,7 +35,8 @@ def test_token_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "user:alice@northwind.example" in listing and "virtualaccount:ci" in listing
     assert token not in listing and token.split("_")[2] not in listing
     token_id = token.split("_")[1]
-    assert run(["token", "revoke", token_id, *data], capsys)[:2] == (0, f"revoked {token_id}\n")
+    code, out, _ = run(["token", "revoke", token_id, *data], capsys)
+    assert code == 0 and out.splitlines()[0] == f"revoked {token_id}"
     code, _, err = run(["token", "revoke", token_id, *data], capsys)
     assert code == 1 and "no active token" in err
     assert token_id not in run(["token", "list", *data], capsys)[1]

@@ -25,7 +25,7 @@ from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
 from virtual_mcp.registry import Registry, build_registry
 from virtual_mcp.types import PrincipalKind
-from virtual_mcp.vault.engines import database_url
+from virtual_mcp.vault.engines import database_url, is_remote
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,7 +239,21 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(f"error: no active token with id {args.token_id!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.token_id}")
+    _tell_replicas(args)
     return 0
+
+
+def _tell_replicas(args: argparse.Namespace) -> bool:
+    """After a revocation: tell running replicas at once through Redis, or say when they find it themselves (a
+    gateway on the embedded store reads tokens at each request; replicas on PostgreSQL at their revocation poll)."""
+    told = anyio.run(announce, redis_url(args.redis_url), FleetEvent("revoked"))
+    if told:
+        print("running gateways were told at once (Redis)")
+    elif told is False:
+        print("running gateways find it at their next revocation poll (within a second): Redis is unreachable")
+    elif is_remote(database_url(args.database_url)):
+        print("running gateways find it at their next revocation poll (within a second)")
+    return bool(told)
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
@@ -378,12 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
             for server, outcome in detail["upstream"].items():
                 print(f"  {server}: {visible(outcome)}")  # may quote a provider's error: shown, never obeyed
-            told = anyio.run(announce, redis_url(args.redis_url), FleetEvent("revoked"))
-            if told:
-                print("running gateways were told at once (Redis); they drop what they hold for this user")
-            else:
-                why = " (Redis unreachable)" if told is False else ""
-                print(f"running gateways drop what they hold for this user at their next poll (within seconds){why}")
+            if not _tell_replicas(args):
+                print("running gateways drop what they hold for this user within a second")
             if not detail["known"]:
                 where = "" if args.config else " (give --config to look there too)"
                 print(

@@ -30,6 +30,7 @@ from virtual_mcp.inbound.local import LocalIdentity
 from virtual_mcp.inbound.metadata import ResourceMetadata
 from virtual_mcp.inbound.rate_limit import Admission, RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
+from virtual_mcp.inbound.verified import RecentlyVerified
 from virtual_mcp.metrics import Metrics
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
 from virtual_mcp.outbound.token_cache import VaultTokenCache
@@ -41,7 +42,7 @@ from virtual_mcp.vault import LocalKeyProvider, SecretNotFound, SecretStore, Tok
 from virtual_mcp.vault.audit_store import AuditStore
 from virtual_mcp.vault.check import check_master_key, sealed_records
 from virtual_mcp.vault.check import health as vault_health
-from virtual_mcp.vault.engines import open_database
+from virtual_mcp.vault.engines import is_remote, open_database
 from virtual_mcp.vault.lock import serving
 from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 from virtual_mcp.vault.revocations import RevocationStore
@@ -158,8 +159,13 @@ async def _assemble(
         else RequestLimiter(rate, burst)
     )
     gateway_tokens = TokenStore(db)
+    # A database a round trip away: a token verified a moment ago is answered from memory until anything is revoked
+    # (at most the revocation poll interval later).
+    verified = (
+        RecentlyVerified(gateway_tokens, settings.revocation_poll_seconds) if is_remote(settings.database_url) else None
+    )
     authenticator = Authenticator(
-        registry, tokens=gateway_tokens, jwt=verifier, local=local, revocations=revocations, limiter=limiter
+        registry, tokens=verified or gateway_tokens, jwt=verifier, local=local, revocations=revocations, limiter=limiter
     )
     public_url = str(registry.inbound.public_url) if registry.inbound.public_url else None
     metadata = ResourceMetadata(
@@ -194,4 +200,6 @@ async def _assemble(
         events=events,
     )
     app = create_app(registry, settings, security, metrics)
+    if verified is not None:
+        app.state.runtime.on_revoked.append(verified.forget)
     return Assembled(app, db, store, gateway_tokens, audit, metrics)

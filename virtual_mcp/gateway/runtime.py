@@ -54,6 +54,8 @@ class Runtime:
         self._events = events
         self._server_refs = {ref.key: ref for ref in registry.remotes}
         self._events_subscribed = anyio.Event()
+        # Called whenever this replica learns that something was revoked (what it holds in memory goes).
+        self.on_revoked: list[Callable[[], None]] = []
         self.metrics = metrics or Metrics()
         # Nothing to scrub here: the credentials a call presented were removed from its answer where it was read.
         self.auditor = Auditor(audit_log, registry, metrics=self.metrics, known_tool=self._known_tool)
@@ -162,6 +164,8 @@ class Runtime:
             except Exception:  # the top of a background task: log, keep watching
                 logger.exception("could not read revocations")
                 subjects = []
+            if subjects:
+                self._revoked()
             for subject in subjects:
                 kind, _, name = subject.partition(":")
                 try:
@@ -187,15 +191,21 @@ class Runtime:
     def _fleet_event(self, event: FleetEvent) -> None:
         """Another replica's news: a revocation (look at once), or a backend whose list changed there."""
         if event.kind == "revoked":
+            self._revoked()
             self._revocation_nudge.set()
         elif event.kind == "list_changed" and event.server is not None:
             ref = self._server_refs.get(event.server)
             if ref is not None:  # (a replica on another configuration may name a server this one does not have)
                 self.catalog.invalidate(ref)
 
+    def _revoked(self) -> None:
+        for forget in self.on_revoked:
+            forget()
+
     def _fleet_missed(self) -> None:
         """The channel was broken for a while: what it carried meanwhile is caught up (revocations from the
         database; every catalog refetched)."""
+        self._revoked()
         self._revocation_nudge.set()
         for ref in self._server_refs.values():
             self.catalog.invalidate(ref)
@@ -204,10 +214,6 @@ class Runtime:
         """Wait until this replica hears the fleet's channel (tests; at once without Redis)."""
         if self._events is not None:
             await self._events_subscribed.wait()
-
-    def revoked_elsewhere(self) -> None:
-        """A revocation was recorded through this process (or is to be looked for now): look at once."""
-        self._revocation_nudge.set()
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

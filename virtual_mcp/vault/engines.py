@@ -23,6 +23,11 @@ def database_url(given: str | None, env: Mapping[str, str] = os.environ) -> str 
     return given or env.get(DATABASE_URL_ENV) or None
 
 
+def is_remote(url: str | None) -> bool:
+    """Whether the database is a server a network round trip away (PostgreSQL), not a file in this process."""
+    return url is not None and url.startswith(_POSTGRES)
+
+
 def check_database_url(url: str | None) -> None:
     """BadRequest naming what is wrong with `url` (never echoing its password)."""
     if url is None or url.startswith(_POSTGRES) or url.startswith("sqlite:"):
