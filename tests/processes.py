@@ -6,10 +6,11 @@ PATH. A `serve` child prints READY once it listens (tests/serve_child.py), so no
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,11 +25,15 @@ SERVE_CHILD = ("tests.serve_child",)
 
 
 @asynccontextmanager
-async def gateway_process(args: Sequence[str], child: Sequence[str] = SERVE_CHILD) -> AsyncIterator[Process]:
-    """`virtual-mcp serve ARGS` (through `python -m CHILD...`) until the block ends; then a graceful stop (SIGTERM,
-    as a service manager sends), which drains what the gateway has queued."""
+async def gateway_process(
+    args: Sequence[str], child: Sequence[str] = SERVE_CHILD, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Process]:
+    """`virtual-mcp serve ARGS` (through `python -m CHILD...`, with `env` added to this process's environment)
+    until the block ends; then a graceful stop (SIGTERM, as a service manager sends), which drains what the gateway
+    has queued."""
     command = [sys.executable, "-m", *child, "serve", *args]
-    async with await anyio.open_process(command, cwd=REPO) as process:
+    environment = {**os.environ, **env} if env is not None else None
+    async with await anyio.open_process(command, cwd=REPO, env=environment) as process:
         try:
             assert process.stdout is not None
             with anyio.fail_after(60):
