@@ -10,21 +10,33 @@ clients here open a connection per request, so consecutive requests land on diff
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
-from anyio.abc import SocketStream, TaskGroup
+import pytest
+from anyio.abc import Process, SocketStream, TaskGroup
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+from mcp.shared.exceptions import MCPError
 
-from tests.backends import build_lab
+from tests.backends import Probe, build_lab
 from tests.gateway.test_timing import group_doc
 from tests.lab_config import ALICE, BOB, write_identities
+from tests.oauth.browser import connect
+from tests.oauth.test_authorization_code import IDS
+from tests.oauth.test_authorization_code import group_doc as code_group_doc
+from tests.oauth_server import CODE_CLIENT_ID, authorization_server
 from tests.ports import free_ports
 from tests.processes import MODERN_META, cli, gateway_process
 from tests.security_support import GATEWAY_AUDIENCE, GATEWAY_DOC, HMAC_KEY, idp_jwt, store_secrets
@@ -33,8 +45,10 @@ from tests.services import Postgres, redis_server
 from tests.support import serve
 from tests.vault.test_store_engines import fresh_postgres
 from virtual_mcp.fleet.connection import REDIS_URL_ENV
-from virtual_mcp.vault.engines import DATABASE_URL_ENV
+from virtual_mcp.vault import LocalKeyProvider
+from virtual_mcp.vault.engines import DATABASE_URL_ENV, open_database
 from virtual_mcp.vault.keys import KEY_FILE_NAME
+from virtual_mcp.vault.oauth_tokens import OAuthTokenStore
 
 ENDPOINT = "/mcp-server/lab/tools/server"
 REPLICAS = 3
@@ -85,29 +99,47 @@ class Fleet:
     replicas: list[str]  # each replica's own URL
     balancer: RoundRobin
     state: list[str]  # a CLI command's state arguments: the data directory (master key), database, Redis
+    processes: list[Process]
+    clock: Path  # write seconds here to move every replica's token clock forward
+    probe: Probe  # what the backend received
+    database_url: str
 
     async def cli(self, *args: str) -> str:
         code, out, err = await cli(*args, *self.state)
         assert code == 0, err
         return out
 
-    async def call(self, http: httpx.AsyncClient, bearer: str, url: str | None = None) -> int:
-        """One sessionless 2026-07-28 tools/call of `echo`: its HTTP status."""
+    async def call(
+        self,
+        http: httpx.AsyncClient,
+        bearer: str,
+        url: str | None = None,
+        endpoint: str = ENDPOINT,
+        tool: tuple[str, dict[str, str]] = ("echo", {"text": "hi"}),
+    ) -> int:
+        """One sessionless 2026-07-28 tools/call (of `echo` by default): its HTTP status."""
+        name, arguments = tool
         body = {
             "jsonrpc": "2.0",
             "id": 1,
             "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "hi"}, "_meta": MODERN_META},
+            "params": {"name": name, "arguments": arguments, "_meta": MODERN_META},
         }
         headers = {
             "authorization": f"Bearer {bearer}",
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
             "mcp-method": "tools/call",
-            "mcp-name": "echo",
+            "mcp-name": name,
         }
-        answer = await http.post(f"{url or self.url}{ENDPOINT}", json=body, headers=headers)
+        answer = await http.post(f"{url or self.url}{endpoint}", json=body, headers=headers)
         return answer.status_code
+
+    async def upstream_bearer(self, http: httpx.AsyncClient, bearer: str, endpoint: str) -> str:
+        """The credential the backend received for one call through the load balancer."""
+        tag = uuid.uuid4().hex
+        assert await self.call(http, bearer, endpoint=endpoint, tool=("headers", {"tag": tag})) == 200
+        return self.probe.tagged.pop(tag)["authorization"].removeprefix("Bearer ")
 
 
 def one_connection_per_request() -> httpx.AsyncClient:
@@ -115,30 +147,45 @@ def one_connection_per_request() -> httpx.AsyncClient:
 
 
 @asynccontextmanager
-async def fleet(tmp_path: Path, postgres: Postgres) -> AsyncIterator[Fleet]:
+async def fleet(
+    tmp_path: Path,
+    postgres: Postgres,
+    documents: Callable[[str], dict[str, str]] | None = None,
+    secrets: dict[str, str] | None = None,
+    ports: list[int] | None = None,
+    extra: Sequence[str] = (),
+) -> AsyncIterator[Fleet]:
+    """Three replicas on `ports` (free ones by default) over a fresh database and a Redis of their own, with the
+    configuration `documents(backend_url)` (file name -> text; default: the lab's tools server) and `secrets` stored,
+    each replica a `clock_child` whose token clock the file `Fleet.clock` moves; then the load balancer in front."""
     url = await fresh_postgres(postgres)
     with redis_server() as redis:
         async with AsyncExitStack() as stack:
-            backend = await stack.enter_async_context(serve(build_lab().http_app(path="/mcp")))
+            backend = await stack.enter_async_context(serve(build_lab(probe := Probe()).http_app(path="/mcp")))
             config = tmp_path / "servers.d"
             write_identities(config)
-            (config / "lab.yaml").write_text(group_doc(url=backend.url))
-            (config / "gateway.yaml").write_text(GATEWAY_DOC)
+            docs = documents(backend.url) if documents is not None else {"lab.yaml": group_doc(url=backend.url)}
+            for name, text in {"gateway.yaml": GATEWAY_DOC, **docs}.items():
+                (config / name).write_text(text)
             data = [tmp_path / f"replica-{i}" for i in range(REPLICAS)]
-            await store_secrets(data[0], {"tfy-secret://gw:jwt:hmac": HMAC_KEY}, url)
+            await store_secrets(data[0], {"tfy-secret://gw:jwt:hmac": HMAC_KEY, **(secrets or {})}, url)
             for other in data[1:]:
                 other.mkdir(mode=0o700)
                 shutil.copy2(data[0] / KEY_FILE_NAME, other / KEY_FILE_NAME)  # the fleet's one master key
             env = {DATABASE_URL_ENV: url, REDIS_URL_ENV: redis.url}
-            ports = free_ports(REPLICAS)
+            ports = ports or free_ports(REPLICAS)
+            clock = tmp_path / "clock"
+            processes = []
             for port, directory in zip(ports, data, strict=True):
-                args = ["--config", str(config), "--data-dir", str(directory), "--port", str(port)]
-                await stack.enter_async_context(gateway_process(args, env=env))
+                args = ["--config", str(config), "--data-dir", str(directory), "--port", str(port), *extra]
+                child = ("tests.fleet.clock_child", str(clock))
+                processes.append(await stack.enter_async_context(gateway_process(args, child, env=env)))
             tg = await stack.enter_async_context(anyio.create_task_group())
             balancer = RoundRobin(ports)
             await balancer.run(tg)
             state = ["--data-dir", str(data[0]), "--database-url", url, "--redis-url", redis.url]
-            yield Fleet(f"http://127.0.0.1:{balancer.port}", [f"http://127.0.0.1:{p}" for p in ports], balancer, state)
+            replicas = [f"http://127.0.0.1:{p}" for p in ports]
+            yield Fleet(f"http://127.0.0.1:{balancer.port}", replicas, balancer, state, processes, clock, probe, url)
             tg.cancel_scope.cancel()
 
 
@@ -187,3 +234,95 @@ async def test_the_audit_shows_the_calls_of_every_replica(tmp_path: Path, postgr
                 if len(allowed) == calls:
                     break
         assert len({e["request_id"] for e in allowed}) == calls
+
+
+GITHUB = "/mcp-server/g/github/server"
+
+
+async def stored_set(f: Fleet, data_dir: Path) -> dict[str, Any]:
+    """Alice's token set for g/github as the fleet's database holds it, opened with the fleet's master key."""
+    async with open_database(data_dir, f.database_url) as db:
+        record = await OAuthTokenStore(db, LocalKeyProvider.load(data_dir, create=False)).get(
+            "g/github", f"user:{ALICE}"
+        )
+    assert record is not None
+    return record
+
+
+async def test_one_token_request_for_fifty_callers_even_when_the_lock_holder_is_paused_past_its_lease(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Alice's per-user token is past 80% of its lifetime when fifty of her calls arrive over the three replicas:
+    all are served (the current token is still valid) and one replica takes the fleet's lock and sends the refresh.
+    That replica is stopped (SIGSTOP) while the provider takes its time; its two-second lease runs out and another
+    replica takes the lock, finds the refresh under way (its write-ahead mark) and sends nothing. Resumed, the
+    stopped replica stores the provider's answer. The provider saw exactly one token request."""
+    ports = free_ports(REPLICAS)
+    callback = f"http://127.0.0.1:{ports[0]}/oauth/callback"  # alice connects through the first replica
+    async with authorization_server(redirect_uris=(callback,), access_token_ttl=100) as auth:
+
+        def documents(backend: str) -> dict[str, str]:
+            doc = code_group_doc(
+                backend=backend,
+                authorize=auth.authorization_endpoint,
+                token=auth.token_endpoint,
+                revoke=auth.revocation_endpoint,
+                issuer=auth.issuer,
+                client_id=CODE_CLIENT_ID,
+            )
+            return {"g.yaml": doc, "identities.yaml": IDS}
+
+        secrets = {"tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID)}
+        lease = ["--refresh-lock-lease", "2"]
+        async with (
+            fleet(tmp_path, postgres, documents, secrets, ports, lease) as f,
+            one_connection_per_request() as http,
+        ):
+            alice = (await f.cli("token", "create", "--user", ALICE)).strip()
+            mark(alice)
+            with pytest.raises(MCPError) as needed:
+                async with Client(StreamableHttpTransport(f"{f.replicas[0]}{GITHUB}", auth=alice)) as client:
+                    await client.call_tool("echo", {"text": "hi"})
+            page = await connect(str(needed.value.data["elicitations"][0]["url"]), alice)
+            assert page.status_code == 200 and "Connected" in page.text
+            first = await f.upstream_bearer(http, alice, GITHUB)
+            mark(first)
+            await auth.reset()
+            await auth.behave(token_delay_ms=6000)
+            f.clock.write_text("85")  # 85 s of the token's 100: past 80%, still valid
+
+            statuses: list[int] = []
+
+            async def call() -> None:
+                statuses.append(await f.call(http, alice, endpoint=GITHUB))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(call)
+            assert statuses == [200] * 50  # served the current token meanwhile
+
+            # The holder: the replica whose process its write-ahead mark names, once its refresh reached the provider.
+            data_dir = Path(f.state[f.state.index("--data-dir") + 1])
+            with anyio.fail_after(10):
+                while await auth.token_requests("refresh_token") == 0:
+                    pass
+            marked = (await stored_set(f, data_dir))["refreshing_by"]
+            assert marked is not None
+            pid = int(marked.split(":")[1])
+            assert pid in [p.pid for p in f.processes]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                # Its lease runs out; another replica takes the lock, finds the holder's mark and drops the refresh
+                # token it marked rather than send it again (the provider may have rotated it already).
+                with anyio.fail_after(15):
+                    while not (await stored_set(f, data_dir)).get("refresh_lost"):
+                        pass
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            # Resumed, the holder reads the provider's answer and stores it over the set it refreshed.
+            with anyio.fail_after(15):
+                while (stored := await stored_set(f, data_dir))["access_token"] == first:
+                    pass
+            assert stored["refresh_token"] and not stored["refresh_lost"] and stored["refreshing_by"] is None
+            assert await auth.token_requests() == 1  # one refresh, for fifty callers on three replicas
+            assert [await f.call(http, alice, endpoint=GITHUB) for _ in range(REPLICAS)] == [200] * REPLICAS

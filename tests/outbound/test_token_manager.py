@@ -239,8 +239,9 @@ async def test_the_timer_leaves_tokens_nobody_used_lately() -> None:
 
 async def test_a_refresh_is_marked_before_the_refresh_token_leaves_and_another_process_drops_it() -> None:
     """The write-ahead mark: while a refresh is in flight the store holds the old set marked with this manager's
-    id. A second manager on the same store (the next process after a crash) finds the mark, never presents that
-    refresh token, serves the access token until it expires, then obtains without a refresh token."""
+    id. A second manager on the same store (the next process after a crash) finds the mark, serves the access token
+    while it is valid without waiting (a mark may as well be a refresh under way on another replica), never presents
+    that refresh token, and once a renewal is due settles the record and obtains without a refresh token."""
     clock = Clock()
     provider = Provider(clock)
     shared = MemoryTokenCache()
@@ -262,16 +263,16 @@ async def test_a_refresh_is_marked_before_the_refresh_token_leaves_and_another_p
     await shared.set("k", replace(marked, version=None))  # unconditionally
     clock.now = START + 10  # pretend the stored set is still valid for the next process
     next_process = manager(clock, cache=shared)
-    seen = await next_process.token("k", provider.obtain)
-    assert seen.access_token == "token-1" and seen.refresh_lost and seen.refresh_token is None
-    stored = await shared.get("k")
-    assert stored is not None and stored.refreshing_by is None and stored.refresh_token is None  # settled once
     calls = provider.calls
-    clock.now += 150  # expired: obtain decides, without a refresh token
+    seen = await next_process.token("k", provider.obtain)
+    assert seen.access_token == "token-1" and provider.calls == calls  # served as it is, nothing sent
+    clock.now += 150  # expired: the record is settled under the lock, then obtain decides, without a refresh token
     provider.gate = None
     assert (await next_process.token("k", provider.obtain)).access_token == f"token-{calls + 1}"
     assert provider.refresh_tokens_seen[-1] is None
     assert provider.refresh_tokens_seen.count("refresh-1") == 1  # the marked refresh token was sent once, ever
+    stored = await shared.get("k")
+    assert stored is not None and stored.refreshing_by is None  # settled
 
 
 async def test_a_refresh_without_an_answer_is_not_retried_and_its_refresh_token_is_dropped() -> None:
@@ -423,21 +424,38 @@ async def test_a_holder_paused_past_its_lock_never_overwrites_a_newer_token_set(
 
 async def test_a_late_answer_replaces_the_set_it_refreshed_when_nothing_newer_came() -> None:
     """Fencing refuses only what is stale: the first holder, paused with its refresh in flight, comes back to find
-    its token set merely settled by the second (refresh token dropped, access token still served, nothing sent).
-    Its answer is the newest token set there is, so it is stored, refresh token and all."""
+    its token set merely settled by the second (its renewal due, it dropped the marked refresh token and could not
+    obtain without one: a per-user grant needs its user; the access token is still served). The first's answer is
+    the newest token set there is, so it is stored, refresh token and all."""
     shared = MemoryTokenCache()
     clock, provider, first, second = await two_replicas(shared)
     gate = provider.gate = anyio.Event()
     provider.entered = anyio.Event()
+    first_done = anyio.Event()
+
+    async def run_first() -> None:
+        await first.token("k", provider.obtain)
+        first_done.set()
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(first.token, "k", provider.obtain)
+        tg.start_soon(run_first)
         with anyio.fail_after(5):
             await provider.entered.wait()
-        clock.now = START + 10  # the stored set is valid again for the second
+        provider.gate = None  # (the first still waits on its own request's answer)
+        provider.failures = [TerminalGrantError("the user must connect again")]
+        clock.now = START + 85  # the stored set is valid again for the second, and due for renewal
+        second.attach(spawner(tg))
         served = await second.token("k", provider.obtain)
-        assert served.access_token == "token-1" and served.refresh_lost
+        assert served.access_token == "token-1"  # at once, while its renewal runs in the background
+        with anyio.fail_after(5):
+            while not ((settled := await shared.get("k")) and settled.refresh_lost):
+                await anyio.wait_all_tasks_blocked()
+        assert settled.refresh_token is None and settled.refreshing_by is None
         gate.set()
-    assert provider.calls == 2
+        with anyio.fail_after(5):
+            await first_done.wait()
+        tg.cancel_scope.cancel()  # (the second's refresh timer)
+    assert provider.refresh_tokens_seen == [None, "refresh-1", None]  # the second sent no refresh token
     stored = await shared.get("k")
     assert stored is not None and stored.access_token == "token-2" and stored.refresh_token == "refresh-2"
     assert not stored.refresh_lost and stored.refreshing_by is None

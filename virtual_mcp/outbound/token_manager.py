@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -162,8 +164,9 @@ class TokenManager:
         self._hot: dict[str, _Hot] = {}
         self._wake = anyio.Event()
         self._timer_on = False
-        # Marks this manager's refreshes in the store; any other mark found there is from a refresh that died.
-        self.instance = secrets.token_hex(8)
+        # Marks this manager's refreshes in the store; any other mark found there is from a refresh that died. It
+        # names the process for an operator (host:pid) and is unique by its random part.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
         if spawn is not None:
             self.attach(spawn)
 
@@ -228,17 +231,25 @@ class TokenManager:
 
     async def _read(self, key: str) -> TokenSet | None:
         token = await self._cache.get(key)
-        if not self._foreign(token):
+        if token is None or not self._foreign(token):
             return token
-        async with self._locks.lock(key):  # once per interrupted record
-            return await self._settle(key, await self._cache.get(key))
+        if self._clock() < token.expires_at(self._default_lifetime):
+            # Another process is refreshing it (a replica holding the key's lock), or stopped while it did: either
+            # way its access token is still good to serve, without waiting. Its refresh token is not this process's
+            # to use; a renewal settles that under the lock once one is due (`_renew`).
+            return token
+        async with self._locks.lock(key):  # expired: wait for a refresh under way, else settle the record
+            return await self._settle(key, await self._cache.get(key, fresh=True))
 
     async def _settle(self, key: str, token: TokenSet | None) -> TokenSet | None:
         """Another process's write-ahead mark means its refresh died mid-way: the refresh token may have been
         rotated, so it is dropped (and the record rewritten so). The caller holds the key's lock."""
         if token is None or not self._foreign(token):
             return token
-        logger.warning("a token refresh was interrupted (the gateway stopped during it); its refresh token is dropped")
+        logger.warning(
+            "a token refresh by another process did not finish (it stopped, or was paused past its lock's lease); "
+            "its refresh token is dropped"
+        )
         settled = await self._cache.set(key, replace(token, refresh_token=None, refreshing_by=None, refresh_lost=True))
         if settled is None:  # the record moved on since it was read: settle what is there now
             return await self._settle(key, await self._cache.get(key, fresh=True))
