@@ -326,3 +326,41 @@ async def test_one_token_request_for_fifty_callers_even_when_the_lock_holder_is_
             assert stored["refresh_token"] and not stored["refresh_lost"] and stored["refreshing_by"] is None
             assert await auth.token_requests() == 1  # one refresh, for fifty callers on three replicas
             assert [await f.call(http, alice, endpoint=GITHUB) for _ in range(REPLICAS)] == [200] * REPLICAS
+
+
+async def test_a_replica_killed_under_load_loses_only_its_calls_in_flight(tmp_path: Path, postgres: Postgres) -> None:
+    """Eight callers make 320 calls through the load balancer; once a third are answered, one replica is killed
+    (SIGKILL: no cleanup). Only the calls it had in flight fail (at most one per caller); every other call is
+    answered by the two left, and the fleet goes on serving, the killed replica's state intact in the database."""
+    callers, each = 8, 40
+    async with fleet(tmp_path, postgres) as f, one_connection_per_request() as http:
+        token = (await f.cli("token", "create", "--user", ALICE)).strip()
+        mark(token)
+        outcomes: list[int | str] = []
+        a_third = anyio.Event()
+
+        async def caller() -> None:
+            for _ in range(each):
+                try:
+                    outcome: int | str = await f.call(http, token)
+                except httpx.HTTPError as exc:  # the connection the killed replica held
+                    outcome = type(exc).__name__
+                outcomes.append(outcome)
+                if len(outcomes) >= callers * each // 3:
+                    a_third.set()
+
+        victim = f.processes[1]
+        async with anyio.create_task_group() as tg:
+            for _ in range(callers):
+                tg.start_soon(caller)
+            with anyio.fail_after(60):
+                await a_third.wait()
+            os.kill(victim.pid, signal.SIGKILL)
+        assert await victim.wait() == -signal.SIGKILL
+        failed = [o for o in outcomes if o != 200]
+        assert len(outcomes) == callers * each
+        assert len(failed) <= callers, failed  # at most the one call each caller had in flight there
+        assert all(isinstance(o, str) for o in failed), failed  # cut connections, never a wrong answer
+        assert [await f.call(http, token) for _ in range(4)] == [200] * 4  # the two left serve on
+        for replica in (f.replicas[0], f.replicas[2]):
+            assert await f.call(http, token, replica) == 200
