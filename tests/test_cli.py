@@ -157,3 +157,17 @@ def test_connected_accounts_can_be_listed_and_disconnected(tmp_path: Path, capsy
     assert code == 0 and out == "disconnected alice@x.example from g/github\n"
     assert run(["connections", "list", "--user", "alice@x.example", *data], capsys)[1] == "g/jira\n"
     assert run(["connections", "disconnect", "--user", "alice@x.example", "g/github", *data], capsys)[0] == 1
+
+
+def test_a_revocation_with_an_unusable_redis_url_is_refused_before_anything_is_revoked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    code, out, _ = run(["token", "create", "--user", "alice@northwind.example", *data], capsys)
+    token_id = out.strip().split("_")[1]
+    for url, said in [("ftp://redis.internal", "unsupported Redis URL scheme 'ftp'"), ("redis://h:port", "")]:
+        code, _, err = run(["token", "revoke", token_id, *data, "--redis-url", url], capsys)
+        assert code == 2 and said in err and "port" not in err.replace("unsupported", "")
+        code, _, err = run(["revoke", "--user", "alice@northwind.example", *data, "--redis-url", url], capsys)
+        assert code == 2 and said in err
+    assert token_id in run(["token", "list", *data], capsys)[1]  # still active

@@ -19,7 +19,7 @@ from virtual_mcp.audit_report import FORMATS, visible
 from virtual_mcp.config.loader import load_config_dir
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, GatewayError
-from virtual_mcp.fleet.connection import redis_url
+from virtual_mcp.fleet.connection import check_redis_url, redis_url
 from virtual_mcp.fleet.events import FleetEvent, announce
 from virtual_mcp.identity import identity
 from virtual_mcp.logs import configure
@@ -235,6 +235,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     if action == "list":
         anyio.run(_on_state(commands.token_list, args), args.data_dir, args.all, sys.stdout)
         return 0
+    _check_redis_url(args)
     if not anyio.run(_on_state(commands.token_revoke, args), args.data_dir, args.token_id):
         print(f"error: no active token with id {args.token_id!r}", file=sys.stderr)
         return 1
@@ -245,15 +246,26 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _tell_replicas(args: argparse.Namespace) -> bool:
     """After a revocation: tell running replicas at once through Redis, or say when they find it themselves (a
-    gateway on the embedded store reads tokens at each request; replicas on PostgreSQL at their revocation poll)."""
-    told = anyio.run(announce, redis_url(args.redis_url), FleetEvent("revoked"))
-    if told:
-        print("running gateways were told at once (Redis)")
-    elif told is False:
-        print("running gateways find it at their next revocation poll (within a second): Redis is unreachable")
+    gateway on the embedded store reads tokens at each request; replicas on PostgreSQL at their revocation poll).
+    True if Redis passed it to at least one replica."""
+    url = redis_url(args.redis_url)
+    heard = anyio.run(announce, url, FleetEvent("revoked")) if url is not None else None
+    if heard:
+        print(f"running gateways were told at once (Redis: {heard} replica(s) listening)")
+        return True
+    if url is not None:
+        why = "Redis is unreachable" if heard is None else "no replica listens on Redis"
+        print(f"running gateways find it at their next revocation poll (within a second): {why}")
     elif is_remote(database_url(args.database_url)):
         print("running gateways find it at their next revocation poll (within a second)")
-    return bool(told)
+    return False
+
+
+def _check_redis_url(args: argparse.Namespace) -> None:
+    """A Redis URL that cannot be used is refused before anything is revoked, not after."""
+    url = redis_url(args.redis_url)
+    if url is not None:
+        check_redis_url(url)
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
@@ -388,11 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "revoke":
             from virtual_mcp import commands
 
+            _check_redis_url(args)
             detail = anyio.run(_on_state(commands.revoke_user, args), args.data_dir, args.config, args.user)
             print(f"revoked {detail['user']}: {detail['gateway_tokens_revoked']} gateway token(s)")
             for server, outcome in detail["upstream"].items():
                 print(f"  {server}: {visible(outcome)}")  # may quote a provider's error: shown, never obeyed
-            if not _tell_replicas(args):
+            if not _tell_replicas(args) and not is_remote(database_url(args.database_url)):
                 print("running gateways drop what they hold for this user within a second")
             if not detail["known"]:
                 where = "" if args.config else " (give --config to look there too)"

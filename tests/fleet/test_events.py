@@ -5,11 +5,13 @@ events may have been missed."""
 from __future__ import annotations
 
 import logging
+import signal
 
 import anyio
 import pytest
 from redis.asyncio import Redis
 
+from tests.ports import free_ports
 from tests.services import Redis as RedisServer
 from tests.services import redis_server
 from virtual_mcp.fleet.events import CHANNEL, FleetEvent, FleetEvents, announce, decode, encode
@@ -87,8 +89,35 @@ async def test_a_replicas_events_reach_the_others_not_itself(redis: RedisServer)
             await client.aclose()
 
 
-async def test_without_redis_a_command_says_nobody_was_told() -> None:
-    assert await announce(None, FleetEvent("revoked")) is None
+async def test_a_command_that_cannot_reach_redis_says_so() -> None:
+    assert await announce(f"redis://127.0.0.1:{free_ports(1)[0]}/0", FleetEvent("revoked")) is None
+
+
+async def test_a_silent_connection_is_given_up_and_made_again() -> None:
+    """Redis stopped (SIGSTOP) rather than gone: the connection stays open and says nothing, as under a partition or
+    a failover. The listener finds it silent, gives it up (counted, logged), and subscribes again once Redis
+    answers, saying that events may have been missed."""
+    status = FleetStatus()
+    heard = Heard()
+    with redis_server() as server:
+        client = Redis.from_url(server.url, socket_connect_timeout=1)
+        events = FleetEvents(client, status, idle_ping=0.2)
+        try:
+            async with anyio.create_task_group() as tg:
+                await listening(tg, events, heard)
+                heard.subscribed = anyio.Event()
+                server.process.send_signal(signal.SIGSTOP)
+                try:
+                    with anyio.fail_after(10):
+                        await status.until("events", degraded=True)
+                finally:
+                    server.process.send_signal(signal.SIGCONT)
+                with anyio.fail_after(15):
+                    await heard.subscribed.wait()
+                assert heard.missed == 1 and not status.degraded("events")
+                tg.cancel_scope.cancel()
+        finally:
+            await client.aclose()
 
 
 async def test_a_broken_channel_is_made_again_and_says_events_may_be_missed(

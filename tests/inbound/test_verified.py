@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
+
 from tests.store_mode import state_database
 from virtual_mcp.inbound.verified import RecentlyVerified
 from virtual_mcp.types import PrincipalKind
@@ -83,3 +85,37 @@ async def test_at_most_max_entries_are_kept(tmp_path: Path) -> None:
         assert store.asked == asked  # the two most recent are held
         await verified.verify(tokens[0])
         assert store.asked == asked + 1  # the oldest was let go
+
+
+class Gated(TokenStore):
+    """A store whose answer waits until the test lets it go: a lookup in flight while something is revoked."""
+
+    gate: anyio.Event | None = None
+    entered = None
+
+    async def verify(self, token: str) -> TokenInfo | None:
+        answer = await super().verify(token)
+        if self.gate is not None:
+            assert self.entered is not None
+            self.entered.set()
+            await self.gate.wait()
+        return answer
+
+
+async def test_an_answer_read_before_a_revocation_is_not_kept(tmp_path: Path) -> None:
+    """The store said "good" just before the token was revoked, and the revocation's event (forget) came while that
+    answer was on its way: it serves the request that asked, but is not kept for the next one."""
+    async with state_database(tmp_path) as db:
+        store = Gated(db)
+        info, token = await store.create(PrincipalKind.USER, "alice@x.example")
+        verified = RecentlyVerified(store, ttl=3600)
+        store.gate, store.entered = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verified.verify, token)
+            with anyio.fail_after(5):
+                await store.entered.wait()
+            await store.revoke(info.id)
+            verified.forget()
+            store.gate.set()
+        store.gate = None
+        assert await verified.verify(token) is None

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 
 from virtual_mcp.errors import BadRequest
 
@@ -18,6 +19,17 @@ def redis_url(given: str | None, env: Mapping[str, str] = os.environ) -> str | N
     return given or env.get(REDIS_URL_ENV) or None
 
 
+def check_redis_url(url: str) -> None:
+    """BadRequest naming what is wrong with `url` (never echoing it: it may hold a password)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        scheme = url.split(":", 1)[0] if ":" in url else "(none)"
+        raise BadRequest(f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or unix://")
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise BadRequest(f"the Redis URL cannot be read: {type(exc).__name__}") from None
+
+
 @asynccontextmanager
 async def fleet_redis(url: str | None) -> AsyncIterator[Redis | None]:
     """A Redis client for `url` for as long as the block runs (None without one). Connecting is lazy: a Redis that
@@ -25,9 +37,7 @@ async def fleet_redis(url: str | None) -> AsyncIterator[Redis | None]:
     if url is None:
         yield None
         return
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        scheme = url.split(":", 1)[0] if ":" in url else "(none)"
-        raise BadRequest(f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss:// or unix://")
+    check_redis_url(url)
     client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         yield client

@@ -33,6 +33,7 @@ CHANNEL = "vmcp:events"
 KINDS = ("revoked", "list_changed")
 _MAX_MESSAGE = 1024
 _IDLE_PING = 5.0  # seconds without a message before the connection is checked
+_DEADLINE = 2.0  # seconds for one Redis command
 _FIRST_PAUSE = 0.1
 _MAX_PAUSE = 5.0
 
@@ -71,19 +72,25 @@ def decode(raw: bytes | str) -> tuple[str, FleetEvent] | None:
 class FleetEvents:
     """This replica's end of the channel: `publish` sends (best effort), `run` receives until cancelled."""
 
-    def __init__(self, redis: Redis, status: FleetStatus) -> None:
+    def __init__(self, redis: Redis, status: FleetStatus, idle_ping: float = _IDLE_PING) -> None:
         self._redis = redis
+        self._idle_ping = idle_ping
         self._status = status
         self.origin = secrets.token_hex(8)
+        self._subscribed = False
 
-    async def publish(self, event: FleetEvent) -> bool:
-        """True once Redis took it; False if it could not be sent (the others then learn by their poll or expiry)."""
+    async def publish(self, event: FleetEvent) -> int | None:
+        """How many subscribers Redis passed it to (0: no replica listens); None if it could not be sent (the others
+        then learn by their poll or expiry)."""
         try:
-            await self._redis.publish(CHANNEL, encode(self.origin, event))
-        except (RedisError, OSError) as exc:
+            with anyio.fail_after(_DEADLINE):
+                heard = int(await self._redis.publish(CHANNEL, encode(self.origin, event)))
+        except (RedisError, OSError, TimeoutError) as exc:
             self._status.failed("events", exc)
-            return False
-        return True
+            return None
+        if self._subscribed:
+            self._status.succeeded("events")  # (a blip that failed a publish is over)
+        return heard
 
     async def run(
         self,
@@ -99,7 +106,9 @@ class FleetEvents:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    with anyio.fail_after(_DEADLINE):
+                        await pubsub.subscribe(CHANNEL)
+                    self._subscribed = True
                     self._status.succeeded("events")
                     pause = _FIRST_PAUSE
                     if broken:
@@ -108,20 +117,30 @@ class FleetEvents:
                     if subscribed is not None:
                         subscribed()
                     await self._receive(pubsub, deliver)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._status.failed("events", exc)
                 broken = True
+            self._subscribed = False
             await anyio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE)
 
     async def _receive(self, pubsub: PubSub, deliver: Callable[[FleetEvent], None]) -> None:
+        """Until the connection fails. A connection that died without a reset (a partition, a failover) is found by
+        its silence: after `idle_ping` seconds without a message it is pinged, and without even the answer to that
+        within another `idle_ping` it is given up (TimeoutError) and made again."""
+        heard = anyio.current_time()
+        pinged = False
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_IDLE_PING)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._idle_ping)
             if message is None:
-                await pubsub.ping()  # a connection that died quietly raises here, and is made again
+                if pinged and anyio.current_time() - heard > 2 * self._idle_ping:
+                    raise TimeoutError(f"no answer on {CHANNEL} for {2 * self._idle_ping:g} s")
+                await pubsub.ping()
+                pinged = True
                 continue
+            heard, pinged = anyio.current_time(), False
             if message.get("type") != "message":
-                continue
+                continue  # (the answer to a ping)
             decoded = decode(message["data"])
             if decoded is None:
                 logger.debug("ignored a message on %s that is not a fleet event", CHANNEL)
@@ -131,11 +150,9 @@ class FleetEvents:
                 deliver(event)
 
 
-async def announce(url: str | None, event: FleetEvent) -> bool | None:
-    """From a command beside the replicas (`virtual-mcp revoke`): publish `event` once. None without a Redis URL;
-    False if Redis could not take it (the replicas then find the change at their next database poll)."""
-    if url is None:
-        return None
+async def announce(url: str, event: FleetEvent) -> int | None:
+    """From a command beside the replicas (`virtual-mcp revoke`): publish `event` once; how many replicas heard it,
+    or None if Redis could not take it (the replicas then find the change at their next database poll)."""
     async with fleet_redis(url) as redis:
         assert redis is not None
         return await FleetEvents(redis, FleetStatus()).publish(event)

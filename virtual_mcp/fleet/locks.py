@@ -35,6 +35,8 @@ _PREFIX = "vmcp:lock:"
 _HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 _FIRST_PAUSE = 0.005
 _MAX_PAUSE = 0.1
+_DEADLINE = 1.0  # seconds for one Redis command before the lock is this replica's own
+_RETRY = 1.0  # seconds after a failure before Redis is asked again
 # Deletes the lock only if it is still this holder's; extends it the same way.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _EXTEND = (
@@ -48,6 +50,7 @@ class RedisLocks:
         self._lease_ms = max(int(lease_seconds * 1000), 100)
         self._local = InProcessLocks()
         self._status = status
+        self._retry_at = 0.0  # before this (anyio's clock), Redis is not asked: it failed a moment ago
 
     @asynccontextmanager
     async def lock(self, key: str) -> AsyncIterator[None]:
@@ -67,14 +70,20 @@ class RedisLocks:
                         await self._release(name, token)
 
     async def _acquire(self, name: str, token: str) -> bool:
-        """True once held in Redis; False if Redis cannot be reached (the caller then relies on the local lock)."""
+        """True once held in Redis; False if Redis cannot be reached (the caller then relies on the local lock).
+        After a failure Redis is not asked again for `_RETRY` seconds, so waiters queued behind an outage do not
+        each wait out its timeout."""
+        if anyio.current_time() < self._retry_at:
+            return False
         pause = _FIRST_PAUSE
         while True:
             try:
-                if await self._redis.set(name, token, nx=True, px=self._lease_ms):
+                with anyio.fail_after(_DEADLINE):
+                    taken = await self._redis.set(name, token, nx=True, px=self._lease_ms)
+                if taken:
                     self._status.succeeded("locks")
                     return True
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._degrade(exc)
                 return False
             await anyio.sleep(pause)  # another replica holds it: ask again shortly
@@ -85,18 +94,22 @@ class RedisLocks:
         while True:
             await anyio.sleep(self._lease_ms / 3000)
             try:
-                if not await self._redis.eval(_EXTEND, 1, name, token, str(self._lease_ms)):
+                with anyio.fail_after(_DEADLINE):
+                    extended = await self._redis.eval(_EXTEND, 1, name, token, str(self._lease_ms))
+                if not extended:
                     logger.warning("the lock %s was lost (its lease ran out)", name)
                     return
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._degrade(exc)
                 return
 
     async def _release(self, name: str, token: str) -> None:
         try:
-            await self._redis.eval(_RELEASE, 1, name, token)
-        except (RedisError, OSError) as exc:
+            with anyio.fail_after(_DEADLINE):
+                await self._redis.eval(_RELEASE, 1, name, token)
+        except (RedisError, OSError, TimeoutError) as exc:
             self._degrade(exc)  # the lease lets the next holder in when it runs out
 
     def _degrade(self, exc: BaseException) -> None:
+        self._retry_at = anyio.current_time() + _RETRY
         self._status.failed("locks", exc)

@@ -21,6 +21,8 @@ from virtual_mcp.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 PARTS = ("locks", "events", "rate_limit")
+# Readiness answers within a probe's patience even while Redis drops packets: a slower ping is an unreachable Redis.
+_PING_DEADLINE = 0.25
 _FALLBACK = {
     "locks": "token refresh locks are this replica's own (the database's write-ahead marks still keep a refresh "
     "token from being sent twice)",
@@ -33,6 +35,7 @@ _FALLBACK = {
 class FleetStatus:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._down: dict[str, str] = {}  # part -> the failure's kind
+        self._change: anyio.Event | None = None  # set at the next change of any part (made when first awaited)
         self._errors: Counter | None = None
         self._metrics = metrics
         if metrics is not None:
@@ -56,11 +59,25 @@ class FleetStatus:
         if part not in self._down:
             self._down[part] = type(exc).__name__
             logger.warning("Redis unreachable for %s (%s): %s", part, type(exc).__name__, _FALLBACK[part])
+            self._changed()
 
     def succeeded(self, part: str) -> None:
         """`part` reached Redis: logged if it was down."""
         if self._down.pop(part, None) is not None:
             logger.warning("Redis reachable again for %s: it is the fleet's again", part)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._change is not None:
+            self._change.set()
+            self._change = None
+
+    async def until(self, part: str, degraded: bool) -> None:
+        """Wait until `part` is (or is no longer) degraded."""
+        while self.degraded(part) != degraded:
+            if self._change is None:
+                self._change = anyio.Event()
+            await self._change.wait()
 
     def degraded(self, part: str) -> bool:
         return part in self._down
@@ -77,7 +94,7 @@ async def redis_health(redis: Redis, status: FleetStatus) -> dict[str, str | Non
     (A part that failed earlier and has not asked since is not held against a Redis that answers now: the lock asks
     afresh at each refresh.)"""
     try:
-        with anyio.fail_after(1.0):
+        with anyio.fail_after(_PING_DEADLINE):
             await redis.ping()
     except (RedisError, OSError, TimeoutError) as exc:
         return {"redis": f"degraded: Redis unreachable ({type(exc).__name__}); each replica runs on its own"}

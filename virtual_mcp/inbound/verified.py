@@ -34,6 +34,7 @@ class RecentlyVerified:
         self._monotonic = monotonic
         self._max = max_entries
         self._entries: dict[bytes, tuple[float, TokenInfo]] = {}
+        self._generation = 0  # moved by `forget`: an answer read before it is not kept
 
     async def verify(self, token: str) -> TokenInfo | None:
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
@@ -42,13 +43,16 @@ class RecentlyVerified:
         if held is not None and now - held[0] < self._ttl and held[1].active(self._clock()):
             self._entries[key] = held  # the most recently used now
             return held[1]
+        generation = self._generation
         info = await self._store.verify(token)
-        if info is not None:
+        if info is not None and generation == self._generation:
             if len(self._entries) >= self._max:
                 del self._entries[next(iter(self._entries))]
             self._entries[key] = (now, info)
         return info
 
     def forget(self) -> None:
-        """Something was revoked: every token is asked of the store again."""
+        """Something was revoked: every token is asked of the store again (an answer being read meanwhile may
+        predate the revocation, so it is used once and not kept)."""
+        self._generation += 1
         self._entries.clear()
