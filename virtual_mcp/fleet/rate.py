@@ -5,8 +5,9 @@ The bucket is a Redis hash (`vmcp:rate:<subject>`: tokens left, when counted) up
 Redis's own clock, so replicas whose clocks differ count alike. It expires once it would have refilled.
 
 Redis unreachable, or slower than `_DEADLINE`: the request is counted by this replica's own limiter (the one used
-without Redis), the failure reported to the fleet's status; Redis is asked again after `_RETRY` seconds, not on
-every request, so an outage costs callers no waiting.
+without Redis), the failure reported to the fleet's status; Redis is asked again after `_RETRY` seconds by one
+request (the others meanwhile count locally), not on every request, so an outage costs callers no waiting but that
+one request's, at most `_DEADLINE`, once a second.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class FleetRequestLimiter:
         if now < self._retry_at:
             await self._local.admit(principal)
             return
+        if self._status.degraded("rate_limit"):
+            self._retry_at = now + _RETRY  # this request probes Redis; the others count locally meanwhile
         try:
             with anyio.fail_after(_DEADLINE):
                 allowed, tokens = await self._script(keys=[_PREFIX + principal.subject], args=[self._rate, self._burst])
@@ -65,6 +68,7 @@ class FleetRequestLimiter:
             self._retry_at = now + _RETRY
             await self._local.admit(principal)
             return
+        self._retry_at = 0.0
         self._status.succeeded("rate_limit")
         if not int(allowed):
             raise too_many(self._rate, self._burst, (1.0 - float(tokens)) / self._rate)
