@@ -171,3 +171,15 @@ def test_a_revocation_with_an_unusable_redis_url_is_refused_before_anything_is_r
         code, _, err = run(["revoke", "--user", "alice@northwind.example", *data, "--redis-url", url], capsys)
         assert code == 2 and said in err
     assert token_id in run(["token", "list", *data], capsys)[1]  # still active
+
+
+@pytest.mark.parametrize("flag", ["--refresh-lock-lease", "--request-head-timeout", "--request-body-timeout"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_serve_refuses_seconds_it_cannot_use_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--config", str(tmp_path), "--data-dir", str(tmp_path / "data"), flag, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: '{value}'" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -57,6 +58,22 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _seconds(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, at least `minimum` (the settings' own bound, said up front
+    rather than as a validation error from deep inside)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r}: give at least {minimum:g} seconds")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtual-mcp", description="An MCP gateway: many MCP servers, one URL.")
     parser.add_argument("--version", action="version", version=f"virtual-mcp {__version__}")
@@ -84,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--refresh-lock-lease",
         metavar="SECONDS",
-        type=float,
+        type=_seconds(0.1),
         default=30.0,
         help="with Redis: how long a replica that stopped (crashed, paused) keeps the fleet's token refresh lock "
         "for a key before another may take it (default 30)",
@@ -100,14 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--request-head-timeout",
-        type=float,
+        type=_seconds(0.001),
         default=10.0,
         metavar="SECONDS",
         help="a request's head must arrive within this long (default 10)",
     )
     serve.add_argument(
         "--request-body-timeout",
-        type=float,
+        type=_seconds(0.001),
         default=60.0,
         metavar="SECONDS",
         help="a request's body must arrive within this long of its head (default 60)",
