@@ -270,7 +270,10 @@ async def test_a_cancel_from_another_session_or_for_another_id_cancels_nothing(t
 async def test_a_call_outlasting_the_idle_time_keeps_its_session(tmp_path: Path) -> None:
     async with lab(tmp_path, limits={"session_idle_seconds": 0.2}) as t, httpx2.AsyncClient() as http:
         raw = await t.session(http)
-        idle_one = await t.session(http, listed=False)
+        idle_one = await t.session(http, listed=False)  # opened after `raw`: it expires no sooner than `raw` would
+        # Held from its opening on: it has only 0.2 s to live, which a busy machine could spend before a later look.
+        expiring = t.gw.runtime.sessions[SINGLE].find(str(idle_one.session), f"user:{ALICE}")
+        assert expiring is not None
         body = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "held", "arguments": {}}}
         answers: list[httpx2.Response] = []
         async with anyio.create_task_group() as tg:
@@ -282,8 +285,6 @@ async def test_a_call_outlasting_the_idle_time_keeps_its_session(tmp_path: Path)
             with anyio.fail_after(10):
                 await t.probe.slow_started.wait()
             # The other session, with nothing in flight, expires meanwhile: the held one outlives its idle time.
-            expiring = t.gw.runtime.sessions[SINGLE].find(str(idle_one.session), f"user:{ALICE}")
-            assert expiring is not None
             with anyio.fail_after(10):
                 await expiring.closed.wait()
             t.release.set()
