@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -66,6 +68,22 @@ async def listening(tg: anyio.abc.TaskGroup, events: FleetEvents, heard: Heard) 
         await heard.subscribed.wait()
 
 
+@asynccontextmanager
+async def listener(url: str, status: FleetStatus, **options: float) -> AsyncIterator[tuple[FleetEvents, Heard]]:
+    """A replica's end of the channel on `url`, subscribed, until the block ends; `heard.subscribed` is made anew,
+    so the block can wait for the next subscription (after a break)."""
+    client = Redis.from_url(url, socket_connect_timeout=1)
+    events, heard = FleetEvents(client, status, **options), Heard()
+    try:
+        async with anyio.create_task_group() as tg:
+            await listening(tg, events, heard)
+            heard.subscribed = anyio.Event()
+            yield events, heard
+            tg.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+
+
 async def test_a_replicas_events_reach_the_others_not_itself(redis: RedisServer) -> None:
     one, two, raw = Redis.from_url(redis.url), Redis.from_url(redis.url), Redis.from_url(redis.url)
     a, b = FleetEvents(one, FleetStatus()), FleetEvents(two, FleetStatus())
@@ -98,26 +116,17 @@ async def test_a_silent_connection_is_given_up_and_made_again() -> None:
     a failover. The listener finds it silent, gives it up (counted, logged), and subscribes again once Redis
     answers, saying that events may have been missed."""
     status = FleetStatus()
-    heard = Heard()
     with redis_server() as server:
-        client = Redis.from_url(server.url, socket_connect_timeout=1)
-        events = FleetEvents(client, status, idle_ping=0.2)
-        try:
-            async with anyio.create_task_group() as tg:
-                await listening(tg, events, heard)
-                heard.subscribed = anyio.Event()
-                server.process.send_signal(signal.SIGSTOP)
-                try:
-                    with anyio.fail_after(10):
-                        await status.until("events", degraded=True)
-                finally:
-                    server.process.send_signal(signal.SIGCONT)
-                with anyio.fail_after(15):
-                    await heard.subscribed.wait()
-                assert heard.missed == 1 and not status.degraded("events")
-                tg.cancel_scope.cancel()
-        finally:
-            await client.aclose()
+        async with listener(server.url, status, idle_ping=0.2) as (_, heard):
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with anyio.fail_after(10):
+                    await status.until("events", degraded=True)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            with anyio.fail_after(15):
+                await heard.subscribed.wait()
+            assert heard.missed == 1 and not status.degraded("events")
 
 
 async def test_a_broken_channel_is_made_again_and_says_events_may_be_missed(
@@ -127,26 +136,16 @@ async def test_a_broken_channel_is_made_again_and_says_events_may_be_missed(
     once, subscribes again, and calls `missed` so that it catches up (revocations from the database)."""
     metrics = Metrics()
     status = FleetStatus(metrics)
-    heard = Heard()
-    with redis_server() as first:
-        client = Redis.from_url(first.url, socket_connect_timeout=1)
-        events = FleetEvents(client, status)
-        try:
-            with caplog.at_level(logging.WARNING, logger="virtual_mcp.fleet.status"):
-                async with anyio.create_task_group() as tg:
-                    await listening(tg, events, heard)
-                    heard.subscribed = anyio.Event()
-                    first.process.terminate()
-                    await anyio.to_thread.run_sync(first.process.wait)
-                    assert not await events.publish(FleetEvent("revoked"))  # said, not raised
-                    assert status.degraded("events")
-                    with redis_server(port=first.port):
-                        with anyio.fail_after(15):
-                            await heard.subscribed.wait()
-                        assert heard.missed == 1 and not status.degraded("events")
-                        tg.cancel_scope.cancel()
-        finally:
-            await client.aclose()
+    with redis_server() as first, caplog.at_level(logging.WARNING, logger="virtual_mcp.fleet.status"):
+        async with listener(first.url, status) as (events, heard):
+            first.process.terminate()
+            await anyio.to_thread.run_sync(first.process.wait)
+            assert not await events.publish(FleetEvent("revoked"))  # said, not raised
+            assert status.degraded("events")
+            with redis_server(port=first.port):
+                with anyio.fail_after(15):
+                    await heard.subscribed.wait()
+                assert heard.missed == 1 and not status.degraded("events")
     assert caplog.text.count("Redis unreachable for events") == 1
     assert "Redis reachable again for events" in caplog.text
     assert 'vmcp_fleet_degraded{part="events"} 0.0' in metrics.exposition().decode()
