@@ -36,7 +36,12 @@ async def test_a_stream_closed_before_its_answer_is_resumed(tmp_path: Path) -> N
         config = write_config(tmp_path / "servers.d", {"polling": served.url})
         async with gateway(config) as gw:
             for mode in ("legacy", "2026-07-28"):
+                before = len(backend.last_event_ids)
                 async with Client(f"{gw.url}/mcp-server/lab/polling/server", mode=mode) as client:
                     result = await client.call_tool("test_reconnection", {})
                     assert result.content[0].text == "Reconnection test completed successfully"  # type: ignore[union-attr]
-    assert len(backend.last_event_ids) == 2 and all(backend.last_event_ids)
+                # At least one resume per call. The reference server may end a resumed stream without the answer
+                # when the resume lands while it is still tearing down the closed one (its replay then finds the
+                # stream id still registered and stops): the gateway then resumes again, as a client should.
+                assert len(backend.last_event_ids) > before
+    assert all(backend.last_event_ids)
