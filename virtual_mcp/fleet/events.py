@@ -19,11 +19,9 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
+from virtual_mcp.fleet.channel import IDLE_PING, Channel
 from virtual_mcp.fleet.connection import fleet_redis
 from virtual_mcp.fleet.status import FleetStatus
 
@@ -32,10 +30,6 @@ logger = logging.getLogger(__name__)
 CHANNEL = "vmcp:events"
 KINDS = ("revoked", "list_changed")
 _MAX_MESSAGE = 1024
-_IDLE_PING = 5.0  # seconds without a message before the connection is checked
-_DEADLINE = 2.0  # seconds for one Redis command
-_FIRST_PAUSE = 0.1
-_MAX_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,25 +66,14 @@ def decode(raw: bytes | str) -> tuple[str, FleetEvent] | None:
 class FleetEvents:
     """This replica's end of the channel: `publish` sends (best effort), `run` receives until cancelled."""
 
-    def __init__(self, redis: Redis, status: FleetStatus, idle_ping: float = _IDLE_PING) -> None:
-        self._redis = redis
-        self._idle_ping = idle_ping
-        self._status = status
+    def __init__(self, redis: Redis, status: FleetStatus, idle_ping: float = IDLE_PING) -> None:
+        self._channel = Channel(redis, status, "events", CHANNEL, idle_ping)
         self.origin = secrets.token_hex(8)
-        self._subscribed = False
 
     async def publish(self, event: FleetEvent) -> int | None:
         """How many subscribers Redis passed it to (0: no replica listens); None if it could not be sent (the others
         then learn by their poll or expiry)."""
-        try:
-            with anyio.fail_after(_DEADLINE):
-                heard = int(await self._redis.publish(CHANNEL, encode(self.origin, event)))
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._status.failed("events", exc)
-            return None
-        if self._subscribed:
-            self._status.succeeded("events")  # (a blip that failed a publish is over)
-        return heard
+        return await self._channel.publish(encode(self.origin, event))
 
     async def run(
         self,
@@ -101,53 +84,17 @@ class FleetEvents:
         """Deliver the other replicas' events as they come. Whenever the subscription is made again after a break,
         `missed()` first: what was published meanwhile is lost, so the receiver catches up by other means.
         `subscribed()` is called each time the subscription stands."""
-        pause = _FIRST_PAUSE
-        broken = False
-        while True:
-            try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    with anyio.fail_after(_DEADLINE):
-                        await pubsub.subscribe(CHANNEL)
-                    self._subscribed = True
-                    self._status.succeeded("events")
-                    pause = _FIRST_PAUSE
-                    if broken:
-                        broken = False
-                        missed()
-                    if subscribed is not None:
-                        subscribed()
-                    await self._receive(pubsub, deliver)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._status.failed("events", exc)
-                broken = True
-            self._subscribed = False
-            await anyio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
 
-    async def _receive(self, pubsub: PubSub, deliver: Callable[[FleetEvent], None]) -> None:
-        """Until the connection fails. A connection that died without a reset (a partition, a failover) is found by
-        its silence: after `idle_ping` seconds without a message it is pinged, and without even the answer to that
-        within another `idle_ping` it is given up (TimeoutError) and made again."""
-        heard = anyio.current_time()
-        pinged = False
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._idle_ping)
-            if message is None:
-                if pinged and anyio.current_time() - heard > 2 * self._idle_ping:
-                    raise TimeoutError(f"no answer on {CHANNEL} for {2 * self._idle_ping:g} s")
-                await pubsub.ping()
-                pinged = True
-                continue
-            heard, pinged = anyio.current_time(), False
-            if message.get("type") != "message":
-                continue  # (the answer to a ping)
-            decoded = decode(message["data"])
+        def handle(raw: bytes | str) -> None:
+            decoded = decode(raw)
             if decoded is None:
                 logger.debug("ignored a message on %s that is not a fleet event", CHANNEL)
-                continue
+                return
             origin, event = decoded
             if origin != self.origin:
                 deliver(event)
+
+        await self._channel.run(handle, missed, subscribed)
 
 
 async def announce(url: str, event: FleetEvent) -> int | None:

@@ -20,6 +20,7 @@ from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue
 from virtual_mcp.fleet.events import FleetEvents
+from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.gateway.middleware.endpoints import McpEndpoints
 from virtual_mcp.gateway.middleware.front_guard import FrontGuard
 from virtual_mcp.gateway.middleware.request_scope import RequestScope
@@ -66,6 +67,8 @@ class Security:
     metrics_token: str | None = field(default=None, repr=False)
     # What the replicas tell each other (revocations, backends' list changes); None: this process alone.
     events: FleetEvents | None = None
+    # The 2025-11-25 client sessions of the replicas; None: this process's own.
+    sessions: SessionFleet | None = None
 
     @classmethod
     def local(
@@ -97,7 +100,14 @@ def create_app(
     security = security or Security.local(registry, settings)
     metrics = metrics or Metrics()
     runtime = Runtime(
-        registry, settings, security.credentials, security.audit, security.revocations, metrics, security.events
+        registry,
+        settings,
+        security.credentials,
+        security.audit,
+        security.revocations,
+        metrics,
+        security.events,
+        security.sessions,
     )
     quota = SessionQuota(settings.limits)
     parts = runtime.service_parts()

@@ -21,6 +21,8 @@ from virtual_mcp.fleet.connection import fleet_redis
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.locks import RedisLocks
 from virtual_mcp.fleet.rate import FleetRequestLimiter
+from virtual_mcp.fleet.sealing import Sealer
+from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.fleet.status import FleetStatus, redis_health
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
@@ -174,10 +176,12 @@ async def _assemble(
     # One refresh per key in the fleet (Redis), or in this process (no Redis).
     locks: KeyedLocks = InProcessLocks()
     events = None
+    sessions = None
     health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
     if redis is not None and status is not None:
         locks = RedisLocks(redis, status, lease_seconds=settings.refresh_lock_lease_seconds)
         events = FleetEvents(redis, status)
+        sessions = SessionFleet(redis, status, Sealer(keys.derived("fleet-messages"), "sessions"))
         health_checks.append(partial(redis_health, redis, status))
     upstream_tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), locks, clock=clock, metrics=metrics)
     credentials = OutboundCredentials(
@@ -198,6 +202,7 @@ async def _assemble(
         health=health,
         metrics_token=metrics_token,
         events=events,
+        sessions=sessions,
     )
     app = create_app(registry, settings, security, metrics)
     if verified is not None:

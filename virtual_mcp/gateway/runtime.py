@@ -14,6 +14,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.fleet.events import FleetEvent, FleetEvents
+from virtual_mcp.fleet.sessions import Notice, SessionFleet
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
@@ -43,6 +44,7 @@ class Runtime:
         revocations: RevocationList | None = None,
         metrics: Metrics | None = None,
         events: FleetEvents | None = None,
+        session_fleet: SessionFleet | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -52,6 +54,8 @@ class Runtime:
         self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
         self._revocation_nudge = anyio.Event()  # set when another process says it revoked something: look now
         self._events = events
+        self._session_fleet = session_fleet
+        self._sessions_subscribed = anyio.Event()
         self._server_refs = {ref.key: ref for ref in registry.remotes}
         self._events_subscribed = anyio.Event()
         # Called whenever this replica learns that something was revoked (what it holds in memory goes).
@@ -84,7 +88,10 @@ class Runtime:
         self.buses: dict[str, InMemorySubscriptionBus] = {p: InMemorySubscriptionBus() for p in registry.endpoints}
         self.keepalive = Keepalive()  # for long event-stream answers
         # The 2025-11-25 client sessions of each endpoint.
-        self.sessions: dict[str, SessionTable] = {p: SessionTable(settings.limits) for p in registry.endpoints}
+        # The 2025-11-25 client sessions of each endpoint (with a fleet, continued on any replica).
+        self.sessions: dict[str, SessionTable] = {
+            p: SessionTable(settings.limits, session_fleet, p) for p in registry.endpoints
+        }
         self.metrics.gauge(
             "vmcp_client_sessions",
             "open 2025-11-25 client sessions",
@@ -136,6 +143,8 @@ class Runtime:
                 tg.start_soon(self._watch_revocations, self._revocations)
             if self._events is not None:
                 tg.start_soon(self._events.run, self._fleet_event, self._fleet_missed, self._events_subscribed.set)
+            if self._session_fleet is not None:
+                tg.start_soon(self._session_fleet.run, self._session_notice, self._sessions_subscribed.set)
             self.pool.start(tg)
             self.rounds.start(tg)
             self.catalog.start(tg)
@@ -210,10 +219,16 @@ class Runtime:
         for ref in self._server_refs.values():
             self.catalog.invalidate(ref)
 
+    def _session_notice(self, notice: Notice) -> None:
+        for table in self.sessions.values():
+            table.notice(notice)
+
     async def fleet_subscribed(self) -> None:
-        """Wait until this replica hears the fleet's channel (tests; at once without Redis)."""
+        """Wait until this replica hears the fleet's channels (tests; at once without Redis)."""
         if self._events is not None:
             await self._events_subscribed.wait()
+        if self._session_fleet is not None:
+            await self._sessions_subscribed.wait()
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

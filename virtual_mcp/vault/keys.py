@@ -19,6 +19,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from virtual_mcp.vault.crypto import KEY_BYTES, aes_gcm_unwrap, aes_gcm_wrap
 from virtual_mcp.vault.errors import DecryptError, MasterKeyError
 
@@ -86,6 +89,16 @@ class LocalKeyProvider:
 
     def current_key_id(self) -> str:
         return self._current
+
+    def derived(self, purpose: str) -> tuple[bytes, ...]:
+        """Keys for `purpose` derived from the master keys (HKDF-SHA256), the current key's first: what replicas
+        sharing the master key seal for each other (a derived key never opens a vault record, nor the reverse)."""
+        order = [self._current, *sorted(k for k in self._keys if k != self._current)]
+        info = b"virtual-mcp/derived/" + purpose.encode()
+        return tuple(
+            HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(self._keys[kid])
+            for kid in order
+        )
 
     def wrap(self, data_key: bytes, aad: bytes) -> tuple[str, bytes]:
         return self._current, aes_gcm_wrap(self._keys[self._current], data_key, aad)

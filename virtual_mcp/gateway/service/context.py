@@ -28,6 +28,8 @@ class SessionState(Protocol):
 
     log_level: str | None  # the session's logging/setLevel choice (None: every level)
 
+    async def set_log_level(self, level: str) -> None: ...
+
 
 @dataclass(slots=True, eq=False)
 class RequestContext:

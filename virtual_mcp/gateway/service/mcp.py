@@ -152,5 +152,5 @@ class McpService:
     async def _set_level(self, ctx: RequestContext, params: Mapping[str, Any]) -> dict[str, Any]:
         # Per client session: what the gateway relays of the backends' log messages (which send every level).
         if ctx.session is not None:
-            ctx.session.log_level = params["level"]
+            await ctx.session.set_log_level(params["level"])
         return {}

@@ -34,11 +34,21 @@ class Question:
     answer: Mapping[str, Any] | None = None
 
 
+class Registry(Protocol):
+    """Where a session's waiting questions are known beyond this replica (wire/sessions.py, with a fleet): the
+    caller's answer may reach another replica."""
+
+    async def asked(self, question_id: str) -> None: ...
+
+    async def settled(self, question_id: str) -> None: ...
+
+
 class Questions:
     """A session's questions waiting for their answers, by the id the gateway gave each."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry | None = None) -> None:
         self._waiting: dict[str, Question] = {}
+        self._registry = registry
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -59,6 +69,8 @@ class Questions:
         question_id = f"vmcp-ask-{secrets.token_hex(8)}"
         question = self._waiting[question_id] = Question(method)
         try:
+            if self._registry is not None:  # before it is asked: its answer may come at once, to another replica
+                await self._registry.asked(question_id)
             await stream.event({"jsonrpc": "2.0", "id": question_id, "method": method, "params": dict(params)})
             await question.answered.wait()
         except anyio.get_cancelled_exc_class():
@@ -70,6 +82,9 @@ class Questions:
             raise
         finally:
             self._waiting.pop(question_id, None)
+            if self._registry is not None:
+                with anyio.CancelScope(shield=True):  # no replica may take an answer to it any more
+                    await self._registry.settled(question_id)
         answer = question.answer or {}
         if "error" in answer:
             raise caller_error(method, answer["error"])

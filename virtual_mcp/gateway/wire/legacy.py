@@ -81,7 +81,7 @@ class LegacyWire:
         if session_id is None:
             await framing.refuse(send, 400, "Bad Request: Missing session ID")
             return None
-        session = self._table.find(session_id, caller.principal.subject)
+        session = await self._table.locate(session_id, caller.principal.subject)
         if session is None:
             await framing.refuse(send, 404, "Session not found")
         return session
@@ -115,7 +115,7 @@ class LegacyWire:
             return
         if is_response(message):
             # The caller's answer to a question a backend asked it: to that question, or refused.
-            if not session.questions.deliver(message):
+            if not await self._table.answer(session, message):
                 shown = str(message.get("id"))[:64]
                 await framing.refuse(
                     send, 400, f"Bad Request: no question with id {shown!r} awaits an answer in this session"
@@ -126,7 +126,7 @@ class LegacyWire:
         if not is_request(message):
             # A notification: accepted (202) and, for a cancellation, acted on.
             if message.get("method") == "notifications/cancelled":
-                self._cancel(session, message)
+                await self._cancel(session, message)
             await framing.send_json(send, None, 202, _session_header(session))
             return
         await self._serve(caller, trace_id, session, message, send)
@@ -138,7 +138,7 @@ class LegacyWire:
         request_id = message["id"]
         release = None
         if session_id is not None:
-            session = self._table.find(session_id, caller.principal.subject)
+            session = await self._table.locate(session_id, caller.principal.subject)
             if session is None:
                 await framing.refuse(send, 404, "Session not found")
                 return
@@ -163,6 +163,7 @@ class LegacyWire:
                 session = self._table.open_session(caller.principal.subject, version)
             session.version = version
             session.declared = relayable((message.get("params") or {}).get("capabilities"))
+            await self._table.share(session)
             answer = framing.Answer(send, self._keepalive, json_allowed=False, headers=_session_header(session))
             await answer.finish(framing.response(request_id, result))
         finally:
@@ -206,7 +207,7 @@ class LegacyWire:
                 outcome = framing.error(request_id, error_object(RequestCancelled()))
             await answer.finish(outcome)
 
-    def _cancel(self, session: Session, message: Mapping[str, Any]) -> None:
+    async def _cancel(self, session: Session, message: Mapping[str, Any]) -> None:
         try:
             notification = JSONRPCNotification.model_validate(message)
         except ValidationError:
@@ -214,7 +215,7 @@ class LegacyWire:
         params = notification.params or {}
         request_id = params.get("requestId")
         if isinstance(request_id, int | str) and not isinstance(request_id, bool):
-            self._table.cancel(session, request_id)
+            await self._table.cancel(session, request_id)
 
     async def get(self, caller: Caller, headers: Mapping[str, str], receive: Receive, send: Send) -> None:
         _, has_sse = accepts(headers)
@@ -255,5 +256,5 @@ class LegacyWire:
         session = await self._session(caller, headers, send)
         if session is None:
             return
-        self._table.end(session)
+        await self._table.delete(session)
         await framing.send_json(send, None, 200, _session_header(session))
