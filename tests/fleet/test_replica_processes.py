@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from anyio.abc import Process, SocketStream, TaskGroup
 from fastmcp import Client
@@ -364,3 +365,51 @@ async def test_a_replica_killed_under_load_loses_only_its_calls_in_flight(tmp_pa
         assert [await f.call(http, token) for _ in range(4)] == [200] * 4  # the two left serve on
         for replica in (f.replicas[0], f.replicas[2]):
             assert await f.call(http, token, replica) == 200
+
+
+async def test_a_2025_11_25_session_goes_on_whichever_replica_each_request_lands_on(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """fastmcp's client in the handshake era, one connection per HTTP request, so that consecutive requests land on
+    different replicas: the handshake, lists, calls, progress, log messages at the level it chose, and a call it
+    abandons (its `notifications/cancelled` reaches the replica serving the call, and the backend is told)."""
+
+    def no_keepalive(**options: Any) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(limits=httpx2.Limits(max_keepalive_connections=0), **options)
+
+    progress: list[float] = []
+    logged: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async def on_log(message: Any) -> None:
+        logged.append(message.level)
+
+    async with fleet(tmp_path, postgres) as f:
+        token = (await f.cli("token", "create", "--user", ALICE)).strip()
+        mark(token)
+        transport = StreamableHttpTransport(f"{f.url}{ENDPOINT}", auth=token, httpx_client_factory=no_keepalive)
+        async with Client(transport, mode="legacy", progress_handler=on_progress, log_handler=on_log) as client:
+            for _ in range(REPLICAS):
+                assert "echo" in {tool.name for tool in await client.list_tools()}
+                assert (await client.call_tool("echo", {"text": "hi"})).data == "hi"
+            await client.set_logging_level("warning")
+            for _ in range(REPLICAS):
+                assert (await client.call_tool("chatty", {})).data == "logged"
+                assert (await client.call_tool("progress", {"steps": 2})).data == "2 steps"
+            assert logged == ["warning"] * REPLICAS
+            assert progress == [1, 2] * REPLICAS
+            async with anyio.create_task_group() as tg:
+
+                async def abandoned() -> None:
+                    await client.call_tool("slow", {})
+
+                tg.start_soon(abandoned)
+                with anyio.fail_after(10):
+                    await f.probe.slow_started.wait()
+                tg.cancel_scope.cancel()
+            with anyio.fail_after(10):
+                await f.probe.slow_cancelled.wait()
+            assert (await client.call_tool("echo", {"text": "after"})).data == "after"
+        assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
