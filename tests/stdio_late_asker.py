@@ -22,10 +22,18 @@ def main() -> None:
     for message in messages(sys.stdin, "late-asker", TOOLS):
         method, request_id = message.get("method"), message.get("id")
         if method == "tools/call" and message["params"]["name"] == "late":
-            text(request_id, "answered")
             schema = {"type": "object", "properties": {"name": {"type": "string"}}}
             params = {"message": "Too late?", "requestedSchema": schema}
-            send({"jsonrpc": "2.0", "id": "late-1", "method": "elicitation/create", "params": params})
+            answered = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "result": {"content": [{"type": "text", "text": "answered"}]},
+            }
+            late = {"jsonrpc": "2.0", "id": "late-1", "method": "elicitation/create", "params": params}
+            # One write: the gateway reads the question right after the answer, before the caller's next call can
+            # be under way (a call in flight would be taken for the one asking).
+            sys.stdout.write(json.dumps(answered) + "\n" + json.dumps(late) + "\n")
+            sys.stdout.flush()
         elif method == "tools/call":
             if reply is None:
                 waiting = request_id

@@ -1,7 +1,11 @@
-"""A 2025-11-25 client session over two replicas (real PostgreSQL and Redis, each test with a Redis of its own so no
-other test's replicas hear its channel): opened on one, it is served by the other, whichever replica each request
-lands on: calls, lists, its log level, a cancellation, the caller's answer to a backend's question, its end, and its
-idle expiry. Without Redis each replica serves only the sessions it opened."""
+"""A caller's conversation over two replicas (real PostgreSQL and Redis, each test with a Redis of its own so no other
+test's replicas hear its channels), whichever replica each request lands on:
+
+- a 2025-11-25 session opened on one is served by the other: calls, lists, its log level, a cancellation, the
+  caller's answer to a backend's question, its end, and its idle expiry. Without Redis each replica serves only the
+  sessions it opened;
+- a 2026-07-28 caller's retry carrying its answers goes on with the call held on the other replica.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from redis.asyncio import Redis as RedisClient
 from tests.asking_backend import asking_backend
 from tests.backends import Probe, build_lab
 from tests.gateway.test_shared_state import ENDPOINT, UNLIMITED, two_replicas
-from tests.gateway.test_timing import ACCEPT, LEGACY, Raw, rpc
+from tests.gateway.test_timing import ACCEPT, LEGACY, MODERN, Raw, rpc
 from tests.gateway.wire.test_legacy import events
 from tests.lab_config import ALICE, BOB
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt
@@ -391,3 +395,67 @@ def test_only_notices_of_this_version_are_read() -> None:
     ]:
         assert fleet.decode(json.dumps(bad)) is None, bad
     assert fleet.decode(b"not json") is None
+
+
+async def test_a_2026_07_28_retry_on_the_other_replica_goes_on_with_the_call_held_there(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """A 2025-11-25 backend asks twice during one call; the 2026-07-28 caller's call is held on replica a. Its
+    retries land on b, which hands each answer to a and passes on what comes of it: the next question (under a new
+    state), then the result. A state used through one replica is refused by the other."""
+    async with (
+        serve(LegacyOnly(asking_backend().http_app(path="/mcp"))) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        token = await a.token(PrincipalKind.USER, ALICE)
+        on_a, on_b = (Raw(http, f"{gw.url}{ENDPOINT}", MODERN, token) for gw in (a, b))
+        for raw in (on_a, on_b):
+            raw.capabilities = {"elicitation": {"form": {}}}
+
+        async def call(raw: Raw, **extra: Any) -> dict[str, Any]:
+            answer = await raw.call("tools/call", {"name": "ask_twice", "arguments": {}, **extra})
+            return dict(rpc(answer))
+
+        first = (await call(on_a))["result"]
+        assert first["resultType"] == "input_required"
+        [(key, asked)] = first["inputRequests"].items()
+        assert asked["params"]["message"] == "Your first name?"
+        answer = {key: {"action": "accept", "content": {"name": "Ada"}}}
+        second = (await call(on_b, inputResponses=answer, requestState=first["requestState"]))["result"]
+        [(key, asked)] = second["inputRequests"].items()
+        assert asked["params"]["message"] == "Your last name?"
+        answer = {key: {"action": "accept", "content": {"name": "Lovelace"}}}
+        done = (await call(on_b, inputResponses=answer, requestState=second["requestState"]))["result"]
+        assert done["content"][0]["text"] == "Ada Lovelace"
+        replayed = (await call(on_a, inputResponses=answer, requestState=second["requestState"]))["error"]
+        assert "used already" in replayed["message"]
+
+
+async def test_an_official_2026_07_28_client_answering_through_either_replica(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """fastmcp's client in the 2026-07-28 era, each request to the next replica: the calls held on one replica
+    for its answers go on when its retries land on the other."""
+    asked: list[str] = []
+
+    async def elicit(message: str, response_type: Any, params: Any, context: Any) -> Any:
+        asked.append(message)
+        return {"name": "Ada" if "first" in message or "your name" in message.lower() else "Lovelace"}
+
+    async with (
+        serve(LegacyOnly(asking_backend().http_app(path="/mcp"))) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+    ):
+        token = await a.token(PrincipalKind.USER, ALICE)
+        turns = Alternating([a.url, b.url])
+        transport = StreamableHttpTransport(f"{a.url}{ENDPOINT}", auth=token, httpx_client_factory=turns.client)
+        async with Client(transport, mode="2026-07-28", elicitation_handler=elicit) as client:
+            for _ in range(2):
+                assert "Ada" in "".join(
+                    getattr(p, "text", "") for p in (await client.call_tool("ask_name", {})).content
+                )
+                result = await client.call_tool("ask_twice", {})
+                assert "".join(getattr(p, "text", "") for p in result.content) == "Ada Lovelace"
+        assert asked == ["What is your name?", "Your first name?", "Your last name?"] * 2
+        assert min(turns.served.values()) >= 3, turns.served

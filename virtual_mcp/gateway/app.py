@@ -19,6 +19,7 @@ from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue
+from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.gateway.middleware.endpoints import McpEndpoints
@@ -34,6 +35,7 @@ from virtual_mcp.gateway.routes.metrics import metrics_route
 from virtual_mcp.gateway.routes.unconfigured import unconfigured_route
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.gateway.service.mcp import McpService
+from virtual_mcp.gateway.service.request_state import RequestStates
 from virtual_mcp.gateway.wire.endpoint import EndpointApp
 from virtual_mcp.gateway.wire.session_quota import SessionQuota
 from virtual_mcp.inbound.authenticator import Authenticator
@@ -69,6 +71,10 @@ class Security:
     events: FleetEvents | None = None
     # The 2025-11-25 client sessions of the replicas; None: this process's own.
     sessions: SessionFleet | None = None
+    # How 2026-07-28 callers' requestStates are sealed (a key from the master key); None: a key of this process.
+    request_states: RequestStates | None = None
+    # The other replicas, for a retry of a call another one holds; None: this process alone.
+    replicas: ReplicaCalls | None = None
 
     @classmethod
     def local(
@@ -108,6 +114,8 @@ def create_app(
         metrics,
         security.events,
         security.sessions,
+        security.request_states,
+        security.replicas,
     )
     quota = SessionQuota(settings.limits)
     parts = runtime.service_parts()

@@ -17,15 +17,18 @@ from virtual_mcp.audit import AuditLog, JsonLinesSink
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
+from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.connection import fleet_redis
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.locks import RedisLocks
+from virtual_mcp.fleet.once import FleetOnce
 from virtual_mcp.fleet.rate import FleetRequestLimiter
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.fleet.status import FleetStatus, redis_health
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
+from virtual_mcp.gateway.service.request_state import RequestStates
 from virtual_mcp.inbound.authenticator import Authenticator
 from virtual_mcp.inbound.jwt import JwtVerifier
 from virtual_mcp.inbound.local import LocalIdentity
@@ -177,11 +180,15 @@ async def _assemble(
     locks: KeyedLocks = InProcessLocks()
     events = None
     sessions = None
+    replicas = None
+    once = None
     health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
     if redis is not None and status is not None:
         locks = RedisLocks(redis, status, lease_seconds=settings.refresh_lock_lease_seconds)
         events = FleetEvents(redis, status)
         sessions = SessionFleet(redis, status, Sealer(keys.derived("fleet-messages"), "sessions"))
+        replicas = ReplicaCalls(redis, status, Sealer(keys.derived("fleet-messages"), "calls"))
+        once = FleetOnce(redis, status)
         health_checks.append(partial(redis_health, redis, status))
     upstream_tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), locks, clock=clock, metrics=metrics)
     credentials = OutboundCredentials(
@@ -203,6 +210,8 @@ async def _assemble(
         metrics_token=metrics_token,
         events=events,
         sessions=sessions,
+        request_states=RequestStates(keys=keys.derived("request-state"), once=once),
+        replicas=replicas,
     )
     app = create_app(registry, settings, security, metrics)
     if verified is not None:

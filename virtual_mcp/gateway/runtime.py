@@ -13,11 +13,13 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
+from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvent, FleetEvents
 from virtual_mcp.fleet.sessions import Notice, SessionFleet
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
+from virtual_mcp.gateway.service.request_state import RequestStates
 from virtual_mcp.gateway.service.resource_updates import ResourceUpdates
 from virtual_mcp.gateway.service.rounds import Rounds
 from virtual_mcp.gateway.service.tasks import TaskRoutes, relays_tasks
@@ -45,6 +47,8 @@ class Runtime:
         metrics: Metrics | None = None,
         events: FleetEvents | None = None,
         session_fleet: SessionFleet | None = None,
+        request_states: RequestStates | None = None,
+        replicas: ReplicaCalls | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -56,6 +60,7 @@ class Runtime:
         self._events = events
         self._session_fleet = session_fleet
         self._sessions_subscribed = anyio.Event()
+        self._calls_subscribed = anyio.Event()
         self._server_refs = {ref.key: ref for ref in registry.remotes}
         self._events_subscribed = anyio.Event()
         # Called whenever this replica learns that something was revoked (what it holds in memory goes).
@@ -97,7 +102,8 @@ class Runtime:
             "open 2025-11-25 client sessions",
             lambda: {(): float(sum(table.open for table in self.sessions.values()))},
         )
-        self.rounds = Rounds()
+        self._replicas = replicas
+        self.rounds = Rounds(request_states, replicas)
         self.updates = ResourceUpdates()
         self.tasks = TaskRoutes()
         self.ready = False
@@ -145,6 +151,8 @@ class Runtime:
                 tg.start_soon(self._events.run, self._fleet_event, self._fleet_missed, self._events_subscribed.set)
             if self._session_fleet is not None:
                 tg.start_soon(self._session_fleet.run, self._session_notice, self._sessions_subscribed.set)
+            if self._replicas is not None:
+                tg.start_soon(self._replicas.run, self._calls_subscribed.set)
             self.pool.start(tg)
             self.rounds.start(tg)
             self.catalog.start(tg)
@@ -229,6 +237,8 @@ class Runtime:
             await self._events_subscribed.wait()
         if self._session_fleet is not None:
             await self._sessions_subscribed.wait()
+        if self._replicas is not None:
+            await self._calls_subscribed.wait()
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

@@ -37,7 +37,7 @@ async def credential_or_consent(
     2026-07-28 caller to connect, params). Raises ConsentRequired when the caller cannot be asked, or was."""
     credentials = parts.credentials
     if ctx.modern and parts.rounds.kind(params, issued) == "consent":
-        parts.rounds.spend(params, issued)  # the retry after being asked: connected by now, or -32042
+        await parts.rounds.spend(params, issued)  # the retry after being asked: connected by now, or -32042
         return await credentials.credential_for(ref, ctx.caller), without_rounds(params)
     try:
         return await credentials.credential_for(ref, ctx.caller), params

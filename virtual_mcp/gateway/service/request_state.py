@@ -8,8 +8,10 @@ a state that was altered, issued to someone else, presented with another request
 time is refused with a message saying which. A backend's own `requestState` therefore never reaches the caller in
 the clear, and a caller cannot send one backend's state to another.
 
-The key is the process's own (random at start): a state outlives neither the process that issued it nor, for a held
-call, the call. (Several replicas sharing one key is part of running replicas, not of this module.)
+The key is derived from the master key when the gateway has one (`serve`): every replica sharing the master key
+opens what another sealed, so a retry may land on any of them. Without one (local mode) it is the process's own,
+random at start. Whether a state was used already is known to the whole fleet when the gateway runs with Redis
+(`Once`), and to this process otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -51,10 +53,22 @@ class Issued:
         return Issued(subject, endpoint, method, target, hashlib.sha256(canonical).hexdigest()[:32])
 
 
+class Once(Protocol):
+    """The fleet's record of one-time ids (fleet/once.py)."""
+
+    async def first(self, one_time: str, expires: float) -> bool | None:
+        """True the first time `one_time` is presented anywhere in the fleet, False after; None if it cannot say."""
+        ...
+
+
 class RequestStates:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    def __init__(
+        self, clock: Callable[[], float] = time.time, keys: Sequence[bytes] = (), once: Once | None = None
+    ) -> None:
+        # Sealed with the first key, opened with any (a master key being rolled out).
+        self._aeads = [AESGCM(key) for key in keys] or [AESGCM(AESGCM.generate_key(bit_length=256))]
         self._clock = clock
+        self._once = once
         self._spent: dict[str, float] = {}
 
     def seal(self, issued: Issued, ttl: float, content: Mapping[str, Any]) -> str:
@@ -69,7 +83,7 @@ class RequestStates:
             "c": dict(content),
         }
         nonce = os.urandom(_NONCE)
-        sealed = nonce + self._aead.encrypt(nonce, json.dumps(document, separators=(",", ":")).encode(), _AAD)
+        sealed = nonce + self._aeads[0].encrypt(nonce, json.dumps(document, separators=(",", ":")).encode(), _AAD)
         return _PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
 
     def kind(self, state: object, issued: Issued) -> object:
@@ -80,27 +94,28 @@ class RequestStates:
         except InvalidParams:
             return None
 
-    def open(self, state: object, issued: Issued) -> dict[str, Any]:
+    async def open(self, state: object, issued: Issued) -> dict[str, Any]:
         """The content sealed in `state`, once; InvalidParams saying what is wrong otherwise."""
         document, content = self._read(state, issued)
         one_time = str(document.get("id"))
+        expires = float(document["exp"])
         if one_time in self._spent:
             raise InvalidParams("requestState was used already; each one answers one retry")
-        self._remember(one_time, float(document["exp"]), self._clock())
+        self._remember(one_time, expires, self._clock())
+        if self._once is not None and await self._once.first(one_time, expires) is False:
+            raise InvalidParams("requestState was used already; each one answers one retry")
         return content
 
     def _read(self, state: object, issued: Issued) -> tuple[dict[str, Any], dict[str, Any]]:
         if not isinstance(state, str) or not state.startswith(_PREFIX) or len(state) > _MAX_STATE_CHARS:
             raise InvalidParams("requestState was not issued by this gateway")
         raw = state[len(_PREFIX) :]
-        try:
-            sealed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-            document = json.loads(self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD))
-        except (ValueError, InvalidTag):
+        document = self._decrypted(raw)
+        if document is None:
             raise InvalidParams(
-                "requestState was altered, or was issued by another gateway process (it lives in the process "
-                "that issued it)"
-            ) from None
+                "requestState was altered, or was issued by another gateway (or a process of this one with another "
+                "master key)"
+            )
         if document.get("sub") != issued.subject:
             raise InvalidParams("requestState was issued to another caller")
         if (document.get("ep"), document.get("m"), document.get("t")) != (
@@ -115,6 +130,19 @@ class RequestStates:
             raise InvalidParams("requestState has expired; send the request again without it")
         content = document.get("c")
         return document, content if isinstance(content, dict) else {}
+
+    def _decrypted(self, raw: str) -> dict[str, Any] | None:
+        try:
+            sealed = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except ValueError:
+            return None
+        for aead in self._aeads:
+            try:
+                document = json.loads(aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _AAD))
+            except (ValueError, InvalidTag):
+                continue
+            return document if isinstance(document, dict) else None
+        return None
 
     def _remember(self, one_time: str, expires: float, now: float) -> None:
         if len(self._spent) >= _MAX_SPENT:

@@ -15,26 +15,33 @@ Two kinds of backend ask:
 
 A call is held only for a caller that declared a capability the gateway relays: without one, a backend's question
 is refused at once (as the capability says), and the call runs in the caller's request as any other.
+
+In a fleet the retry may land on another replica than the one holding the call (its state names that replica's
+origin): the answers are handed to the holder (fleet/calls.py), which goes on with the call and says what came of it
+(its result, an error, or its next question under a new state), the held call's progress and log messages passed on
+to the retry meanwhile. A holder that is gone is an error saying so: the caller sends its request again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 from mcp_types import methods as spec_methods
 
-from virtual_mcp.errors import INVALID_PARAMS, AskFailed, InvalidParams, TooManyRequests
+from virtual_mcp.errors import INVALID_PARAMS, AskFailed, GatewayError, InvalidParams, TooManyRequests, UpstreamRpcError
 from virtual_mcp.gateway.service.asks import Asker, checked_answer
 from virtual_mcp.gateway.service.context import RequestContext, Sink
 from virtual_mcp.gateway.service.relay import forward
 from virtual_mcp.gateway.service.request_state import Issued, RequestStates
+from virtual_mcp.gateway.service.results import error_object
 from virtual_mcp.upstream.backend import BackendSession
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,32 @@ logger = logging.getLogger(__name__)
 # sink (None: the request's own), and these params added.
 Send = Callable[[Asker | None, Sink | None, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 _HELD_PER_CALLER = 32  # calls waiting for one caller's answers at once
+
+Note = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Replicas(Protocol):
+    """The other replicas, as far as held calls go (fleet/calls.py's ReplicaCalls)."""
+
+    origin: str
+
+    def serve(self, handler: Callable[[dict[str, Any], Note], Awaitable[dict[str, Any]]]) -> None: ...
+
+    async def call(self, to: str, body: Mapping[str, Any], on_note: Note) -> dict[str, Any]: ...
+
+
+class HeldElsewhereFailed(UpstreamRpcError):
+    """What a held call on another replica ended with, as that replica answered it."""
+
+
+class _NoteSink:
+    """A held call's notifications, for a retry waiting on another replica."""
+
+    def __init__(self, note: Note) -> None:
+        self._note = note
+
+    async def notify(self, method: str, params: Mapping[str, Any]) -> None:
+        await self._note({"method": method, "params": dict(params)})
 
 
 @dataclass(eq=False)
@@ -129,10 +162,13 @@ class _Held:
 class Rounds:
     """The held calls of one process, and the sealing of the states that name them."""
 
-    def __init__(self, states: RequestStates | None = None) -> None:
+    def __init__(self, states: RequestStates | None = None, replicas: Replicas | None = None) -> None:
         self._states = states or RequestStates()
         self._held: dict[str, _Held] = {}
         self._tg: TaskGroup | None = None
+        self._replicas = replicas
+        if replicas is not None:
+            replicas.serve(self._serve_elsewhere)
 
     def start(self, task_group: TaskGroup) -> None:
         self._tg = task_group
@@ -154,18 +190,77 @@ class Rounds:
             if ctx.declared and self._tg is not None:
                 return await self._hold(ctx, issued, send, ttl)
             return self._outgoing(issued, await send(None, None, {}), ttl)
-        content = self._states.open(state, issued)
+        content = await self._states.open(state, issued)
         if content.get("k") == "pass":
             again = {"inputResponses": dict(responses or {})}
             if isinstance(content.get("s"), str):
                 again["requestState"] = content["s"]
             return self._outgoing(issued, await send(None, None, again), ttl)
-        held = self._held.pop(str(content.get("h")), None)
-        if held is None:
+        handle, holder = str(content.get("h")), content.get("o")
+        replicas = self._replicas
+        if replicas is not None and isinstance(holder, str) and holder != replicas.origin:
+            return await self._go_on_elsewhere(replicas, holder, handle, dict(responses or {}), ctx.sink, issued, ttl)
+        return await self._go_on(handle, responses or {}, ctx.sink, issued, ttl)
+
+    async def _go_on(
+        self, handle: str, responses: Mapping[str, Any], sink: Sink, issued: Issued, ttl: float
+    ) -> dict[str, Any]:
+        held = self._held.get(handle)
+        if held is None or held.owner != issued.subject:
             raise InvalidParams("requestState names a call that is no longer waiting (it ended or timed out)")
+        del self._held[handle]
         held.on_end = None
-        held.answer(responses or {})
-        return await self._wait(held, ctx, issued, ttl)
+        held.answer(responses)
+        return await self._wait(held, sink, issued, ttl)
+
+    async def _go_on_elsewhere(
+        self,
+        replicas: Replicas,
+        holder: str,
+        handle: str,
+        responses: dict[str, Any],
+        sink: Sink,
+        issued: Issued,
+        ttl: float,
+    ) -> dict[str, Any]:
+        """The held call is on replica `holder`: it goes on there; its notes reach `sink` here."""
+
+        async def on_note(note: dict[str, Any]) -> None:
+            method, params = note.get("method"), note.get("params")
+            if isinstance(method, str) and isinstance(params, dict):
+                await sink.notify(method, params)
+
+        body = {"h": handle, "r": responses, "i": dataclasses.asdict(issued), "t": ttl}
+        try:
+            answer = await replicas.call(holder, body, on_note)
+        except Exception as exc:  # noqa: BLE001 - the fleet's ReplicaGone, told as the caller's to act on
+            logger.info("a held call's replica did not go on with it: %s", exc)
+            raise InvalidParams(
+                "requestState names a call held by a gateway replica that is gone; send the request again without it"
+            ) from None
+        if isinstance(answer.get("ok"), dict):
+            return dict(answer["ok"])
+        given = answer.get("error")
+        error: dict[str, Any] = given if isinstance(given, dict) else {}
+        code, message = error.get("code"), error.get("message")
+        raise HeldElsewhereFailed(
+            code if isinstance(code, int) else INVALID_PARAMS,
+            message if isinstance(message, str) else "the held call failed on another replica",
+            error.get("data"),
+        )
+
+    async def _serve_elsewhere(self, body: dict[str, Any], note: Note) -> dict[str, Any]:
+        """Another replica's retry for a call held here."""
+        try:
+            fields = body.get("i")
+            issued = Issued(**fields) if isinstance(fields, dict) else None
+            responses, ttl = body.get("r"), body.get("t")
+            if issued is None or not isinstance(responses, dict) or not isinstance(ttl, int | float):
+                raise InvalidParams("a held call's retry from another replica is malformed")
+            result = await self._go_on(str(body.get("h")), responses, _NoteSink(note), issued, float(ttl))
+        except (GatewayError, TypeError) as exc:
+            return {"error": error_object(exc if isinstance(exc, GatewayError) else InvalidParams(str(exc)))}
+        return {"ok": result}
 
     async def _hold(self, ctx: RequestContext, issued: Issued, send: Send, ttl: float) -> dict[str, Any]:
         assert self._tg is not None
@@ -176,10 +271,10 @@ class Rounds:
             )
         held = _Held(issued.subject)
         self._tg.start_soon(held.run, send)
-        return await self._wait(held, ctx, issued, ttl)
+        return await self._wait(held, ctx.sink, issued, ttl)
 
-    async def _wait(self, held: _Held, ctx: RequestContext, issued: Issued, ttl: float) -> dict[str, Any]:
-        held.relay.target = ctx.sink
+    async def _wait(self, held: _Held, sink: Sink, issued: Issued, ttl: float) -> dict[str, Any]:
+        held.relay.target = sink
         try:
             await held.settled()
         except BaseException:
@@ -199,7 +294,7 @@ class Rounds:
         return {
             "resultType": "input_required",
             "inputRequests": asked,
-            "requestState": self._states.seal(issued, ttl, {"k": "held", "h": handle}),
+            "requestState": self._states.seal(issued, ttl, {"k": "held", "h": handle, **self._holder()}),
         }
 
     async def call(
@@ -239,9 +334,13 @@ class Rounds:
         state = params.get("requestState")
         return None if state is None else self._states.kind(state, issued)
 
-    def spend(self, params: Mapping[str, Any], issued: Issued) -> None:
+    async def spend(self, params: Mapping[str, Any], issued: Issued) -> None:
         """Use the request's `requestState` (it answers one retry)."""
-        self._states.open(params.get("requestState"), issued)
+        await self._states.open(params.get("requestState"), issued)
+
+    def _holder(self) -> dict[str, str]:
+        """Which replica holds a call (in its state), in a fleet."""
+        return {"o": self._replicas.origin} if self._replicas is not None else {}
 
     def _outgoing(self, issued: Issued, result: dict[str, Any], ttl: float) -> dict[str, Any]:
         """A backend's result for the caller: its own `input_required` state sealed in the gateway's."""
