@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from tests.ports import free_ports
 from tests.services import Redis as RedisServer
 from tests.services import redis_server
-from virtual_mcp.fleet.events import CHANNEL, FleetEvent, FleetEvents, announce, decode, encode
+from virtual_mcp.fleet.events import CHANNEL, FleetEvent, FleetEvents, announce, decode, encode, user_digest
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.metrics import Metrics
 
@@ -24,6 +24,9 @@ from virtual_mcp.metrics import Metrics
 def test_only_this_versions_events_are_read() -> None:
     assert decode(encode("a1", FleetEvent("revoked"))) == ("a1", FleetEvent("revoked"))
     assert decode(encode("a1", FleetEvent("list_changed", "g/s"))) == ("a1", FleetEvent("list_changed", "g/s"))
+    connected = FleetEvent("connected", "g/s", user_digest("alice@example.com"))
+    assert decode(encode("a1", connected)) == ("a1", connected)
+    assert "alice" not in encode("a1", connected)
     for raw in [
         b"not json",
         b"[]",
@@ -33,6 +36,8 @@ def test_only_this_versions_events_are_read() -> None:
         b'{"v":"1","from":"a","kind":"list_changed"}',  # which server?
         b'{"v":"1","from":"a","kind":"list_changed","server":["g/s"]}',
         b'{"v":"1","from":"a","kind":"revoked","pad":"' + b"x" * 2000 + b'"}',  # too long to be ours
+        b'{"v":"1","from":"a","kind":"connected","server":"g/s"}',  # whose?
+        b'{"v":"1","from":"a","kind":"connected","server":"g/s","who":"alice@example.com"}',  # a name, not a digest
     ]:
         assert decode(raw) is None, raw
 

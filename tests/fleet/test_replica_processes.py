@@ -30,11 +30,12 @@ from anyio.abc import Process, SocketStream, TaskGroup
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from mcp.shared.exceptions import MCPError
+from mcp_types import ElicitResult
 
 from tests.backends import Probe, build_lab
 from tests.gateway.test_timing import group_doc
 from tests.lab_config import ALICE, BOB, write_identities
-from tests.oauth.browser import connect
+from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import IDS
 from tests.oauth.test_authorization_code import group_doc as code_group_doc
 from tests.oauth_server import CODE_CLIENT_ID, authorization_server
@@ -65,7 +66,7 @@ class RoundRobin:
     port: int = 0
 
     async def run(self, tg: TaskGroup) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 (anyio, not Django)
         tg.start_soon(listener.serve, self._pass_on, tg)
 
@@ -155,6 +156,7 @@ async def fleet(
     secrets: dict[str, str] | None = None,
     ports: list[int] | None = None,
     extra: Sequence[str] = (),
+    balancer_port: int = 0,
 ) -> AsyncIterator[Fleet]:
     """Three replicas on `ports` (free ones by default) over a fresh database and a Redis of their own, with the
     configuration `documents(backend_url)` (file name -> text; default: the lab's tools server) and `secrets` stored,
@@ -182,7 +184,7 @@ async def fleet(
                 child = ("tests.fleet.clock_child", str(clock))
                 processes.append(await stack.enter_async_context(gateway_process(args, child, env=env)))
             tg = await stack.enter_async_context(anyio.create_task_group())
-            balancer = RoundRobin(ports)
+            balancer = RoundRobin(ports, port=balancer_port)
             await balancer.run(tg)
             state = ["--data-dir", str(data[0]), "--database-url", url, "--redis-url", redis.url]
             replicas = [f"http://127.0.0.1:{p}" for p in ports]
@@ -413,3 +415,63 @@ async def test_a_2025_11_25_session_goes_on_whichever_replica_each_request_lands
                 await f.probe.slow_cancelled.wait()
             assert (await client.call_tool("echo", {"text": "after"})).data == "after"
         assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
+
+
+async def test_a_users_consent_completes_whichever_replica_each_step_lands_on(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """Per-user OAuth in a fleet. Bob's browser opens his link through the load balancer, one connection per request:
+    the link's page, the signed-in form and the provider's callback each land on another replica than the step
+    before, and he is connected on every replica. Alice's call waits on replica 0 (she opens the link it gave her, on
+    replica 1, from her client's URL elicitation): the callback completes on replica 1, and her call on replica 0
+    goes on with her own token."""
+    ports = free_ports(REPLICAS + 1)
+    replica_ports, balancer_port = ports[:REPLICAS], ports[REPLICAS]
+    callbacks = tuple(f"http://127.0.0.1:{port}/oauth/callback" for port in (balancer_port, replica_ports[1]))
+    async with authorization_server(redirect_uris=callbacks) as auth:
+
+        def documents(backend: str) -> dict[str, str]:
+            doc = code_group_doc(
+                backend=backend,
+                authorize=auth.authorization_endpoint,
+                token=auth.token_endpoint,
+                revoke=auth.revocation_endpoint,
+                issuer=auth.issuer,
+                client_id=CODE_CLIENT_ID,
+            )
+            return {"g.yaml": doc, "identities.yaml": IDS}
+
+        secrets = {"tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID)}
+        async with (
+            fleet(tmp_path, postgres, documents, secrets, replica_ports, balancer_port=balancer_port) as f,
+            one_connection_per_request() as http,
+        ):
+            bob = (await f.cli("token", "create", "--user", BOB)).strip()
+            mark(bob)
+            with pytest.raises(MCPError) as needed:
+                async with Client(StreamableHttpTransport(f"{f.url}{GITHUB}", auth=bob)) as client:
+                    await client.call_tool("echo", {"text": "hi"})
+            link = str(needed.value.data["elicitations"][0]["url"])
+            assert link.startswith(f"{f.url}/oauth/start?ticket=")
+            before = Counter(f.balancer.connections)
+            async with Browser(keepalive=False) as browser:
+                page = await browser.connect(link, bob)
+            assert page.status_code == 200 and "Connected" in page.text, page.text
+            assert len(f.balancer.connections - before) >= 2  # its steps reached more than one replica
+            for replica in f.replicas:
+                assert await f.call(http, bob, replica, endpoint=GITHUB) == 200
+
+            alice = (await f.cli("token", "create", "--user", ALICE)).strip()
+            mark(alice)
+
+            async def opens_the_link(message: str, response_type: Any, params: Any, context: Any) -> Any:
+                elsewhere = params.url.replace(f.replicas[0], f.replicas[1])
+                assert elsewhere != params.url
+                page = await connect(elsewhere, alice)
+                assert page.status_code == 200 and "Connected" in page.text
+                return ElicitResult(action="accept")
+
+            transport = StreamableHttpTransport(f"{f.replicas[0]}{GITHUB}", auth=alice)
+            async with Client(transport, mode="legacy", elicitation_handler=opens_the_link) as client:
+                with anyio.fail_after(30):
+                    assert (await client.call_tool("echo", {"text": "waited"})).data == "waited"

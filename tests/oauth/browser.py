@@ -54,8 +54,10 @@ def consent_form(text: str, url: str) -> Form:
 
 
 class Browser:
-    def __init__(self) -> None:
-        self.http = httpx2.AsyncClient(follow_redirects=False, timeout=10)
+    def __init__(self, keepalive: bool = True) -> None:
+        """`keepalive=False`: a connection per request (behind a load balancer, each may reach another replica)."""
+        limits = httpx2.Limits() if keepalive else httpx2.Limits(max_keepalive_connections=0)
+        self.http = httpx2.AsyncClient(follow_redirects=False, timeout=10, limits=limits)
         # Every response seen, in order, for tests that look at a hop in the middle (the redirect to the provider).
         self.seen: list[httpx2.Response] = []
 

@@ -31,18 +31,18 @@ class Clock:
         return self.now
 
 
-def begin(flows: ConsentFlows, ticket: str, browser: str, who: Principal = ALICE) -> str:
-    return flows.begin(
+async def begin(flows: ConsentFlows, ticket: str, browser: str, who: Principal = ALICE) -> str:
+    return await flows.begin(
         ticket, browser, who, "https://idp.example/authorize", "client", (), "https://be", "https://gw/cb"
     )
 
 
-def test_one_user_asking_for_a_link_to_every_server_does_not_evict_another_users_link() -> None:
+async def test_one_user_asking_for_a_link_to_every_server_does_not_evict_another_users_link() -> None:
     flows = ConsentFlows()
-    alices = flows.ticket(ALICE.name, GITHUB)
+    alices = await flows.ticket(ALICE.name, GITHUB)
     for i in range(MAX_PENDING + 10):
-        flows.ticket("mallory@x.example", ServerRef("g", f"s{i}"))
-    assert flows.pending(alices).user == ALICE.name
+        await flows.ticket("mallory@x.example", ServerRef("g", f"s{i}"))
+    assert (await flows.pending(alices)).user == ALICE.name
     assert flows._tickets.count("mallory@x.example") == TICKETS_PER_USER  # only their own oldest went
 
 
@@ -75,49 +75,51 @@ def test_the_bounds_must_make_sense() -> None:
         PendingTable(per_owner=3, total=2, clock=Clock())
 
 
-def test_asking_again_renews_the_same_ticket_and_it_still_expires() -> None:
+async def test_asking_again_renews_the_same_ticket_and_it_still_expires() -> None:
     clock = Clock()
     flows = ConsentFlows(clock)
-    first = flows.ticket(ALICE.name, GITHUB)
+    first = await flows.ticket(ALICE.name, GITHUB)
     clock.now += TICKET_SECONDS - 1
-    assert flows.ticket(ALICE.name, GITHUB) == first  # renewed: alive for another TICKET_SECONDS
+    assert await flows.ticket(ALICE.name, GITHUB) == first  # renewed: alive for another TICKET_SECONDS
     clock.now += TICKET_SECONDS - 1
-    assert flows.pending(first).server == GITHUB
+    assert (await flows.pending(first)).server == GITHUB
     clock.now += 2
     with pytest.raises(ConsentLinkInvalid):
-        flows.pending(first)
-    assert flows.ticket(ALICE.name, GITHUB) != first
-    assert flows.ticket(ALICE.name, ServerRef("g", "other")) != first
+        await flows.pending(first)
+    assert await flows.ticket(ALICE.name, GITHUB) != first
+    assert await flows.ticket(ALICE.name, ServerRef("g", "other")) != first
 
 
-def test_flows_are_bounded_per_user_too() -> None:
+async def test_flows_are_bounded_per_user_too() -> None:
     flows = ConsentFlows(flows_per_user=2)
     browser = new_browser_value()
     states = []
     for _ in range(3):
-        url = begin(flows, flows.ticket(ALICE.name, GITHUB), browser)
+        url = await begin(flows, await flows.ticket(ALICE.name, GITHUB), browser)
         states.append(url.split("state=", 1)[1].split("&", 1)[0])
-    bobs = begin(flows, flows.ticket("bob@x.example", GITHUB), browser, Principal("bob@x.example", PrincipalKind.USER))
+    bobs = await begin(
+        flows, await flows.ticket("bob@x.example", GITHUB), browser, Principal("bob@x.example", PrincipalKind.USER)
+    )
     with pytest.raises(ConsentStateInvalid):
-        flows.finish(states[0], browser, "code")  # alice's own oldest went
-    assert flows.finish(states[2], browser, "code").user == ALICE.name
+        await flows.finish(states[0], browser, "code")  # alice's own oldest went
+    assert (await flows.finish(states[2], browser, "code")).user == ALICE.name
     assert bobs
 
 
-def test_a_virtual_account_of_the_same_name_is_not_the_user() -> None:
+async def test_a_virtual_account_of_the_same_name_is_not_the_user() -> None:
     flows = ConsentFlows()
-    ticket = flows.ticket("ci", GITHUB)
+    ticket = await flows.ticket("ci", GITHUB)
     with pytest.raises(NotTheLinksAccount):
-        flows.claim(ticket, Principal("ci", PrincipalKind.VIRTUAL_ACCOUNT))
+        await flows.claim(ticket, Principal("ci", PrincipalKind.VIRTUAL_ACCOUNT))
     with pytest.raises(ConsentLinkInvalid):  # and the link is spent
-        flows.pending(ticket)
+        await flows.pending(ticket)
 
 
-def test_a_flow_finished_in_another_browser_is_spent() -> None:
+async def test_a_flow_finished_in_another_browser_is_spent() -> None:
     flows = ConsentFlows()
-    url = begin(flows, flows.ticket(ALICE.name, GITHUB), new_browser_value())
+    url = await begin(flows, await flows.ticket(ALICE.name, GITHUB), new_browser_value())
     state = url.split("state=", 1)[1].split("&", 1)[0]
     with pytest.raises(NotTheSigningInBrowser):
-        flows.finish(state, new_browser_value(), "code")
+        await flows.finish(state, new_browser_value(), "code")
     with pytest.raises(ConsentStateInvalid):
-        flows.finish(state, None, "code")
+        await flows.finish(state, None, "code")

@@ -5,16 +5,20 @@
   the poll stays the fallback, so an event lost (Redis down, a replica reconnecting) delays nothing beyond the poll.
 - `list_changed`: a backend told one replica its list changed. The others refetch their catalog of that server and
   tell their own callers, as the first one did. Replicas skip their own events.
+- `connected`: a user connected an account for a server (the consent's callback reached one replica): a call on
+  another replica waiting for it goes on.
 
-An event carries no secret and no identity: only what kind of change, the server's `group/name`, and which replica
-(a random id per process) sent it. A message on the channel that is not one of these is ignored (and logged at
-debug): the channel is a nudge, never an instruction to trust.
+An event carries no secret and no identity: only what kind of change, the server's `group/name`, a digest of the user
+for `connected`, and which replica (a random id per process) sent it. A message on the channel that is not one of
+these is ignored (and logged at debug): the channel is a nudge, never an instruction to trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,20 +32,27 @@ from virtual_mcp.fleet.status import FleetStatus
 logger = logging.getLogger(__name__)
 
 CHANNEL = "vmcp:events"
-KINDS = ("revoked", "list_changed")
+KINDS = ("revoked", "list_changed", "connected")
 _MAX_MESSAGE = 1024
 
 
 @dataclass(frozen=True)
 class FleetEvent:
     kind: str  # one of KINDS
-    server: str | None = None  # `group/name`, for list_changed
+    server: str | None = None  # `group/name`, for list_changed and connected
+    who: str | None = None  # for connected: a digest of the user (`user_digest`), never the name
+
+
+def user_digest(user: str) -> str:
+    return hashlib.sha256(b"virtual-mcp/user\0" + user.encode()).hexdigest()
 
 
 def encode(origin: str, event: FleetEvent) -> str:
     body: dict[str, str] = {"v": "1", "from": origin, "kind": event.kind}
     if event.server is not None:
         body["server"] = event.server
+    if event.who is not None:
+        body["who"] = event.who
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -55,12 +66,14 @@ def decode(raw: bytes | str) -> tuple[str, FleetEvent] | None:
         return None
     if not isinstance(body, dict) or body.get("v") != "1" or body.get("kind") not in KINDS:
         return None
-    origin, server = body.get("from"), body.get("server")
-    if not isinstance(origin, str) or not (server is None or isinstance(server, str)):
+    origin, server, who = body.get("from"), body.get("server"), body.get("who")
+    if not isinstance(origin, str) or not all(x is None or isinstance(x, str) for x in (server, who)):
         return None
-    if body["kind"] == "list_changed" and server is None:
+    if body["kind"] in ("list_changed", "connected") and server is None:
         return None
-    return origin, FleetEvent(body["kind"], server)
+    if body["kind"] == "connected" and (who is None or not re.fullmatch(r"[0-9a-f]{64}", who)):
+        return None
+    return origin, FleetEvent(body["kind"], server, who)
 
 
 class FleetEvents:

@@ -22,6 +22,7 @@ from virtual_mcp.fleet.connection import fleet_redis
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.locks import RedisLocks
 from virtual_mcp.fleet.once import FleetOnce
+from virtual_mcp.fleet.pending import RedisPending
 from virtual_mcp.fleet.rate import FleetRequestLimiter
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.sessions import SessionFleet
@@ -37,7 +38,9 @@ from virtual_mcp.inbound.rate_limit import Admission, RequestLimiter
 from virtual_mcp.inbound.revocations import RevocationList
 from virtual_mcp.inbound.verified import RecentlyVerified
 from virtual_mcp.metrics import Metrics
+from virtual_mcp.outbound.consent import FLOWS_PER_USER, MAX_PENDING, TICKETS_PER_USER, ConsentFlows
 from virtual_mcp.outbound.credentials import OutboundCredentials, secret_refs
+from virtual_mcp.outbound.pending import LocalPending
 from virtual_mcp.outbound.token_cache import VaultTokenCache
 from virtual_mcp.outbound.token_manager import InProcessLocks, KeyedLocks, TokenManager
 from virtual_mcp.registry import Registry
@@ -125,6 +128,22 @@ async def assembled(
             yield await _assemble(registry, settings, db, audit_db, http, clock, redis)
 
 
+def fleet_consent(redis: Redis, status: FleetStatus, keys: LocalKeyProvider) -> ConsentFlows:
+    """Consent links and flows any replica serves a step of: in Redis, sealed, keyed by the fleet's key."""
+    sealer = Sealer(keys.derived("consent-records"), "consent")
+    clock = time.monotonic
+
+    def table(name: str, per_user: int) -> RedisPending:
+        return RedisPending(redis, status, sealer, name, per_user, LocalPending(per_user, MAX_PENDING, clock))
+
+    return ConsentFlows(
+        clock,
+        tickets=table("tickets", TICKETS_PER_USER),
+        flows=table("flows", FLOWS_PER_USER),
+        key=keys.derived("consent-macs")[0],
+    )
+
+
 async def _assemble(
     registry: Registry,
     settings: GatewaySettings,
@@ -182,6 +201,7 @@ async def _assemble(
     sessions = None
     replicas = None
     once = None
+    consent = None
     health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
     if redis is not None and status is not None:
         locks = RedisLocks(redis, status, lease_seconds=settings.refresh_lock_lease_seconds)
@@ -189,10 +209,16 @@ async def _assemble(
         sessions = SessionFleet(redis, status, Sealer(keys.derived("fleet-messages"), "sessions"))
         replicas = ReplicaCalls(redis, status, Sealer(keys.derived("fleet-messages"), "calls"))
         once = FleetOnce(redis, status)
+        consent = fleet_consent(redis, status, keys)
         health_checks.append(partial(redis_health, redis, status))
     upstream_tokens = TokenManager(VaultTokenCache(OAuthTokenStore(db, keys)), locks, clock=clock, metrics=metrics)
     credentials = OutboundCredentials(
-        registry, values.__getitem__, upstream_tokens, http, token_timeout=settings.token_timeout_seconds
+        registry,
+        values.__getitem__,
+        upstream_tokens,
+        http,
+        token_timeout=settings.token_timeout_seconds,
+        consent=consent,
     )
     audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
 

@@ -14,7 +14,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from virtual_mcp.audit import AuditLog
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.fleet.calls import ReplicaCalls
-from virtual_mcp.fleet.events import FleetEvent, FleetEvents
+from virtual_mcp.fleet.events import FleetEvent, FleetEvents, user_digest
 from virtual_mcp.fleet.sessions import Notice, SessionFleet
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
@@ -58,6 +58,8 @@ class Runtime:
         self._revocation_round = anyio.Event()  # set when the watcher finishes a look; then replaced
         self._revocation_nudge = anyio.Event()  # set when another process says it revoked something: look now
         self._events = events
+        if events is not None:
+            credentials.on_connected = self._connected_here
         self._session_fleet = session_fleet
         self._sessions_subscribed = anyio.Event()
         self._calls_subscribed = anyio.Event()
@@ -214,6 +216,15 @@ class Runtime:
             ref = self._server_refs.get(event.server)
             if ref is not None:  # (a replica on another configuration may name a server this one does not have)
                 self.catalog.invalidate(ref)
+        elif event.kind == "connected":
+            for user, server in self.credentials.connecting_users():
+                if server.key == event.server and user_digest(user) == event.who:
+                    self.credentials.heard_connected(user, server)
+
+    def _connected_here(self, user: str, server: ServerRef) -> None:
+        if self._events is not None and self._tg is not None:
+            event = FleetEvent("connected", server.key, user_digest(user))
+            self._tg.start_soon(self._events.publish, event)
 
     def _revoked(self) -> None:
         for forget in self.on_revoked:

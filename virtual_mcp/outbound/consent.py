@@ -23,6 +23,7 @@ browser values are credentials while they live.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from virtual_mcp.errors import BadRequest, Forbidden, GatewayError
-from virtual_mcp.outbound.pending import PendingTable
+from virtual_mcp.outbound.pending import LocalPending, Pending, Record
 from virtual_mcp.types import Principal, PrincipalKind, ServerRef
 
 TICKET_SECONDS = 600.0
@@ -122,6 +123,16 @@ class _Ticket:
     server: ServerRef
     failures: int = 0
 
+    def record(self) -> Record:
+        return {"u": self.user, "s": self.server.key, "f": self.failures}
+
+    @staticmethod
+    def of(record: Record | None) -> _Ticket | None:
+        try:
+            return _Ticket(str(record["u"]), ServerRef.parse(str(record["s"])), int(record["f"])) if record else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 @dataclass(frozen=True, slots=True)
 class _Flow:
@@ -130,6 +141,20 @@ class _Flow:
     verifier: str = field(repr=False)
     redirect_uri: str
     browser: bytes = field(repr=False)  # HMAC of the browser value, compared in constant time
+
+    def record(self) -> Record:
+        browser = base64.b64encode(self.browser).decode()
+        return {"u": self.user, "s": self.server.key, "v": self.verifier, "r": self.redirect_uri, "b": browser}
+
+    @staticmethod
+    def of(record: Record | None) -> _Flow | None:
+        if not record:
+            return None
+        try:
+            server, browser = ServerRef.parse(str(record["s"])), base64.b64decode(str(record["b"]), validate=True)
+            return _Flow(str(record["u"]), server, str(record["v"]), str(record["r"]), browser)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +183,8 @@ def new_browser_value() -> str:
 
 
 class ConsentFlows:
-    """Pending consent tickets and flows, in memory, bounded per user, each single-use and short-lived."""
+    """Pending consent tickets and flows, bounded per user, each single-use and short-lived: in this process's
+    memory, or with `tickets`, `flows` and `key` given, the fleet's (any replica serves each step of a flow)."""
 
     def __init__(
         self,
@@ -167,30 +193,38 @@ class ConsentFlows:
         tickets_per_user: int = TICKETS_PER_USER,
         flows_per_user: int = FLOWS_PER_USER,
         total: int = MAX_PENDING,
+        tickets: Pending | None = None,
+        flows: Pending | None = None,
+        key: bytes | None = None,
     ) -> None:
         self._clock = clock
-        self._tickets: PendingTable[_Ticket] = PendingTable(tickets_per_user, total, clock)
-        self._flows: PendingTable[_Flow] = PendingTable(flows_per_user, total, clock)
-        # Keys the CSRF tokens and browser bindings; per process, like the tables it protects.
-        self._key = secrets.token_bytes(32)
+        self._tickets = tickets or LocalPending(tickets_per_user, total, clock)
+        self._flows = flows or LocalPending(flows_per_user, total, clock)
+        # Keys the CSRF tokens and browser bindings: the fleet's (from the master key), or this process's, like the
+        # tables it protects.
+        self._key = key or secrets.token_bytes(32)
 
-    def ticket(self, user: str, server: ServerRef) -> str:
+    async def ticket(self, user: str, server: ServerRef) -> str:
         """The consent ticket of `user` for `server`: the live one, renewed, or a new one."""
-        for value, found in self._tickets.owned(user):
-            if found.server == server:
-                self._tickets.put(value, user, found, TICKET_SECONDS)
+        for value, record in await self._tickets.owned(user):
+            found = _Ticket.of(record)
+            if found is not None and found.server == server:
+                await self._tickets.put(value, user, found.record(), TICKET_SECONDS)
                 return value
         value = secrets.token_urlsafe(32)
-        self._tickets.put(value, user, _Ticket(user, server), TICKET_SECONDS)
+        await self._tickets.put(value, user, _Ticket(user, server).record(), TICKET_SECONDS)
         return value
 
     def elicitation_id(self, ticket: str) -> str:
         """A stable id for the elicitation of `ticket` that reveals nothing of it (clients log ids, not URLs)."""
         return self._mac(b"elicitation", ticket)[:16]
 
-    def pending(self, ticket: str) -> ConsentFor:
+    async def _ticket(self, ticket: str) -> _Ticket | None:
+        return _Ticket.of(await self._tickets.get(ticket)) if SECRET_SHAPE.fullmatch(ticket) else None
+
+    async def pending(self, ticket: str) -> ConsentFor:
         """What `ticket` is for, without using it. Raises ConsentLinkInvalid."""
-        found = self._tickets.get(ticket) if SECRET_SHAPE.fullmatch(ticket) else None
+        found = await self._ticket(ticket)
         if found is None:
             raise ConsentLinkInvalid()
         return ConsentFor(found.user, found.server)
@@ -199,34 +233,36 @@ class ConsentFlows:
         """The CSRF token of the consent form for `ticket` shown in `browser`."""
         return self._mac(b"csrf", ticket, browser)
 
-    def check_form(self, ticket: str, browser: str | None, csrf: str) -> ConsentFor:
+    async def check_form(self, ticket: str, browser: str | None, csrf: str) -> ConsentFor:
         """The posted form belongs to `ticket` and was shown in this browser. Raises ConsentLinkInvalid or
         FormNotFromThisBrowser; uses nothing."""
-        pending = self.pending(ticket)
+        pending = await self.pending(ticket)
         if browser is None or not SECRET_SHAPE.fullmatch(browser) or not SECRET_SHAPE.fullmatch(csrf):
             raise FormNotFromThisBrowser()
         if not hmac.compare_digest(csrf, self.csrf(ticket, browser)):
             raise FormNotFromThisBrowser()
         return pending
 
-    def sign_in_failed(self, ticket: str) -> None:
+    async def sign_in_failed(self, ticket: str) -> None:
         """Count a refused credential on this ticket's page; past the bound the link is spent."""
-        found = self._tickets.get(ticket)
+        found = await self._ticket(ticket)
         if found is not None:
             found.failures += 1
             if found.failures >= MAX_SIGN_IN_FAILURES:
-                self._tickets.pop(ticket)
+                await self._tickets.pop(ticket)
+            else:
+                await self._tickets.replace(ticket, found.record())
 
-    def claim(self, ticket: str, signed_in: Principal) -> ConsentFor:
+    async def claim(self, ticket: str, signed_in: Principal) -> ConsentFor:
         """`signed_in` (whom the gateway authenticated in this browser) is the ticket's user. Otherwise the link is
         spent (whoever it reached is not its owner: it has leaked) and NotTheLinksAccount is raised."""
-        pending = self.pending(ticket)
+        pending = await self.pending(ticket)
         if signed_in.kind is not PrincipalKind.USER or signed_in.name != pending.user:
-            self._tickets.pop(ticket)
+            await self._tickets.pop(ticket)
             raise NotTheLinksAccount(signed_in.subject, pending.user)
         return pending
 
-    def begin(
+    async def begin(
         self,
         ticket: str,
         browser: str,
@@ -238,12 +274,13 @@ class ConsentFlows:
         redirect_uri: str,
     ) -> str:
         """Spend the ticket of `signed_in` and return the provider URL to send this browser to."""
-        pending = self.claim(ticket, signed_in)
-        self._tickets.pop(ticket)
+        pending = await self.claim(ticket, signed_in)
+        if await self._tickets.pop(ticket) is None:  # (another request of the same link spent it meanwhile)
+            raise ConsentLinkInvalid()
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48)
         flow = _Flow(pending.user, pending.server, verifier, redirect_uri, self._browser_mac(browser))
-        self._flows.put(state, pending.user, flow, TICKET_SECONDS)
+        await self._flows.put(state, pending.user, flow.record(), TICKET_SECONDS)
         query = {
             "response_type": "code",
             "client_id": client_id,
@@ -259,25 +296,25 @@ class ConsentFlows:
         separator = "&" if "?" in authorization_url else "?"
         return f"{authorization_url}{separator}{urlencode(query)}"
 
-    def server_of(self, state: str) -> ServerRef | None:
-        found = self._flows.get(state) if SECRET_SHAPE.fullmatch(state) else None
+    async def server_of(self, state: str) -> ServerRef | None:
+        found = _Flow.of(await self._flows.get(state)) if SECRET_SHAPE.fullmatch(state) else None
         return found.server if found is not None else None
 
-    def forget(self, user: str) -> None:
+    async def forget(self, user: str) -> None:
         """Drop every pending ticket and flow of `user` (their access was revoked: no consent of theirs may finish
         and store tokens afterwards)."""
-        self._tickets.drop_owner(user)
-        self._flows.drop_owner(user)
+        await self._tickets.drop_owner(user)
+        await self._flows.drop_owner(user)
 
-    def abandon(self, state: str) -> None:
+    async def abandon(self, state: str) -> None:
         """The provider answered with an error: the flow is over, whichever browser brought the answer."""
         if SECRET_SHAPE.fullmatch(state):
-            self._flows.pop(state)
+            await self._flows.pop(state)
 
-    def finish(self, state: str, browser: str | None, code: str) -> Finished:
+    async def finish(self, state: str, browser: str | None, code: str) -> Finished:
         """The flow of `state`, spent. Raises ConsentStateInvalid, or NotTheSigningInBrowser (the flow is spent too:
         a state seen in another browser has leaked)."""
-        flow = self._flows.pop(state) if SECRET_SHAPE.fullmatch(state) else None
+        flow = _Flow.of(await self._flows.pop(state)) if SECRET_SHAPE.fullmatch(state) else None
         if flow is None:
             raise ConsentStateInvalid()
         if browser is None or not SECRET_SHAPE.fullmatch(browser):

@@ -98,8 +98,11 @@ class OutboundCredentials:
         http: httpx.AsyncClient | None = None,
         *,
         token_timeout: float = 10.0,
+        consent: ConsentFlows | None = None,
     ) -> None:
         self._registry = registry
+        # Told when a user connects an account here (set by a fleet's runtime: callers elsewhere may wait for it).
+        self.on_connected: Callable[[str, ServerRef], None] | None = None
         self._tokens = tokens
         self._http = http
         # OAuth clients for client-credentials servers; the token is for the backend's URL (RFC 8707 resource).
@@ -115,7 +118,8 @@ class OutboundCredentials:
             for ref, remote in registry.remotes.items()
             if isinstance(remote.auth, OAuth2AuthData)
         }
-        self.consent = ConsentFlows()
+        # Consent links and flows in progress: this process's, or the fleet's (any replica serves each step).
+        self.consent = consent or ConsentFlows()
         # Callers waiting for a user to connect an account (a consent asked by URL elicitation), by (user, server).
         self._connecting: dict[tuple[str, ServerRef], _Waiting] = {}
         self._per_user = sorted(
@@ -249,22 +253,22 @@ class OutboundCredentials:
         client, http = self._clients[ref], self._http
         key = user_token_key(ref, principal.name)
 
-        def consent(reason: str) -> ConsentRequired:
-            ticket = self.consent.ticket(principal.name, ref)
+        async def consent(reason: str) -> ConsentRequired:
+            ticket = await self.consent.ticket(principal.name, ref)
             return ConsentRequired(
                 ref, f"{caller.base_url}/oauth/start?ticket={ticket}", self.consent.elicitation_id(ticket), reason
             )
 
         async def obtain(current: TokenSet | None) -> TokenSet:
             if current is not None and current.refresh_lost:
-                raise consent("your token could not be renewed safely (a refresh was interrupted)")
+                raise await consent("your token could not be renewed safely (a refresh was interrupted)")
             if current is None or not current.refresh_token:
-                raise consent("no connected account")
+                raise await consent("no connected account")
             try:
                 return await client.refresh(http, current.refresh_token)
             except TerminalGrantError:
                 await self._tokens_forget(key)
-                raise consent("the connection expired or was revoked") from None
+                raise await consent("the connection expired or was revoked") from None
 
         return await self._tokens.token(key, obtain)
 
@@ -276,7 +280,7 @@ class OutboundCredentials:
         """Exchange the provider's code (with the flow's PKCE verifier) and store the user's token set. The flow must
         come back to the browser that began it (`browser`, its consent cookie); `issuer` is the callback's `iss`
         (RFC 9207), which must name the server's configured issuer when both are known (mix-up defence)."""
-        finished = self.consent.finish(state, browser, code)
+        finished = await self.consent.finish(state, browser, code)
         auth = self._registry.remotes[finished.server].auth
         expected = str(auth.issuer) if isinstance(auth, OAuth2AuthData) and auth.issuer is not None else None
         if issuer is not None and expected is not None and issuer.rstrip("/") != expected.rstrip("/"):
@@ -286,10 +290,21 @@ class OutboundCredentials:
         client = self._clients[finished.server]
         token = await client.exchange_code(self._http, finished.code, finished.redirect_uri, finished.verifier)
         await self._tokens.store(user_token_key(finished.server, finished.user), token)
-        waiting = self._connecting.pop((finished.user, finished.server), None)
+        self.heard_connected(finished.user, finished.server)
+        if self.on_connected is not None:  # a caller on another replica may be waiting for it
+            self.on_connected(finished.user, finished.server)
+        return ConsentFor(finished.user, finished.server)
+
+    def heard_connected(self, user: str, server: ServerRef) -> None:
+        """`user` connected their account for `server` (here, or on another replica): the callers waiting for it go
+        on."""
+        waiting = self._connecting.pop((user, server), None)
         if waiting is not None:
             waiting.connected.set()
-        return ConsentFor(finished.user, finished.server)
+
+    def connecting_users(self) -> list[tuple[str, ServerRef]]:
+        """Whose connection callers here wait for (to match another replica's news by a digest)."""
+        return list(self._connecting)
 
     @contextlib.contextmanager
     def connecting(self, user: str, ref: ServerRef) -> Iterator[anyio.Event]:
@@ -313,7 +328,7 @@ class OutboundCredentials:
         authorization endpoint, once the provider's metadata (where its issuer is configured) confirms PKCE S256.
         A refused or unreadable provider leaves the ticket unused, so the same link works once the provider is
         fixed."""
-        server = self.consent.claim(ticket, signed_in).server
+        server = (await self.consent.claim(ticket, signed_in)).server
         auth = self._registry.remotes[server].auth
         if not isinstance(auth, OAuth2AuthData) or auth.authorization_url is None:
             raise ConsentLinkInvalid()
@@ -322,7 +337,7 @@ class OutboundCredentials:
                 raise NotSupportedYet("outbound OAuth needs the token manager (serve sets it up)")
             await self._metadata.require_s256(str(auth.issuer))
         client = self._clients[server]
-        return self.consent.begin(
+        return await self.consent.begin(
             ticket,
             browser,
             signed_in,
@@ -370,7 +385,7 @@ class OutboundCredentials:
     async def forget_user(self, user: str) -> None:
         """Forget every per-user token of `user` this process holds in memory (a revocation elsewhere deleted them
         from the vault, revoking them at the provider first), and their consent links and flows in progress."""
-        self.consent.forget(user)
+        await self.consent.forget(user)
         if self._tokens is not None:
             for ref in self._per_user:
                 await self._tokens.evict(user_token_key(ref, user))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -68,6 +68,11 @@ class PendingTable(Generic[T]):
             return None
         return entry.value
 
+    def replace(self, key: str, value: T) -> None:
+        """A new value for a live entry, its expiry unchanged."""
+        if self.get(key) is not None:
+            self._entries[key].value = value
+
     def pop(self, key: str) -> T | None:
         value = self.get(key)
         if value is not None:
@@ -95,3 +100,53 @@ class PendingTable(Generic[T]):
         del keys[key]
         if not keys:
             del self._by_owner[entry.owner]
+
+
+Record = dict[str, Any]
+
+
+class Pending(Protocol):
+    """A table of pending records as consent flows use it: this process's (`LocalPending`), or the fleet's
+    (fleet/pending.py)."""
+
+    async def put(self, key: str, owner: str, value: Record, ttl: float) -> None: ...
+
+    async def replace(self, key: str, value: Record) -> None:
+        """A new value for a live entry, its expiry unchanged."""
+        ...
+
+    async def get(self, key: str) -> Record | None: ...
+
+    async def pop(self, key: str) -> Record | None: ...
+
+    async def owned(self, owner: str) -> list[tuple[str, Record]]: ...
+
+    async def drop_owner(self, owner: str) -> None: ...
+
+
+class LocalPending:
+    """A `PendingTable` of this process as a `Pending`."""
+
+    def __init__(self, per_owner: int, total: int, clock: Callable[[], float]) -> None:
+        self.table: PendingTable[Record] = PendingTable(per_owner, total, clock)
+
+    def count(self, owner: str) -> int:
+        return self.table.count(owner)
+
+    async def put(self, key: str, owner: str, value: Record, ttl: float) -> None:
+        self.table.put(key, owner, value, ttl)
+
+    async def replace(self, key: str, value: Record) -> None:
+        self.table.replace(key, value)
+
+    async def get(self, key: str) -> Record | None:
+        return self.table.get(key)
+
+    async def pop(self, key: str) -> Record | None:
+        return self.table.pop(key)
+
+    async def owned(self, owner: str) -> list[tuple[str, Record]]:
+        return self.table.owned(owner)
+
+    async def drop_owner(self, owner: str) -> None:
+        self.table.drop_owner(owner)

@@ -96,7 +96,7 @@ def consent_routes(
         """GET: the sign-in page of a consent link. Changes nothing on the gateway."""
         try:
             ticket = query_values(request.url.query, _START_QUERY).get("ticket", "")
-            pending = credentials.consent.pending(ticket)
+            pending = await credentials.consent.pending(ticket)
         except GatewayError as exc:
             return refused(exc, "Link expired" if isinstance(exc, ConsentLinkInvalid) else "Not connected")
         is_secure = secure(request)
@@ -115,7 +115,7 @@ def consent_routes(
         try:
             form = form_values(request.headers.get("content-type"), body, _FORM)
             ticket = form.get("ticket", "")
-            pending = credentials.consent.check_form(ticket, browser, form.get("csrf", ""))
+            pending = await credentials.consent.check_form(ticket, browser, form.get("csrf", ""))
         except GatewayError as exc:
             return refused(exc)
         assert browser is not None  # check_form refuses a form without this browser's cookie
@@ -123,7 +123,7 @@ def consent_routes(
         try:
             auth = await sign_in(authenticator, credential, request.url.query, client_host(request))
         except Unauthorized as exc:
-            credentials.consent.sign_in_failed(ticket)
+            await credentials.consent.sign_in_failed(ticket)
             page = await sign_in_form(request, ticket, pending, browser)
             return sign_in_page(
                 page,
@@ -156,12 +156,12 @@ def consent_routes(
             return refused(exc)
         state = params.get("state", "")
         if "error" in params:
-            credentials.consent.abandon(state)
+            await credentials.consent.abandon(state)
             error = "".join(c if " " <= c <= "~" else "?" for c in params["error"][:64])
             return message_page("Not connected", f"The provider answered {error!r}; nothing was stored.", 400)
         code, issuer = params.get("code", ""), params.get("iss")
         if not code or len(code) > _MAX_CODE or (issuer is not None and len(issuer) > _MAX_ISSUER):
-            credentials.consent.abandon(state)
+            await credentials.consent.abandon(state)
             return message_page("Not connected", "the provider's answer has no usable authorization code", 400)
         try:
             done = await credentials.finish_consent(state, browser_cookie(request, secure(request)), code, issuer)
