@@ -42,6 +42,7 @@ from virtual_mcp.types import PrincipalKind
 
 pytestmark = pytest.mark.timeout(120)
 ONE_SECOND_IDLE = UNLIMITED.model_copy(update={"session_idle_seconds": 1.0})
+INITIALIZE = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
 
 
 @pytest.fixture
@@ -459,3 +460,29 @@ async def test_an_official_2026_07_28_client_answering_through_either_replica(
                 assert "".join(getattr(p, "text", "") for p in result.content) == "Ada Lovelace"
         assert asked == ["What is your name?", "Your first name?", "Your last name?"] * 2
         assert min(turns.served.values()) >= 3, turns.served
+
+
+async def test_a_principals_session_quota_counts_its_sessions_on_every_replica(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """A quota of two: one session opened on each replica, and a third is refused by both; a session ended through
+    either frees its place; the fleet's maximum is counted over both replicas too."""
+    limits = UNLIMITED.model_copy(update={"sessions_per_principal": 2, "max_sessions": 3})
+    async with (
+        serve(build_lab().http_app(path="/mcp")) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url, limits=limits) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        first, second = await opened(http, a, alice), await opened(http, b, alice)
+        for gw in (a, b):
+            refused = await Raw(http, f"{gw.url}{ENDPOINT}", LEGACY, alice).call("initialize", INITIALIZE)
+            assert refused.status_code == 429 and "you hold 2 of at most 2" in refused.text
+        assert (await http.delete(first.url, headers=_headers(on(first, b)))).status_code == 200
+        third = await opened(http, b, alice)
+        assert (await on(third, a).call("ping")).status_code == 200
+        bob = idp_jwt(BOB, GATEWAY_AUDIENCE, time.time() - 5, groups=["platform"])
+        await opened(http, a, bob)  # the fleet's third
+        refused = await Raw(http, f"{b.url}{ENDPOINT}", LEGACY, bob).call("initialize", INITIALIZE)
+        assert refused.status_code == 503 and "maximum of 3 open sessions" in refused.text
+        assert second.session != third.session

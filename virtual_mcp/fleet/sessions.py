@@ -19,6 +19,12 @@ holds a request of (a call or a GET stream), so a session expires only when the 
 readable. While a question waits, its id is registered (`vmcp:question:<digest>`): the replica that receives the
 answer then knows whether any replica waits for it, and only the first answer is taken.
 
+**The quota.** Each principal's open sessions are counted over the fleet in a sorted set by expiry
+(`vmcp:sessions:owner:<digest of the subject>`), the whole fleet's in `vmcp:sessions:all`: a session is opened only
+if the principal holds fewer than its quota and the fleet fewer than its maximum, checked and counted in one script
+(its place held while its `initialize` is served). Ended sessions leave the sets; expired ones fall out by their
+score.
+
 Without Redis (down, or not configured), each replica serves the sessions it knows: the part `sessions` is degraded
 (fleet/status.py), and a request for a session opened elsewhere is answered 404 (its client opens a new one).
 """
@@ -30,6 +36,7 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +59,8 @@ _MAX_MESSAGE = 1024 * 1024  # a sealed message larger than this is not sent (the
 _DEADLINE = 1.0  # seconds for one Redis command: a session's request never waits longer on Redis
 _QUESTION_TTL_MS = 3_600_000  # a question's registration outlives no question (each is removed when it is settled)
 _FIELDS = ("e", "o", "v", "c", "l")
+_ALL = "vmcp:sessions:all"
+_HOLD_SECONDS = 60.0  # a place held for a session whose `initialize` is being served
 
 
 def digest(text: str) -> str:
@@ -60,6 +69,10 @@ def digest(text: str) -> str:
 
 def _record_key(session_id: str) -> str:
     return f"vmcp:session:{digest(session_id)}"
+
+
+def _owner_key(owner: str) -> str:
+    return f"vmcp:sessions:owner:{digest(owner)}"
 
 
 def _question_key(session_id: str, question_id: str) -> str:
@@ -84,6 +97,20 @@ class Notice:
     body: Any = None  # cancel: the request id; level: the level; push, answer: the message
 
 
+# KEYS: the owner's set, the fleet's. ARGV: now ms, member, expiry ms, quota, maximum.
+# 0: counted; 1: the owner holds its quota; 2: the fleet holds its maximum.
+_RESERVE = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
+redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[1])
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
+if redis.call('zcard', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[2])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
+redis.call('pexpireat', KEYS[1], ARGV[3], 'GT')
+redis.call('pexpireat', KEYS[2], ARGV[3], 'GT')
+return 0
+"""
+
 # Sets a field of a record only while the record exists (never makes a record without its owner).
 _SET_IF_EXISTS = """
 if redis.call('exists', KEYS[1]) == 1 then
@@ -105,26 +132,63 @@ class SessionFleet:
         self._channel = Channel(redis, status, PART, CHANNEL)
         self.origin = secrets.token_hex(8)
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
+        self._reserve = redis.register_script(_RESERVE)
 
     def _failed(self, exc: BaseException, what: str) -> None:
         self._status.failed(PART, exc)
         logger.debug("sessions: %s failed (%s)", what, type(exc).__name__)
 
+    async def reserve(self, owner: str, quota: int, maximum: int) -> tuple[str, str | None] | None:
+        """Hold a place for a session of `owner` while it is opened: (the place's id, None), or ("", why not:
+        "owner" at its quota, "fleet" at its maximum); None if Redis cannot say (this replica then counts alone)."""
+        place = "opening:" + secrets.token_hex(8)
+        now = _now_ms()
+        args: list[str | int] = [now, place, now + _ms(_HOLD_SECONDS), quota, maximum]
+        try:
+            with anyio.fail_after(_DEADLINE):
+                refused = int(await self._reserve(keys=[_owner_key(owner), _ALL], args=args))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, "counting sessions")
+            return None
+        self._status.succeeded(PART)
+        return (place, None) if refused == 0 else ("", "owner" if refused == 1 else "fleet")
+
+    async def release(self, owner: str, place: str) -> None:
+        """A place held for a session that was not opened."""
+        try:
+            with anyio.fail_after(_DEADLINE):
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.zrem(_owner_key(owner), place)
+                    pipe.zrem(_ALL, place)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, "counting sessions")
+
     async def opened(
-        self, session_id: str, endpoint: str, owner: str, version: str, declared: Mapping[str, Any], idle: float
+        self,
+        session_id: str,
+        endpoint: str,
+        owner: str,
+        version: str,
+        declared: Mapping[str, Any],
+        idle: float,
+        place: str | None = None,
     ) -> bool:
-        """Record a session this replica opened; False if the fleet could not be told (it is then this replica's)."""
-        fields: dict[Any, Any] = {
-            "e": endpoint,
-            "o": digest(owner),
-            "v": version,
-            "c": json.dumps(dict(declared)),
-        }
+        """Record a session this replica opened (counted in the place held for it); False if the fleet could not be
+        told (it is then this replica's)."""
+        fields: dict[Any, Any] = {"e": endpoint, "o": digest(owner), "v": version, "c": json.dumps(dict(declared))}
+        counted = digest(session_id)
+        expiry = _now_ms() + _ms(idle)
         try:
             with anyio.fail_after(_DEADLINE):
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.hset(_record_key(session_id), mapping=fields)
                     pipe.pexpire(_record_key(session_id), _ms(idle))
+                    for counts in (_owner_key(owner), _ALL):
+                        if place is not None:
+                            pipe.zrem(counts, place)
+                        pipe.zadd(counts, {counted: expiry}, gt=True)
+                        pipe.pexpireat(counts, expiry, gt=True)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "recording a session")
@@ -150,16 +214,22 @@ class SessionFleet:
             declared = {}
         return Record(v, declared if isinstance(declared, dict) else {}, level or None)
 
-    async def renew(self, idle: Mapping[str, float]) -> None:
-        """Each session's record expires no sooner than its given seconds from now (sessions this replica served)."""
+    async def renew(self, idle: Mapping[str, tuple[str, float]]) -> None:
+        """Each session (its id: its owner, seconds) expires no sooner than its given seconds from now, in its record
+        and in the counts (sessions this replica served)."""
         if not idle:
             return
+        now = _now_ms()
         try:
             with anyio.fail_after(_DEADLINE):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for session_id, seconds in idle.items():
+                    for session_id, (owner, seconds) in idle.items():
                         # GT: another replica's later use is never shortened by this one's earlier one.
                         pipe.pexpire(_record_key(session_id), _ms(seconds), gt=True)
+                        expiry = now + _ms(seconds)
+                        for counts in (_owner_key(owner), _ALL):
+                            pipe.zadd(counts, {digest(session_id): expiry}, xx=True, gt=True)
+                            pipe.pexpireat(counts, expiry, gt=True)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "renewing sessions")
@@ -181,11 +251,15 @@ class SessionFleet:
         self._status.succeeded(PART)
         return [None if ms == -2 else (math.inf if ms == -1 else ms / 1000) for ms in answers]
 
-    async def ended(self, session_id: str) -> None:
-        """The session was ended here (DELETE): its record goes, and every replica ends its part of it."""
+    async def ended(self, session_id: str, owner: str) -> None:
+        """The session was ended here (DELETE): its record and count go, and every replica ends its part of it."""
         try:
             with anyio.fail_after(_DEADLINE):
-                await self._redis.delete(_record_key(session_id))
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(_record_key(session_id))
+                    pipe.zrem(_owner_key(owner), digest(session_id))
+                    pipe.zrem(_ALL, digest(session_id))
+                    await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "ending a session")
         await self._publish(Notice("ended", digest(session_id)))
@@ -290,6 +364,10 @@ class SessionFleet:
                 deliver(notice)
 
         await self._channel.run(handle, subscribed=subscribed)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _ms(seconds: float) -> int:

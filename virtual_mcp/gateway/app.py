@@ -117,7 +117,7 @@ def create_app(
         security.request_states,
         security.replicas,
     )
-    quota = SessionQuota(settings.limits)
+    quota = SessionQuota(settings.limits, security.sessions)
     parts = runtime.service_parts()
     endpoints = {
         path: EndpointApp(

@@ -136,7 +136,7 @@ class LegacyWire:
     ) -> None:
         session_id = headers.get(SESSION_HEADER)
         request_id = message["id"]
-        release = None
+        reservation = None
         if session_id is not None:
             session = await self._table.locate(session_id, caller.principal.subject)
             if session is None:
@@ -144,7 +144,7 @@ class LegacyWire:
                 return
         else:
             try:  # a request that opens a session
-                release = self._quota.reserve(caller.principal)
+                reservation = await self._quota.reserve(caller.principal)
             except GatewayError as exc:
                 await framing.refuse_with(send, exc)
                 return
@@ -156,19 +156,19 @@ class LegacyWire:
                 answer = framing.Answer(send, self._keepalive, json_allowed=False)
                 await answer.finish(framing.error(request_id, error_object(exc)))
                 return
+            place = None
             if session is None:
-                if release is not None:  # the reservation becomes the session itself: never counted twice
-                    release()
-                    release = None
+                if reservation is not None:  # the reservation becomes the session itself: never counted twice
+                    place = self._quota.opened(reservation)
                 session = self._table.open_session(caller.principal.subject, version)
             session.version = version
             session.declared = relayable((message.get("params") or {}).get("capabilities"))
-            await self._table.share(session)
+            await self._table.share(session, place)
             answer = framing.Answer(send, self._keepalive, json_allowed=False, headers=_session_header(session))
             await answer.finish(framing.response(request_id, result))
         finally:
-            if release is not None:
-                release()
+            if reservation is not None:
+                await self._quota.release(reservation)  # (nothing, once the session is opened)
 
     async def _serve(
         self, caller: Caller, trace_id: str, session: Session, message: dict[str, Any], send: Send

@@ -51,17 +51,28 @@ _OUTBOX = 256  # messages for GET streams on other replicas waiting to be sent; 
 class Fleet(Protocol):
     """The sessions of the replicas (fleet/sessions.py's SessionFleet)."""
 
+    async def reserve(self, owner: str, quota: int, maximum: int) -> tuple[str, str | None] | None: ...
+
+    async def release(self, owner: str, place: str) -> None: ...
+
     async def opened(
-        self, session_id: str, endpoint: str, owner: str, version: str, declared: Mapping[str, Any], idle: float
+        self,
+        session_id: str,
+        endpoint: str,
+        owner: str,
+        version: str,
+        declared: Mapping[str, Any],
+        idle: float,
+        place: str | None = None,
     ) -> bool: ...
 
     async def load(self, session_id: str, endpoint: str, owner: str) -> Record | None: ...
 
-    async def renew(self, idle: Mapping[str, float]) -> None: ...
+    async def renew(self, idle: Mapping[str, tuple[str, float]]) -> None: ...
 
     async def remaining(self, session_ids: Sequence[str]) -> list[float | None] | None: ...
 
-    async def ended(self, session_id: str) -> None: ...
+    async def ended(self, session_id: str, owner: str) -> None: ...
 
     async def set_level(self, session_id: str, level: str) -> None: ...
 
@@ -192,11 +203,16 @@ class SessionTable:
             session.level_changed = partial(fleet.set_level, session.id)
         return session
 
-    async def share(self, session: Session) -> None:
-        """Make the session (just opened, or initialized again) known to the fleet, so any replica serves it."""
+    @property
+    def fleet(self) -> Fleet | None:
+        return self._fleet
+
+    async def share(self, session: Session, place: str | None = None) -> None:
+        """Make the session (just opened, or initialized again) known to the fleet, so any replica serves it (and
+        counted in the `place` held for it)."""
         if self._fleet is not None:
             await self._fleet.opened(
-                session.id, self._endpoint, session.owner, session.version, session.declared, self._idle
+                session.id, self._endpoint, session.owner, session.version, session.declared, self._idle, place
             )
 
     def find(self, session_id: str, subject: str) -> Session | None:
@@ -272,7 +288,7 @@ class SessionTable:
         """DELETE: the session ends on every replica."""
         self.end(session)
         if self._fleet is not None:
-            await self._fleet.ended(session.id)
+            await self._fleet.ended(session.id, session.owner)
 
     def notice(self, notice: Notice) -> None:
         """What another replica says about a session this one may have a part of."""
@@ -332,14 +348,14 @@ class SessionTable:
         `now` unless another replica used them since (their deadline then moves to the fleet's). Without Redis, as
         `sweep`. How many ended."""
         assert self._fleet is not None
-        renewed: dict[str, float] = {}
+        renewed: dict[str, tuple[str, float]] = {}
         for session in self._sessions.values():
             if session.in_flight:
-                renewed[session.id] = self._idle
-            elif session.used:
-                renewed[session.id] = session.idle_deadline - now
+                renewed[session.id] = (session.owner, self._idle)
+            elif session.used and session.idle_deadline > now:
+                renewed[session.id] = (session.owner, session.idle_deadline - now)
             session.used = False
-        await self._fleet.renew({k: v for k, v in renewed.items() if v > 0})
+        await self._fleet.renew(renewed)
         due = [session for session in self._sessions.values() if session.idle_deadline <= now]
         if not due:
             return 0
