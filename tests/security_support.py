@@ -75,8 +75,8 @@ class SecureGateway:
         """Every registered token, secret or forwarded value found in the database files or the audit file."""
         stored = "".join(
             read_elsewhere(p).decode("latin-1")
-            for p in sorted(self.data_dir.iterdir())
-            if p.name.startswith(("gateway.db", "audit"))
+            for p in sorted(self.data_dir.rglob("*"))
+            if p.is_file() and p.relative_to(self.data_dir).parts[0].startswith(("gateway.db", "audit"))
         )
         return [value for value in SENSITIVE if value in stored]
 

@@ -13,7 +13,8 @@ always written.
 
 Requests hand events to `AuditLog.record`, which queues them; one background writer drains the queue in batches to
 every sink (the gateway's database, a JSON lines file), so a request never waits on a disk write unless the
-queue is full (then it waits: the trail is never silently incomplete).
+queue is full (then it waits: the trail is never silently incomplete). With a journal (audit_journal.py), each record
+is also appended to it as it is queued, so a process killed before its writer wrote the record loses nothing.
 """
 
 from __future__ import annotations
@@ -162,12 +163,30 @@ class JsonLinesSink:
                 f.write(event_json(e) + "\n")  # buffered: written out in pieces, the GIL let go for each
 
 
+class Journal(Protocol):
+    """This process's write-ahead journal of records (audit_journal.AuditJournal)."""
+
+    def append(self, event: AuditEvent) -> None: ...
+
+    def settled(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class AuditLog:
     """The queue between requests and the sinks, and its writer (run it in the app's task group)."""
 
-    def __init__(self, sinks: Sequence[AuditSink], max_pending: int = MAX_PENDING, linger: float = LINGER) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[AuditSink],
+        max_pending: int = MAX_PENDING,
+        linger: float = LINGER,
+        journal: Journal | None = None,
+    ) -> None:
         self._sinks = tuple(sinks)
         self._linger = linger
+        self._journal = journal
+        self._all_written = True  # every batch so far reached every sink (the journal may be emptied)
         # Events, and flush markers: the writer sets a marker once everything queued before it is written.
         self._send: MemoryObjectSendStream[AuditEvent | anyio.Event]
         self._receive: MemoryObjectReceiveStream[AuditEvent | anyio.Event]
@@ -184,10 +203,14 @@ class AuditLog:
             self._send.send_nowait(bound(event))
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
+        if self._journal is not None:
+            self._journal.append(event)
         return True
 
     async def record(self, event: AuditEvent) -> None:
         bound(event)
+        if self._journal is not None:
+            self._journal.append(event)
         try:
             try:
                 self._send.send_nowait(event)
@@ -223,6 +246,10 @@ class AuditLog:
                     if events:
                         with anyio.CancelScope(shield=True):
                             await self._write(events)
+                    stream = self._send.statistics()
+                    idle = not stream.current_buffer_used and not stream.tasks_waiting_send
+                    if self._journal is not None and idle and self._all_written:
+                        self._journal.settled()  # every record appended to it is written
                     for item in items:
                         if isinstance(item, anyio.Event):
                             item.set()  # everything queued before the marker was in this batch or an earlier one
@@ -236,11 +263,24 @@ class AuditLog:
         with anyio.move_on_after(timeout):
             await self._drained.wait()
         if not self._drained.is_set():
-            logger.error("audit writer did not finish within %gs; up to %d record(s) may be lost", timeout, left)
+            logger.error(
+                "audit writer did not finish within %gs; up to %d record(s) are left to the journal (written at the "
+                "next start)",
+                timeout,
+                left,
+            )
+        elif self._journal is not None and self._all_written:
+            self._journal.close()
+            self._journal = None
+
+    async def write(self, batch: list[AuditEvent]) -> None:
+        """Write `batch` to every sink now, past the queue (records recovered from a journal at start)."""
+        await self._write(batch)
 
     async def _write(self, batch: list[AuditEvent]) -> None:
         for sink in self._sinks:
             try:
                 await sink.write(batch)
             except Exception:  # a broken sink must not stop the others, nor the writer
+                self._all_written = False  # (the journal keeps them: the next start writes what the trail lacks)
                 logger.exception("audit sink %s failed to write %d event(s)", type(sink).__name__, len(batch))

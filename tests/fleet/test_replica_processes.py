@@ -105,6 +105,8 @@ class Fleet:
     clock: Path  # write seconds here to move every replica's token clock forward
     probe: Probe  # what the backend received
     database_url: str
+    starts: list[tuple[list[str], tuple[str, ...]]]  # each replica's `serve` arguments and child (to start it again)
+    env: dict[str, str]
 
     async def cli(self, *args: str) -> str:
         code, out, err = await cli(*args, *self.state)
@@ -120,6 +122,17 @@ class Fleet:
         tool: tuple[str, dict[str, str]] = ("echo", {"text": "hi"}),
     ) -> int:
         """One sessionless 2026-07-28 tools/call (of `echo` by default): its HTTP status."""
+        return (await self.answer(http, bearer, url, endpoint, tool)).status_code
+
+    async def answer(
+        self,
+        http: httpx.AsyncClient,
+        bearer: str,
+        url: str | None = None,
+        endpoint: str = ENDPOINT,
+        tool: tuple[str, dict[str, str]] = ("echo", {"text": "hi"}),
+    ) -> httpx.Response:
+        """One sessionless 2026-07-28 tools/call (of `echo` by default): its answer."""
         name, arguments = tool
         body = {
             "jsonrpc": "2.0",
@@ -134,8 +147,7 @@ class Fleet:
             "mcp-method": "tools/call",
             "mcp-name": name,
         }
-        answer = await http.post(f"{url or self.url}{endpoint}", json=body, headers=headers)
-        return answer.status_code
+        return await http.post(f"{url or self.url}{endpoint}", json=body, headers=headers)
 
     async def upstream_bearer(self, http: httpx.AsyncClient, bearer: str, endpoint: str) -> str:
         """The credential the backend received for one call through the load balancer."""
@@ -179,16 +191,29 @@ async def fleet(
             ports = ports or free_ports(REPLICAS)
             clock = tmp_path / "clock"
             processes = []
+            starts = []
             for port, directory in zip(ports, data, strict=True):
                 args = ["--config", str(config), "--data-dir", str(directory), "--port", str(port), *extra]
                 child = ("tests.fleet.clock_child", str(clock))
+                starts.append((args, child))
                 processes.append(await stack.enter_async_context(gateway_process(args, child, env=env)))
             tg = await stack.enter_async_context(anyio.create_task_group())
             balancer = RoundRobin(ports, port=balancer_port)
             await balancer.run(tg)
             state = ["--data-dir", str(data[0]), "--database-url", url, "--redis-url", redis.url]
             replicas = [f"http://127.0.0.1:{p}" for p in ports]
-            yield Fleet(f"http://127.0.0.1:{balancer.port}", replicas, balancer, state, processes, clock, probe, url)
+            yield Fleet(
+                f"http://127.0.0.1:{balancer.port}",
+                replicas,
+                balancer,
+                state,
+                processes,
+                clock,
+                probe,
+                url,
+                starts,
+                env,
+            )
             tg.cancel_scope.cancel()
 
 
@@ -334,18 +359,24 @@ async def test_one_token_request_for_fifty_callers_even_when_the_lock_holder_is_
 async def test_a_replica_killed_under_load_loses_only_its_calls_in_flight(tmp_path: Path, postgres: Postgres) -> None:
     """Eight callers make 320 calls through the load balancer; once a third are answered, one replica is killed
     (SIGKILL: no cleanup). Only the calls it had in flight fail (at most one per caller); every other call is
-    answered by the two left, and the fleet goes on serving, the killed replica's state intact in the database."""
+    answered by the two left, and the fleet goes on serving, the killed replica's state intact in the database.
+    Started again on its data directory, the killed replica writes the audit records of the calls it had answered
+    and not yet written (its journal): the trail holds every answered call."""
     callers, each = 8, 40
     async with fleet(tmp_path, postgres) as f, one_connection_per_request() as http:
         token = (await f.cli("token", "create", "--user", ALICE)).strip()
         mark(token)
         outcomes: list[int | str] = []
+        answered: list[str] = []  # the request ids of the calls answered
         a_third = anyio.Event()
 
         async def caller() -> None:
             for _ in range(each):
                 try:
-                    outcome: int | str = await f.call(http, token)
+                    response = await f.answer(http, token)
+                    outcome: int | str = response.status_code
+                    if outcome == 200:
+                        answered.append(response.headers["x-request-id"])
                 except httpx.HTTPError as exc:  # the connection the killed replica held
                     outcome = type(exc).__name__
                 outcomes.append(outcome)
@@ -367,6 +398,12 @@ async def test_a_replica_killed_under_load_loses_only_its_calls_in_flight(tmp_pa
         assert [await f.call(http, token) for _ in range(4)] == [200] * 4  # the two left serve on
         for replica in (f.replicas[0], f.replicas[2]):
             assert await f.call(http, token, replica) == 200
+
+        args, child = f.starts[1]
+        async with gateway_process(args, child, env=f.env):  # its journal is written before it serves
+            out = await f.cli("audit", "--user", ALICE, "--format", "json", "--limit", "100000")
+        recorded = {json.loads(line)["request_id"] for line in out.splitlines()}
+        assert not set(answered) - recorded, f"{len(set(answered) - recorded)} answered calls not in the trail"
 
 
 async def test_a_2025_11_25_session_goes_on_whichever_replica_each_request_lands_on(

@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from virtual_mcp.audit import AuditLog, JsonLinesSink
+from virtual_mcp.audit_journal import DIRECTORY as JOURNALS
+from virtual_mcp.audit_journal import AuditJournal, recover
 from virtual_mcp.config.secrets import SecretRef
 from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.errors import ConfigError, ConfigIssue
@@ -220,7 +222,12 @@ async def _assemble(
         token_timeout=settings.token_timeout_seconds,
         consent=consent,
     )
-    audit = AuditLog([AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)])
+    # Each record also in this process's journal until written: a process killed outright loses none of them, and
+    # the journals of such processes are written here, before this one serves.
+    journals = settings.data_dir / JOURNALS
+    trail = AuditStore(audit_db)
+    audit = AuditLog([trail, JsonLinesSink(settings.audit_jsonl_path)], journal=AuditJournal(journals))
+    await recover(journals, trail, audit.write)
 
     async def health() -> dict[str, str | None]:
         return {name: problem for check in health_checks for name, problem in (await check()).items()}

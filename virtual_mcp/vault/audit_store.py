@@ -84,6 +84,10 @@ class AuditStore:
             rows = [r for i, r in enumerate(rows) if i == 0 or r["id"] != rows[i - 1]["id"]][: max(q.limit, 0)]
         return [_event(r) for r in rows]
 
+    async def recorded(self, request_id: str) -> list[AuditEvent]:
+        """The records of one request (what audit recovery compares a journal's records with)."""
+        return await self.query(AuditQuery(request_id=request_id, limit=1000))
+
     async def prune(self, before: float) -> int:
         """Delete the events older than `before` (Unix seconds), with their team index rows; how many events."""
         async with self._db.transaction() as tx:
