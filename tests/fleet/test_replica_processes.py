@@ -33,12 +33,13 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import ElicitResult
 
 from tests.backends import Probe, build_lab
+from tests.fleet.test_sessions import a_session_over_replicas
 from tests.gateway.test_timing import group_doc
 from tests.lab_config import ALICE, BOB, write_identities
 from tests.oauth.browser import Browser, connect
 from tests.oauth.test_authorization_code import IDS
 from tests.oauth.test_authorization_code import group_doc as code_group_doc
-from tests.oauth_server import CODE_CLIENT_ID, authorization_server
+from tests.oauth_server import CODE_CLIENT_ID, AuthServer, authorization_server
 from tests.ports import free_ports
 from tests.processes import MODERN_META, cli, gateway_process
 from tests.security_support import GATEWAY_AUDIENCE, GATEWAY_DOC, HMAC_KEY, idp_jwt, store_secrets
@@ -267,6 +268,23 @@ async def test_the_audit_shows_the_calls_of_every_replica(tmp_path: Path, postgr
 GITHUB = "/mcp-server/g/github/server"
 
 
+def per_user_github(auth: AuthServer) -> tuple[Callable[[str], dict[str, str]], dict[str, str]]:
+    """The fleet's configuration of g/github, a per-user OAuth server of `auth`, and the secret it needs."""
+
+    def documents(backend: str) -> dict[str, str]:
+        doc = code_group_doc(
+            backend=backend,
+            authorize=auth.authorization_endpoint,
+            token=auth.token_endpoint,
+            revoke=auth.revocation_endpoint,
+            issuer=auth.issuer,
+            client_id=CODE_CLIENT_ID,
+        )
+        return {"g.yaml": doc, "identities.yaml": IDS}
+
+    return documents, {"tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID)}
+
+
 async def stored_set(f: Fleet, data_dir: Path) -> dict[str, Any]:
     """Alice's token set for g/github as the fleet's database holds it, opened with the fleet's master key."""
     async with open_database(data_dir, f.database_url) as db:
@@ -288,19 +306,7 @@ async def test_one_token_request_for_fifty_callers_even_when_the_lock_holder_is_
     ports = free_ports(REPLICAS)
     callback = f"http://127.0.0.1:{ports[0]}/oauth/callback"  # alice connects through the first replica
     async with authorization_server(redirect_uris=(callback,), access_token_ttl=100) as auth:
-
-        def documents(backend: str) -> dict[str, str]:
-            doc = code_group_doc(
-                backend=backend,
-                authorize=auth.authorization_endpoint,
-                token=auth.token_endpoint,
-                revoke=auth.revocation_endpoint,
-                issuer=auth.issuer,
-                client_id=CODE_CLIENT_ID,
-            )
-            return {"g.yaml": doc, "identities.yaml": IDS}
-
-        secrets = {"tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID)}
+        documents, secrets = per_user_github(auth)
         lease = ["--refresh-lock-lease", "2"]
         async with (
             fleet(tmp_path, postgres, documents, secrets, ports, lease) as f,
@@ -416,41 +422,11 @@ async def test_a_2025_11_25_session_goes_on_whichever_replica_each_request_lands
     def no_keepalive(**options: Any) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(limits=httpx2.Limits(max_keepalive_connections=0), **options)
 
-    progress: list[float] = []
-    logged: list[str] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
-
-    async def on_log(message: Any) -> None:
-        logged.append(message.level)
-
     async with fleet(tmp_path, postgres) as f:
         token = (await f.cli("token", "create", "--user", ALICE)).strip()
         mark(token)
         transport = StreamableHttpTransport(f"{f.url}{ENDPOINT}", auth=token, httpx_client_factory=no_keepalive)
-        async with Client(transport, mode="legacy", progress_handler=on_progress, log_handler=on_log) as client:
-            for _ in range(REPLICAS):
-                assert "echo" in {tool.name for tool in await client.list_tools()}
-                assert (await client.call_tool("echo", {"text": "hi"})).data == "hi"
-            await client.set_logging_level("warning")
-            for _ in range(REPLICAS):
-                assert (await client.call_tool("chatty", {})).data == "logged"
-                assert (await client.call_tool("progress", {"steps": 2})).data == "2 steps"
-            assert logged == ["warning"] * REPLICAS
-            assert progress == [1, 2] * REPLICAS
-            async with anyio.create_task_group() as tg:
-
-                async def abandoned() -> None:
-                    await client.call_tool("slow", {})
-
-                tg.start_soon(abandoned)
-                with anyio.fail_after(10):
-                    await f.probe.slow_started.wait()
-                tg.cancel_scope.cancel()
-            with anyio.fail_after(10):
-                await f.probe.slow_cancelled.wait()
-            assert (await client.call_tool("echo", {"text": "after"})).data == "after"
+        await a_session_over_replicas(transport, f.probe, rounds=REPLICAS)
         assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
 
 
@@ -466,19 +442,7 @@ async def test_a_users_consent_completes_whichever_replica_each_step_lands_on(
     replica_ports, balancer_port = ports[:REPLICAS], ports[REPLICAS]
     callbacks = tuple(f"http://127.0.0.1:{port}/oauth/callback" for port in (balancer_port, replica_ports[1]))
     async with authorization_server(redirect_uris=callbacks) as auth:
-
-        def documents(backend: str) -> dict[str, str]:
-            doc = code_group_doc(
-                backend=backend,
-                authorize=auth.authorization_endpoint,
-                token=auth.token_endpoint,
-                revoke=auth.revocation_endpoint,
-                issuer=auth.issuer,
-                client_id=CODE_CLIENT_ID,
-            )
-            return {"g.yaml": doc, "identities.yaml": IDS}
-
-        secrets = {"tfy-secret://t:github:client_secret": auth.secret(CODE_CLIENT_ID)}
+        documents, secrets = per_user_github(auth)
         async with (
             fleet(tmp_path, postgres, documents, secrets, replica_ports, balancer_port=balancer_port) as f,
             one_connection_per_request() as http,

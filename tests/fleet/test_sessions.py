@@ -138,17 +138,27 @@ async def _stream(
                     first.set()
 
 
-async def test_a_cancellation_sent_to_the_other_replica_cancels_the_call(
-    tmp_path: Path, postgres: Postgres, own_redis: Redis
-) -> None:
-    probe = Probe()
+@asynccontextmanager
+async def alices_session(
+    tmp_path: Path, postgres: Postgres, redis: Redis, probe: Probe
+) -> AsyncIterator[tuple[SecureGateway, Raw]]:
+    """Two replicas before the lab backend (`probe` sees what it does), and a session of alice's opened on the first
+    (its tools listed once): (the other replica, the session on the first)."""
     async with (
         serve(build_lab(probe).http_app(path="/mcp")) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        replicas(tmp_path, postgres, backend, redis.url) as (a, b),
         httpx2.AsyncClient(timeout=10) as http,
     ):
         on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
         await on_a.call("tools/list")
+        yield b, on_a
+
+
+async def test_a_cancellation_sent_to_the_other_replica_cancels_the_call(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    probe = Probe()
+    async with alices_session(tmp_path, postgres, own_redis, probe) as (b, on_a):
         received: list[dict[str, Any]] = []
         body = {"jsonrpc": "2.0", "id": 21, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
         async with anyio.create_task_group() as tg:
@@ -166,13 +176,8 @@ async def test_a_delete_through_one_replica_ends_the_get_stream_and_calls_on_the
     tmp_path: Path, postgres: Postgres, own_redis: Redis
 ) -> None:
     probe = Probe()
-    async with (
-        serve(build_lab(probe).http_app(path="/mcp")) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
-        httpx2.AsyncClient(timeout=10) as http,
-    ):
-        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
-        await on_a.call("tools/list")
+    async with alices_session(tmp_path, postgres, own_redis, probe) as (b, on_a):
+        http = on_a.http
         received: list[dict[str, Any]] = []
         stream_ended = anyio.Event()
 
@@ -266,12 +271,49 @@ async def test_without_redis_each_replica_serves_the_sessions_it_opened(tmp_path
         assert (await on_a.call("ping")).status_code == 200
 
 
+async def a_session_over_replicas(transport: StreamableHttpTransport, probe: Probe, rounds: int) -> None:
+    """What a 2025-11-25 client does in a session whose requests land on different replicas (`transport` spreads
+    them), each checked: the handshake, lists and calls, its log level chosen once and applied to the log messages of
+    later calls, progress, and a call it abandons (its `notifications/cancelled` reaches the replica serving it, and
+    the backend is told)."""
+    progress: list[float] = []
+    logged: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async def on_log(message: Any) -> None:
+        logged.append(message.level)
+
+    async with Client(transport, mode="legacy", progress_handler=on_progress, log_handler=on_log) as client:
+        for _ in range(rounds):
+            assert "echo" in {tool.name for tool in await client.list_tools()}
+            assert (await client.call_tool("echo", {"text": "hi"})).data == "hi"
+        await client.set_logging_level("warning")
+        for _ in range(rounds):
+            assert (await client.call_tool("chatty", {})).data == "logged"
+            assert (await client.call_tool("progress", {"steps": 2})).data == "2 steps"
+        assert logged == ["warning"] * rounds
+        assert progress == [1, 2] * rounds
+        async with anyio.create_task_group() as tg:
+
+            async def abandoned() -> None:
+                await client.call_tool("slow", {})
+
+            tg.start_soon(abandoned)
+            with anyio.fail_after(10):
+                await probe.slow_started.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(10):
+            await probe.slow_cancelled.wait()
+        assert (await client.call_tool("echo", {"text": "after"})).data == "after"
+
+
 async def test_an_official_client_whose_every_request_lands_on_the_next_replica(
     tmp_path: Path, postgres: Postgres, own_redis: Redis
 ) -> None:
     """fastmcp's client (the official SDK's session underneath), every HTTP request of it sent to the next replica in
-    turn, as a load balancer without stickiness would: the handshake, lists, calls with progress and log messages,
-    and a call it abandons (its `notifications/cancelled` reaches the replica serving it)."""
+    turn, as a load balancer without stickiness would (`a_session_over_replicas`)."""
     probe = Probe()
     async with (
         serve(build_lab(probe).http_app(path="/mcp")) as backend,
@@ -279,38 +321,8 @@ async def test_an_official_client_whose_every_request_lands_on_the_next_replica(
     ):
         token = await a.token(PrincipalKind.USER, ALICE)
         turns = Alternating([a.url, b.url])
-        progress: list[float] = []
-        logged: list[str] = []
-
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            progress.append(done)
-
-        async def on_log(message: Any) -> None:
-            logged.append(message.level)
-
         transport = StreamableHttpTransport(f"{a.url}{ENDPOINT}", auth=token, httpx_client_factory=turns.client)
-        async with Client(transport, mode="legacy", progress_handler=on_progress, log_handler=on_log) as client:
-            for _ in range(3):
-                assert "echo" in {tool.name for tool in await client.list_tools()}
-                assert (await client.call_tool("echo", {"text": "hi"})).data == "hi"
-            await client.set_logging_level("warning")
-            for _ in range(2):
-                assert (await client.call_tool("chatty", {})).data == "logged"
-                assert (await client.call_tool("progress", {"steps": 3})).data == "3 steps"
-            assert logged == ["warning", "warning"]
-            assert progress == [1, 2, 3, 1, 2, 3]
-            async with anyio.create_task_group() as tg:
-
-                async def abandoned() -> None:
-                    await client.call_tool("slow", {})
-
-                tg.start_soon(abandoned)
-                with anyio.fail_after(10):
-                    await probe.slow_started.wait()
-                tg.cancel_scope.cancel()
-            with anyio.fail_after(10):
-                await probe.slow_cancelled.wait()
-            assert (await client.call_tool("echo", {"text": "after"})).data == "after"
+        await a_session_over_replicas(transport, probe, rounds=3)
         assert min(turns.served.values()) >= 5, turns.served  # both replicas served much of it
 
 
