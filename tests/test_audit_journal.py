@@ -4,7 +4,6 @@ once its records are written, and kept while a sink fails."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import textwrap
@@ -74,21 +73,47 @@ async def test_a_live_processs_journal_is_never_taken(tmp_path: Path) -> None:
     trail = Trail()
     assert await recover(journals, trail, trail.write) == 0
     assert mine.path.exists() and trail.events == []
-    mine.close()
-    assert not mine.path.exists()
+    path = mine.path
+    mine.close()  # (its record never written: the segment stays, unlocked, for the next start)
+    assert path.exists()
+    assert await recover(journals, trail, trail.write) == 1
 
 
-async def test_the_journal_is_emptied_once_written_and_kept_while_a_sink_fails(tmp_path: Path) -> None:
-    for fail in (False, True):
-        journal = AuditJournal(tmp_path / f"journal-{fail}")
-        log = AuditLog([Trail(fail)], linger=0, journal=journal)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(log.run)
-            await log.record(event("a"))
-            assert journal.path.stat().st_size > 0  # before it is written
-            await log.flush()
-            assert (journal.path.stat().st_size == 0) is not fail
-            await log.close()
-        assert journal.path.exists() is fail  # a clean stop removes it, unless a record never reached a sink
-        if fail:
-            os.close(os.open(journal.path, os.O_RDONLY))
+async def test_a_segment_goes_once_written_and_one_a_sink_failed_to_take_stays_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Records go to the journal before they are queued; once a batch is in every sink its segment goes. A batch a
+    sink failed to take keeps its segment (later ones still go once written), and the next start writes it."""
+    journals = tmp_path / "audit-journal"
+    journal = AuditJournal(journals)
+    sink = Trail()
+    log = AuditLog([sink], linger=0, journal=journal)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(log.run)
+        await log.record(event("a"))
+        assert journal.path.stat().st_size > 0  # in the journal before it is written
+        await log.flush()
+        assert [p.stat().st_size for p in journals.iterdir()] == [0]  # its segment went; a fresh one is open
+        sink.fail = True
+        await log.record(event("lost-to-the-sink"))
+        await log.flush()
+        sink.fail = False
+        await log.record(event("b"))
+        await log.flush()
+        assert len(list(journals.iterdir())) == 2  # the failed batch's segment, and the open one
+        await log.close()
+    assert len(list(journals.iterdir())) == 1  # the clean stop removed the rest
+    later = Trail()
+    assert await recover(journals, later, later.write) == 1
+    assert [e.request_id for e in later.events] == ["lost-to-the-sink"] and not list(journals.iterdir())
+
+
+async def test_a_journal_the_trail_cannot_take_is_kept(tmp_path: Path) -> None:
+    journals = tmp_path / "audit-journal"
+    child = await anyio.run_process([sys.executable, "-c", KILLED, str(journals)], cwd=REPO, check=False)
+    assert child.returncode == -signal.SIGKILL
+    broken = Trail(fail=True)
+    assert await recover(journals, broken, broken.write) == 0
+    assert len(list(journals.iterdir())) == 1  # kept
+    trail = Trail()
+    assert await recover(journals, trail, trail.write) == 3

@@ -166,9 +166,11 @@ class JsonLinesSink:
 class Journal(Protocol):
     """This process's write-ahead journal of records (audit_journal.AuditJournal)."""
 
-    def append(self, event: AuditEvent) -> None: ...
+    def append(self, event: AuditEvent) -> int: ...
 
-    def settled(self) -> None: ...
+    def rotate(self) -> None: ...
+
+    def written(self, generation: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -186,7 +188,7 @@ class AuditLog:
         self._sinks = tuple(sinks)
         self._linger = linger
         self._journal = journal
-        self._all_written = True  # every batch so far reached every sink (the journal may be emptied)
+        self._in_journal: dict[int, int] = {}  # id of a queued event -> the journal segment that holds it
         # Events, and flush markers: the writer sets a marker once everything queued before it is written.
         self._send: MemoryObjectSendStream[AuditEvent | anyio.Event]
         self._receive: MemoryObjectReceiveStream[AuditEvent | anyio.Event]
@@ -204,13 +206,13 @@ class AuditLog:
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
         if self._journal is not None:
-            self._journal.append(event)
+            self._in_journal[id(event)] = self._journal.append(event)
         return True
 
     async def record(self, event: AuditEvent) -> None:
         bound(event)
         if self._journal is not None:
-            self._journal.append(event)
+            self._in_journal[id(event)] = self._journal.append(event)
         try:
             try:
                 self._send.send_nowait(event)
@@ -218,7 +220,7 @@ class AuditLog:
                 await self._send.send(event)  # the writer is behind: wait rather than lose the record
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             logger.warning("audit event after shutdown, written directly: %s %s", event.method, event.outcome)
-            await self._write([event])
+            self._journaled([event], await self._write([event]))
 
     async def flush(self) -> None:
         """Wait until every event recorded before this call is written."""
@@ -244,12 +246,11 @@ class AuditLog:
                                 break
                     events = [item for item in items if isinstance(item, AuditEvent)]
                     if events:
+                        if self._journal is not None:
+                            self._journal.rotate()
                         with anyio.CancelScope(shield=True):
-                            await self._write(events)
-                    stream = self._send.statistics()
-                    idle = not stream.current_buffer_used and not stream.tasks_waiting_send
-                    if self._journal is not None and idle and self._all_written:
-                        self._journal.settled()  # every record appended to it is written
+                            written = await self._write(events)
+                        self._journaled(events, written)
                     for item in items:
                         if isinstance(item, anyio.Event):
                             item.set()  # everything queued before the marker was in this batch or an earlier one
@@ -269,18 +270,25 @@ class AuditLog:
                 timeout,
                 left,
             )
-        elif self._journal is not None and self._all_written:
+        elif self._journal is not None:
             self._journal.close()
             self._journal = None
 
-    async def write(self, batch: list[AuditEvent]) -> None:
-        """Write `batch` to every sink now, past the queue (records recovered from a journal at start)."""
-        await self._write(batch)
+    def _journaled(self, batch: list[AuditEvent], written: bool) -> None:
+        """The batch is in every sink (`written`): its records leave the journal. Otherwise the journal keeps them,
+        and the next start writes what the trail lacks."""
+        for event in batch:
+            generation = self._in_journal.pop(id(event), None)
+            if written and generation is not None and self._journal is not None:
+                self._journal.written(generation)
 
-    async def _write(self, batch: list[AuditEvent]) -> None:
+    async def _write(self, batch: list[AuditEvent]) -> bool:
+        """Into every sink; False if any failed."""
+        written = True
         for sink in self._sinks:
             try:
                 await sink.write(batch)
             except Exception:  # a broken sink must not stop the others, nor the writer
-                self._all_written = False  # (the journal keeps them: the next start writes what the trail lacks)
+                written = False
                 logger.exception("audit sink %s failed to write %d event(s)", type(sink).__name__, len(batch))
+        return written

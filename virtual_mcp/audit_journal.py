@@ -34,33 +34,71 @@ DIRECTORY = "audit-journal"
 _SUFFIX = ".jsonl"
 
 
+class _Segment:
+    """One file of the journal, locked by this process while it holds it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"{os.getpid()}-{secrets.token_hex(6)}{_SUFFIX}"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.unwritten = 0  # records appended to it that no batch has written yet
+        self.appended = 0
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
 class AuditJournal:
-    """This process's journal (locked while it lives)."""
+    """This process's journal: a file per run of the writer's batches (a segment), each removed once every record
+    in it is written. A segment whose records a sink failed to take stays, and is written at the next start."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = directory / f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._dirty = False
+        self._directory = directory
+        self._generation = 0
+        self._segments = {0: _Segment(directory)}
 
-    def append(self, event: AuditEvent) -> None:
+    @property
+    def path(self) -> Path:
+        """The segment records are appended to now."""
+        return self._segments[self._generation].path
+
+    def append(self, event: AuditEvent) -> int:
         """The record, in the journal before the request's answer leaves (one write: a line is never torn by
-        another)."""
-        os.write(self._fd, (event_json(event) + "\n").encode())
-        self._dirty = True
+        another); which segment holds it."""
+        segment = self._segments[self._generation]
+        os.write(segment.fd, (event_json(event) + "\n").encode())
+        segment.unwritten += 1
+        segment.appended += 1
+        return self._generation
 
-    def settled(self) -> None:
-        """Everything appended is in the sinks: the journal starts empty again."""
-        if self._dirty:
-            os.ftruncate(self._fd, 0)
-            self._dirty = False
+    def rotate(self) -> None:
+        """Records appended from now on go to a new segment (the writer took a batch: the segments before it empty
+        as their records are written)."""
+        if self._segments[self._generation].appended:
+            self._generation += 1
+            self._segments[self._generation] = _Segment(self._directory)
+
+    def written(self, generation: int) -> None:
+        """One record of segment `generation` is in every sink; a segment left behind with none unwritten goes."""
+        segment = self._segments.get(generation)
+        if segment is None:
+            return
+        segment.unwritten -= 1
+        if not segment.unwritten and generation != self._generation:
+            segment.remove()
+            del self._segments[generation]
 
     def close(self) -> None:
-        """A clean stop (everything written): the journal goes."""
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self._fd)
+        """A stop: the segments whose records are all written go; the others stay for the next start."""
+        for generation, segment in list(self._segments.items()):
+            if segment.unwritten:
+                os.close(segment.fd)  # (the lock goes with it: the next start takes the segment)
+            else:
+                segment.remove()
+            del self._segments[generation]
 
 
 class Trail(Protocol):
@@ -126,6 +164,10 @@ async def recover(directory: Path, trail: Trail, write: Callable[[list[AuditEven
                     len(missing),
                     path.name,
                 )
+        except Exception:  # the trail could not take them: the journal stays for the next start
+            logger.exception("audit: could not write the records of %s; kept for the next start", path.name)
+            os.close(fd)
+            continue
         except BaseException:
             for _, other, _ in orphans[i:]:  # left for the next start
                 os.close(other)

@@ -68,7 +68,7 @@ async def test_a_replica_that_is_not_there_is_found_out_in_seconds(redis: Redis)
         async def on_note(body: dict[str, Any]) -> None:
             pass
 
-        with anyio.fail_after(5), pytest.raises(ReplicaGone):
+        with anyio.fail_after(10), pytest.raises(ReplicaGone):  # (its first word is awaited for 5 s)
             await asker.call("no-such-replica", {}, on_note)
 
 
@@ -95,3 +95,29 @@ async def test_an_abandoned_call_is_cancelled_where_it_is_served(redis: Redis) -
             tg.cancel_scope.cancel()
         with anyio.fail_after(5):
             await cancelled.wait()
+
+
+async def test_a_call_heard_twice_is_served_once_and_the_replica_serves_on(redis: Redis) -> None:
+    """A sealed call republished on the channel (a replay by whoever can publish to Redis) is served once; the
+    replica's listener survives it."""
+    served = 0
+    async with two(redis.url) as (asker, holder), RedisClient.from_url(redis.url) as spy, spy.pubsub() as watch:
+        await watch.subscribe(CHANNEL)
+
+        async def handler(body: dict[str, Any], note: Note) -> dict[str, Any]:
+            nonlocal served
+            served += 1
+            return {"ok": served}
+
+        async def on_note(body: dict[str, Any]) -> None:
+            pass
+
+        holder.serve(handler)
+        assert await asker.call(holder.origin, {}, on_note) == {"ok": 1}
+        with anyio.fail_after(5):
+            while (got := await watch.get_message(ignore_subscribe_messages=True, timeout=1)) is None:
+                pass
+        replayed = got["data"]  # the call itself, the first message on the channel
+        for _ in range(2):
+            await spy.publish(CHANNEL, replayed)
+        assert await asker.call(holder.origin, {}, on_note) == {"ok": 2}  # served on; the replays were not

@@ -391,23 +391,40 @@ async def test_what_callers_say_crosses_redis_sealed_and_only_a_replica_of_the_f
         assert await sender.answer("session-1", message) is False  # answered once
 
 
-def test_only_notices_of_this_version_are_read() -> None:
-    fleet = _fleet(RedisClient())  # (never connects: decoding alone)
-    good = {"v": "1", "from": "other", "k": "cancel", "s": "d" * 64, "b": 7}
-    assert fleet.decode(json.dumps(good)) == Notice("cancel", "d" * 64, 7)
+def test_only_fresh_notices_sealed_by_the_fleet_are_read() -> None:
+    """A notice is sealed whole, with its time: one in the clear, one sealed with another key, one turned to
+    another session (its sealed part copied under another), a late replay, a malformed one: none is read."""
+    reader = _fleet(RedisClient())  # (never connects: decoding alone)
+
+    def sealed(inner: dict[str, Any], key: bytes = b"k" * 32, origin: str = "other") -> str:
+        box = Sealer([key], "sessions").seal(json.dumps(inner).encode())
+        return json.dumps({"v": "1", "from": origin, "x": box})
+
+    now = time.time()
+    good = {"k": "cancel", "s": "d" * 64, "b": 7, "at": now}
+    assert reader.decode(sealed(good)) == Notice("cancel", "d" * 64, 7)
+    assert reader.decode(sealed({**good, "k": "push", "b": {"method": "m"}})) == Notice(
+        "push", "d" * 64, {"method": "m"}
+    )
     for bad in [
-        {**good, "v": "2"},
-        {**good, "k": "drop"},
-        {**good, "b": True},  # not a request id
-        {**good, "b": None},
-        {**good, "s": 5},
-        {**good, "k": "level", "b": 3},
-        {**good, "k": "push", "b": "not sealed"},
-        {**good, "k": "answer", "b": {"id": 1}},  # in the clear: refused
-        {**good, "from": fleet.origin},  # its own
+        json.dumps({"v": "1", "from": "other", "k": "cancel", "s": "d" * 64, "b": 7}),  # in the clear
+        sealed(good, key=b"z" * 32),  # another fleet's key
+        sealed(good, origin=reader.origin),  # its own
+        sealed({**good, "at": now - 3600}),  # replayed late
+        sealed({**good, "at": "now"}),
+        sealed({**good, "k": "drop"}),
+        sealed({**good, "b": True}),  # not a request id
+        sealed({**good, "b": None}),
+        sealed({**good, "s": 5}),
+        sealed({**good, "k": "level", "b": 3}),
+        sealed({**good, "k": "answer", "b": "not a message"}),
+        json.dumps({"v": "2", "from": "other", "x": "AAAA"}),
     ]:
-        assert fleet.decode(json.dumps(bad)) is None, bad
-    assert fleet.decode(b"not json") is None
+        assert reader.decode(bad) is None, bad
+    assert reader.decode(b"not json") is None
+    # The sealed part of one session's notice put under another session's: the session is inside, so it stays.
+    moved = json.loads(sealed(good))
+    assert reader.decode(json.dumps({**moved, "s": "e" * 64})) == Notice("cancel", "d" * 64, 7)
 
 
 async def test_a_2026_07_28_retry_on_the_other_replica_goes_on_with_the_call_held_there(

@@ -3,6 +3,8 @@ one global first-in-first-out of 10,000, which any user could fill)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from virtual_mcp.outbound.consent import (
@@ -12,11 +14,12 @@ from virtual_mcp.outbound.consent import (
     ConsentFlows,
     ConsentLinkInvalid,
     ConsentStateInvalid,
+    FormNotFromThisBrowser,
     NotTheLinksAccount,
     NotTheSigningInBrowser,
     new_browser_value,
 )
-from virtual_mcp.outbound.pending import PendingTable
+from virtual_mcp.outbound.pending import LocalPending, PendingTable
 from virtual_mcp.types import Principal, PrincipalKind, ServerRef
 
 GITHUB = ServerRef("g", "github")
@@ -123,3 +126,18 @@ async def test_a_flow_finished_in_another_browser_is_spent() -> None:
         await flows.finish(state, new_browser_value(), "code")
     with pytest.raises(ConsentStateInvalid):
         await flows.finish(state, None, "code")
+
+
+async def test_replicas_rolling_out_a_new_master_key_accept_each_others_forms_and_flows() -> None:
+    """Two replicas over one set of tables (the fleet's), one with the new master key first: a form one showed is
+    accepted by the other, and a flow one began is finished by the other. Another fleet's key is refused."""
+    tickets, pending = LocalPending(TICKETS_PER_USER, MAX_PENDING, time.monotonic), LocalPending(8, 100, time.monotonic)
+    before = ConsentFlows(tickets=tickets, flows=pending, keys=[b"o" * 32])
+    after = ConsentFlows(tickets=tickets, flows=pending, keys=[b"n" * 32, b"o" * 32])
+    stranger = ConsentFlows(tickets=tickets, flows=pending, keys=[b"x" * 32])
+    ticket, browser = await before.ticket(ALICE.name, GITHUB), new_browser_value()
+    assert (await after.check_form(ticket, browser, before.csrf(ticket, browser))).user == ALICE.name
+    with pytest.raises(FormNotFromThisBrowser):
+        await stranger.check_form(ticket, browser, before.csrf(ticket, browser))
+    state = (await begin(before, ticket, browser)).split("state=", 1)[1].split("&", 1)[0]
+    assert (await after.finish(state, browser, "code")).user == ALICE.name

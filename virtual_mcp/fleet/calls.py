@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 CHANNEL = "vmcp:calls"
 _ALIVE_EVERY = 5.0
 _PATIENCE = 3 * _ALIVE_EVERY
-_FIRST_WORD = 2.0  # seconds for the addressed replica to say it has the call
+_FIRST_WORD = 5.0  # seconds for the addressed replica to say it has the call
+_FRESH = 60.0  # seconds a message is good for (an older one, replayed, is ignored)
 _KINDS = ("call", "note", "alive", "done", "abandon")
 
 Note = Callable[[dict[str, Any]], Awaitable[None]]
@@ -52,6 +54,7 @@ class ReplicaCalls:
         self._handler: Handler | None = None
         self._waiting: dict[str, MemoryObjectSendStream[dict[str, Any]]] = {}
         self._serving: dict[str, anyio.CancelScope] = {}
+        self._heard: dict[str, float] = {}  # the calls heard in the last `_FRESH` seconds: each is served once
         self._tg: TaskGroup | None = None
 
     def serve(self, handler: Handler) -> None:
@@ -63,8 +66,10 @@ class ReplicaCalls:
         nonce = secrets.token_hex(12)
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
         self._waiting[nonce] = send
+        done = False
         try:
-            if not await self._publish({"k": "call", "to": to, "n": nonce, "b": dict(body)}):
+            # (This replica's own subscription hears it too: another listener is needed.)
+            if (await self._publish({"k": "call", "to": to, "n": nonce, "b": dict(body)})) < 2:
                 raise ReplicaGone("the replica holding it does not listen")
             patience = min(_FIRST_WORD, self._patience)
             while True:
@@ -77,12 +82,12 @@ class ReplicaCalls:
                 if message["k"] == "note":
                     await on_note(message["b"])
                 elif message["k"] == "done":
+                    done = True
                     return dict(message["b"])
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await self._publish({"k": "abandon", "to": to, "n": nonce, "b": {}})
-            raise
         finally:
+            if not done:  # given up (cancelled, silent, failed): the holder stops too, never finishing unseen
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await self._publish({"k": "abandon", "to": to, "n": nonce, "b": {}})
             del self._waiting[nonce]
             send.close()
             receive.close()
@@ -99,7 +104,8 @@ class ReplicaCalls:
             return
         kind, nonce = message["k"], message["n"]
         if kind == "call":
-            if self._tg is not None and self._handler is not None:
+            if self._tg is not None and self._handler is not None and self._first_hearing(nonce):
+                self._serving[nonce] = anyio.CancelScope()
                 self._tg.start_soon(self._serve_one, self._handler, message)
         elif kind == "abandon":
             scope = self._serving.get(nonce)
@@ -109,6 +115,16 @@ class ReplicaCalls:
             waiting = self._waiting.get(nonce)
             if waiting is not None:
                 waiting.send_nowait(message)
+
+    def _first_hearing(self, nonce: str) -> bool:
+        """A call heard twice (replayed on the channel) is served once."""
+        now = time.monotonic()
+        if len(self._heard) > 10_000:
+            self._heard = {n: until for n, until in self._heard.items() if until > now}
+        if self._heard.get(nonce, 0) > now:
+            return False
+        self._heard[nonce] = now + 2 * _FRESH
+        return True
 
     async def _serve_one(self, handler: Handler, message: dict[str, Any]) -> None:
         asker, nonce = message["from"], message["n"]
@@ -121,7 +137,7 @@ class ReplicaCalls:
                 await self._publish({"k": "alive", "to": asker, "n": nonce, "b": {}})
                 await anyio.sleep(_ALIVE_EVERY)
 
-        scope = self._serving[nonce] = anyio.CancelScope()
+        scope = self._serving[nonce]
         try:
             with scope:
                 async with anyio.create_task_group() as tg:
@@ -134,12 +150,13 @@ class ReplicaCalls:
                     tg.cancel_scope.cancel()
                 await self._publish({"k": "done", "to": asker, "n": nonce, "b": answer})
         finally:
-            del self._serving[nonce]
+            self._serving.pop(nonce, None)
 
-    async def _publish(self, message: dict[str, Any]) -> bool:
-        sealed = self._sealer.seal(json.dumps({**message, "from": self.origin}, separators=(",", ":")).encode())
-        heard = await self._channel.publish(sealed)
-        return bool(heard)
+    async def _publish(self, message: dict[str, Any]) -> int:
+        """How many listeners heard it (0 if it could not be sent)."""
+        stamped = {**message, "from": self.origin, "at": time.time()}
+        sealed = self._sealer.seal(json.dumps(stamped, separators=(",", ":")).encode())
+        return await self._channel.publish(sealed) or 0
 
     def _decode(self, raw: bytes | str) -> dict[str, Any] | None:
         opened = self._sealer.open(raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw)
@@ -150,6 +167,9 @@ class ReplicaCalls:
         except ValueError:
             return None
         if not isinstance(message, dict) or message.get("k") not in _KINDS:
+            return None
+        at = message.get("at")
+        if not isinstance(at, int | float) or abs(time.time() - at) > _FRESH:
             return None
         if not all(isinstance(message.get(f), str) for f in ("to", "n", "from")) or not isinstance(
             message.get("b"), dict

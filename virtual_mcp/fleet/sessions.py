@@ -15,9 +15,10 @@ holds a request of (a call or a GET stream), so a session expires only when the 
   log message outside any call);
 - `answer`: the caller's answer to a question this replica asked it.
 
-`push` and `answer` carry what callers and backends say: they are sealed (fleet/sealing.py), so Redis never holds them
-readable. While a question waits, its id is registered (`vmcp:question:<digest>`): the replica that receives the
-answer then knows whether any replica waits for it, and only the first answer is taken.
+Every notice is sealed whole (fleet/sealing.py) with the time it was sent: `push` and `answer` carry what callers and
+backends say, which Redis never holds readable, and no notice can be turned to another session or kind, forged without
+the fleet's key, or replayed a minute later. While a question waits, its id is registered (`vmcp:question:<digest>`):
+the replica that receives the answer then knows whether any replica waits for it, and only the first answer is taken.
 
 **The quota.** Each principal's open sessions are counted over the fleet in a sorted set by expiry
 (`vmcp:sessions:owner:<digest of the subject>`), the whole fleet's in `vmcp:sessions:all`: a session is opened only
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "vmcp:sessions"
 PART = "sessions"
 KINDS = ("ended", "cancel", "level", "push", "answer")
-_SEALED = ("push", "answer")
+_FRESH = 60.0  # seconds a notice is good for: an older one, replayed, is ignored
 _MAX_MESSAGE = 1024 * 1024  # a sealed message larger than this is not sent (the stream's reader would drop it too)
 _DEADLINE = 1.0  # seconds for one Redis command: a session's request never waits longer on Redis
 _QUESTION_TTL_MS = 3_600_000  # a question's registration outlives no question (each is removed when it is settled)
@@ -104,11 +105,25 @@ redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
 redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[1])
 if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
 if redis.call('zcard', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
-redis.call('zadd', KEYS[1], ARGV[3], ARGV[2])
-redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
-redis.call('pexpireat', KEYS[1], ARGV[3], 'GT')
-redis.call('pexpireat', KEYS[2], ARGV[3], 'GT')
+local want = tonumber(ARGV[3]) - tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  redis.call('zadd', key, ARGV[3], ARGV[2])
+  local t = redis.call('pttl', key)
+  if t == -1 or t < want then redis.call('pexpire', key, want) end
+end
 return 0
+"""
+
+# KEYS: a count set. ARGV: the member's expiry (ms), the member, "xx" (only if it is counted already) or "", now
+# (ms), a held place it takes over ("" none). Its score and the set's life only ever grow.
+_COUNT = """
+if ARGV[5] ~= '' then redis.call('zrem', KEYS[1], ARGV[5]) end
+if ARGV[3] == 'xx' then redis.call('zadd', KEYS[1], 'XX', 'GT', ARGV[1], ARGV[2])
+else redis.call('zadd', KEYS[1], 'GT', ARGV[1], ARGV[2]) end
+local want = tonumber(ARGV[1]) - tonumber(ARGV[4])
+local t = redis.call('pttl', KEYS[1])
+if t == -1 or (t >= 0 and t < want) then redis.call('pexpire', KEYS[1], want) end
+return 1
 """
 
 # Sets a field of a record only while the record exists (never makes a record without its owner).
@@ -133,6 +148,7 @@ class SessionFleet:
         self.origin = secrets.token_hex(8)
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
         self._reserve = redis.register_script(_RESERVE)
+        self._count = redis.register_script(_COUNT)
 
     def _failed(self, exc: BaseException, what: str) -> None:
         self._status.failed(PART, exc)
@@ -185,10 +201,8 @@ class SessionFleet:
                     pipe.hset(_record_key(session_id), mapping=fields)
                     pipe.pexpire(_record_key(session_id), _ms(idle))
                     for counts in (_owner_key(owner), _ALL):
-                        if place is not None:
-                            pipe.zrem(counts, place)
-                        pipe.zadd(counts, {counted: expiry}, gt=True)
-                        pipe.pexpireat(counts, expiry, gt=True)
+                        args: list[str | int] = [expiry, counted, "", expiry - _ms(idle), place or ""]
+                        await self._count(keys=[counts], args=args, client=pipe)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "recording a session")
@@ -228,8 +242,9 @@ class SessionFleet:
                         pipe.pexpire(_record_key(session_id), _ms(seconds), gt=True)
                         expiry = now + _ms(seconds)
                         for counts in (_owner_key(owner), _ALL):
-                            pipe.zadd(counts, {digest(session_id): expiry}, xx=True, gt=True)
-                            pipe.pexpireat(counts, expiry, gt=True)
+                            await self._count(
+                                keys=[counts], args=[expiry, digest(session_id), "xx", now, ""], client=pipe
+                            )
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "renewing sessions")
@@ -318,14 +333,14 @@ class SessionFleet:
         return await self._channel.publish(text)
 
     def _encode(self, notice: Notice) -> str | None:
-        body: Any = notice.body
-        if notice.kind in _SEALED:
-            body = self._sealer.seal(json.dumps(body, separators=(",", ":")).encode())
-        text = json.dumps({"v": "1", "from": self.origin, "k": notice.kind, "s": notice.session, "b": body})
+        # All of it sealed, with the time: a notice cannot be turned to another session or kind, nor replayed late.
+        inner = {"k": notice.kind, "s": notice.session, "b": notice.body, "at": time.time()}
+        text = json.dumps({"v": "1", "from": self.origin, "x": self._sealer.seal(json.dumps(inner).encode())})
         return text if len(text) <= _MAX_MESSAGE else None
 
     def decode(self, raw: bytes | str) -> Notice | None:
-        """The notice of another replica; None for this replica's own and for anything that is not a notice."""
+        """The notice of another replica; None for this replica's own and for anything that is not a fresh notice
+        sealed by a replica of this fleet."""
         if len(raw) > _MAX_MESSAGE + 1024:
             return None
         try:
@@ -334,22 +349,28 @@ class SessionFleet:
             return None
         if not isinstance(message, dict) or message.get("v") != "1" or message.get("from") == self.origin:
             return None
-        kind, session, body = message.get("k"), message.get("s"), message.get("b")
-        if kind not in KINDS or not isinstance(session, str):
+        sealed = message.get("x")
+        opened = self._sealer.open(sealed) if isinstance(sealed, str) else None
+        if opened is None:
+            logger.info("a session notice that this replica cannot open; dropped (another master key?)")
             return None
-        if kind in _SEALED:
-            opened = self._sealer.open(body) if isinstance(body, str) else None
-            if opened is None:
-                logger.info("a sealed session message that this replica cannot open; dropped (another master key?)")
-                return None
-            body = json.loads(opened)
-            if not isinstance(body, dict):
-                return None
-            return Notice(kind, session, body)
+        try:
+            inner = json.loads(opened)
+        except ValueError:
+            return None
+        if not isinstance(inner, dict):
+            return None
+        kind, session, body, at = inner.get("k"), inner.get("s"), inner.get("b"), inner.get("at")
+        if kind not in KINDS or not isinstance(session, str) or not isinstance(at, int | float):
+            return None
+        if abs(time.time() - at) > _FRESH:
+            return None
         valid = {
             "ended": True,
             "cancel": isinstance(body, int | str) and not isinstance(body, bool),
             "level": isinstance(body, str),
+            "push": isinstance(body, dict),
+            "answer": isinstance(body, dict),
         }
         return Notice(kind, session, body) if valid[kind] else None
 

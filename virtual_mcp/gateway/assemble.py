@@ -13,7 +13,7 @@ import httpx
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from virtual_mcp.audit import AuditLog, JsonLinesSink
+from virtual_mcp.audit import AuditEvent, AuditLog, JsonLinesSink
 from virtual_mcp.audit_journal import DIRECTORY as JOURNALS
 from virtual_mcp.audit_journal import AuditJournal, recover
 from virtual_mcp.config.secrets import SecretRef
@@ -142,7 +142,7 @@ def fleet_consent(redis: Redis, status: FleetStatus, keys: LocalKeyProvider) -> 
         clock,
         tickets=table("tickets", TICKETS_PER_USER),
         flows=table("flows", FLOWS_PER_USER),
-        key=keys.derived("consent-macs")[0],
+        keys=keys.derived("consent-macs"),
     )
 
 
@@ -225,9 +225,14 @@ async def _assemble(
     # Each record also in this process's journal until written: a process killed outright loses none of them, and
     # the journals of such processes are written here, before this one serves.
     journals = settings.data_dir / JOURNALS
-    trail = AuditStore(audit_db)
-    audit = AuditLog([trail, JsonLinesSink(settings.audit_jsonl_path)], journal=AuditJournal(journals))
-    await recover(journals, trail, audit.write)
+    trail, jsonl = AuditStore(audit_db), JsonLinesSink(settings.audit_jsonl_path)
+    audit = AuditLog([trail, jsonl], journal=AuditJournal(journals))
+
+    async def recovered(events: list[AuditEvent]) -> None:  # (the trail's failure keeps the journal)
+        await trail.write(events)
+        await jsonl.write(events)
+
+    await recover(journals, trail, recovered)
 
     async def health() -> dict[str, str | None]:
         return {name: problem for check in health_checks for name, problem in (await check()).items()}

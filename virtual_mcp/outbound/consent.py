@@ -29,7 +29,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -195,14 +195,15 @@ class ConsentFlows:
         total: int = MAX_PENDING,
         tickets: Pending | None = None,
         flows: Pending | None = None,
-        key: bytes | None = None,
+        keys: Sequence[bytes] = (),
     ) -> None:
         self._clock = clock
         self._tickets = tickets or LocalPending(tickets_per_user, total, clock)
         self._flows = flows or LocalPending(flows_per_user, total, clock)
         # Keys the CSRF tokens and browser bindings: the fleet's (from the master key), or this process's, like the
         # tables it protects.
-        self._key = key or secrets.token_bytes(32)
+        # (Made with the first; checked against each: replicas rolling out a new master key still agree.)
+        self._keys = tuple(keys) or (secrets.token_bytes(32),)
 
     async def ticket(self, user: str, server: ServerRef) -> str:
         """The consent ticket of `user` for `server`: the live one, renewed, or a new one."""
@@ -239,7 +240,7 @@ class ConsentFlows:
         pending = await self.pending(ticket)
         if browser is None or not SECRET_SHAPE.fullmatch(browser) or not SECRET_SHAPE.fullmatch(csrf):
             raise FormNotFromThisBrowser()
-        if not hmac.compare_digest(csrf, self.csrf(ticket, browser)):
+        if not any(hmac.compare_digest(csrf, self._mac(b"csrf", ticket, browser, key=k)) for k in self._keys):
             raise FormNotFromThisBrowser()
         return pending
 
@@ -319,14 +320,14 @@ class ConsentFlows:
             raise ConsentStateInvalid()
         if browser is None or not SECRET_SHAPE.fullmatch(browser):
             raise NotTheSigningInBrowser(flow.user, flow.server)
-        if not hmac.compare_digest(flow.browser, self._browser_mac(browser)):
+        if not any(hmac.compare_digest(flow.browser, self._browser_mac(browser, k)) for k in self._keys):
             raise NotTheSigningInBrowser(flow.user, flow.server)
         return Finished(flow.user, flow.server, code, flow.verifier, flow.redirect_uri)
 
-    def _mac(self, purpose: bytes, *parts: str) -> str:
+    def _mac(self, purpose: bytes, *parts: str, key: bytes | None = None) -> str:
         message = b"\0".join([purpose, *(part.encode() for part in parts)])
-        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        digest = hmac.new(key or self._keys[0], message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def _browser_mac(self, browser: str) -> bytes:
-        return hmac.new(self._key, b"browser\0" + browser.encode(), hashlib.sha256).digest()
+    def _browser_mac(self, browser: str, key: bytes | None = None) -> bytes:
+        return hmac.new(key or self._keys[0], b"browser\0" + browser.encode(), hashlib.sha256).digest()

@@ -167,8 +167,9 @@ class LegacyWire:
             answer = framing.Answer(send, self._keepalive, json_allowed=False, headers=_session_header(session))
             await answer.finish(framing.response(request_id, result))
         finally:
-            if reservation is not None:
-                await self._quota.release(reservation)  # (nothing, once the session is opened)
+            if reservation is not None:  # (nothing to release once the session is opened)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):  # a cancelled opener frees its place
+                    await self._quota.release(reservation)
 
     async def _serve(
         self, caller: Caller, trace_id: str, session: Session, message: dict[str, Any], send: Send

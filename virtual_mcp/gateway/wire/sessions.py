@@ -136,6 +136,7 @@ class Session:
     questions: Questions = field(default_factory=Questions)  # backends' questions waiting for its answers
     ending: list[Callable[[], None]] = field(default_factory=list)  # called once when it ends
     used: bool = False  # a request of it ended since the fleet's record was last renewed
+    shared: bool = False  # the fleet holds its record (opened here and recorded, or opened elsewhere)
     # With a fleet: where a message for its GET stream goes when this replica does not hold the stream.
     elsewhere: Callable[[Mapping[str, Any]], None] | None = None
     # With a fleet: tells the other replicas of a new log level.
@@ -170,6 +171,7 @@ class Session:
 class SessionTable:
     def __init__(self, limits: Limits, fleet: Fleet | None = None, endpoint: str = "") -> None:
         self._idle = limits.session_idle_seconds
+        self._tick = max(0.05, min(self._idle / 4, 5.0))  # between sweeps
         self._sessions: dict[str, Session] = {}
         self._fleet = fleet
         self._endpoint = endpoint
@@ -211,8 +213,14 @@ class SessionTable:
         """Make the session (just opened, or initialized again) known to the fleet, so any replica serves it (and
         counted in the `place` held for it)."""
         if self._fleet is not None:
-            await self._fleet.opened(
-                session.id, self._endpoint, session.owner, session.version, session.declared, self._idle, place
+            session.shared = await self._fleet.opened(
+                session.id,
+                self._endpoint,
+                session.owner,
+                session.version,
+                session.declared,
+                self._idle + 2 * self._tick,
+                place,
             )
 
     def find(self, session_id: str, subject: str) -> Session | None:
@@ -234,6 +242,7 @@ class SessionTable:
         if session_id in self._sessions:  # (another request of it got here first, meanwhile)
             return self.find(session_id, subject)
         session = Session(session_id, subject, record.version, log_level=record.log_level, declared=record.declared)
+        session.shared = True
         return self._register(session)
 
     def _send_elsewhere(self, session_id: str, message: Mapping[str, Any]) -> None:
@@ -344,29 +353,38 @@ class SessionTable:
         return len(expired)
 
     async def sweep_fleet(self, now: float) -> int:
-        """With a fleet: renew the records of the sessions used here, and end those whose idle deadline is past at
-        `now` unless another replica used them since (their deadline then moves to the fleet's). Without Redis, as
-        `sweep`. How many ended."""
+        """With a fleet: renew the records of the sessions used here (with a grace of two sweeps, so a record never
+        lapses between a request's end and the next renewal); end the shared sessions whose record is gone (ended or
+        expired elsewhere, even if this replica missed the news), and those whose idle deadline is past at `now`
+        unless another replica used them since (their deadline then moves to the fleet's). A session the fleet was
+        never told of (opened while Redis was down), and every session while Redis cannot say, ends by its own
+        deadline, as in `sweep`. How many ended."""
         assert self._fleet is not None
+        grace = 2 * self._tick
         renewed: dict[str, tuple[str, float]] = {}
         for session in self._sessions.values():
             if session.in_flight:
-                renewed[session.id] = (session.owner, self._idle)
+                renewed[session.id] = (session.owner, self._idle + grace)
             elif session.used and session.idle_deadline > now:
-                renewed[session.id] = (session.owner, session.idle_deadline - now)
+                renewed[session.id] = (session.owner, session.idle_deadline - now + grace)
             session.used = False
         await self._fleet.renew(renewed)
-        due = [session for session in self._sessions.values() if session.idle_deadline <= now]
-        if not due:
-            return 0
-        left = await self._fleet.remaining([session.id for session in due])
+        shared = [session for session in self._sessions.values() if session.shared]
+        left = await self._fleet.remaining([session.id for session in shared]) if shared else []
+        fleet_says = dict(zip((s.id for s in shared), left, strict=True)) if left is not None else {}
         ended = 0
-        for i, session in enumerate(due):
-            seconds = left[i] if left is not None else None
-            if seconds is not None and seconds > 0:
-                session.idle_deadline = now + seconds
+        for session in list(self._sessions.values()):
+            known = session.id in fleet_says
+            seconds = fleet_says.get(session.id)
+            if known and seconds is None:
+                logger.info("session %s ended or expired on the other replicas", session.id[:8])
+            elif session.idle_deadline > now:
                 continue
-            logger.info("session %s idle for %g s", session.id[:8], self._idle)
+            elif known and seconds is not None:
+                session.idle_deadline = now + seconds  # used elsewhere since
+                continue
+            else:
+                logger.info("session %s idle for %g s", session.id[:8], self._idle)
             self.end(session)
             ended += 1
         return ended
@@ -374,7 +392,7 @@ class SessionTable:
     async def expire_idle(self, tick: float | None = None) -> None:
         """Sweep every `tick` seconds (a quarter of the idle time, within 0.05 to 5 s) until cancelled; with a fleet,
         also send what other replicas' GET streams are to carry."""
-        every = tick if tick is not None else max(0.05, min(self._idle / 4, 5.0))
+        every = tick if tick is not None else self._tick
         async with anyio.create_task_group() as tg:
             if self._fleet is not None:
                 tg.start_soon(self._send_outgoing, self._fleet)
