@@ -36,7 +36,7 @@ from tests.services import Postgres, Redis, redis_server
 from tests.support import LegacyOnly, Served, serve
 from tests.vault.test_store_engines import fresh_postgres
 from virtual_mcp.fleet.sealing import Sealer
-from virtual_mcp.fleet.sessions import CHANNEL, Notice, SessionFleet
+from virtual_mcp.fleet.sessions import CHANNEL, Notice, SessionFleet, digest
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.types import PrincipalKind
 
@@ -515,3 +515,28 @@ async def test_a_principals_session_quota_counts_its_sessions_on_every_replica(
         refused = await Raw(http, f"{b.url}{ENDPOINT}", LEGACY, bob).call("initialize", INITIALIZE)
         assert refused.status_code == 503 and "maximum of 3 open sessions" in refused.text
         assert second.session != third.session
+
+
+async def test_a_replica_that_missed_a_sessions_end_finds_it_out_at_its_next_sweep(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """The record of a session both replicas serve goes without a word on the channel (as when a replica was
+    reconnecting to Redis when the session was deleted): each replica ends its part at its next sweep."""
+    # A sweep every 5 s, and an idle time well past the test's patience: only the sweep's look at the record ends it.
+    sweeps = UNLIMITED.model_copy(update={"session_idle_seconds": 60.0})
+    async with (
+        serve(build_lab().http_app(path="/mcp")) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url, limits=sweeps) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+        RedisClient.from_url(own_redis.url) as redis,
+    ):
+        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
+        assert (await on(on_a, b).call("ping")).status_code == 200
+        parts = [gw.runtime.sessions[ENDPOINT].find(str(on_a.session), f"user:{ALICE}") for gw in (a, b)]
+        assert await redis.delete(f"vmcp:session:{digest(str(on_a.session))}") == 1
+        with anyio.fail_after(15):
+            for part in parts:
+                assert part is not None
+                await part.closed.wait()
+        for raw in (on_a, on(on_a, b)):
+            assert (await raw.call("ping")).status_code == 404
