@@ -51,10 +51,6 @@ _OUTBOX = 256  # messages for GET streams on other replicas waiting to be sent; 
 class Fleet(Protocol):
     """The sessions of the replicas (fleet/sessions.py's SessionFleet)."""
 
-    async def reserve(self, owner: str, quota: int, maximum: int) -> tuple[str, str | None] | None: ...
-
-    async def release(self, owner: str, place: str) -> None: ...
-
     async def opened(
         self,
         session_id: str,
@@ -204,10 +200,6 @@ class SessionTable:
             session.elsewhere = partial(self._send_elsewhere, session.id)
             session.level_changed = partial(fleet.set_level, session.id)
         return session
-
-    @property
-    def fleet(self) -> Fleet | None:
-        return self._fleet
 
     async def share(self, session: Session, place: str | None = None) -> None:
         """Make the session (just opened, or initialized again) known to the fleet, so any replica serves it (and
