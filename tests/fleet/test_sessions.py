@@ -26,6 +26,8 @@ from redis.asyncio import Redis as RedisClient
 
 from tests.asking_backend import asking_backend
 from tests.backends import Probe, build_lab
+from tests.gateway.service.test_resource_updates import Probe as UpdatesProbe
+from tests.gateway.service.test_resource_updates import watched_backend
 from tests.gateway.test_shared_state import ENDPOINT, UNLIMITED, two_replicas
 from tests.gateway.test_timing import ACCEPT, LEGACY, MODERN, Raw, rpc
 from tests.gateway.wire.test_legacy import events
@@ -540,3 +542,67 @@ async def test_a_replica_that_missed_a_sessions_end_finds_it_out_at_its_next_swe
                 await part.closed.wait()
         for raw in (on_a, on(on_a, b)):
             assert (await raw.call("ping")).status_code == 404
+
+
+async def test_a_subscription_made_through_one_replica_reaches_the_stream_on_the_other_and_ends_through_either(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """The session's GET stream is held by replica b; it subscribes through replica a, whose backend session sends
+    the update: the update reaches the stream on b. It unsubscribes through b: the updates a's backend session
+    still sends stop reaching it (an update of another resource it subscribed to still does)."""
+    app = watched_backend(UpdatesProbe()).http_app(path="/mcp")
+    async with (
+        serve(LegacyOnly(app)) as backend,  # type: ignore[arg-type]
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
+        on_b = on(on_a, b)
+        await on_a.call("tools/list")
+        updates: list[str] = []
+        arrived, opened_stream = anyio.Event(), anyio.Event()
+
+        async def get_stream() -> None:
+            nonlocal arrived
+            headers = {**_headers(on_b), "accept": "text/event-stream"}
+            async with http.stream("GET", on_b.url, headers=headers) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    opened_stream.set()  # (the gateway's first ping says the stream is open)
+                    if line.startswith("data: "):
+                        message = json.loads(line[6:])
+                        if message.get("method") == "notifications/resources/updated":
+                            updates.append(message["params"]["uri"])
+                            arrived.set()
+
+        async def next_update() -> str:
+            nonlocal arrived
+            with anyio.fail_after(10):
+                while not updates:
+                    await arrived.wait()
+                    arrived = anyio.Event()
+            return updates.pop(0)
+
+        def touch(uri: str) -> dict[str, Any]:
+            return {"name": "touch", "arguments": {"uri": uri}}
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(get_stream)
+            with anyio.fail_after(10):
+                await opened_stream.wait()
+            assert rpc(await on_a.call("resources/subscribe", {"uri": "note://a"}))["result"] == {}
+            await on_a.call("tools/call", touch("note://a"))
+            assert await next_update() == "note://a"  # from a's backend session to the stream on b
+
+            assert rpc(await on_b.call("resources/unsubscribe", {"uri": "note://a"}))["result"] == {}
+            assert rpc(await on_a.call("resources/subscribe", {"uri": "note://b"}))["result"] == {}
+            with anyio.fail_after(10):  # (until a has heard the unsubscription: then only b's update comes)
+                while True:
+                    await on_a.call("tools/call", touch("note://a"))
+                    await on_a.call("tools/call", touch("note://b"))
+                    seen = [await next_update()]
+                    while seen[-1] != "note://b":
+                        seen.append(await next_update())
+                    if seen == ["note://b"]:
+                        break
+            tg.cancel_scope.cancel()

@@ -11,6 +11,7 @@ holds a request of (a call or a GET stream), so a session expires only when the 
 - `ended`: the session was ended (DELETE): its calls here are cancelled and its GET stream here is closed;
 - `cancel`: `notifications/cancelled` for a call this replica may be serving;
 - `level`: the session's new log level;
+- `unsubscribe`: the session unsubscribed from a resource (the replica where it subscribed stops its updates);
 - `push`: a message for the session's GET stream, from a replica that does not hold the stream (a resource update, a
   log message outside any call);
 - `answer`: the caller's answer to a question this replica asked it.
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "vmcp:sessions"
 PART = "sessions"
-KINDS = ("ended", "cancel", "level", "push", "answer")
+KINDS = ("ended", "cancel", "level", "push", "answer", "unsubscribe")
 _FRESH = 60.0  # seconds a notice is good for: an older one, replayed, is ignored
 _MAX_MESSAGE = 1024 * 1024  # a sealed message larger than this is not sent (the stream's reader would drop it too)
 _DEADLINE = 1.0  # seconds for one Redis command: a session's request never waits longer on Redis
@@ -290,6 +291,9 @@ class SessionFleet:
     async def cancel(self, session_id: str, request_id: int | str) -> None:
         await self._publish(Notice("cancel", digest(session_id), request_id))
 
+    async def unsubscribed(self, session_id: str, uri: str) -> None:
+        await self._publish(Notice("unsubscribe", digest(session_id), uri))
+
     async def push(self, session_id: str, message: Mapping[str, Any]) -> None:
         await self._publish(Notice("push", digest(session_id), dict(message)))
 
@@ -369,6 +373,7 @@ class SessionFleet:
             "ended": True,
             "cancel": isinstance(body, int | str) and not isinstance(body, bool),
             "level": isinstance(body, str),
+            "unsubscribe": isinstance(body, str),
             "push": isinstance(body, dict),
             "answer": isinstance(body, dict),
         }

@@ -35,6 +35,14 @@ class Subscriber(Protocol):
         """Call `callback` once when the subscriber goes (its session ends)."""
         ...
 
+    def on_unsubscribed(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(uri)` when the caller unsubscribes from `uri` through another replica."""
+        ...
+
+    async def unsubscribed(self, uri: str) -> None:
+        """The caller unsubscribed from `uri` here: the replicas where it subscribed forget it too."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
@@ -60,6 +68,7 @@ class ResourceUpdates:
             self._counts[subscriber.key] = self._counts.get(subscriber.key, 0) + 1
             if self._counts[subscriber.key] == 1:
                 subscriber.on_end(lambda: self._forget(subscriber.key))
+                subscriber.on_unsubscribed(lambda shown: self._forget_uri(subscriber.key, shown))
         entries[subscriber.key] = _Entry(subscriber, shown_uri)
         if len(per_uri) == 1 and len(entries) == 1:
             session.watch("resource-updates", lambda message: self._on_message(session, message))
@@ -78,6 +87,19 @@ class ResourceUpdates:
         if not per_uri:
             self._watched.pop(session, None)
         return True
+
+    def _forget_uri(self, subscriber_key: str, shown_uri: str) -> None:
+        """The caller unsubscribed from `shown_uri` through another replica: its updates stop here too (a 2025-11-25
+        backend keeps sending them until its session closes; they are dropped as nobody's)."""
+        for session, per_uri in list(self._watched.items()):
+            for uri, entries in list(per_uri.items()):
+                entry = entries.get(subscriber_key)
+                if (
+                    entry is not None
+                    and entry.shown_uri == shown_uri
+                    and self.unsubscribed(session, uri, subscriber_key)
+                ):
+                    session.stop_listening(uri)
 
     def _forget(self, subscriber_key: str) -> None:
         for session, per_uri in list(self._watched.items()):

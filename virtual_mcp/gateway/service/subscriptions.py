@@ -62,6 +62,7 @@ def subscription_handlers(parts: ServiceParts, resolve: Resolve) -> dict[str, Ha
             else:
                 timeout = parts.settings.call_timeout_seconds
                 await forward(ctx, session, "resources/unsubscribe", {"uri": backend_uri}, timeout=timeout)
+        await ctx.subscriber.unsubscribed(uri)  # (it may have subscribed through another replica)
         return {}
 
     return {"resources/subscribe": subscribe, "resources/unsubscribe": unsubscribe}

@@ -67,6 +67,13 @@ class _ListenSubscriber:
     def on_end(self, callback: Callable[[], None]) -> None:
         self._ending.append(callback)
 
+    # A listen stream is one request's: there is no other replica for it to tell.
+    def on_unsubscribed(self, callback: Callable[[str], None]) -> None:
+        pass
+
+    async def unsubscribed(self, uri: str) -> None:
+        pass
+
     def end(self) -> None:
         for callback in self._ending:
             callback()

@@ -74,6 +74,8 @@ class Fleet(Protocol):
 
     async def cancel(self, session_id: str, request_id: int | str) -> None: ...
 
+    async def unsubscribed(self, session_id: str, uri: str) -> None: ...
+
     async def push(self, session_id: str, message: Mapping[str, Any]) -> None: ...
 
     async def asked(self, session_id: str, question_id: str) -> None: ...
@@ -135,8 +137,10 @@ class Session:
     shared: bool = False  # the fleet holds its record (opened here and recorded, or opened elsewhere)
     # With a fleet: where a message for its GET stream goes when this replica does not hold the stream.
     elsewhere: Callable[[Mapping[str, Any]], None] | None = None
-    # With a fleet: tells the other replicas of a new log level.
+    # With a fleet: tells the other replicas of a new log level, of an unsubscription.
     level_changed: Callable[[str], Any] | None = None
+    unsubscribed_here: Callable[[str], Any] | None = None
+    unsubscribing: list[Callable[[str], None]] = field(default_factory=list)  # called when it unsubscribes elsewhere
 
     # What a subscriber of resource updates is (service/resource_updates.py).
     @property
@@ -150,6 +154,14 @@ class Session:
             self.stream.push(message)
         elif self.elsewhere is not None:
             self.elsewhere(message)
+
+    def on_unsubscribed(self, callback: Callable[[str], None]) -> None:
+        self.unsubscribing.append(callback)
+
+    async def unsubscribed(self, uri: str) -> None:
+        """It unsubscribed from `uri` here: the other replicas forget its subscription too."""
+        if self.unsubscribed_here is not None:
+            await self.unsubscribed_here(uri)
 
     async def set_log_level(self, level: str) -> None:
         """Its `logging/setLevel` choice, on every replica."""
@@ -199,6 +211,7 @@ class SessionTable:
             session.questions = Questions(_SharedQuestions(fleet, session.id))
             session.elsewhere = partial(self._send_elsewhere, session.id)
             session.level_changed = partial(fleet.set_level, session.id)
+            session.unsubscribed_here = partial(fleet.unsubscribed, session.id)
         return session
 
     async def share(self, session: Session, place: str | None = None) -> None:
@@ -304,6 +317,9 @@ class SessionTable:
                 call.cancel.cancel()
         elif notice.kind == "level":
             session.log_level = notice.body
+        elif notice.kind == "unsubscribe":
+            for forget in list(session.unsubscribing):
+                forget(notice.body)
         elif notice.kind == "push":
             if session.stream is not None:
                 session.stream.push(notice.body)
