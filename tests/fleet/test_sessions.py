@@ -235,6 +235,18 @@ async def test_an_answer_posted_to_the_other_replica_reaches_the_question(
             again = await raw.post(answer)
             assert again.status_code == 400 and question["id"] in again.text
 
+        # Answered on the replica that asked: the other replica refuses the same answer at once.
+        received.clear()
+        asked = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stream, on_a, {**body, "id": 10}, received, asked)
+            with anyio.fail_after(10):
+                await asked.wait()
+            answer = {**answer, "id": received[0]["id"]}
+            assert (await on_a.post(answer)).status_code == 202
+            again = await on_b.post(answer)
+            assert again.status_code == 400 and answer["id"] in again.text
+
 
 async def test_a_session_used_on_one_replica_does_not_expire_on_the_other(
     tmp_path: Path, postgres: Postgres, own_redis: Redis

@@ -295,6 +295,9 @@ class SessionTable:
         """Hand the caller's answer to its question: here, or (with a fleet) to the replica that asked it. False if
         no question waits for it."""
         if session.questions.deliver(message):
+            question_id = message.get("id")
+            if self._fleet is not None and isinstance(question_id, str):  # taken: no other replica takes it again
+                await self._fleet.settled(session.id, question_id)
             return True
         return self._fleet is not None and await self._fleet.answer(session.id, message)
 
