@@ -37,8 +37,8 @@ from tests.sensitive import mark
 from tests.services import Postgres, Redis, redis_server
 from tests.support import LegacyOnly, Served, serve
 from tests.vault.test_store_engines import fresh_postgres
-from virtual_mcp.fleet.sealing import Sealer
-from virtual_mcp.fleet.sessions import CHANNEL, Notice, SessionFleet, digest
+from virtual_mcp.fleet.sealing import Sealer, digest
+from virtual_mcp.fleet.sessions import CHANNEL, Notice, SessionFleet
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.types import PrincipalKind
 

@@ -15,7 +15,6 @@ these is ignored (and logged at debug): the channel is a nudge, never an instruc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 
 from virtual_mcp.fleet.channel import IDLE_PING, Channel
 from virtual_mcp.fleet.connection import fleet_redis
+from virtual_mcp.fleet.sealing import digest
 from virtual_mcp.fleet.status import FleetStatus
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class FleetEvent:
 
 
 def user_digest(user: str) -> str:
-    return hashlib.sha256(b"virtual-mcp/user\0" + user.encode()).hexdigest()
+    return digest("virtual-mcp/user\0" + user)
 
 
 def encode(origin: str, event: FleetEvent) -> str:

@@ -7,7 +7,6 @@ could then be used once per replica while Redis is down, never more than once on
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 
@@ -15,6 +14,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from virtual_mcp.fleet.sealing import digest
 from virtual_mcp.fleet.status import FleetStatus
 
 _DEADLINE = 1.0
@@ -26,7 +26,7 @@ class FleetOnce:
         self._status = status
 
     async def first(self, one_time: str, expires: float) -> bool | None:
-        key = "vmcp:once:" + hashlib.sha256(one_time.encode()).hexdigest()
+        key = "vmcp:once:" + digest(one_time)
         ttl_ms = max(1, math.ceil((expires - time.time()) * 1000))
         try:
             with anyio.fail_after(_DEADLINE):

@@ -12,7 +12,6 @@ flow started during an outage completes if its steps come back to the same repli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from virtual_mcp.fleet.sealing import Sealer
+from virtual_mcp.fleet.sealing import Sealer, digest
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.outbound.pending import LocalPending, Record
 
@@ -52,10 +51,6 @@ def _text(member: Any) -> str:
     return member.decode() if isinstance(member, bytes) else str(member)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class RedisPending:
     def __init__(
         self, redis: Redis, status: FleetStatus, sealer: Sealer, table: str, per_owner: int, fallback: LocalPending
@@ -69,10 +64,10 @@ class RedisPending:
         self._put = redis.register_script(_PUT)
 
     def _entry(self, key: str) -> str:
-        return self._prefix + _digest(key)
+        return self._prefix + digest(key)
 
     def _index(self, owner: str) -> str:
-        return self._prefix + "owner:" + _digest(owner)
+        return self._prefix + "owner:" + digest(owner)
 
     def _seal(self, key: str, owner: str, value: Record) -> str:
         return self._sealer.seal(json.dumps({"k": key, "o": owner, "v": value}, separators=(",", ":")).encode())
@@ -97,7 +92,7 @@ class RedisPending:
         ttl_ms = max(1, math.ceil(ttl * 1000))
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [
-            _digest(key),
+            digest(key),
             self._seal(key, owner, value),
             ttl_ms,
             now_ms,
@@ -145,7 +140,7 @@ class RedisPending:
             with anyio.fail_after(_DEADLINE):
                 found = self._open(await self._redis.getdel(self._entry(key)), key)
                 if found is not None:
-                    await self._redis.zrem(self._index(found[1]), _digest(key))
+                    await self._redis.zrem(self._index(found[1]), digest(key))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None

@@ -9,6 +9,7 @@ understanding each other while a new master key is rolled out.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -16,6 +17,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE = 12
+
+
+def digest(text: str) -> str:
+    """What Redis names a secret or an identity by (a session id, a ticket, a one-time id, a subject), never the
+    thing itself: its SHA-256, hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Sealer:

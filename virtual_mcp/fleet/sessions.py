@@ -33,7 +33,6 @@ Without Redis (down, or not configured), each replica serves the sessions it kno
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -48,7 +47,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from virtual_mcp.fleet.channel import Channel
-from virtual_mcp.fleet.sealing import Sealer
+from virtual_mcp.fleet.sealing import Sealer, digest
 from virtual_mcp.fleet.status import FleetStatus
 
 logger = logging.getLogger(__name__)
@@ -63,10 +62,6 @@ _QUESTION_TTL_MS = 3_600_000  # a question's registration outlives no question (
 _FIELDS = ("e", "o", "v", "c", "l")
 _ALL = "vmcp:sessions:all"
 _HOLD_SECONDS = 60.0  # a place held for a session whose `initialize` is being served
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _record_key(session_id: str) -> str:

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 import anyio
 
 from virtual_mcp.config.settings import Limits
-from virtual_mcp.fleet.sessions import Notice, Record, digest
+from virtual_mcp.fleet.sealing import digest
+from virtual_mcp.fleet.sessions import Notice, Record
 from virtual_mcp.gateway.wire.asking import Questions
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
 
