@@ -55,6 +55,11 @@ def build_stateful(seen: Seen) -> FastMCP:
         return str(await ctx.get_state("note") or "nothing")
 
     @mcp.tool
+    def session(ctx: Context) -> str:
+        """The backend session this call came in (its id)."""
+        return ctx.session_id
+
+    @mcp.tool
     async def wait(ctx: Context) -> str:
         """Hold the call open until the test releases it."""
         seen.waiting += 1

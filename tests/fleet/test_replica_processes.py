@@ -45,6 +45,7 @@ from tests.processes import MODERN_META, cli, gateway_process
 from tests.security_support import GATEWAY_AUDIENCE, GATEWAY_DOC, HMAC_KEY, idp_jwt, store_secrets
 from tests.sensitive import mark
 from tests.services import Postgres, redis_server
+from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
 from tests.vault.test_store_engines import fresh_postgres
 from virtual_mcp.fleet.connection import REDIS_URL_ENV
@@ -428,6 +429,33 @@ async def test_a_2025_11_25_session_goes_on_whichever_replica_each_request_lands
         transport = StreamableHttpTransport(f"{f.url}{ENDPOINT}", auth=token, httpx_client_factory=no_keepalive)
         await a_session_over_replicas(transport, f.probe, rounds=REPLICAS)
         assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
+
+
+async def test_a_stateful_backend_sees_one_session_of_a_principal_whichever_replica_each_call_lands_on(
+    tmp_path: Path, postgres: Postgres
+) -> None:
+    """A 2025-11-25 backend that keeps state per session, behind the three replicas: each call of the principal's
+    lands on the next replica, and every one of them uses the same backend session (what one call stored, the next
+    reads); stopping the fleet ends that session at the backend once."""
+
+    def no_keepalive(**options: Any) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(limits=httpx2.Limits(max_keepalive_connections=0), **options)
+
+    seen = Seen()
+    async with serve(stateful_app(seen)) as stateful:
+        async with fleet(tmp_path, postgres, lambda _: {"lab.yaml": group_doc(url=stateful.url)}) as f:
+            token = (await f.cli("token", "create", "--user", ALICE)).strip()
+            mark(token)
+            transport = StreamableHttpTransport(f"{f.url}{ENDPOINT}", auth=token, httpx_client_factory=no_keepalive)
+            async with Client(transport, mode="legacy") as client:
+                assert (await client.call_tool("remember", {"value": "kept"})).data == "remembered"
+                sessions = set()
+                for _ in range(2 * REPLICAS):
+                    assert (await client.call_tool("recall", {})).data == "kept"
+                    sessions.add((await client.call_tool("session", {})).data)
+            assert len(sessions) == 1, sessions
+            assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
+        assert seen.deleted.count(sessions.pop()) == 1
 
 
 async def test_a_users_consent_completes_whichever_replica_each_step_lands_on(

@@ -38,7 +38,7 @@ async def test_no_request_carries_a_cookie_any_backend_set(tmp_path: Path) -> No
                 token = await gw.token(PrincipalKind.USER, user)
                 for mode in ("legacy", "auto"):
                     async with Client(StreamableHttpTransport(f"{gw.url}/mcp", auth=token), mode=mode) as client:
-                        assert len(await client.list_tools()) == 3 * 4  # remember, recall, wait, chatty
+                        assert len(await client.list_tools()) == 3 * 5  # remember, recall, session, wait, chatty
                         for server in ("first", "second", "third"):
                             await client.call_tool(f"lab__{server}__remember", {"value": user})
                             await client.call_tool(f"lab__{server}__recall", {})

@@ -1,5 +1,6 @@
 """Whether this replica reaches the fleet's Redis, as each part that uses it finds it (`locks`: the token refresh
-lock; `events`: revocation and catalog events; `rate_limit`: the request counters; `sessions`: client sessions).
+lock; `events`: revocation and catalog events; `rate_limit`: the request counters; `sessions`: client sessions;
+`upstream`: backend sessions held as one).
 
 A part that cannot reach Redis falls back to this replica's own behaviour (see each part) and says so here: one
 warning when it goes down and one when it comes back (never one per request), `vmcp_fleet_redis_errors_total{part}`
@@ -20,7 +21,7 @@ from virtual_mcp.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("locks", "events", "rate_limit", "sessions")
+PARTS = ("locks", "events", "rate_limit", "sessions", "upstream")
 # Readiness answers within a probe's patience even while Redis drops packets: a slower ping is an unreachable Redis.
 _PING_DEADLINE = 0.25
 _FALLBACK = {
@@ -31,6 +32,8 @@ _FALLBACK = {
     "rate_limit": "request rates are counted by this replica alone",
     "sessions": "2025-11-25 client sessions are this replica's own: one opened elsewhere is answered 404 here (its "
     "client opens a new one)",
+    "upstream": "backend sessions are this replica's own: a 2025-11-25 backend sees one session per replica for a "
+    "principal, and a session shared before is left to the backend's own expiry",
 }
 
 
@@ -43,15 +46,15 @@ class FleetStatus:
         if metrics is not None:
             self._errors = Counter(
                 "vmcp_fleet_redis_errors_total",
-                "failed Redis operations by part (locks, events, rate_limit, sessions); the part then runs on this "
-                "replica alone",
+                "failed Redis operations by part (locks, events, rate_limit, sessions, upstream); the part then runs "
+                "on this replica alone",
                 ["part"],
                 registry=metrics.registry,
             )
             metrics.gauge(
                 "vmcp_fleet_degraded",
-                "1 while a part (locks, events, rate_limit, sessions) cannot reach Redis and runs on this replica "
-                "alone",
+                "1 while a part (locks, events, rate_limit, sessions, upstream) cannot reach Redis and runs on this "
+                "replica alone",
                 lambda: {(part,): float(part in self._down) for part in PARTS},
                 labels=("part",),
             )

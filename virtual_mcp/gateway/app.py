@@ -22,6 +22,7 @@ from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue
 from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.sessions import SessionFleet
+from virtual_mcp.fleet.upstream import UpstreamFleet
 from virtual_mcp.gateway.middleware.endpoints import McpEndpoints
 from virtual_mcp.gateway.middleware.front_guard import FrontGuard
 from virtual_mcp.gateway.middleware.request_scope import RequestScope
@@ -75,6 +76,8 @@ class Security:
     request_states: RequestStates | None = None
     # The other replicas, for a retry of a call another one holds; None: this process alone.
     replicas: ReplicaCalls | None = None
+    # The backend sessions the replicas hold as one; None: each replica's own.
+    upstream: UpstreamFleet | None = None
 
     @classmethod
     def local(
@@ -116,6 +119,7 @@ def create_app(
         security.sessions,
         security.request_states,
         security.replicas,
+        security.upstream,
     )
     quota = SessionQuota(settings.limits, security.sessions)
     parts = runtime.service_parts()

@@ -29,6 +29,7 @@ from virtual_mcp.fleet.rate import FleetRequestLimiter
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.fleet.status import FleetStatus, redis_health
+from virtual_mcp.fleet.upstream import UpstreamFleet
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
 from virtual_mcp.gateway.service.request_state import RequestStates
@@ -202,6 +203,7 @@ async def _assemble(
     events = None
     sessions = None
     replicas = None
+    upstream = None
     once = None
     consent = None
     health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
@@ -210,6 +212,7 @@ async def _assemble(
         events = FleetEvents(redis, status)
         sessions = SessionFleet(redis, status, Sealer(keys.derived("fleet-messages"), "sessions"))
         replicas = ReplicaCalls(redis, status, Sealer(keys.derived("fleet-messages"), "calls"))
+        upstream = UpstreamFleet(redis, status, Sealer(keys.derived("fleet-messages"), "upstream"))
         once = FleetOnce(redis, status)
         consent = fleet_consent(redis, status, keys)
         health_checks.append(partial(redis_health, redis, status))
@@ -250,6 +253,7 @@ async def _assemble(
         sessions=sessions,
         request_states=RequestStates(keys=keys.derived("request-state"), once=once),
         replicas=replicas,
+        upstream=upstream,
     )
     app = create_app(registry, settings, security, metrics)
     if verified is not None:

@@ -16,6 +16,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvent, FleetEvents, user_digest
 from virtual_mcp.fleet.sessions import Notice, SessionFleet
+from virtual_mcp.fleet.upstream import Heard, UpstreamFleet
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
 from virtual_mcp.gateway.service.parts import ServiceParts
@@ -49,6 +50,7 @@ class Runtime:
         session_fleet: SessionFleet | None = None,
         request_states: RequestStates | None = None,
         replicas: ReplicaCalls | None = None,
+        upstream: UpstreamFleet | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -83,7 +85,10 @@ class Runtime:
             on_list_changed=self._backend_changed,
             metrics=self.metrics,
             stdio_env=credentials.stdio_env,
+            fleet=upstream,
         )
+        self._upstream = upstream
+        self._upstream_subscribed = anyio.Event()
         self.catalog = ToolCatalog(self.pool, settings, on_change=self._catalog_changed, metrics=self.metrics)
         # What each endpoint's callers see and where their calls go.
         self.views = {
@@ -155,6 +160,8 @@ class Runtime:
                 tg.start_soon(self._session_fleet.run, self._session_notice, self._sessions_subscribed.set)
             if self._replicas is not None:
                 tg.start_soon(self._replicas.run, self._calls_subscribed.set)
+            if self._upstream is not None:
+                tg.start_soon(self._upstream.run, self._upstream_heard, self._upstream_subscribed.set)
             self.pool.start(tg)
             self.rounds.start(tg)
             self.catalog.start(tg)
@@ -238,6 +245,14 @@ class Runtime:
         for ref in self._server_refs.values():
             self.catalog.invalidate(ref)
 
+    def _upstream_heard(self, heard: Heard) -> None:
+        """Another replica's news of a backend session the fleet holds: a message from its GET stream, or the
+        stream let go."""
+        if heard.kind == "message" and heard.message is not None:
+            self.pool.heard_elsewhere(heard.session, heard.message_id, heard.message)
+        elif heard.kind == "free":
+            self.pool.stream_free(heard.session)
+
     def _session_notice(self, notice: Notice) -> None:
         for table in self.sessions.values():
             table.notice(notice)
@@ -250,6 +265,8 @@ class Runtime:
             await self._sessions_subscribed.wait()
         if self._replicas is not None:
             await self._calls_subscribed.wait()
+        if self._upstream is not None:
+            await self._upstream_subscribed.wait()
 
     def _catalog_changed(self, ref: ServerRef) -> None:
         """A backend's tools changed: every endpoint that includes it tells its callers (2025-11-25 sessions on their

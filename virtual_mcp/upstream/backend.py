@@ -28,6 +28,7 @@ from virtual_mcp.upstream.entries import LISTS, EntryChecks
 
 logger = logging.getLogger(__name__)
 NotificationHandler = Callable[[dict[str, Any]], Awaitable[None]]
+Wants = Callable[[Mapping[str, Any]], bool]  # whether a watcher would act on a notification
 # Answers a request the backend makes of its client while a request of ours runs (elicitation, sampling, roots):
 # (method, params) -> the result; raises AskFailed (or any GatewayError) for the error the backend is sent.
 RequestHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -87,6 +88,7 @@ class BackendSession:
         # Where the backend's notifications outside any request go (resource updates, log messages), by the
         # watcher's key: set by `watch`.
         self._watchers: dict[str, NotificationHandler] = {}
+        self._wants: dict[str, Wants] = {}
         # Who is asked what the backend asks of its client outside any request (roots/list after its handshake,
         # say), by key: set by `watch_requests`; the newest that can be asked is.
         self._askers: dict[str, RequestHandler] = {}
@@ -94,6 +96,7 @@ class BackendSession:
         # The backend's requests of its client being answered now, by their id: it may withdraw one
         # (`notifications/cancelled`), and its caller is then no longer asked.
         self._answering: dict[str, anyio.CancelScope] = {}
+        self.ended = anyio.Event()  # set once the pool that closed it saw `aclose` done
 
     @property
     def listens(self) -> bool:
@@ -117,11 +120,15 @@ class BackendSession:
         """Mark the session used now (the pool hands it out): not idle, and last to be evicted."""
         self.last_used = anyio.current_time()
 
-    def watch(self, key: str, handler: NotificationHandler) -> None:
+    def watch(self, key: str, handler: NotificationHandler, wants: Wants | None = None) -> None:
         """Hand the backend's notifications sent outside any request (a 2025-11-25 session's GET stream, a stdio
-        process's stdout) to `handler` from now on, as watcher `key` (replacing any under that key); the transport
-        starts listening for them if it was not."""
+        process's stdout) to `handler` from now on, as watcher `key` (replacing any under that key), those `wants`
+        says it acts on if given; the transport starts listening for them if it was not."""
         self._watchers[key] = handler
+        if wants is None:
+            self._wants.pop(key, None)
+        else:
+            self._wants[key] = wants
 
     def watch_requests(self, key: str, handler: RequestHandler) -> None:
         """Hand the backend's requests of its client made outside any request of ours to `handler` from now on (the
@@ -133,6 +140,7 @@ class BackendSession:
 
     def unwatch(self, key: str) -> None:
         self._watchers.pop(key, None)
+        self._wants.pop(key, None)
         self._askers.pop(key, None)
 
     @property
@@ -197,9 +205,18 @@ class BackendSession:
     def stop_listening(self, uri: str) -> None:
         """End the listen stream of `uri`, if there is one."""
 
-    async def _watched(self, message: dict[str, Any]) -> None:
-        for handler in list(self._watchers.values()):
+    async def _watched(
+        self, message: dict[str, Any], first: Callable[[str], Awaitable[bool | None]] | None = None
+    ) -> None:
+        """Hand `message` to each watcher; with `first`, only to those it says take it first (a message the fleet's
+        replicas each hear: upstream/shared.py)."""
+        for key, handler in list(self._watchers.items()):
+            wants = self._wants.get(key)
             try:
+                if wants is not None and not wants(message):
+                    continue
+                if first is not None and await first(key) is False:
+                    continue
                 await handler(message)
             except Exception:  # a watcher's failure is its own: the session and the other watchers go on
                 logger.exception("a watcher of %s failed", self.ref)

@@ -16,6 +16,7 @@ past `upstream_session_idle_seconds` are closed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -39,6 +40,7 @@ from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Negotiated
 from virtual_mcp.upstream.http1 import Http1Pool
 from virtual_mcp.upstream.session import UpstreamSession
+from virtual_mcp.upstream.shared import Shared, SharingFleet
 from virtual_mcp.upstream.sse import SseServer
 from virtual_mcp.upstream.stdio import StdioServer
 
@@ -59,8 +61,11 @@ class UpstreamPool:
         on_list_changed: Callable[[ServerRef], None] | None = None,
         metrics: Metrics | None = None,
         stdio_env: Callable[[ServerRef], tuple[dict[str, str], frozenset[str]]] | None = None,
+        fleet: SharingFleet | None = None,
     ) -> None:
         self._registry = registry
+        self._fleet = fleet
+        self._fleet_held: dict[str, SessionKey] = {}  # a fleet-shared session's digest: its key here
         self._stdio_env = stdio_env
         self._settings = settings
         self._tg: TaskGroup | None = None
@@ -89,6 +94,9 @@ class UpstreamPool:
         self._max_owned = limits.upstream_sessions_per_principal
         self._max_processes = limits.max_stdio_processes
         self._idle_seconds = limits.upstream_session_idle_seconds
+        # Often enough that a session outlives its idle time by at most half of it (and by at most 30 s).
+        self._sweep_period = min(self._idle_seconds / 2, 30.0)
+        self._lease = max(3 * self._sweep_period, 10.0)  # a replica's hold of a fleet-shared session, renewed per sweep
 
     def start(self, task_group: TaskGroup) -> None:
         """Background work (closing idle sessions, backends' change streams) runs in `task_group` from now on."""
@@ -176,6 +184,7 @@ class UpstreamPool:
                 learned=self._learned.get(ref),
                 on_negotiated=partial(self._learned.__setitem__, ref),
                 declared=declared,
+                shared=self._shared(key) if owner is not None else None,
             )
         session.touch()
         session.owner = owner
@@ -184,6 +193,33 @@ class UpstreamPool:
             self._owned.setdefault(owner, set()).add(key)
             self._owned_count += 1
         return session
+
+    def _shared(self, key: SessionKey) -> Shared | None:
+        """A principal's 2025-11-25 session over HTTP is the fleet's (one backend session for the whole fleet, not
+        one per replica). A stdio process and an HTTP+SSE session are bound to this replica's process or stream."""
+        if self._fleet is None:
+            return None
+        ref, owner, credential, capabilities = key
+        shared = self._fleet.shared(json.dumps([ref.key, owner, credential, capabilities]), self._lease)
+        self._fleet_held[shared.digest] = key
+        return shared
+
+    def heard_elsewhere(self, digest: str, message_id: str, message: dict[str, Any]) -> None:
+        """Another replica read `message` from the GET stream of a session the fleet holds (fleet/upstream.py)."""
+        session = self._held(digest)
+        if session is not None and session.watched:
+            self._spawn(partial(session.heard_elsewhere, message_id, message))
+
+    def stream_free(self, digest: str) -> None:
+        """The replica that held a fleet-shared session's GET stream let it go."""
+        session = self._held(digest)
+        if session is not None:
+            session.take_stream()
+
+    def _held(self, digest: str) -> UpstreamSession | None:
+        key = self._fleet_held.get(digest)
+        session = self._sessions.get(key) if key is not None else None
+        return session if isinstance(session, UpstreamSession) else None
 
     def _stdio_server(
         self, ref: ServerRef, command: StdioCommand, listen: bool, declared: Capabilities, credential: Credential
@@ -219,7 +255,7 @@ class UpstreamPool:
             return
         if self._owned_count < self._max_total:
             return
-        self._close_idle()
+        self.close_idle()
         if self._owned_count < self._max_total:
             return
         heaviest = max(self._owned.values(), key=len)
@@ -255,15 +291,28 @@ class UpstreamPool:
         self._close(min(idle, key=lambda k: self._sessions[k].last_used))
         return True
 
-    def _close_idle(self) -> None:
-        """Close every session unused for `upstream_session_idle_seconds` (but the list_changed listeners)."""
-        cutoff = anyio.current_time() - self._idle_seconds
-        for key, session in list(self._sessions.items()):
-            if not session.in_flight and not session.listens and not session.pinned and session.last_used < cutoff:
-                self._close(key)
+    def close_idle(self, idle_for: float | None = None) -> list[BackendSession]:
+        """Close every session unused for `idle_for` seconds (default `upstream_session_idle_seconds`), but the
+        list_changed listeners and the busy ones; those closed (each ends in the background)."""
+        cutoff = anyio.current_time() - (self._idle_seconds if idle_for is None else idle_for)
+        return [
+            self._close(key)
+            for key, session in list(self._sessions.items())
+            if not session.in_flight and not session.listens and not session.pinned and session.last_used <= cutoff
+        ]
 
-    def _close(self, key: SessionKey) -> None:
+    async def end_idle(self, idle_for: float | None = None) -> int:
+        """`close_idle`, returning once each session closed has ended (at the backend, or in the fleet)."""
+        closed = self.close_idle(idle_for)
+        for session in closed:
+            await session.ended.wait()
+        return len(closed)
+
+    def _close(self, key: SessionKey) -> BackendSession:
         session = self._sessions.pop(key)
+        for digest, held in list(self._fleet_held.items()):
+            if held == key:
+                del self._fleet_held[digest]
         owner = key[1]
         if owner is not None:
             keys = self._owned[owner]
@@ -271,14 +320,29 @@ class UpstreamPool:
             self._owned_count -= 1
             if not keys:
                 del self._owned[owner]
-        self._group().start_soon(session.aclose)
+        self._group().start_soon(_end, session)
+        return session
 
     async def _close_idle_forever(self) -> None:
-        # Often enough that a session outlives its idle time by at most half of it (and by at most 30 s).
-        period = min(self._idle_seconds / 2, 30.0)
         while True:
-            await anyio.sleep(period)
-            self._close_idle()
+            await anyio.sleep(self._sweep_period)
+            self.close_idle()
+            await self._hold_fleet_sessions()
+
+    async def _hold_fleet_sessions(self) -> None:
+        """Renew this replica's hold of the fleet-shared sessions it has open; take the GET stream of those it
+        watches if the replica that held it is gone."""
+        if self._fleet is None:
+            return
+        held = []
+        for digest, key in self._fleet_held.items():
+            session = self._sessions.get(key)
+            if isinstance(session, UpstreamSession) and session.fleet_held:
+                held.append((digest, self._lease))
+                if session.watched:
+                    session.take_stream()
+        if held:
+            await self._fleet.hold(held)
 
     def _changed(self, ref: ServerRef) -> None:
         if self._on_list_changed is not None:
@@ -296,3 +360,10 @@ class UpstreamPool:
             await self._fast.aclose()
         self._sessions.clear()
         self._owned.clear()
+
+
+async def _end(session: BackendSession) -> None:
+    try:
+        await session.aclose()
+    finally:
+        session.ended.set()

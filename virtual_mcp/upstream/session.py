@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from functools import partial
+from secrets import randbelow
 from typing import Any
 
 import anyio
@@ -29,12 +30,13 @@ from virtual_mcp.fields import check_headers
 from virtual_mcp.outbound.scrubber import Scrubber
 from virtual_mcp.types import ServerRef
 from virtual_mcp.upstream import answers
-from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, RequestHandler, unwrap
+from virtual_mcp.upstream.backend import BackendSession, NotificationHandler, Relays, RequestHandler, Wants, unwrap
 from virtual_mcp.upstream.capabilities import NONE, Capabilities
 from virtual_mcp.upstream.entries import EntryChecks
 from virtual_mcp.upstream.era import Era, Negotiated
 from virtual_mcp.upstream.http1 import Broken, ConnectFailed, Dropped, Http1Pool, proxied, target
 from virtual_mcp.upstream.limits import AnswerTooLarge, capped_lines, read_capped
+from virtual_mcp.upstream.shared import Handshake, Shared
 from virtual_mcp.upstream.wire import (
     ACCEPT,
     CLIENT_INFO,
@@ -86,9 +88,15 @@ class UpstreamSession(BackendSession):
         learned: Negotiated | None = None,
         on_negotiated: Callable[[Negotiated], None] | None = None,
         declared: Capabilities = NONE,
+        shared: Shared | None = None,
     ) -> None:
         super().__init__(ref, entries, declared)
         self.url = url
+        # A 2025-11-25 session the fleet's replicas hold as one (upstream/shared.py): `_in_fleet` is the handshake
+        # in use as the fleet's (None: this replica's own, opened while the fleet could not be told, or not shared).
+        self._shared = shared
+        self._in_fleet: Handshake | None = None
+        self._stream_scope: anyio.CancelScope | None = None  # the GET stream this replica holds
         self._http = http
         # Requests go over the lean HTTP/1.1 pool unless the environment routes this URL through a proxy.
         self._fast = fast if fast is not None and not proxied(url) else None
@@ -102,7 +110,9 @@ class UpstreamSession(BackendSession):
         self._max_answer = max_answer_bytes
         self._learned = learned
         self._on_negotiated = on_negotiated
-        self._ids = itertools.count(1)
+        # Replicas sharing a session send requests on it at once: each numbers its own from a random block, so no
+        # two replicas' requests in flight on the session carry the same id (the backend answers by id).
+        self._ids = itertools.count(1 if shared is None else 1 + randbelow(2**31) * 2**21)
         self._lock = anyio.Lock()
         self._generation = 0
         self.era: Era | None = None
@@ -157,22 +167,43 @@ class UpstreamSession(BackendSession):
         return await self._request_with_recovery(method, params, relays, headers, meta)
 
     async def aclose(self) -> None:
-        """End the backend session politely (DELETE for a legacy session) and stop listening."""
+        """End the backend session politely (DELETE for a legacy session) and stop listening. A session the fleet
+        holds is ended only by the last replica to let it go."""
         self._closed = True
         for scope in self._resource_listens.values():
             scope.cancel()
+        held_stream = self._stream_scope is not None
+        if self._stream_scope is not None:
+            self._stream_scope.cancel()
         if self._handshake is not None:
             await self._handshake.aclose()
         if self.era is Era.LEGACY and self.session_id:
-            with anyio.move_on_after(2, shield=True):
-                try:
-                    # The answer's body is not read: whatever the backend says, it costs nothing here.
-                    async with self._http.stream("DELETE", self.url, headers=self._legacy_headers()):
-                        pass
-                except httpx.HTTPError:
-                    logger.debug("backend %s: could not end its session", self.ref)
+            end = True
+            if self._shared is not None and self._in_fleet is not None:
+                with anyio.CancelScope(shield=True):
+                    last = await self._shared.release()
+                    end = last is True
+                    if last is False and held_stream:
+                        await self._shared.stream_free()
+                if last is None:
+                    logger.info(
+                        "backend %s: not ended (the fleet cannot say whether another replica holds it)", self.ref
+                    )
+            if end:
+                await self._end(self.session_id, self.protocol_version)
         self.era = None
         self.session_id = None
+
+    async def _end(self, session_id: str, version: str | None) -> None:
+        """DELETE the 2025-11-25 session `session_id` at the backend (best effort, at most 2 s)."""
+        with anyio.move_on_after(2, shield=True):
+            try:
+                # The answer's body is not read: whatever the backend says, it costs nothing here.
+                headers = self._legacy_headers(session_id, version)
+                async with self._http.stream("DELETE", self.url, headers=headers):
+                    pass
+            except httpx.HTTPError:
+                logger.debug("backend %s: could not end its session", self.ref)
 
     # -- negotiation ----------------------------------------------------------------------------------------
 
@@ -196,6 +227,8 @@ class UpstreamSession(BackendSession):
             # Sessionless: nothing to open. What another session learned of this backend holds for this one.
             self.era, self.protocol_version = Era.MODERN, learned.protocol_version
             self.capabilities, self.server_info = learned.capabilities, learned.server_info
+            return
+        if self._shared is not None and await self._adopt(self._shared):
             return
         if learned is not None:
             try:
@@ -251,17 +284,49 @@ class UpstreamSession(BackendSession):
         version = result.get("protocolVersion")
         if not isinstance(version, str) or version in MODERN_PROTOCOL_VERSIONS:
             raise UpstreamProtocolError(self.ref.key, "initialize result has no usable protocolVersion")
-        self.era = Era.LEGACY
-        self.protocol_version = version
-        self.session_id = session_id
-        self.capabilities = result.get("capabilities") or {}
-        self.server_info = result.get("serverInfo")
+        capabilities, server_info = result.get("capabilities") or {}, result.get("serverInfo")
         await self._post(
-            {"jsonrpc": "2.0", "method": "notifications/initialized"}, {**self._legacy_headers(), "accept": ACCEPT}
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {**self._legacy_headers(session_id or "", version), "accept": ACCEPT},
         )
         logger.info("backend %s speaks %s (session %s)", self.ref, version, "yes" if session_id else "none")
+        mine = Handshake(
+            session_id or "", version, capabilities, server_info if isinstance(server_info, dict) else None
+        )
+        if self._shared is not None and session_id:
+            mine = await self._offer(self._shared, mine)
+        self._use(mine)
+
+    def _use(self, handshake: Handshake) -> None:
+        self.era = Era.LEGACY
+        self.protocol_version = handshake.protocol_version
+        self.session_id = handshake.session_id or None
+        self.capabilities = handshake.capabilities
+        self.server_info = handshake.server_info
         self._negotiated()
         self._maybe_listen()
+
+    async def _adopt(self, shared: Shared) -> bool:
+        """Use the session the fleet holds, unless it is the one the backend just forgot (True: adopted)."""
+        theirs = await shared.adopt()
+        if theirs is None or (self._in_fleet is not None and theirs.token == self._in_fleet.token):
+            return False
+        self._in_fleet = theirs
+        self._use(theirs)
+        logger.info("backend %s: using the session another replica opened", self.ref)
+        return True
+
+    async def _offer(self, shared: Shared, mine: Handshake) -> Handshake:
+        """The session to use after opening `mine`: the fleet's, if another replica's came first (`mine` is then
+        ended), else `mine`, shared (or this replica's own while the fleet cannot be told)."""
+        agreed = await shared.share(mine, self._in_fleet)
+        self._in_fleet = agreed
+        if agreed is None or agreed.session_id == mine.session_id:
+            return agreed or mine
+        logger.info("backend %s: another replica opened the session first; using it", self.ref)
+        if self._spawn is not None:
+            self._spawn(partial(self._end, mine.session_id, mine.protocol_version))
+        return agreed
 
     # -- requests -------------------------------------------------------------------------------------------
 
@@ -702,8 +767,8 @@ class UpstreamSession(BackendSession):
         if self._on_list_changed is not None:
             self._on_list_changed()
 
-    def watch(self, key: str, handler: NotificationHandler) -> None:
-        super().watch(key, handler)
+    def watch(self, key: str, handler: NotificationHandler, wants: Wants | None = None) -> None:
+        super().watch(key, handler, wants)
         self._maybe_listen()
 
     def watch_requests(self, key: str, handler: RequestHandler) -> None:
@@ -730,31 +795,66 @@ class UpstreamSession(BackendSession):
         """Hold the standalone GET stream open for list_changed until the session ends."""
         session_id = self.session_id
         headers = {**self._legacy_headers(), "accept": "text/event-stream"}
+        elsewhere = False  # another replica holds this session's stream (the backend allows one)
+        scope = self._stream_scope = anyio.CancelScope()
         try:
-            async with self._http.stream("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)) as resp:
-                self._stream_tried.set()
-                if resp.status_code != 200:
-                    return
-                lines = capped_lines(resp.aiter_raw(), self._max_answer)
-                async for message in iter_sse_messages(lines, self._max_answer, self._parse):
-                    if message.get("method") == "notifications/tools/list_changed":
-                        self._list_changed()
-                    elif "id" in message and "method" in message:
-                        # A request of its client outside any call: to a caller watching this session, answered
-                        # off this stream (a person may take minutes).
-                        if self._spawn is not None:
-                            self._spawn(partial(self._answer_outside, message))
-                    elif "method" in message and not self.withdrawn(message):
-                        await self._watched(message)
+            with scope:
+                async with self._http.stream(
+                    "GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)
+                ) as resp:
+                    self._stream_tried.set()
+                    if resp.status_code == 409 and self._in_fleet is not None:
+                        elsewhere = True
+                        return
+                    if resp.status_code != 200:
+                        return
+                    lines = capped_lines(resp.aiter_raw(), self._max_answer)
+                    async for message in iter_sse_messages(lines, self._max_answer, self._parse):
+                        if message.get("method") == "notifications/tools/list_changed":
+                            self._list_changed()
+                        elif "id" in message and "method" in message:
+                            # A request of its client outside any call: to a caller watching this session, answered
+                            # off this stream (a person may take minutes).
+                            if self._spawn is not None:
+                                self._spawn(partial(self._answer_outside, message))
+                        elif "method" in message and not self.withdrawn(message):
+                            await self._heard_on_stream(message)
         except (httpx.HTTPError, ValueError, AnswerTooLarge):
             logger.debug("backend %s: list_changed stream ended", self.ref)
         finally:
+            if self._stream_scope is scope:
+                self._stream_scope = None
             self._stream_tried.set()
             self._listening = False
-            if not self._closed and self.session_id == session_id:
+            if not elsewhere and not self._closed and self.session_id == session_id:
                 # The stream broke while the session looked alive: make the next request renegotiate,
                 # and tell the catalog its view may be stale.
                 self._list_changed()
+
+    async def _heard_on_stream(self, message: dict[str, Any]) -> None:
+        """A notification read from the GET stream: to this replica's watchers, and, for a session the fleet holds,
+        to the other replicas' (each watcher of the fleet takes it once)."""
+        shared = self._shared if self._in_fleet is not None else None
+        message_id = await shared.fan_out(message) if shared is not None else None
+        if shared is not None and message_id is not None:
+            await self._watched(message, partial(shared.first, message_id))
+        else:
+            await self._watched(message)
+
+    async def heard_elsewhere(self, message_id: str, message: dict[str, Any]) -> None:
+        """A notification another replica read from this session's GET stream (`_heard_on_stream` there)."""
+        if self._shared is not None and self._in_fleet is not None and not self._closed and self.watched:
+            await self._watched(message, partial(self._shared.first, message_id))
+
+    def take_stream(self) -> None:
+        """The replica holding this session's GET stream let it go: hold it here if anyone here watches it."""
+        if self._in_fleet is not None and not self._closed:
+            self._maybe_listen()
+
+    @property
+    def fleet_held(self) -> bool:
+        """Whether the fleet holds this session as one (its hold is renewed at each sweep)."""
+        return self._in_fleet is not None
 
 
 class ListenNotOffered(UpstreamProtocolError):

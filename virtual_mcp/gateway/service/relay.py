@@ -92,15 +92,18 @@ def hear_outside_calls(ctx: RequestContext, session: BackendSession) -> None:
     if state.log_level is None or session.watches(key):
         return
 
-    async def relay(message: dict[str, Any]) -> None:
+    def logged(message: Mapping[str, Any]) -> dict[str, Any] | None:
         params = message.get("params")
-        if message.get("method") != "notifications/message" or not isinstance(params, dict):
-            return
-        logged = log_message(params, at_or_above(state.log_level))
-        if logged is not None:
-            subscriber.push({"jsonrpc": "2.0", "method": "notifications/message", "params": logged})
+        if message.get("method") != "notifications/message" or not isinstance(params, Mapping):
+            return None
+        return log_message(params, at_or_above(state.log_level))
 
-    session.watch(key, relay)
+    async def relay(message: dict[str, Any]) -> None:
+        params = logged(message)
+        if params is not None:
+            subscriber.push({"jsonrpc": "2.0", "method": "notifications/message", "params": params})
+
+    session.watch(key, relay, lambda message: logged(message) is not None)
     subscriber.on_end(lambda: session.unwatch(key))
 
 

@@ -12,14 +12,13 @@ An update carries the resource's URI as the caller knows it (on /mcp, the wrappe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from virtual_mcp.upstream.backend import BackendSession
 
-logger = logging.getLogger(__name__)
 _MAX_PER_SUBSCRIBER = 256  # resources one caller session may watch at once
 
 
@@ -70,8 +69,13 @@ class ResourceUpdates:
                 subscriber.on_end(lambda: self._forget(subscriber.key))
                 subscriber.on_unsubscribed(lambda shown: self._forget_uri(subscriber.key, shown))
         entries[subscriber.key] = _Entry(subscriber, shown_uri)
-        if len(per_uri) == 1 and len(entries) == 1:
-            session.watch("resource-updates", lambda message: self._on_message(session, message))
+        # A watcher per subscriber: a session the fleet holds hands each update to each watcher of the fleet once
+        # (upstream/shared.py), and two subscribers on two replicas each get theirs.
+        key = _watcher(subscriber.key)
+        if not session.watches(key):
+            session.watch(
+                key, partial(self._on_message, session, subscriber.key), partial(self._wants, session, subscriber.key)
+            )
 
     def unsubscribed(self, session: BackendSession, uri: str, subscriber_key: str) -> bool:
         """Remove the record; True if nobody else is subscribed to `uri` on `session` (tell the backend)."""
@@ -81,6 +85,8 @@ class ResourceUpdates:
             self._counts[subscriber_key] -= 1
             if not self._counts[subscriber_key]:
                 del self._counts[subscriber_key]
+            if not any(subscriber_key in others for others in per_uri.values()):
+                session.unwatch(_watcher(subscriber_key))
         if entries:
             return False
         per_uri.pop(uri, None)
@@ -108,16 +114,25 @@ class ResourceUpdates:
                     session.stop_listening(uri)  # a 2026-07-28 backend's stream (a 2025-11-25 one keeps its own)
         self._counts.pop(subscriber_key, None)
 
-    async def _on_message(self, session: BackendSession, message: Mapping[str, Any]) -> None:
+    def _entry(self, session: BackendSession, subscriber_key: str, message: Mapping[str, Any]) -> _Entry | None:
+        """The subscription `message` updates, if it is an update of a resource `subscriber_key` subscribed to."""
         if message.get("method") != "notifications/resources/updated":
-            return
+            return None
         params = message.get("params")
         uri = params.get("uri") if isinstance(params, Mapping) else None
         entries = self._watched.get(session, {}).get(uri) if isinstance(uri, str) else None
-        if not entries:
-            logger.info("backend %s: an update for a resource nobody subscribed to; dropped", session.ref)
-            return
-        for entry in list(entries.values()):
+        return entries.get(subscriber_key) if entries else None
+
+    def _wants(self, session: BackendSession, subscriber_key: str, message: Mapping[str, Any]) -> bool:
+        return self._entry(session, subscriber_key, message) is not None
+
+    async def _on_message(self, session: BackendSession, subscriber_key: str, message: Mapping[str, Any]) -> None:
+        entry = self._entry(session, subscriber_key, message)
+        if entry is not None:
             entry.subscriber.push(
                 {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": entry.shown_uri}}
             )
+
+
+def _watcher(subscriber_key: str) -> str:
+    return f"updates:{subscriber_key}"

@@ -1,0 +1,187 @@
+"""A principal's 2025-11-25 backend session is one for the whole fleet (real PostgreSQL, Redis and backends, two
+replicas in this process, each test with a Redis of its own):
+
+- what a call through one replica stored in the backend session is there for a call through the other;
+- it is ended at the backend only when the last replica holding it lets it go;
+- a session the backend forgot is opened again once for the fleet, not once per replica;
+- the session's GET stream is held by one replica (the backend refuses a second), and what comes on it reaches the
+  subscriber whose subscription was made on the other replica, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from redis.asyncio import Redis as RedisClient
+
+from tests.fleet.test_sessions import _headers, on, opened, replicas
+from tests.gateway.service.test_resource_updates import Probe as UpdatesProbe
+from tests.gateway.service.test_resource_updates import watched_backend
+from tests.gateway.test_shared_state import ENDPOINT
+from tests.gateway.test_timing import LEGACY, rpc
+from tests.lab_config import ALICE
+from tests.security_support import SecureGateway
+from tests.services import Postgres, Redis, redis_server
+from tests.stateful_backend import Seen, stateful_app
+from tests.support import LegacyOnly, serve
+from virtual_mcp.types import PrincipalKind
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Redis]:
+    with redis_server() as redis:
+        yield redis
+
+
+async def call(gw: SecureGateway, token: str, tool: str, **arguments: Any) -> str:
+    async with gw.client(ENDPOINT, token) as client:
+        return str((await client.call_tool(tool, arguments)).data)
+
+
+async def holders(redis_url: str) -> list[int]:
+    """How many replicas hold each backend session the fleet shares."""
+    async with RedisClient.from_url(redis_url) as redis:
+        keys = [key async for key in redis.scan_iter("vmcp:upstream:*:holders")]
+        return [int(await redis.zcard(key)) for key in keys]
+
+
+async def test_a_principals_backend_session_is_the_same_on_every_replica_and_ended_by_the_last(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        assert await call(a, alice, "remember", value="kept") == "remembered"
+        session = await call(a, alice, "session")
+        # Through the other replica: the same backend session, with what was stored in it.
+        assert await call(b, alice, "recall") == "kept"
+        assert await call(b, alice, "session") == session
+
+        # Replica a lets its sessions go: b still holds alice's, which is not ended at the backend.
+        assert await a.runtime.pool.end_idle(0) >= 1
+        assert await holders(own_redis.url) == [1]  # held by b
+        assert session not in seen.deleted
+        assert await call(b, alice, "recall") == "kept"
+        # The last replica lets it go: now it is ended.
+        assert await b.runtime.pool.end_idle(0) >= 1
+        assert seen.deleted.count(session) == 1
+        assert await holders(own_redis.url) == []
+        assert await call(a, alice, "recall") == "nothing"  # a new session
+
+
+async def test_replicas_opening_a_principals_session_at_once_agree_on_one(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        for _ in range(3):
+            sessions: dict[str, str] = {}
+
+            async def ask(gw: SecureGateway, name: str) -> None:
+                sessions[name] = await call(gw, alice, "session")  # noqa: B023 (awaited in this round)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask, a, "a")
+                tg.start_soon(ask, b, "b")
+            assert sessions["a"] == sessions["b"]
+            # A replica that opened one too late ended its own: only the agreed one is left open at the backend.
+            for gw in (a, b):
+                await gw.runtime.pool.end_idle(0)
+            assert sessions["a"] in seen.deleted
+
+
+async def test_a_session_the_backend_forgot_is_opened_again_once_for_the_fleet(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        first = await call(a, alice, "session")
+        assert await call(b, alice, "session") == first
+        # The backend forgets it (it restarted, or expired it): each replica finds out on its next request.
+        headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
+        assert (await http.delete(f"{backend.url}/mcp", headers=headers)).status_code == 200
+        second = await call(b, alice, "session")
+        assert second != first
+        assert await call(b, alice, "remember", value="after") == "remembered"
+        # Replica a finds the one b opened again, rather than opening a third.
+        assert await call(a, alice, "recall") == "after"
+        assert await call(a, alice, "session") == second
+
+
+async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_made_on_the_other_once(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """The client session subscribes to note://a through replica a (a holds the backend session's GET stream), then to
+    note://b and note://a again through replica b (the backend refuses b a second stream). Updates of both reach the
+    client's stream, each once."""
+    app = watched_backend(UpdatesProbe()).http_app(path="/mcp")
+    async with (
+        serve(LegacyOnly(app)) as backend,  # type: ignore[arg-type]
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
+        on_b = on(on_a, b)
+        updates: list[str] = []
+        arrived, stream_open = anyio.Event(), anyio.Event()
+
+        async def get_stream() -> None:
+            nonlocal arrived
+            headers = {**_headers(on_a), "accept": "text/event-stream"}
+            async with http.stream("GET", on_a.url, headers=headers) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    stream_open.set()
+                    if line.startswith("data: "):
+                        message = json.loads(line[6:])
+                        if message.get("method") == "notifications/resources/updated":
+                            updates.append(message["params"]["uri"])
+                            arrived.set()
+
+        def touch(uri: str) -> dict[str, Any]:
+            return {"name": "touch", "arguments": {"uri": uri}}
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(get_stream)
+            with anyio.fail_after(10):
+                await stream_open.wait()
+            assert rpc(await on_a.call("resources/subscribe", {"uri": "note://a"}))["result"] == {}
+            assert rpc(await on_b.call("resources/subscribe", {"uri": "note://b"}))["result"] == {}
+            # The same subscription on both replicas: each update still reaches the session once.
+            assert rpc(await on_b.call("resources/subscribe", {"uri": "note://a"}))["result"] == {}
+            for raw in (on_a, on_b):
+                await raw.call("tools/call", touch("note://b"))
+                await raw.call("tools/call", touch("note://a"))
+            with anyio.fail_after(10):
+                while len(updates) < 4:
+                    await arrived.wait()
+                    arrived = anyio.Event()
+            # (one more round, so a duplicate of the first ones would have arrived before it)
+            await on_b.call("tools/call", touch("note://a"))
+            with anyio.fail_after(10):
+                while len(updates) < 5:
+                    await arrived.wait()
+                    arrived = anyio.Event()
+            tg.cancel_scope.cancel()
+        # (their order depends on which replica delivered each)
+        assert sorted(updates) == ["note://a", "note://a", "note://a", "note://b", "note://b"]
