@@ -22,6 +22,7 @@ from virtual_mcp.errors import BadRequest, ConfigError, ConfigIssue
 from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvents
 from virtual_mcp.fleet.sessions import SessionFleet
+from virtual_mcp.fleet.tasks import TaskFleet
 from virtual_mcp.fleet.upstream import UpstreamFleet
 from virtual_mcp.gateway.middleware.endpoints import McpEndpoints
 from virtual_mcp.gateway.middleware.front_guard import FrontGuard
@@ -78,6 +79,8 @@ class Security:
     replicas: ReplicaCalls | None = None
     # The backend sessions the replicas hold as one; None: each replica's own.
     upstream: UpstreamFleet | None = None
+    # 2025-11-25 task routes any replica finds; None: each replica's own.
+    tasks: TaskFleet | None = None
 
     @classmethod
     def local(
@@ -120,6 +123,7 @@ def create_app(
         security.request_states,
         security.replicas,
         security.upstream,
+        security.tasks,
     )
     quota = SessionQuota(settings.limits, security.sessions)
     parts = runtime.service_parts()

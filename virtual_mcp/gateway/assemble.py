@@ -29,6 +29,7 @@ from virtual_mcp.fleet.rate import FleetRequestLimiter
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.sessions import SessionFleet
 from virtual_mcp.fleet.status import FleetStatus, redis_health
+from virtual_mcp.fleet.tasks import TaskFleet
 from virtual_mcp.fleet.upstream import UpstreamFleet
 from virtual_mcp.gateway.app import Security, create_app
 from virtual_mcp.gateway.runtime import Runtime
@@ -204,6 +205,7 @@ async def _assemble(
     sessions = None
     replicas = None
     upstream = None
+    tasks = None
     once = None
     consent = None
     health_checks = [partial(vault_health, db, settings.data_dir, audit_db)]
@@ -213,6 +215,7 @@ async def _assemble(
         sessions = SessionFleet(redis, status, Sealer(keys.derived("fleet-messages"), "sessions"))
         replicas = ReplicaCalls(redis, status, Sealer(keys.derived("fleet-messages"), "calls"))
         upstream = UpstreamFleet(redis, status, Sealer(keys.derived("fleet-messages"), "upstream"))
+        tasks = TaskFleet(redis, status, Sealer(keys.derived("fleet-messages"), "tasks"))
         once = FleetOnce(redis, status)
         consent = fleet_consent(redis, status, keys)
         health_checks.append(partial(redis_health, redis, status))
@@ -254,6 +257,7 @@ async def _assemble(
         request_states=RequestStates(keys=keys.derived("request-state"), once=once),
         replicas=replicas,
         upstream=upstream,
+        tasks=tasks,
     )
     app = create_app(registry, settings, security, metrics)
     if verified is not None:

@@ -16,6 +16,7 @@ from virtual_mcp.config.settings import GatewaySettings
 from virtual_mcp.fleet.calls import ReplicaCalls
 from virtual_mcp.fleet.events import FleetEvent, FleetEvents, user_digest
 from virtual_mcp.fleet.sessions import Notice, SessionFleet
+from virtual_mcp.fleet.tasks import TaskFleet
 from virtual_mcp.fleet.upstream import Heard, UpstreamFleet
 from virtual_mcp.gateway.service.auditing import Auditor
 from virtual_mcp.gateway.service.endpoint_view import EndpointView
@@ -51,6 +52,7 @@ class Runtime:
         request_states: RequestStates | None = None,
         replicas: ReplicaCalls | None = None,
         upstream: UpstreamFleet | None = None,
+        tasks: TaskFleet | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -112,7 +114,7 @@ class Runtime:
         self._replicas = replicas
         self.rounds = Rounds(request_states, replicas)
         self.updates = ResourceUpdates()
-        self.tasks = TaskRoutes()
+        self.tasks = TaskRoutes(shared=tasks, servers=self._server_refs)
         self.ready = False
 
     def _relays_tasks(self, ref: ServerRef) -> bool:

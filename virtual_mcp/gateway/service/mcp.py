@@ -69,10 +69,13 @@ class McpService:
         return capabilities(self.endpoint, learned.capabilities if learned is not None else None)
 
     async def handle(self, ctx: RequestContext, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        if method in TASK_METHODS and not ctx.modern and self._relays_tasks():
-            if not isinstance(params, Mapping):
-                raise InvalidParams(f"{method} needs params with a taskId")
-            return await self._tools.task(ctx, method, params)
+        if method in TASK_METHODS and not ctx.modern:
+            if not self._relays_tasks() and any(self._pool.learned(m.source) is None for m in self.endpoint.members):
+                await self._tools.meet(ctx.caller)  # a session another replica opened: its backends met here too
+            if self._relays_tasks():
+                if not isinstance(params, Mapping):
+                    raise InvalidParams(f"{method} needs params with a taskId")
+                return await self._tools.task(ctx, method, params)
         if method not in spec_methods.SPEC_CLIENT_METHODS:
             raise MethodNotFound(method)
         try:

@@ -17,6 +17,10 @@ runs task-augmented sampling or elicitation), and the 2026-07-28 tasks extension
 a 2026-07-28 caller is listed no `execution`, and a `task` it sends is not passed on. A task lives as long as the
 backend session that holds it: ended (idle, evicted, the backend restarted), its tasks are gone, and a caller asking
 is told so.
+
+Over a fleet of replicas (`SharedRoutes`, fleet/tasks.py), each route is also kept in Redis, sealed, for the task's
+life: a `tasks/get` reaching another replica finds it there, and goes to the same backend session, which the fleet
+holds as one (upstream/shared.py); the replica that created the task keeps that session open while the task lives.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mcp_types import CreateTaskResult, GetTaskResult
 from pydantic import ValidationError
@@ -79,16 +83,31 @@ class TaskRoute:
     endpoint: str  # where it was created, and where it may be asked about
     tool: str  # the tool as the caller named it there
     server: ServerRef
-    session: BackendSession  # which backend session holds it
+    session: BackendSession | None  # which backend session holds it (None: one another replica opened; the pool's)
     upstream_id: str  # the backend's own id
     expires: float
+
+
+class SharedRoutes(Protocol):
+    """The fleet's task routes (fleet/tasks.py): best effort, None where it cannot say."""
+
+    async def put(self, task_id: str, route: Mapping[str, Any], seconds: float) -> None: ...
+
+    async def get(self, task_id: str) -> dict[str, Any] | None: ...
 
 
 class TaskRoutes:
     """Where each of the gateway's task ids leads, bounded per principal and in all (oldest forgotten first)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedRoutes | None = None,
+        servers: Mapping[str, ServerRef] | None = None,
+    ) -> None:
         self._clock = clock
+        self._shared = shared
+        self._servers = dict(servers or {})
         self._routes: OrderedDict[str, TaskRoute] = OrderedDict()
         self._by_subject: dict[str, OrderedDict[str, None]] = {}
 
@@ -112,12 +131,47 @@ class TaskRoutes:
         """The route of `task_id` if it is `subject`'s, made on `endpoint`; InvalidParams otherwise (another's task
         is answered exactly as one that never existed)."""
         route = self._routes.get(task_id) if isinstance(task_id, str) else None
-        if route is not None and route.session.closed:  # ended with its backend session: gone
+        if route is not None and route.session is not None and route.session.closed:  # ended with its session
             self._forget(str(task_id))
             route = None
         if route is None or route.subject != subject or route.endpoint != endpoint or route.expires <= self._clock():
             raise InvalidParams("no such task (unknown, expired, or not yours)")
         return route
+
+    async def share(self, task_id: str, route: TaskRoute) -> None:
+        """Tell the fleet (if any) where task `task_id` leads, for as long as it lives."""
+        if self._shared is None:
+            return
+        record = {
+            "subject": route.subject,
+            "endpoint": route.endpoint,
+            "tool": route.tool,
+            "server": route.server.key,
+            "upstream": route.upstream_id,
+        }
+        await self._shared.put(task_id, record, route.expires - self._clock())
+
+    async def locate(self, task_id: object, subject: str, endpoint: str) -> TaskRoute:
+        """`find`, or the route another replica of the fleet made."""
+        try:
+            return self.find(task_id, subject, endpoint)
+        except InvalidParams:
+            if self._shared is None or not isinstance(task_id, str):
+                raise
+        record = await self._shared.get(task_id)
+        route = self._from_fleet(record) if record is not None else None
+        if route is None or route.subject != subject or route.endpoint != endpoint:
+            raise InvalidParams("no such task (unknown, expired, or not yours)")
+        return route
+
+    def _from_fleet(self, record: Mapping[str, Any]) -> TaskRoute | None:
+        fields = [record.get(k) for k in ("subject", "endpoint", "tool", "server", "upstream")]
+        server = self._servers.get(fields[3]) if isinstance(fields[3], str) else None
+        seconds = record.get("seconds")
+        if server is None or not all(isinstance(f, str) for f in fields) or not isinstance(seconds, int | float):
+            return None  # (a replica on another configuration may name a server this one does not have)
+        subject, endpoint, tool, _, upstream = (str(f) for f in fields)
+        return TaskRoute(subject, endpoint, tool, server, None, upstream, self._clock() + seconds)
 
     def _expire(self) -> None:
         now = self._clock()

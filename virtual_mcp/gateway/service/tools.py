@@ -135,7 +135,9 @@ class Tools:
                 task = TaskRoute(
                     caller.principal.subject, self._endpoint.path, name, source, session, upstream_id, expires
                 )
-                result = shown(result, "tools/call", source, upstream_id, parts.tasks.add(task))
+                task_id = parts.tasks.add(task)
+                await parts.tasks.share(task_id, task)
+                result = shown(result, "tools/call", source, upstream_id, task_id)
                 note.result = result
                 return for_version(result, ctx.version)
             note.result = result
@@ -157,7 +159,7 @@ class Tools:
         task_id = params.get("taskId")
         if not isinstance(task_id, str):
             raise InvalidParams("taskId must be a string")
-        route = parts.tasks.find(task_id, caller.principal.subject, self._endpoint.path)
+        route = await parts.tasks.locate(task_id, caller.principal.subject, self._endpoint.path)
         async with parts.auditor.tool_call(
             ctx.trace_id, caller, self._endpoint.path, route.tool, {}, method=method
         ) as note:
@@ -170,13 +172,16 @@ class Tools:
             note.tool = current.original
             credential = await parts.credentials.credential_for(route.server, caller)
             note.sent = credential.headers
-            route.session.use_headers(credential.headers, credential.secrets)  # a token renewed since
+            session = route.session
+            if session is None:  # a task another replica created: the backend session the fleet holds as one
+                session = parts.pool.session(route.server, credential, caller.principal, ctx.declared)
+            session.use_headers(credential.headers, credential.secrets)  # a token renewed since
             upstream: dict[str, Any] = {"taskId": route.upstream_id}
             if "_meta" in params:
                 upstream["_meta"] = params["_meta"]
             result = await forward(
                 ctx,
-                route.session,
+                session,
                 method,
                 upstream,
                 timeout=parts.settings.call_timeout_seconds,
