@@ -30,7 +30,11 @@ from tests.security_support import SecureGateway
 from tests.services import Postgres, Redis, redis_server
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import LegacyOnly, serve
+from virtual_mcp.fleet.sealing import Sealer
+from virtual_mcp.fleet.status import FleetStatus
+from virtual_mcp.fleet.upstream import UpstreamFleet
 from virtual_mcp.types import PrincipalKind
+from virtual_mcp.upstream.shared import Handshake
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,6 +186,74 @@ async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_ma
                 while len(updates) < 5:
                     await arrived.wait()
                     arrived = anyio.Event()
+            # (their order depends on which replica delivered each)
+            assert sorted(updates) == ["note://a", "note://a", "note://a", "note://b", "note://b"]
+
+            # Replica a lets the backend session go (b still holds it): b takes its stream, and updates go on.
+            assert await a.runtime.pool.end_idle(0) >= 1
+            with anyio.fail_after(10):
+                while len(updates) < 6:
+                    await on_b.call("tools/call", touch("note://b"))
+                    with anyio.move_on_after(0.5):
+                        await arrived.wait()
+                    arrived = anyio.Event()
             tg.cancel_scope.cancel()
-        # (their order depends on which replica delivered each)
-        assert sorted(updates) == ["note://a", "note://a", "note://a", "note://b", "note://b"]
+
+
+async def test_the_last_replica_to_let_a_session_go_ends_the_fleets_even_if_it_held_a_stale_one(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """The backend forgot the session; b opened the fleet's again; a, idle, still holds the one forgotten. b lets go
+    first, then a: a ends the fleet's session too (else nobody would)."""
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        first = await call(a, alice, "session")
+        assert await call(b, alice, "session") == first
+        headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
+        assert (await http.delete(f"{backend.url}/mcp", headers=headers)).status_code == 200
+        second = await call(b, alice, "session")
+        assert await b.runtime.pool.end_idle(0) >= 1
+        assert second not in seen.deleted  # a still holds (what it thinks is) the fleet's session
+        assert await a.runtime.pool.end_idle(0) >= 1
+        assert second in seen.deleted
+        assert await holders(own_redis.url) == []
+
+
+async def test_a_replica_closing_a_session_never_takes_the_hold_of_the_one_that_replaced_it(own_redis: Redis) -> None:
+    """Holds are per session object: on one replica, a session closing (idle) while the principal's next request
+    opened its successor, which adopted the fleet's, does not leave the fleet's unheld (and ended by this release)."""
+    status = FleetStatus()
+    async with RedisClient.from_url(own_redis.url) as redis:
+        fleet = UpstreamFleet(redis, status, Sealer([b"k" * 32], "upstream"))
+        closing, successor = fleet.shared("lab/tools alice", 30), fleet.shared("lab/tools alice", 30)
+        shared = await closing.share(Handshake("S1", LEGACY), None)
+        assert shared is not None and shared.session_id == "S1"
+        adopted = await successor.adopt()
+        assert adopted is not None and adopted.token == shared.token
+        assert await closing.release() == (False, "S1")  # the successor holds it: not ended
+        assert await successor.release() == (True, "S1")
+
+
+async def test_a_record_lost_with_redis_is_restored_by_its_holders(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """Redis restarted empty (it keeps no data to disk): at its next sweep, a replica holding the fleet's session
+    records it again, so a replica opening the principal's session afresh joins it rather than opening another."""
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        RedisClient.from_url(own_redis.url) as redis,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        session = await call(a, alice, "session")
+        assert await redis.flushall()
+        await a.runtime.pool.renew_holds()
+        assert await holders(own_redis.url) == [1]
+        assert [await redis.pttl(key) > 0 for key in await redis.keys("vmcp:upstream:*")] == [True, True]
+        assert await call(b, alice, "session") == session

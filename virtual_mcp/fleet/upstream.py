@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from virtual_mcp.fleet.channel import Channel
 from virtual_mcp.fleet.sealing import Sealer, digest
 from virtual_mcp.fleet.status import FleetStatus
-from virtual_mcp.upstream.shared import Handshake
+from virtual_mcp.upstream.shared import Handshake, Shared
 
 logger = logging.getLogger(__name__)
 
@@ -45,35 +45,63 @@ _FRESH = 60.0  # seconds a notice is good for
 _SEEN_MS = 120_000  # how long a delivered message is remembered as delivered
 _MAX_MESSAGE = 1024 * 1024
 
-# KEYS: record, holders. ARGV: this replica, its hold's expiry (ms), the hold's life (ms).
-_ADOPT = """
-local current = redis.call('get', KEYS[1])
-if current then
-  redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
-  redis.call('pexpire', KEYS[2], ARGV[3])
+# Holds are members of the holders set (a replica's session object each, so a session closing on a replica never
+# takes the hold of the one that replaced it there), scored by their expiry. The set lives at least as long as a hold.
+_HOLD_SET = """
+local function hold(key, member, expiry, life)
+  redis.call('zadd', key, expiry, member)
+  if redis.call('pttl', key) < tonumber(life) then redis.call('pexpire', key, life) end
 end
-return current
 """
 
-# KEYS: record, holders. ARGV: the new handshake (sealed), the stale one it replaces ('' none), this replica, its
-# hold's expiry (ms), the hold's life (ms). Returns the fleet's handshake if it is another than the stale one (adopt
-# it), else nothing (the new one is the fleet's).
-_SHARE = """
+# KEYS: record, holders. ARGV: the hold, its expiry (ms), its life (ms).
+_ADOPT = (
+    _HOLD_SET
+    + """
 local current = redis.call('get', KEYS[1])
-redis.call('zadd', KEYS[2], ARGV[4], ARGV[3])
-redis.call('pexpire', KEYS[2], ARGV[5])
+if current then hold(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) end
+return current
+"""
+)
+
+# KEYS: record, holders. ARGV: the new handshake (sealed), the stale one it replaces ('' none), the hold, its expiry
+# (ms), its life (ms). Returns the fleet's handshake if it is another than the stale one (adopt it), else nothing (the
+# new one is the fleet's).
+_SHARE = (
+    _HOLD_SET
+    + """
+local current = redis.call('get', KEYS[1])
+hold(KEYS[2], ARGV[3], ARGV[4], ARGV[5])
 if current and current ~= ARGV[2] then return current end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[5])
 return false
 """
+)
 
-# KEYS: record, holders. ARGV: this replica, now (ms). 1: nobody else holds it (it is ended); 0: another does.
+# KEYS: record, holders. ARGV: the hold, its expiry (ms), its life (ms), the handshake it holds (sealed). Renews the
+# hold and the record; a record that is gone while it is held (Redis restarted, or was flushed) is this one again.
+_RENEW = (
+    _HOLD_SET
+    + """
+hold(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+local left = redis.call('pttl', KEYS[1])
+if left == -2 then
+  redis.call('set', KEYS[1], ARGV[4], 'PX', ARGV[3])
+elseif left < tonumber(ARGV[3]) then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+end
+return 1
+"""
+)
+
+# KEYS: record, holders. ARGV: the hold, now (ms). {1 if no other hold is left (the record goes), the record}.
 _RELEASE = """
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[2])
-if redis.call('zcard', KEYS[2]) > 0 then return 0 end
+local current = redis.call('get', KEYS[1]) or ''
+if redis.call('zcard', KEYS[2]) > 0 then return {0, current} end
 redis.call('del', KEYS[1], KEYS[2])
-return 1
+return {1, current}
 """
 
 
@@ -99,6 +127,7 @@ class UpstreamFleet:
         self._adopt = redis.register_script(_ADOPT)
         self._share = redis.register_script(_SHARE)
         self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
 
     def shared(self, name: str, lease: float) -> SharedSession:
         """The fleet's view of one backend session (`name`: the pool's key, as text; never stored as such), each
@@ -112,18 +141,20 @@ class UpstreamFleet:
     def _ok(self) -> None:
         self._status.succeeded(PART)
 
-    async def hold(self, sessions: Iterable[tuple[str, float]]) -> None:
-        """Renew this replica's hold of each session (its digest, lease seconds), and the record with it."""
-        now = _now_ms()
+    async def hold(self, sessions: Iterable[tuple[Shared, str]]) -> None:
+        """Renew this replica's hold of each session (with the token of the handshake it holds), and the record with
+        it."""
         try:
             with anyio.fail_after(_DEADLINE):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     count = 0
-                    for session, lease in sessions:
-                        ms = _ms(lease)
-                        pipe.zadd(_holders(session), {self.origin: now + ms})
-                        pipe.pexpire(_holders(session), ms, gt=True)
-                        pipe.pexpire(_record(session), ms, gt=True)
+                    for shared, token in sessions:
+                        if not isinstance(shared, SharedSession):
+                            continue
+                        args = [*shared._hold_args(), token]
+                        await self._renew(
+                            keys=[_record(shared.digest), _holders(shared.digest)], args=args, client=pipe
+                        )
                         count += 1
                     if count:
                         await pipe.execute()
@@ -245,9 +276,10 @@ class SharedSession:
         self._fleet = fleet
         self.digest = session
         self._lease = lease
+        self._member = f"{fleet.origin}:{secrets.token_hex(6)}"  # this object's hold
 
     def _hold_args(self) -> list[str | int]:
-        return [self._fleet.origin, _now_ms() + _ms(self._lease), _ms(self._lease)]
+        return [self._member, _now_ms() + _ms(self._lease), _ms(self._lease)]
 
     async def adopt(self) -> Handshake | None:
         try:
@@ -268,14 +300,15 @@ class SharedSession:
             return Handshake(mine.session_id, mine.protocol_version, mine.capabilities, mine.server_info, sealed)
         return self._fleet._open(theirs)
 
-    async def release(self) -> bool | None:
+    async def release(self) -> tuple[bool, str | None] | None:
         try:
-            last = await self._fleet._run_script(
-                self._fleet._release, self.digest, [self._fleet.origin, _now_ms()], "releasing"
+            last, current = await self._fleet._run_script(
+                self._fleet._release, self.digest, [self._member, _now_ms()], "releasing"
             )
         except _Unreachable:
             return None
-        return bool(last)
+        handshake = self._fleet._open(current) if current else None
+        return bool(last), handshake.session_id if handshake is not None else None
 
     async def fan_out(self, message: Mapping[str, Any]) -> str | None:
         message_id = secrets.token_hex(12)

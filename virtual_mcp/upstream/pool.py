@@ -214,7 +214,7 @@ class UpstreamPool:
         """The replica that held a fleet-shared session's GET stream let it go."""
         session = self._held(digest)
         if session is not None:
-            session.take_stream()
+            session.take_stream(freed=True)
 
     def _held(self, digest: str) -> UpstreamSession | None:
         key = self._fleet_held.get(digest)
@@ -327,18 +327,21 @@ class UpstreamPool:
         while True:
             await anyio.sleep(self._sweep_period)
             self.close_idle()
-            await self._hold_fleet_sessions()
+            await self.renew_holds()
 
-    async def _hold_fleet_sessions(self) -> None:
+    async def renew_holds(self) -> None:
         """Renew this replica's hold of the fleet-shared sessions it has open; take the GET stream of those it
         watches if the replica that held it is gone."""
         if self._fleet is None:
             return
         held = []
-        for digest, key in self._fleet_held.items():
+        for key in self._fleet_held.values():
             session = self._sessions.get(key)
-            if isinstance(session, UpstreamSession) and session.fleet_held:
-                held.append((digest, self._lease))
+            if not isinstance(session, UpstreamSession):
+                continue
+            hold = session.fleet_hold
+            if hold is not None:
+                held.append(hold)
                 if session.watched:
                     session.take_stream()
         if held:

@@ -63,6 +63,7 @@ class _ConnectionDropped(Exception):
 
 
 _RESUMES = 5  # times a stream that ended before its answer is resumed
+_STREAM_TRIES = 5  # times a GET stream refused (409) right after its holder let it go is asked again
 
 # Requests without side effects: resent once when a pooled connection turns out to be dead.
 _SAFE_TO_RESEND = frozenset(
@@ -97,6 +98,8 @@ class UpstreamSession(BackendSession):
         self._shared = shared
         self._in_fleet: Handshake | None = None
         self._stream_scope: anyio.CancelScope | None = None  # the GET stream this replica holds
+        self._stream_elsewhere = False  # the backend said another replica holds it (409): take it when it is free
+        self._stream_tries = 0  # 409s still to try again after, each a moment later (the holder just let it go)
         self._http = http
         # Requests go over the lean HTTP/1.1 pool unless the environment routes this URL through a proxy.
         self._fast = fast if fast is not None and not proxied(url) else None
@@ -172,27 +175,33 @@ class UpstreamSession(BackendSession):
         self._closed = True
         for scope in self._resource_listens.values():
             scope.cancel()
-        held_stream = self._stream_scope is not None
         if self._stream_scope is not None:
-            self._stream_scope.cancel()
+            self._stream_scope.cancel()  # (the fleet is told the stream is free as it ends)
+        if self.era is Era.LEGACY and self.session_id:
+            with anyio.CancelScope(shield=True):
+                for session_id in await self._to_end(self.session_id):
+                    await self._end(session_id, self.protocol_version)
         if self._handshake is not None:
             await self._handshake.aclose()
-        if self.era is Era.LEGACY and self.session_id:
-            end = True
-            if self._shared is not None and self._in_fleet is not None:
-                with anyio.CancelScope(shield=True):
-                    last = await self._shared.release()
-                    end = last is True
-                    if last is False and held_stream:
-                        await self._shared.stream_free()
-                if last is None:
-                    logger.info(
-                        "backend %s: not ended (the fleet cannot say whether another replica holds it)", self.ref
-                    )
-            if end:
-                await self._end(self.session_id, self.protocol_version)
         self.era = None
         self.session_id = None
+
+    async def _to_end(self, mine: str) -> list[str]:
+        """The sessions to end at the backend as this one closes: its own, unless it is the fleet's and another
+        replica still holds it; and, as the last holder, the fleet's if that is another (the backend forgot this
+        one, or this replica opened its own while Redis was unreachable)."""
+        if self._shared is None:
+            return [mine]
+        released = await self._shared.release()
+        if released is None:
+            if self._in_fleet is None:
+                return [mine]  # (opened while the fleet could not be told: this replica's own)
+            logger.info("backend %s: not ended (the fleet cannot say whether another replica holds it)", self.ref)
+            return []
+        last, current = released
+        if not last:
+            return [] if current == mine else [mine]
+        return [mine] if current in (None, mine) else [mine, current]
 
     async def _end(self, session_id: str, version: str | None) -> None:
         """DELETE the 2025-11-25 session `session_id` at the backend (best effort, at most 2 s)."""
@@ -796,18 +805,19 @@ class UpstreamSession(BackendSession):
         session_id = self.session_id
         headers = {**self._legacy_headers(), "accept": "text/event-stream"}
         elsewhere = False  # another replica holds this session's stream (the backend allows one)
+        held = False
         scope = self._stream_scope = anyio.CancelScope()
         try:
             with scope:
-                async with self._http.stream(
-                    "GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None)
-                ) as resp:
+                async with await self._open_stream(headers) as resp:
                     self._stream_tried.set()
                     if resp.status_code == 409 and self._in_fleet is not None:
-                        elsewhere = True
+                        elsewhere = self._stream_elsewhere = True
                         return
+                    self._stream_elsewhere = False
                     if resp.status_code != 200:
                         return
+                    held = True
                     lines = capped_lines(resp.aiter_raw(), self._max_answer)
                     async for message in iter_sse_messages(lines, self._max_answer, self._parse):
                         if message.get("method") == "notifications/tools/list_changed":
@@ -826,6 +836,8 @@ class UpstreamSession(BackendSession):
                 self._stream_scope = None
             self._stream_tried.set()
             self._listening = False
+            if held and self._shared is not None and self._in_fleet is not None and self._spawn is not None:
+                self._spawn(self._shared.stream_free)  # another replica watching the session takes it
             if not elsewhere and not self._closed and self.session_id == session_id:
                 # The stream broke while the session looked alive: make the next request renegotiate,
                 # and tell the catalog its view may be stale.
@@ -846,15 +858,46 @@ class UpstreamSession(BackendSession):
         if self._shared is not None and self._in_fleet is not None and not self._closed and self.watched:
             await self._watched(message, partial(self._shared.first, message_id))
 
-    def take_stream(self) -> None:
-        """The replica holding this session's GET stream let it go: hold it here if anyone here watches it."""
-        if self._in_fleet is not None and not self._closed:
+    async def _open_stream(self, headers: dict[str, str]) -> _Streamed:
+        """The GET stream's response (to enter). After the holder let it go, a 409 is asked again a few times: the
+        backend may not have seen the holder's stream close yet."""
+        while True:
+            request = self._http.build_request("GET", self.url, headers=headers, timeout=httpx.Timeout(5, read=None))
+            response = await self._http.send(request, stream=True)
+            if response.status_code != 409 or self._stream_tries <= 0:
+                self._stream_tries = 0
+                return _Streamed(response)
+            await response.aclose()
+            self._stream_tries -= 1
+            await anyio.sleep(0.1 * (_STREAM_TRIES - self._stream_tries))
+
+    def take_stream(self, freed: bool = False) -> None:
+        """Hold this session's GET stream here if anyone here watches it and the backend refused it because another
+        replica held it (`freed`: that replica just let it go)."""
+        if self._in_fleet is not None and not self._closed and self._stream_elsewhere:
+            if freed:
+                self._stream_tries = _STREAM_TRIES
             self._maybe_listen()
 
     @property
-    def fleet_held(self) -> bool:
-        """Whether the fleet holds this session as one (its hold is renewed at each sweep)."""
-        return self._in_fleet is not None
+    def fleet_hold(self) -> tuple[Shared, str] | None:
+        """The fleet's session this one holds, and the token of its handshake (its hold is renewed at each sweep)."""
+        if self._shared is None or self._in_fleet is None:
+            return None
+        return self._shared, self._in_fleet.token
+
+
+class _Streamed:
+    """A streamed response as `async with` takes it (closed at the end)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    async def __aenter__(self) -> httpx.Response:
+        return self._response
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._response.aclose()
 
 
 class ListenNotOffered(UpstreamProtocolError):

@@ -46,9 +46,9 @@ class Shared(Protocol):
         `mine`), or None if the fleet could not be told (`mine` is then this replica's alone)."""
         ...
 
-    async def release(self) -> bool | None:
-        """This replica lets the session go: True if no other replica holds it (end it at the backend), False if one
-        does, None if the fleet cannot say."""
+    async def release(self) -> tuple[bool, str | None] | None:
+        """This replica lets the session go: (whether no other replica holds the fleet's session, whose id it is now
+        (None: none)); None if the fleet cannot say. The last holder ends the fleet's session at the backend."""
         ...
 
     async def fan_out(self, message: Mapping[str, Any]) -> str | None:
@@ -70,6 +70,6 @@ class SharingFleet(Protocol):
         """The fleet's view of the backend session the pool names `name` (a hold lasts `lease` s unless renewed)."""
         ...
 
-    async def hold(self, sessions: Iterable[tuple[str, float]]) -> None:
-        """Renew this replica's hold of each session (its digest, lease seconds)."""
+    async def hold(self, sessions: Iterable[tuple[Shared, str]]) -> None:
+        """Renew this replica's hold of each session (with the token of the handshake it holds)."""
         ...
