@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 import pytest
+from fastmcp import Context, FastMCP
 from redis.asyncio import Redis as RedisClient
 
 from tests.fleet.test_sessions import _headers, on, opened, replicas
@@ -32,8 +34,9 @@ from tests.stateful_backend import Seen, stateful_app
 from tests.support import LegacyOnly, serve
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.status import FleetStatus
-from virtual_mcp.fleet.upstream import UpstreamFleet
-from virtual_mcp.types import PrincipalKind
+from virtual_mcp.fleet.upstream import Heard, UpstreamFleet
+from virtual_mcp.types import PrincipalKind, ServerRef
+from virtual_mcp.upstream.session import UpstreamSession
 from virtual_mcp.upstream.shared import Handshake
 
 pytestmark = pytest.mark.timeout(120)
@@ -257,3 +260,71 @@ async def test_a_record_lost_with_redis_is_restored_by_its_holders(
         assert await holders(own_redis.url) == [1]
         assert [await redis.pttl(key) > 0 for key in await redis.keys("vmcp:upstream:*")] == [True, True]
         assert await call(b, alice, "session") == session
+
+
+def roots_backend() -> Any:
+    """A 2025-11-25 backend whose tool asks its client for its roots on the session's GET stream (outside any
+    request, as the protocol lets a server do), and answers with them."""
+    mcp = FastMCP("roots")
+
+    @mcp.tool
+    async def roots(ctx: Context) -> list[str]:
+        listed = await ctx.session.list_roots()
+        return [str(root.uri) for root in listed.roots]
+
+    return LegacyOnly(mcp.http_app(path="/mcp"))
+
+
+async def test_a_backends_request_on_the_stream_is_answered_by_the_replica_that_can_ask_a_caller(
+    own_redis: Redis,
+) -> None:
+    """Two replicas' copies of one backend session (real backend and Redis, the gateway's sessions without the rest of
+    it): a holds the GET stream but has nobody to ask; b has a caller who declared roots. The backend's roots/list on
+    the stream is put to b's caller, and b's answer reaches the backend."""
+    async with (
+        serve(roots_backend()) as backend,
+        RedisClient.from_url(own_redis.url) as redis,
+        httpx.AsyncClient(timeout=10) as http,
+        anyio.create_task_group() as tg,
+    ):
+        status = FleetStatus()
+        fleets = [UpstreamFleet(redis, status, Sealer([b"k" * 32], "upstream")) for _ in range(2)]
+
+        def spawn(fn: Any) -> None:
+            tg.start_soon(fn)
+
+        a, b = (
+            UpstreamSession(
+                ServerRef("lab", "roots"), f"{backend.url}/mcp", http, spawn=spawn, shared=fleet.shared("alice", 30)
+            )
+            for fleet in fleets
+        )
+        heard = anyio.Event()
+
+        def deliver(notice: Heard) -> None:
+            if notice.kind == "message" and notice.message is not None:
+                tg.start_soon(b.heard_elsewhere, notice.message_id, notice.message)
+
+        tg.start_soon(fleets[1].run, deliver, heard.set)
+        with anyio.fail_after(10):
+            await heard.wait()
+
+        async def ignore(message: dict[str, Any]) -> None:
+            return None
+
+        a.watch("logs", ignore)  # a watches the session (so it holds its stream) but has nobody to ask
+        await a.request("tools/list", {}, timeout=10)
+        with anyio.fail_after(10):
+            await a._stream_tried.wait()
+        asked: list[str] = []
+
+        async def ask(method: str, params: dict[str, Any]) -> dict[str, Any]:
+            asked.append(method)
+            return {"roots": [{"uri": "file:///work", "name": "work"}]}
+
+        b.watch_requests("asks", ask)
+        await b.request("tools/list", {}, timeout=10)  # b joins the session (the backend refuses it a second stream)
+        assert a.session_id == b.session_id
+        result = await a.request("tools/call", {"name": "roots", "arguments": {}}, timeout=20)
+        assert "file:///work" in json.dumps(result) and asked == ["roots/list"]
+        tg.cancel_scope.cancel()

@@ -64,6 +64,8 @@ class _ConnectionDropped(Exception):
 
 _RESUMES = 5  # times a stream that ended before its answer is resumed
 _STREAM_TRIES = 5  # times a GET stream refused (409) right after its holder let it go is asked again
+_ASKED_ELSEWHERE = 2.0  # seconds a replica with nobody to ask leaves the other replicas to take a backend's request
+_ASKER = "\0asker"  # (not a watcher's key) who takes a backend's request outside a call
 
 # Requests without side effects: resent once when a pooled connection turns out to be dead.
 _SAFE_TO_RESEND = frozenset(
@@ -786,6 +788,15 @@ class UpstreamSession(BackendSession):
 
     async def _answer_outside(self, message: dict[str, Any]) -> None:
         try:
+            shared = self._shared if self._in_fleet is not None else None
+            if shared is not None and not self._askers:
+                # Nobody here to ask: a caller of the principal on another replica may be. The first to take it
+                # answers (any replica can: the session is the fleet's); if none does, it is refused here.
+                message_id = await shared.fan_out(message)
+                if message_id is not None:
+                    await anyio.sleep(_ASKED_ELSEWHERE)
+                    if await shared.first(message_id, _ASKER) is False:
+                        return
             await self.answer_request(self.outside(), message, self._reply)
         except Exception:  # runs in the gateway's task group: nothing here may end the gateway
             logger.exception("backend %s: answering its request outside a call failed", self.ref)
@@ -854,9 +865,25 @@ class UpstreamSession(BackendSession):
             await self._watched(message)
 
     async def heard_elsewhere(self, message_id: str, message: dict[str, Any]) -> None:
-        """A notification another replica read from this session's GET stream (`_heard_on_stream` there)."""
-        if self._shared is not None and self._in_fleet is not None and not self._closed and self.watched:
-            await self._watched(message, partial(self._shared.first, message_id))
+        """A message another replica read from this session's GET stream: a notification for this replica's
+        watchers, or a request of its client that replica has nobody to ask (`_answer_outside` there)."""
+        shared = self._shared
+        if shared is None or self._in_fleet is None or self._closed or not self.watched:
+            return
+        try:
+            message = self._parse(json.dumps(message))  # what this replica's credentials are removed from too
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if "id" in message and "method" in message:
+            if self._askers and await shared.first(message_id, _ASKER) is not False:
+                try:
+                    await self.answer_request(self.outside(), message, self._reply)
+                except Exception:  # runs in the gateway's task group: nothing here may end the gateway
+                    logger.exception("backend %s: answering its request outside a call failed", self.ref)
+        elif not self.withdrawn(message):
+            await self._watched(message, partial(shared.first, message_id))
 
     async def _open_stream(self, headers: dict[str, str]) -> _Streamed:
         """The GET stream's response (to enter). After the holder let it go, a 409 is asked again a few times: the
