@@ -84,6 +84,29 @@ async def test_a_task_created_through_one_replica_is_served_through_the_other(
             assert never["code"] == -32602 and "no such task" in never["message"]
 
 
+async def test_a_task_on_a_backend_session_the_other_replica_does_not_hold_is_no_such_task_there(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """The fleet lost the shared backend session's record (Redis emptied) before the other replica joined it, so that
+    replica opened a backend session of its own: a task on the first is not asked of it (another session's task
+    ids mean nothing there, or another task), but answered as no such task."""
+    async with (
+        everything_server() as everything,
+        replicas(tmp_path, postgres, _Backend(everything.url.removesuffix("/mcp")), own_redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=30) as http,
+        RedisClient.from_url(own_redis.url) as redis,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        session = Session(http, f"{a.url}{ENDPOINT}", alice)
+        await session.open()
+        created = await session.request("tools/call", {"name": RESEARCH, "arguments": {"topic": "y"}, "task": {}})
+        task_id = created["result"]["task"]["taskId"]
+        assert await redis.delete(*[key async for key in redis.scan_iter("vmcp:upstream:*")])
+        session.url = f"{b.url}{ENDPOINT}"
+        lost = (await session.request("tasks/get", {"taskId": task_id}))["error"]
+        assert lost == {"code": -32602, "message": "no such task (unknown, expired, or not yours)"}
+
+
 async def test_a_route_in_the_fleet_is_found_only_by_its_creator_on_its_endpoint_and_is_sealed(
     own_redis: Redis,
 ) -> None:
@@ -98,13 +121,14 @@ async def test_a_route_in_the_fleet_is_found_only_by_its_creator_on_its_endpoint
             TaskRoutes(clock, shared=TaskFleet(redis, status, sealer), servers={REF.key: REF}) for _ in range(2)
         )
         task_id = made.add(route(expires=clock.now + 60))
-        await made.share(task_id, route(expires=clock.now + 60))
+        await made.share(task_id, route(expires=clock.now + 60), "backend-session-7")
         found = await other.locate(task_id, "user:alice", "/mcp")
-        assert (found.tool, found.server, found.upstream_id, found.session) == (
+        assert (found.tool, found.server, found.upstream_id, found.session, found.held_by) == (
             "lab__everything__research",
             REF,
             "backend-1",
             None,  # the backend session the fleet holds as one: the pool's
+            "backend-session-7",
         )
         assert 59 < found.expires - clock.now <= 60
         for subject, endpoint in (("user:bob", "/mcp"), ("user:alice", "/mcp-server/lab/everything/server")):
@@ -112,7 +136,8 @@ async def test_a_route_in_the_fleet_is_found_only_by_its_creator_on_its_endpoint
                 await other.locate(task_id, subject, endpoint)
         [key] = [k async for k in redis.scan_iter("vmcp:task:*")]
         stored = await redis.get(key)
-        assert task_id.encode() not in key + stored and b"alice" not in stored and b"backend-1" not in stored
+        assert task_id.encode() not in key + stored
+        assert not any(plain in stored for plain in (b"alice", b"backend-1", b"backend-session-7"))
         assert 0 < await redis.pttl(key) <= 60_000
         # Without a fleet, a replica knows only its own.
         with pytest.raises(InvalidParams, match="no such task"):

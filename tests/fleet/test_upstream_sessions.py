@@ -303,7 +303,7 @@ async def test_a_backends_request_on_the_stream_is_answered_by_the_replica_that_
 
         def deliver(notice: Heard) -> None:
             if notice.kind == "message" and notice.message is not None:
-                tg.start_soon(b.heard_elsewhere, notice.message_id, notice.message)
+                tg.start_soon(b.heard_elsewhere, notice.message_id, notice.message, notice.held)
 
         tg.start_soon(fleets[1].run, deliver, heard.set)
         with anyio.fail_after(10):
@@ -328,3 +328,23 @@ async def test_a_backends_request_on_the_stream_is_answered_by_the_replica_that_
         result = await a.request("tools/call", {"name": "roots", "arguments": {}}, timeout=20)
         assert "file:///work" in json.dumps(result) and asked == ["roots/list"]
         tg.cancel_scope.cancel()
+
+
+async def test_a_replica_letting_go_after_redis_lost_the_record_leaves_the_session_to_the_others(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """Redis restarted empty before any sweep: a replica letting the session go cannot tell whether another holds
+    it, so it does not end it; the other goes on with it."""
+    seen = Seen()
+    async with (
+        serve(stateful_app(seen)) as backend,
+        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        RedisClient.from_url(own_redis.url) as redis,
+    ):
+        alice = await a.token(PrincipalKind.USER, ALICE)
+        assert await call(a, alice, "remember", value="kept") == "remembered"
+        session = await call(b, alice, "session")
+        assert await redis.flushall()
+        assert await a.runtime.pool.end_idle(0) >= 1
+        assert session not in seen.deleted
+        assert await call(b, alice, "recall") == "kept"

@@ -94,11 +94,13 @@ return 1
 """
 )
 
-# KEYS: record, holders. ARGV: the hold, now (ms). {1 if no other hold is left (the record goes), the record}.
+# KEYS: record, holders. ARGV: the hold, now (ms). {1 if no other hold is left (the record goes), the record}; {-1,
+# ''} if the record is gone (Redis lost it: whether another replica holds the session cannot be told).
 _RELEASE = """
 redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[2])
-local current = redis.call('get', KEYS[1]) or ''
+local current = redis.call('get', KEYS[1])
+if not current then return {-1, ''} end
 if redis.call('zcard', KEYS[2]) > 0 then return {0, current} end
 redis.call('del', KEYS[1], KEYS[2])
 return {1, current}
@@ -113,6 +115,7 @@ class Heard:
     session: str
     message_id: str = ""
     message: dict[str, Any] | None = None
+    held: str = ""  # a digest of the backend session id the message came on
 
 
 class UpstreamFleet:
@@ -205,8 +208,8 @@ class UpstreamFleet:
             text,
         )
 
-    async def publish(self, kind: str, session: str, message_id: str = "", message: Any = None) -> bool:
-        inner = {"k": kind, "d": session, "n": message_id, "m": message, "at": time.time()}
+    async def publish(self, kind: str, session: str, message_id: str = "", message: Any = None, held: str = "") -> bool:
+        inner = {"k": kind, "d": session, "n": message_id, "m": message, "h": held, "at": time.time()}
         text = json.dumps({"v": "1", "from": self.origin, "x": self._sealer.seal(json.dumps(inner).encode())})
         if len(text) > _MAX_MESSAGE:
             logger.info("a backend message too large to hand to another replica; delivered here only")
@@ -233,13 +236,13 @@ class UpstreamFleet:
             return None
         if not isinstance(inner, dict):
             return None
-        kind, session, message_id, message, at = (inner.get(k) for k in ("k", "d", "n", "m", "at"))
+        kind, session, message_id, message, held, at = (inner.get(k) for k in ("k", "d", "n", "m", "h", "at"))
         if not isinstance(session, str) or not isinstance(at, int | float) or abs(time.time() - at) > _FRESH:
             return None
         if kind == "free":
             return Heard("free", session)
         if kind == "message" and isinstance(message_id, str) and message_id and isinstance(message, dict):
-            return Heard("message", session, message_id, message)
+            return Heard("message", session, message_id, message, held if isinstance(held, str) else "")
         return None
 
     async def first(self, message_id: str, watcher: str) -> bool | None:
@@ -307,13 +310,27 @@ class SharedSession:
             )
         except _Unreachable:
             return None
+        if int(last) < 0:
+            logger.info("upstream sessions: a shared session's record is gone (Redis lost it?); left to the backend")
+            return None
         handshake = self._fleet._open(current) if current else None
         return bool(last), handshake.session_id if handshake is not None else None
 
-    async def fan_out(self, message: Mapping[str, Any]) -> str | None:
+    async def fan_out(self, message: Mapping[str, Any], session_id: str) -> str | None:
+        try:
+            with anyio.fail_after(_DEADLINE):
+                holds = int(await self._fleet._redis.zcard(_holders(self.digest)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._fleet._failed(exc, "counting holds")
+            return None
+        if holds <= 1:
+            return None  # no other replica holds it: nobody to hand it to
         message_id = secrets.token_hex(12)
-        sent = await self._fleet.publish("message", self.digest, message_id, dict(message))
+        sent = await self._fleet.publish("message", self.digest, message_id, dict(message), digest(session_id))
         return message_id if sent else None
+
+    def names(self, held: str, session_id: str | None) -> bool:
+        return session_id is not None and held == digest(session_id)
 
     async def first(self, message_id: str, watcher: str) -> bool | None:
         return await self._fleet.first(message_id, self.digest + "\0" + watcher)

@@ -251,7 +251,7 @@ class Runtime:
         """Another replica's news of a backend session the fleet holds: a message from its GET stream, or the
         stream let go."""
         if heard.kind == "message" and heard.message is not None:
-            self.pool.heard_elsewhere(heard.session, heard.message_id, heard.message)
+            self.pool.heard_elsewhere(heard.session, heard.message_id, heard.message, heard.held)
         elif heard.kind == "free":
             self.pool.stream_free(heard.session)
 

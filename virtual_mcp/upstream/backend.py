@@ -108,6 +108,16 @@ class BackendSession:
         """Whether it was closed (by the pool, or at shutdown): it serves nothing more."""
         return False
 
+    async def holds_fleet_session(self, session_id: str) -> bool:
+        """Whether this is (once connected) the backend session `session_id` that the fleet's replicas hold as one
+        (upstream/shared.py)."""
+        return False
+
+    @property
+    def fleet_session_id(self) -> str | None:
+        """The backend session id the fleet's replicas hold as one, if this is such a session."""
+        return None
+
     def pin(self, until: float) -> None:
         """Keep it open until `until` (monotonic): it holds a caller's task that lives that long."""
         self.pinned_until = max(self.pinned_until, until)

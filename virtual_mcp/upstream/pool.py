@@ -204,11 +204,12 @@ class UpstreamPool:
         self._fleet_held[shared.digest] = key
         return shared
 
-    def heard_elsewhere(self, digest: str, message_id: str, message: dict[str, Any]) -> None:
-        """Another replica read `message` from the GET stream of a session the fleet holds (fleet/upstream.py)."""
+    def heard_elsewhere(self, digest: str, message_id: str, message: dict[str, Any], held: str) -> None:
+        """Another replica read `message` from the GET stream of a session the fleet holds (fleet/upstream.py;
+        `held`: which backend session's)."""
         session = self._held(digest)
         if session is not None and session.watched:
-            self._spawn(partial(session.heard_elsewhere, message_id, message))
+            self._spawn(partial(session.heard_elsewhere, message_id, message, held))
 
     def stream_free(self, digest: str) -> None:
         """The replica that held a fleet-shared session's GET stream let it go."""

@@ -792,7 +792,7 @@ class UpstreamSession(BackendSession):
             if shared is not None and not self._askers:
                 # Nobody here to ask: a caller of the principal on another replica may be. The first to take it
                 # answers (any replica can: the session is the fleet's); if none does, it is refused here.
-                message_id = await shared.fan_out(message)
+                message_id = await shared.fan_out(message, self.session_id or "")
                 if message_id is not None:
                     await anyio.sleep(_ASKED_ELSEWHERE)
                     if await shared.first(message_id, _ASKER) is False:
@@ -804,7 +804,7 @@ class UpstreamSession(BackendSession):
     def _maybe_listen(self) -> None:
         tools_cap = self.capabilities.get("tools")
         wanted = self.watched or (self._listen and isinstance(tools_cap, dict) and bool(tools_cap.get("listChanged")))
-        if not wanted or self._spawn is None or self._listening or self.era is not Era.LEGACY:
+        if not wanted or self._spawn is None or self._listening or self._closed or self.era is not Era.LEGACY:
             return
         if not self.session_id:
             return
@@ -858,17 +858,20 @@ class UpstreamSession(BackendSession):
         """A notification read from the GET stream: to this replica's watchers, and, for a session the fleet holds,
         to the other replicas' (each watcher of the fleet takes it once)."""
         shared = self._shared if self._in_fleet is not None else None
-        message_id = await shared.fan_out(message) if shared is not None else None
+        message_id = await shared.fan_out(message, self.session_id or "") if shared is not None else None
         if shared is not None and message_id is not None:
             await self._watched(message, partial(shared.first, message_id))
         else:
             await self._watched(message)
 
-    async def heard_elsewhere(self, message_id: str, message: dict[str, Any]) -> None:
-        """A message another replica read from this session's GET stream: a notification for this replica's
-        watchers, or a request of its client that replica has nobody to ask (`_answer_outside` there)."""
+    async def heard_elsewhere(self, message_id: str, message: dict[str, Any], held: str) -> None:
+        """A message another replica read from this session's GET stream (`held`: which backend session's): a
+        notification for this replica's watchers, or a request of its client that replica has nobody to ask
+        (`_answer_outside` there). Ignored if this replica holds another backend session (a stale one)."""
         shared = self._shared
         if shared is None or self._in_fleet is None or self._closed or not self.watched:
+            return
+        if not shared.names(held, self.session_id):
             return
         try:
             message = self._parse(json.dumps(message))  # what this replica's credentials are removed from too
@@ -877,7 +880,7 @@ class UpstreamSession(BackendSession):
         if not isinstance(message, dict):
             return
         if "id" in message and "method" in message:
-            if self._askers and await shared.first(message_id, _ASKER) is not False:
+            if self._askers and await shared.first(message_id, _ASKER) is True:
                 try:
                     await self.answer_request(self.outside(), message, self._reply)
                 except Exception:  # runs in the gateway's task group: nothing here may end the gateway
@@ -905,6 +908,14 @@ class UpstreamSession(BackendSession):
             if freed:
                 self._stream_tries = _STREAM_TRIES
             self._maybe_listen()
+
+    async def holds_fleet_session(self, session_id: str) -> bool:
+        await self._ensure_connected()
+        return self._in_fleet is not None and self.session_id == session_id
+
+    @property
+    def fleet_session_id(self) -> str | None:
+        return self.session_id if self._in_fleet is not None else None
 
     @property
     def fleet_hold(self) -> tuple[Shared, str] | None:

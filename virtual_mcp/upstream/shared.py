@@ -51,9 +51,13 @@ class Shared(Protocol):
         (None: none)); None if the fleet cannot say. The last holder ends the fleet's session at the backend."""
         ...
 
-    async def fan_out(self, message: Mapping[str, Any]) -> str | None:
-        """Hand a message read from the session's GET stream to the other replicas; its id in the fleet (None: not
-        handed on)."""
+    async def fan_out(self, message: Mapping[str, Any], session_id: str) -> str | None:
+        """Hand a message read from the session's GET stream (backend session `session_id`) to the other replicas
+        holding it; its id in the fleet (None: not handed on, e.g. no other replica holds it)."""
+        ...
+
+    def names(self, held: str, session_id: str | None) -> bool:
+        """Whether `held` (what a message handed on says it came on) is the backend session `session_id`."""
         ...
 
     async def first(self, message_id: str, watcher: str) -> bool | None:

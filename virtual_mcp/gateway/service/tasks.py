@@ -86,6 +86,7 @@ class TaskRoute:
     session: BackendSession | None  # which backend session holds it (None: one another replica opened; the pool's)
     upstream_id: str  # the backend's own id
     expires: float
+    held_by: str | None = None  # (from the fleet) the backend session id holding it, which the fleet holds as one
 
 
 class SharedRoutes(Protocol):
@@ -138,11 +139,13 @@ class TaskRoutes:
             raise InvalidParams("no such task (unknown, expired, or not yours)")
         return route
 
-    async def share(self, task_id: str, route: TaskRoute) -> None:
-        """Tell the fleet (if any) where task `task_id` leads, for as long as it lives."""
+    async def share(self, task_id: str, route: TaskRoute, held_by: str) -> None:
+        """Tell the fleet (if any) where task `task_id` leads, for as long as it lives: to backend session `held_by`,
+        which the fleet holds as one (a task on any other session is this replica's alone)."""
         if self._shared is None:
             return
         record = {
+            "held": held_by,
             "subject": route.subject,
             "endpoint": route.endpoint,
             "tool": route.tool,
@@ -165,13 +168,13 @@ class TaskRoutes:
         return route
 
     def _from_fleet(self, record: Mapping[str, Any]) -> TaskRoute | None:
-        fields = [record.get(k) for k in ("subject", "endpoint", "tool", "server", "upstream")]
+        fields = [record.get(k) for k in ("subject", "endpoint", "tool", "server", "upstream", "held")]
         server = self._servers.get(fields[3]) if isinstance(fields[3], str) else None
         seconds = record.get("seconds")
         if server is None or not all(isinstance(f, str) for f in fields) or not isinstance(seconds, int | float):
             return None  # (a replica on another configuration may name a server this one does not have)
-        subject, endpoint, tool, _, upstream = (str(f) for f in fields)
-        return TaskRoute(subject, endpoint, tool, server, None, upstream, self._clock() + seconds)
+        subject, endpoint, tool, _, upstream, held = (str(f) for f in fields)
+        return TaskRoute(subject, endpoint, tool, server, None, upstream, self._clock() + seconds, held)
 
     def _expire(self) -> None:
         now = self._clock()

@@ -136,7 +136,9 @@ class Tools:
                     caller.principal.subject, self._endpoint.path, name, source, session, upstream_id, expires
                 )
                 task_id = parts.tasks.add(task)
-                await parts.tasks.share(task_id, task)
+                held_by = session.fleet_session_id
+                if held_by is not None:
+                    await parts.tasks.share(task_id, task, held_by)
                 result = shown(result, "tools/call", source, upstream_id, task_id)
                 note.result = result
                 return for_version(result, ctx.version)
@@ -173,8 +175,11 @@ class Tools:
             credential = await parts.credentials.credential_for(route.server, caller)
             note.sent = credential.headers
             session = route.session
-            if session is None:  # a task another replica created: the backend session the fleet holds as one
+            if session is None:  # a task another replica created: on the backend session the fleet holds as one
                 session = parts.pool.session(route.server, credential, caller.principal, ctx.declared)
+                if route.held_by is None or not await session.holds_fleet_session(route.held_by):
+                    raise InvalidParams("no such task (unknown, expired, or not yours)")
+                session.pin(route.expires)  # kept open here too while the task lives
             session.use_headers(credential.headers, credential.secrets)  # a token renewed since
             upstream: dict[str, Any] = {"taskId": route.upstream_id}
             if "_meta" in params:
