@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from redis.asyncio import Redis
 
 from virtual_mcp.fleet.channel import Channel
-from virtual_mcp.fleet.sealing import Sealer
+from virtual_mcp.fleet.sealing import FRESH, Sealer
 from virtual_mcp.fleet.status import FleetStatus
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ CHANNEL = "vmcp:calls"
 _ALIVE_EVERY = 5.0
 _PATIENCE = 3 * _ALIVE_EVERY
 _FIRST_WORD = 5.0  # seconds for the addressed replica to say it has the call
-_FRESH = 60.0  # seconds a message is good for (an older one, replayed, is ignored)
+
 _KINDS = ("call", "note", "alive", "done", "abandon")
 
 Note = Callable[[dict[str, Any]], Awaitable[None]]
@@ -54,7 +54,7 @@ class ReplicaCalls:
         self._handler: Handler | None = None
         self._waiting: dict[str, MemoryObjectSendStream[dict[str, Any]]] = {}
         self._serving: dict[str, anyio.CancelScope] = {}
-        self._heard: dict[str, float] = {}  # the calls heard in the last `_FRESH` seconds: each is served once
+        self._heard: dict[str, float] = {}  # the calls heard in the last `FRESH` seconds: each is served once
         self._tg: TaskGroup | None = None
 
     def serve(self, handler: Handler) -> None:
@@ -123,7 +123,7 @@ class ReplicaCalls:
             self._heard = {n: until for n, until in self._heard.items() if until > now}
         if self._heard.get(nonce, 0) > now:
             return False
-        self._heard[nonce] = now + 2 * _FRESH
+        self._heard[nonce] = now + 2 * FRESH
         return True
 
     async def _serve_one(self, handler: Handler, message: dict[str, Any]) -> None:
@@ -169,7 +169,7 @@ class ReplicaCalls:
         if not isinstance(message, dict) or message.get("k") not in _KINDS:
             return None
         at = message.get("at")
-        if not isinstance(at, int | float) or abs(time.time() - at) > _FRESH:
+        if not isinstance(at, int | float) or abs(time.time() - at) > FRESH:
             return None
         if not all(isinstance(message.get(f), str) for f in ("to", "n", "from")) or not isinstance(
             message.get("b"), dict

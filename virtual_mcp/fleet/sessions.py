@@ -47,7 +47,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from virtual_mcp.fleet.channel import Channel
-from virtual_mcp.fleet.sealing import Sealer, digest
+from virtual_mcp.fleet.sealing import Notices, Sealer, digest
 from virtual_mcp.fleet.status import FleetStatus
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 CHANNEL = "vmcp:sessions"
 PART = "sessions"
 KINDS = ("ended", "cancel", "level", "push", "answer", "unsubscribe")
-_FRESH = 60.0  # seconds a notice is good for: an older one, replayed, is ignored
 _MAX_MESSAGE = 1024 * 1024  # a sealed message larger than this is not sent (the stream's reader would drop it too)
 _DEADLINE = 1.0  # seconds for one Redis command: a session's request never waits longer on Redis
 _QUESTION_TTL_MS = 3_600_000  # a question's registration outlives no question (each is removed when it is settled)
@@ -142,6 +141,7 @@ class SessionFleet:
         self._sealer = sealer
         self._channel = Channel(redis, status, PART, CHANNEL)
         self.origin = secrets.token_hex(8)
+        self._notices = Notices(sealer, self.origin, "session notice", _MAX_MESSAGE)
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
         self._reserve = redis.register_script(_RESERVE)
         self._count = redis.register_script(_COUNT)
@@ -332,37 +332,17 @@ class SessionFleet:
         return await self._channel.publish(text)
 
     def _encode(self, notice: Notice) -> str | None:
-        # All of it sealed, with the time: a notice cannot be turned to another session or kind, nor replayed late.
-        inner = {"k": notice.kind, "s": notice.session, "b": notice.body, "at": time.time()}
-        text = json.dumps({"v": "1", "from": self.origin, "x": self._sealer.seal(json.dumps(inner).encode())})
-        return text if len(text) <= _MAX_MESSAGE else None
+        # All of it sealed: a notice cannot be turned to another session or kind, nor replayed late.
+        return self._notices.seal({"k": notice.kind, "s": notice.session, "b": notice.body})
 
     def decode(self, raw: bytes | str) -> Notice | None:
         """The notice of another replica; None for this replica's own and for anything that is not a fresh notice
         sealed by a replica of this fleet."""
-        if len(raw) > _MAX_MESSAGE + 1024:
+        inner = self._notices.open(raw)
+        if inner is None:
             return None
-        try:
-            message = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(message, dict) or message.get("v") != "1" or message.get("from") == self.origin:
-            return None
-        sealed = message.get("x")
-        opened = self._sealer.open(sealed) if isinstance(sealed, str) else None
-        if opened is None:
-            logger.info("a session notice that this replica cannot open; dropped (another master key?)")
-            return None
-        try:
-            inner = json.loads(opened)
-        except ValueError:
-            return None
-        if not isinstance(inner, dict):
-            return None
-        kind, session, body, at = inner.get("k"), inner.get("s"), inner.get("b"), inner.get("at")
-        if kind not in KINDS or not isinstance(session, str) or not isinstance(at, int | float):
-            return None
-        if abs(time.time() - at) > _FRESH:
+        kind, session, body = inner.get("k"), inner.get("s"), inner.get("b")
+        if kind not in KINDS or not isinstance(session, str):
             return None
         valid = {
             "ended": True,

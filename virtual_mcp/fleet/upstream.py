@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from virtual_mcp.fleet.channel import Channel
-from virtual_mcp.fleet.sealing import Sealer, digest
+from virtual_mcp.fleet.sealing import Notices, Sealer, digest
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.upstream.shared import Handshake, Shared
 
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 CHANNEL = "vmcp:upstream"
 PART = "upstream"
 _DEADLINE = 1.0  # seconds for one Redis command
-_FRESH = 60.0  # seconds a notice is good for
 _SEEN_MS = 120_000  # how long a delivered message is remembered as delivered
 _MAX_MESSAGE = 1024 * 1024
 
@@ -127,6 +126,7 @@ class UpstreamFleet:
         self._sealer = sealer
         self._channel = Channel(redis, status, PART, CHANNEL)
         self.origin = secrets.token_hex(8)
+        self._notices = Notices(sealer, self.origin, "backend session notice", _MAX_MESSAGE)
         self._adopt = redis.register_script(_ADOPT)
         self._share = redis.register_script(_SHARE)
         self._release = redis.register_script(_RELEASE)
@@ -209,35 +209,19 @@ class UpstreamFleet:
         )
 
     async def publish(self, kind: str, session: str, message_id: str = "", message: Any = None, held: str = "") -> bool:
-        inner = {"k": kind, "d": session, "n": message_id, "m": message, "h": held, "at": time.time()}
-        text = json.dumps({"v": "1", "from": self.origin, "x": self._sealer.seal(json.dumps(inner).encode())})
-        if len(text) > _MAX_MESSAGE:
+        text = self._notices.seal({"k": kind, "d": session, "n": message_id, "m": message, "h": held})
+        if text is None:
             logger.info("a backend message too large to hand to another replica; delivered here only")
             return False
         return bool(await self._channel.publish(text))
 
     def decode(self, raw: bytes | str) -> Heard | None:
         """Another replica's fresh notice sealed by this fleet; None for this replica's own and anything else."""
-        if len(raw) > _MAX_MESSAGE + 1024:
+        inner = self._notices.open(raw)
+        if inner is None:
             return None
-        try:
-            outer = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(outer, dict) or outer.get("v") != "1" or outer.get("from") == self.origin:
-            return None
-        sealed = outer.get("x")
-        opened = self._sealer.open(sealed) if isinstance(sealed, str) else None
-        if opened is None:
-            return None
-        try:
-            inner = json.loads(opened)
-        except ValueError:
-            return None
-        if not isinstance(inner, dict):
-            return None
-        kind, session, message_id, message, held, at = (inner.get(k) for k in ("k", "d", "n", "m", "h", "at"))
-        if not isinstance(session, str) or not isinstance(at, int | float) or abs(time.time() - at) > _FRESH:
+        kind, session, message_id, message, held = (inner.get(k) for k in ("k", "d", "n", "m", "h"))
+        if not isinstance(session, str):
             return None
         if kind == "free":
             return Heard("free", session)
