@@ -116,6 +116,40 @@ async def test_a_session_opened_on_one_replica_is_served_by_the_other(
             assert (await raw.call("ping")).status_code == 404
 
 
+class UpdateStream:
+    """A session's GET stream, read in the background (`read`): the URIs of the resource updates it carried."""
+
+    def __init__(self, http: httpx2.AsyncClient, raw: Raw) -> None:
+        self.http, self.raw = http, raw
+        self.updates: list[str] = []
+        self.opened = anyio.Event()  # (the gateway's first ping says the stream is open)
+        self._arrived = anyio.Event()
+
+    async def read(self) -> None:
+        headers = {**_headers(self.raw), "accept": "text/event-stream"}
+        async with self.http.stream("GET", self.raw.url, headers=headers) as stream:
+            assert stream.status_code == 200
+            async for line in stream.aiter_lines():
+                self.opened.set()
+                if line.startswith("data: "):
+                    message = json.loads(line[6:])
+                    if message.get("method") == "notifications/resources/updated":
+                        self.updates.append(message["params"]["uri"])
+                        self._arrived.set()
+
+    async def until(self, count: int, seconds: float = 10) -> None:
+        """Until it carried `count` updates (or more)."""
+        with anyio.fail_after(seconds):
+            while len(self.updates) < count:
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+
+
+def touch(uri: str) -> dict[str, Any]:
+    """The params of a call of the watched backend's `touch` (it says `uri` changed)."""
+    return {"name": "touch", "arguments": {"uri": uri}}
+
+
 def _headers(raw: Raw) -> dict[str, str]:
     return {
         "authorization": f"Bearer {raw.bearer}",
@@ -571,37 +605,16 @@ async def test_a_subscription_made_through_one_replica_reaches_the_stream_on_the
         on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
         on_b = on(on_a, b)
         await on_a.call("tools/list")
-        updates: list[str] = []
-        arrived, opened_stream = anyio.Event(), anyio.Event()
-
-        async def get_stream() -> None:
-            nonlocal arrived
-            headers = {**_headers(on_b), "accept": "text/event-stream"}
-            async with http.stream("GET", on_b.url, headers=headers) as stream:
-                assert stream.status_code == 200
-                async for line in stream.aiter_lines():
-                    opened_stream.set()  # (the gateway's first ping says the stream is open)
-                    if line.startswith("data: "):
-                        message = json.loads(line[6:])
-                        if message.get("method") == "notifications/resources/updated":
-                            updates.append(message["params"]["uri"])
-                            arrived.set()
+        stream = UpdateStream(http, on_b)
 
         async def next_update() -> str:
-            nonlocal arrived
-            with anyio.fail_after(10):
-                while not updates:
-                    await arrived.wait()
-                    arrived = anyio.Event()
-            return updates.pop(0)
-
-        def touch(uri: str) -> dict[str, Any]:
-            return {"name": "touch", "arguments": {"uri": uri}}
+            await stream.until(1)
+            return stream.updates.pop(0)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(get_stream)
+            tg.start_soon(stream.read)
             with anyio.fail_after(10):
-                await opened_stream.wait()
+                await stream.opened.wait()
             assert rpc(await on_a.call("resources/subscribe", {"uri": "note://a"}))["result"] == {}
             await on_a.call("tools/call", touch("note://a"))
             assert await next_update() == "note://a"  # from a's backend session to the stream on b

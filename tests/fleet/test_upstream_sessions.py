@@ -11,7 +11,8 @@ replicas in this process, each test with a Redis of its own):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from fastmcp import Context, FastMCP
 from redis.asyncio import Redis as RedisClient
 
-from tests.fleet.test_sessions import _headers, on, opened, replicas
+from tests.fleet.test_sessions import UpdateStream, on, opened, replicas, touch
 from tests.gateway.service.test_resource_updates import Probe as UpdatesProbe
 from tests.gateway.service.test_resource_updates import watched_backend
 from tests.gateway.test_shared_state import ENDPOINT
@@ -31,7 +32,7 @@ from tests.lab_config import ALICE
 from tests.security_support import SecureGateway
 from tests.services import Postgres, Redis, redis_server
 from tests.stateful_backend import Seen, stateful_app
-from tests.support import LegacyOnly, serve
+from tests.support import LegacyOnly, Served, serve
 from virtual_mcp.fleet.sealing import Sealer
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.fleet.upstream import Heard, UpstreamFleet
@@ -46,6 +47,16 @@ pytestmark = pytest.mark.timeout(120)
 def own_redis() -> Iterator[Redis]:
     with redis_server() as redis:
         yield redis
+
+
+@asynccontextmanager
+async def stateful(
+    tmp_path: Path, postgres: Postgres, redis: Redis
+) -> AsyncIterator[tuple[Seen, Served, SecureGateway, SecureGateway, str]]:
+    """A backend that keeps state per session, two replicas in front of it, and alice's token."""
+    seen = Seen()
+    async with serve(stateful_app(seen)) as backend, replicas(tmp_path, postgres, backend, redis.url) as (a, b):
+        yield seen, backend, a, b, await a.token(PrincipalKind.USER, ALICE)
 
 
 async def call(gw: SecureGateway, token: str, tool: str, **arguments: Any) -> str:
@@ -63,12 +74,7 @@ async def holders(redis_url: str) -> list[int]:
 async def test_a_principals_backend_session_is_the_same_on_every_replica_and_ended_by_the_last(
     tmp_path: Path, postgres: Postgres, own_redis: Redis
 ) -> None:
-    seen = Seen()
-    async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
-    ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
+    async with stateful(tmp_path, postgres, own_redis) as (seen, _backend, a, b, alice):
         assert await call(a, alice, "remember", value="kept") == "remembered"
         session = await call(a, alice, "session")
         # Through the other replica: the same backend session, with what was stored in it.
@@ -90,12 +96,7 @@ async def test_a_principals_backend_session_is_the_same_on_every_replica_and_end
 async def test_replicas_opening_a_principals_session_at_once_agree_on_one(
     tmp_path: Path, postgres: Postgres, own_redis: Redis
 ) -> None:
-    seen = Seen()
-    async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
-    ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
+    async with stateful(tmp_path, postgres, own_redis) as (seen, _backend, a, b, alice):
         for _ in range(3):
             sessions: dict[str, str] = {}
 
@@ -115,13 +116,10 @@ async def test_replicas_opening_a_principals_session_at_once_agree_on_one(
 async def test_a_session_the_backend_forgot_is_opened_again_once_for_the_fleet(
     tmp_path: Path, postgres: Postgres, own_redis: Redis
 ) -> None:
-    seen = Seen()
     async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        stateful(tmp_path, postgres, own_redis) as (_seen, backend, a, b, alice),
         httpx2.AsyncClient(timeout=10) as http,
     ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
         first = await call(a, alice, "session")
         assert await call(b, alice, "session") == first
         # The backend forgets it (it restarted, or expired it): each replica finds out on its next request.
@@ -149,29 +147,13 @@ async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_ma
     ):
         on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
         on_b = on(on_a, b)
-        updates: list[str] = []
-        arrived, stream_open = anyio.Event(), anyio.Event()
-
-        async def get_stream() -> None:
-            nonlocal arrived
-            headers = {**_headers(on_a), "accept": "text/event-stream"}
-            async with http.stream("GET", on_a.url, headers=headers) as stream:
-                assert stream.status_code == 200
-                async for line in stream.aiter_lines():
-                    stream_open.set()
-                    if line.startswith("data: "):
-                        message = json.loads(line[6:])
-                        if message.get("method") == "notifications/resources/updated":
-                            updates.append(message["params"]["uri"])
-                            arrived.set()
-
-        def touch(uri: str) -> dict[str, Any]:
-            return {"name": "touch", "arguments": {"uri": uri}}
+        stream = UpdateStream(http, on_a)
+        updates = stream.updates
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(get_stream)
+            tg.start_soon(stream.read)
             with anyio.fail_after(10):
-                await stream_open.wait()
+                await stream.opened.wait()
             assert rpc(await on_a.call("resources/subscribe", {"uri": "note://a"}))["result"] == {}
             assert rpc(await on_b.call("resources/subscribe", {"uri": "note://b"}))["result"] == {}
             # The same subscription on both replicas: each update still reaches the session once.
@@ -179,16 +161,10 @@ async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_ma
             for raw in (on_a, on_b):
                 await raw.call("tools/call", touch("note://b"))
                 await raw.call("tools/call", touch("note://a"))
-            with anyio.fail_after(10):
-                while len(updates) < 4:
-                    await arrived.wait()
-                    arrived = anyio.Event()
+            await stream.until(4)
             # (one more round, so a duplicate of the first ones would have arrived before it)
             await on_b.call("tools/call", touch("note://a"))
-            with anyio.fail_after(10):
-                while len(updates) < 5:
-                    await arrived.wait()
-                    arrived = anyio.Event()
+            await stream.until(5)
             # (their order depends on which replica delivered each)
             assert sorted(updates) == ["note://a", "note://a", "note://a", "note://b", "note://b"]
 
@@ -198,8 +174,7 @@ async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_ma
                 while len(updates) < 6:
                     await on_b.call("tools/call", touch("note://b"))
                     with anyio.move_on_after(0.5):
-                        await arrived.wait()
-                    arrived = anyio.Event()
+                        await stream.until(6)
             tg.cancel_scope.cancel()
 
 
@@ -208,13 +183,10 @@ async def test_the_last_replica_to_let_a_session_go_ends_the_fleets_even_if_it_h
 ) -> None:
     """The backend forgot the session; b opened the fleet's again; a, idle, still holds the one forgotten. b lets go
     first, then a: a ends the fleet's session too (else nobody would)."""
-    seen = Seen()
     async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        stateful(tmp_path, postgres, own_redis) as (seen, backend, a, b, alice),
         httpx2.AsyncClient(timeout=10) as http,
     ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
         first = await call(a, alice, "session")
         assert await call(b, alice, "session") == first
         headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
@@ -247,13 +219,10 @@ async def test_a_record_lost_with_redis_is_restored_by_its_holders(
 ) -> None:
     """Redis restarted empty (it keeps no data to disk): at its next sweep, a replica holding the fleet's session
     records it again, so a replica opening the principal's session afresh joins it rather than opening another."""
-    seen = Seen()
     async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        stateful(tmp_path, postgres, own_redis) as (_seen, _backend, a, b, alice),
         RedisClient.from_url(own_redis.url) as redis,
     ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
         session = await call(a, alice, "session")
         assert await redis.flushall()
         await a.runtime.pool.renew_holds()
@@ -335,13 +304,10 @@ async def test_a_replica_letting_go_after_redis_lost_the_record_leaves_the_sessi
 ) -> None:
     """Redis restarted empty before any sweep: a replica letting the session go cannot tell whether another holds
     it, so it does not end it; the other goes on with it."""
-    seen = Seen()
     async with (
-        serve(stateful_app(seen)) as backend,
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
+        stateful(tmp_path, postgres, own_redis) as (seen, _backend, a, b, alice),
         RedisClient.from_url(own_redis.url) as redis,
     ):
-        alice = await a.token(PrincipalKind.USER, ALICE)
         assert await call(a, alice, "remember", value="kept") == "remembered"
         session = await call(b, alice, "session")
         assert await redis.flushall()
