@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from tests.gateway.wire.test_legacy import events
 from tests.lab_config import ALICE, BOB
 from tests.security_support import GATEWAY_AUDIENCE, SecureGateway, idp_jwt
 from tests.sensitive import mark
-from tests.services import Postgres, Redis, redis_server
+from tests.services import Postgres, Redis
 from tests.support import LegacyOnly, Served, serve
 from tests.vault.test_store_engines import fresh_postgres
 from virtual_mcp.fleet.sealing import Sealer, digest
@@ -45,12 +45,6 @@ from virtual_mcp.types import PrincipalKind
 pytestmark = pytest.mark.timeout(120)
 ONE_SECOND_IDLE = UNLIMITED.model_copy(update={"session_idle_seconds": 1.0})
 INITIALIZE = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-
-
-@pytest.fixture
-def own_redis() -> Iterator[Redis]:
-    with redis_server() as redis:
-        yield redis
 
 
 @asynccontextmanager

@@ -4,7 +4,6 @@ ids."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -17,7 +16,7 @@ from tests.gateway.test_shared_state import ENDPOINT
 from tests.interop.everything import everything_server
 from tests.interop.test_everything_tasks import RELATED, RESEARCH, Session, clarify
 from tests.lab_config import ALICE
-from tests.services import Postgres, Redis, redis_server
+from tests.services import Postgres, Redis
 from tests.support import Served
 from virtual_mcp.errors import InvalidParams
 from virtual_mcp.fleet.sealing import Sealer
@@ -27,12 +26,6 @@ from virtual_mcp.gateway.service.tasks import TaskRoutes
 from virtual_mcp.types import PrincipalKind
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def own_redis() -> Iterator[Redis]:
-    with redis_server() as redis:
-        yield redis
 
 
 class _Backend(Served):

@@ -11,7 +11,7 @@ replicas in this process, each test with a Redis of its own):
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from tests.gateway.test_shared_state import ENDPOINT
 from tests.gateway.test_timing import LEGACY, rpc
 from tests.lab_config import ALICE
 from tests.security_support import SecureGateway
-from tests.services import Postgres, Redis, redis_server
+from tests.services import Postgres, Redis
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import LegacyOnly, Served, serve
 from virtual_mcp.fleet.sealing import Sealer
@@ -43,12 +43,6 @@ from virtual_mcp.upstream.shared import Handshake
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def own_redis() -> Iterator[Redis]:
-    with redis_server() as redis:
-        yield redis
-
-
 @asynccontextmanager
 async def stateful(
     tmp_path: Path, postgres: Postgres, redis: Redis
@@ -57,6 +51,18 @@ async def stateful(
     seen = Seen()
     async with serve(stateful_app(seen)) as backend, replicas(tmp_path, postgres, backend, redis.url) as (a, b):
         yield seen, backend, a, b, await a.token(PrincipalKind.USER, ALICE)
+
+
+async def forgotten(http: httpx2.AsyncClient, backend: Served, a: SecureGateway, b: SecureGateway, alice: str) -> str:
+    """Both replicas hold alice's session; the backend forgets it (it restarted, or expired it); b finds out on its
+    next request and opens the fleet's again: that one's id (a has not found out yet)."""
+    first = await call(a, alice, "session")
+    assert await call(b, alice, "session") == first
+    headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
+    assert (await http.delete(f"{backend.url}/mcp", headers=headers)).status_code == 200
+    second = await call(b, alice, "session")
+    assert second != first
+    return second
 
 
 async def call(gw: SecureGateway, token: str, tool: str, **arguments: Any) -> str:
@@ -120,13 +126,7 @@ async def test_a_session_the_backend_forgot_is_opened_again_once_for_the_fleet(
         stateful(tmp_path, postgres, own_redis) as (_seen, backend, a, b, alice),
         httpx2.AsyncClient(timeout=10) as http,
     ):
-        first = await call(a, alice, "session")
-        assert await call(b, alice, "session") == first
-        # The backend forgets it (it restarted, or expired it): each replica finds out on its next request.
-        headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
-        assert (await http.delete(f"{backend.url}/mcp", headers=headers)).status_code == 200
-        second = await call(b, alice, "session")
-        assert second != first
+        second = await forgotten(http, backend, a, b, alice)
         assert await call(b, alice, "remember", value="after") == "remembered"
         # Replica a finds the one b opened again, rather than opening a third.
         assert await call(a, alice, "recall") == "after"
@@ -187,11 +187,7 @@ async def test_the_last_replica_to_let_a_session_go_ends_the_fleets_even_if_it_h
         stateful(tmp_path, postgres, own_redis) as (seen, backend, a, b, alice),
         httpx2.AsyncClient(timeout=10) as http,
     ):
-        first = await call(a, alice, "session")
-        assert await call(b, alice, "session") == first
-        headers = {"mcp-session-id": first, "mcp-protocol-version": LEGACY}
-        assert (await http.delete(f"{backend.url}/mcp", headers=headers)).status_code == 200
-        second = await call(b, alice, "session")
+        second = await forgotten(http, backend, a, b, alice)
         assert await b.runtime.pool.end_idle(0) >= 1
         assert second not in seen.deleted  # a still holds (what it thinks is) the fleet's session
         assert await a.runtime.pool.end_idle(0) >= 1
