@@ -116,3 +116,26 @@ def _answers_ping(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+async def redis_contents(url: str) -> bytes:
+    """Everything the Redis at `url` holds, keys and values of every kind, one per line: what a test checks no secret
+    is readable in."""
+    from redis.asyncio import Redis as RedisClient  # (the services themselves need no client)
+
+    held: list[bytes] = []
+    async with RedisClient.from_url(url) as redis:
+        async for key in redis.scan_iter():
+            held.append(key)
+            kind = await redis.type(key)
+            if kind == b"string":
+                held.append(await redis.get(key) or b"")
+            elif kind == b"hash":
+                held += [part for pair in (await redis.hgetall(key)).items() for part in pair]
+            elif kind == b"zset":
+                held += [member for member, _ in await redis.zrange(key, 0, -1, withscores=True)]
+            elif kind == b"set":
+                held += list(await redis.smembers(key))
+            elif kind == b"list":
+                held += await redis.lrange(key, 0, -1)
+    return b"\n".join(held)

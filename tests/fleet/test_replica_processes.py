@@ -44,7 +44,7 @@ from tests.ports import free_ports
 from tests.processes import MODERN_META, cli, gateway_process
 from tests.security_support import GATEWAY_AUDIENCE, GATEWAY_DOC, HMAC_KEY, idp_jwt, store_secrets
 from tests.sensitive import mark
-from tests.services import Postgres, redis_server
+from tests.services import Postgres, redis_contents, redis_server
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import serve
 from tests.vault.test_store_engines import fresh_postgres
@@ -453,6 +453,12 @@ async def test_a_stateful_backend_sees_one_session_of_a_principal_whichever_repl
                 for _ in range(2 * REPLICAS):
                     assert (await client.call_tool("recall", {})).data == "kept"
                     sessions.add((await client.call_tool("session", {})).data)
+                # What the fleet shares in Redis meanwhile (the client's session, the backend's, their holds) names
+                # no one and holds no credential or session id readable.
+                held = await redis_contents(f.env[REDIS_URL_ENV])
+                assert b"vmcp:upstream:" in held and b"vmcp:session:" in held
+                for plain in (token, *sessions, ALICE, "alice"):
+                    assert plain.encode() not in held, plain
             assert len(sessions) == 1, sessions
             assert min(f.balancer.connections.values()) >= 5, f.balancer.connections  # each replica served a share
         assert seen.deleted.count(sessions.pop()) == 1

@@ -1,8 +1,8 @@
 """Request rates counted by the whole fleet: one token bucket per principal in Redis, so a caller whose requests a
 load balancer spreads over N replicas gets the configured rate, not N times it.
 
-The bucket is a Redis hash (`vmcp:rate:<subject>`: tokens left, when counted) updated by one script that reads
-Redis's own clock, so replicas whose clocks differ count alike. It expires once it would have refilled.
+The bucket is a Redis hash (`vmcp:rate:<digest of the subject>`: tokens left, when counted) updated by one script
+that reads Redis's own clock, so replicas whose clocks differ count alike. It expires once it would have refilled.
 
 Redis unreachable, or slower than `_DEADLINE`: the request is counted by this replica's own limiter (the one used
 without Redis), the failure reported to the fleet's status; Redis is asked again after `_RETRY` seconds by one
@@ -16,6 +16,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from virtual_mcp.fleet.sealing import digest
 from virtual_mcp.fleet.status import FleetStatus
 from virtual_mcp.inbound.rate_limit import RequestLimiter, too_many
 from virtual_mcp.types import Principal
@@ -62,7 +63,9 @@ class FleetRequestLimiter:
             self._retry_at = now + _RETRY  # this request probes Redis; the others count locally meanwhile
         try:
             with anyio.fail_after(_DEADLINE):
-                allowed, tokens = await self._script(keys=[_PREFIX + principal.subject], args=[self._rate, self._burst])
+                allowed, tokens = await self._script(
+                    keys=[_PREFIX + digest(principal.subject)], args=[self._rate, self._burst]
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             self._status.failed("rate_limit", exc)
             self._retry_at = now + _RETRY
