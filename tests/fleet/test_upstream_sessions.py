@@ -30,7 +30,7 @@ from tests.gateway.test_shared_state import ENDPOINT
 from tests.gateway.test_timing import LEGACY, rpc
 from tests.lab_config import ALICE
 from tests.security_support import SecureGateway
-from tests.services import Postgres, Redis
+from tests.services import Postgres, Redis, redis_server
 from tests.stateful_backend import Seen, stateful_app
 from tests.support import LegacyOnly, Served, serve
 from virtual_mcp.fleet.sealing import Sealer
@@ -310,3 +310,21 @@ async def test_a_replica_letting_go_after_redis_lost_the_record_leaves_the_sessi
         assert await a.runtime.pool.end_idle(0) >= 1
         assert session not in seen.deleted
         assert await call(b, alice, "recall") == "kept"
+
+
+async def test_a_session_opened_while_redis_was_down_joins_the_fleets_when_it_is_back(
+    tmp_path: Path, postgres: Postgres, own_redis: Redis
+) -> None:
+    """Redis stops: replica a opens alice's backend session on its own. Redis comes back (empty), and b opens the
+    fleet's. At a's next sweep, a uses the fleet's and ends its own: the backend no longer sees two sessions of
+    alice's."""
+    async with stateful(tmp_path, postgres, own_redis) as (seen, _backend, a, b, alice):
+        own_redis.process.terminate()
+        own_redis.process.wait(timeout=10)
+        alone = await call(a, alice, "session")
+        with redis_server(own_redis.port):
+            fleets = await call(b, alice, "session")
+            assert fleets != alone
+            await a.runtime.pool.renew_holds()
+            assert alone in seen.deleted
+            assert await call(a, alice, "session") == fleets

@@ -336,11 +336,15 @@ class UpstreamPool:
         if self._fleet is None:
             return
         held = []
-        for key in self._fleet_held.values():
+        reachable = True
+        for key in list(self._fleet_held.values()):
             session = self._sessions.get(key)
             if not isinstance(session, UpstreamSession):
                 continue
             hold = session.fleet_hold
+            if hold is None and reachable:
+                reachable = await session.rejoin()  # (opened while Redis was unreachable; once a sweep if it still is)
+                hold = session.fleet_hold
             if hold is not None:
                 held.append(hold)
                 if session.watched:

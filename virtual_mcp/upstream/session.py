@@ -339,6 +339,32 @@ class UpstreamSession(BackendSession):
             self._spawn(partial(self._end, mine.session_id, mine.protocol_version))
         return agreed
 
+    async def rejoin(self) -> bool:
+        """A session this replica opened while the fleet could not be told (Redis unreachable): offer it to the fleet
+        now, or, if the fleet has another, use that one from now on and end this one (only while this one is idle and
+        holds no task: a call in flight or a task would be lost). False if the fleet still cannot be told."""
+        if self._shared is None or self._in_fleet is not None or self._closed or self.in_flight or self.pinned:
+            return True
+        if self.era is not Era.LEGACY or not self.session_id or not self.protocol_version:
+            return True
+        mine = Handshake(self.session_id, self.protocol_version, self.capabilities, self.server_info)
+        async with self._lock:
+            agreed = await self._shared.share(mine, None)
+            if agreed is None:
+                return False
+            if agreed.session_id == mine.session_id:
+                self._in_fleet = agreed
+                logger.info("backend %s: the session opened while Redis was unreachable is the fleet's now", self.ref)
+                return True
+            if self.in_flight or self.pinned or self.session_id != mine.session_id:
+                return True  # (busy meanwhile: the next sweep tries again)
+            self._in_fleet = agreed
+            self._generation += 1
+            self._use(agreed)
+        logger.info("backend %s: the fleet had opened the session meanwhile; using it", self.ref)
+        await self._end(mine.session_id, mine.protocol_version)
+        return True
+
     # -- requests -------------------------------------------------------------------------------------------
 
     async def _request_with_recovery(
