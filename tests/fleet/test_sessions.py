@@ -110,6 +110,22 @@ async def test_a_session_opened_on_one_replica_is_served_by_the_other(
             assert (await raw.call("ping")).status_code == 404
 
 
+@asynccontextmanager
+async def watched_replicas(
+    tmp_path: Path, postgres: Postgres, redis: Redis
+) -> AsyncIterator[tuple[httpx2.AsyncClient, SecureGateway, SecureGateway, Raw, Raw]]:
+    """A backend whose `touch` tool says a resource changed, two replicas in front of it, and alice's session opened
+    on the first: its requests to the first, and to the second."""
+    app = watched_backend(UpdatesProbe()).http_app(path="/mcp")
+    async with (
+        serve(LegacyOnly(app)) as backend,  # type: ignore[arg-type]
+        replicas(tmp_path, postgres, backend, redis.url) as (a, b),
+        httpx2.AsyncClient(timeout=10) as http,
+    ):
+        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
+        yield http, a, b, on_a, on(on_a, b)
+
+
 class UpdateStream:
     """A session's GET stream, read in the background (`read`): the URIs of the resource updates it carried."""
 
@@ -590,14 +606,7 @@ async def test_a_subscription_made_through_one_replica_reaches_the_stream_on_the
     """The session's GET stream is held by replica b; it subscribes through replica a, whose backend session sends
     the update: the update reaches the stream on b. It unsubscribes through b: the updates a's backend session
     still sends stop reaching it (an update of another resource it subscribed to still does)."""
-    app = watched_backend(UpdatesProbe()).http_app(path="/mcp")
-    async with (
-        serve(LegacyOnly(app)) as backend,  # type: ignore[arg-type]
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
-        httpx2.AsyncClient(timeout=10) as http,
-    ):
-        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
-        on_b = on(on_a, b)
+    async with watched_replicas(tmp_path, postgres, own_redis) as (http, _a, _b, on_a, on_b):
         await on_a.call("tools/list")
         stream = UpdateStream(http, on_b)
 

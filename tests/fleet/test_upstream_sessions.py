@@ -23,9 +23,7 @@ import pytest
 from fastmcp import Context, FastMCP
 from redis.asyncio import Redis as RedisClient
 
-from tests.fleet.test_sessions import UpdateStream, on, opened, replicas, touch
-from tests.gateway.service.test_resource_updates import Probe as UpdatesProbe
-from tests.gateway.service.test_resource_updates import watched_backend
+from tests.fleet.test_sessions import UpdateStream, replicas, touch, watched_replicas
 from tests.gateway.test_shared_state import ENDPOINT
 from tests.gateway.test_timing import LEGACY, rpc
 from tests.lab_config import ALICE
@@ -139,14 +137,7 @@ async def test_the_backends_stream_held_by_one_replica_reaches_a_subscription_ma
     """The client session subscribes to note://a through replica a (a holds the backend session's GET stream), then to
     note://b and note://a again through replica b (the backend refuses b a second stream). Updates of both reach the
     client's stream, each once."""
-    app = watched_backend(UpdatesProbe()).http_app(path="/mcp")
-    async with (
-        serve(LegacyOnly(app)) as backend,  # type: ignore[arg-type]
-        replicas(tmp_path, postgres, backend, own_redis.url) as (a, b),
-        httpx2.AsyncClient(timeout=10) as http,
-    ):
-        on_a = await opened(http, a, await a.token(PrincipalKind.USER, ALICE))
-        on_b = on(on_a, b)
+    async with watched_replicas(tmp_path, postgres, own_redis) as (http, a, _b, on_a, on_b):
         stream = UpdateStream(http, on_a)
         updates = stream.updates
 
