@@ -879,6 +879,8 @@ class UpstreamSession(BackendSession):
                 # The stream broke while the session looked alive: make the next request renegotiate,
                 # and tell the catalog its view may be stale.
                 self._list_changed()
+            elif not self._closed and self.session_id != session_id:
+                self._maybe_listen()  # the session moved on (renegotiated, or the fleet's now): its stream
 
     async def _heard_on_stream(self, message: dict[str, Any]) -> None:
         """A notification read from the GET stream: to this replica's watchers, and, for a session the fleet holds,
