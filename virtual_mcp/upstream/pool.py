@@ -311,9 +311,8 @@ class UpstreamPool:
 
     def _close(self, key: SessionKey) -> BackendSession:
         session = self._sessions.pop(key)
-        for digest, held in list(self._fleet_held.items()):
-            if held == key:
-                del self._fleet_held[digest]
+        if isinstance(session, UpstreamSession) and session.fleet_name is not None:
+            self._fleet_held.pop(session.fleet_name, None)
         owner = key[1]
         if owner is not None:
             keys = self._owned[owner]

@@ -946,6 +946,11 @@ class UpstreamSession(BackendSession):
         return self.session_id if self._in_fleet is not None else None
 
     @property
+    def fleet_name(self) -> str | None:
+        """How the fleet names this session (None: not one the fleet may share)."""
+        return self._shared.digest if self._shared is not None else None
+
+    @property
     def fleet_hold(self) -> tuple[Shared, str] | None:
         """The fleet's session this one holds, and the token of its handshake (its hold is renewed at each sweep)."""
         if self._shared is None or self._in_fleet is None:
